@@ -1,0 +1,54 @@
+"""jaxnum: the numerical mathematics under ML training, as small pure JAX functions.
+
+``import jaxnum as jn``; the subpackages hold the rest (``jaxnum.precision``...).
+"""
+
+from jaxnum import precision
+from jaxnum.precision import (
+    ClipByGlobalNormState,
+    FloatFormat,
+    LossScalingState,
+    NonfiniteOp,
+    NonfiniteReport,
+    Policy,
+    all_finite,
+    clip_by_global_norm,
+    current_loss_scale,
+    first_nonfinite,
+    float_formats,
+    format_table,
+    global_norm,
+    loss_scaling,
+    nonfinite_report,
+    online_logsumexp,
+    online_softmax,
+    overflow_fraction,
+    scaled_value_and_grad,
+    underflow_fraction,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ClipByGlobalNormState",
+    "FloatFormat",
+    "LossScalingState",
+    "NonfiniteOp",
+    "NonfiniteReport",
+    "Policy",
+    "all_finite",
+    "clip_by_global_norm",
+    "current_loss_scale",
+    "first_nonfinite",
+    "float_formats",
+    "format_table",
+    "global_norm",
+    "loss_scaling",
+    "nonfinite_report",
+    "online_logsumexp",
+    "online_softmax",
+    "overflow_fraction",
+    "precision",
+    "scaled_value_and_grad",
+    "underflow_fraction",
+]

@@ -1,0 +1,81 @@
+"""Argument checks shared by the precision module: fail at trace time, by name."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def concrete_value(value: Any) -> float | None:
+    """The Python float of ``value`` if it is known at trace time, else None (traced)."""
+    if isinstance(value, jax.core.Tracer):
+        return None
+    try:
+        arr = np.asarray(value)
+    except Exception:
+        return None
+    if arr.shape != () or not np.issubdtype(arr.dtype, np.number):
+        return None
+    return float(arr)
+
+
+def _scalar_or_raise(value: Any, fn: str, arg: str) -> float | None:
+    if isinstance(value, jax.core.Tracer):
+        return None
+    if isinstance(value, bool) or not (
+        isinstance(value, int | float) or (hasattr(value, "shape") and np.shape(value) == ())
+    ):
+        raise TypeError(f"{fn}: {arg} must be a real scalar, got {value!r}")
+    return concrete_value(value)
+
+
+def check_positive(value: Any, fn: str, arg: str) -> None:
+    """Raises ValueError unless ``value`` > 0 (skipped when ``value`` is traced)."""
+    v = _scalar_or_raise(value, fn, arg)
+    if v is not None and not v > 0:
+        raise ValueError(f"{fn}: {arg} must be > 0, got {value!r}")
+
+
+def check_greater(value: Any, bound: float, fn: str, arg: str) -> None:
+    """Raises ValueError unless ``value`` > ``bound`` (skipped when traced)."""
+    v = _scalar_or_raise(value, fn, arg)
+    if v is not None and not v > bound:
+        raise ValueError(f"{fn}: {arg} must be > {bound}, got {value!r}")
+
+
+def check_open_interval(value: Any, low: float, high: float, fn: str, arg: str) -> None:
+    """Raises ValueError unless ``low < value < high`` (skipped when traced)."""
+    v = _scalar_or_raise(value, fn, arg)
+    if v is not None and not low < v < high:
+        raise ValueError(f"{fn}: {arg} must lie in ({low}, {high}), got {value!r}")
+
+
+def check_positive_int(value: Any, fn: str, arg: str) -> None:
+    """Raises unless ``value`` is a Python int >= 1 (sizes and counts are static)."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{fn}: {arg} must be a Python int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{fn}: {arg} must be >= 1, got {value!r}")
+
+
+def floating_leaves(tree: Any, fn: str, arg: str) -> list[jax.Array]:
+    """The floating-point (real or complex) array leaves of ``tree``.
+
+    Raises:
+      ValueError: the tree is empty.
+      TypeError: the tree has leaves but none is floating point.
+    """
+    leaves = jax.tree.leaves(tree)
+    if not leaves:
+        raise ValueError(f"{fn}: {arg} is an empty pytree; expected arrays of gradients")
+    out = [x for x in leaves if hasattr(x, "dtype") and jnp.issubdtype(x.dtype, jnp.inexact)]
+    if not out:
+        dtypes = sorted({str(getattr(x, "dtype", type(x).__name__)) for x in leaves})
+        raise TypeError(
+            f"{fn}: {arg} has no floating-point leaves (found {', '.join(dtypes)}); "
+            "expected float16/bfloat16/float32/float64 arrays"
+        )
+    return out

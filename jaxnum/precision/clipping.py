@@ -1,0 +1,106 @@
+"""Gradient clipping by global norm, with the norm accumulated in float32."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxnum.precision._checks import check_positive, floating_leaves
+
+
+def _accumulation_dtype(leaves) -> jnp.dtype:
+    """float32, or float64 if any leaf is float64: never a half-precision accumulator."""
+    dtype = jnp.dtype(jnp.float32)
+    for x in leaves:
+        dtype = jnp.promote_types(dtype, jnp.finfo(x.dtype).dtype)
+    return dtype
+
+
+def global_norm(tree: Any) -> jax.Array:
+    """The Euclidean norm of all floating leaves of ``tree`` together, summed in float32.
+
+    Half-precision leaves are upcast before squaring, so float16 gradients with
+    entries of 300 (whose squares, 9e4, overflow float16's 65504) give the right
+    norm. Integer leaves are not gradients and are ignored.
+
+    Args:
+      tree: a pytree of arrays with at least one floating leaf.
+
+    Returns:
+      A float32 scalar (float64 if any leaf is float64).
+
+    Raises:
+      TypeError: if the tree has no floating-point leaf.
+
+    Example:
+      >>> global_norm({"a": jnp.full(4, 300.0, jnp.float16)})
+      Array(600., dtype=float32)
+    """
+    leaves = floating_leaves(tree, "global_norm", "tree")
+    acc = _accumulation_dtype(leaves)
+    # |x| is exact in the leaf's own dtype; the square is taken after the upcast.
+    total = sum(jnp.sum(jnp.square(jnp.abs(x).astype(acc))) for x in leaves)
+    return jnp.sqrt(total)
+
+
+class ClipByGlobalNormState(NamedTuple):
+    """State of :func:`clip_by_global_norm`.
+
+    Attributes:
+      norm: the global norm of the last incoming updates (float32).
+      clipped: whether the last updates were scaled down.
+    """
+
+    norm: jax.Array
+    clipped: jax.Array
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """Scales updates down so that their global norm is at most ``max_norm``.
+
+    ``updates * min(1, max_norm / norm)`` with the norm of :func:`global_norm`
+    (float32 accumulation). A non-finite norm gives non-finite updates, which a
+    surrounding :func:`jaxnum.loss_scaling` then skips; they are never silently
+    turned into zeros. Put it inside ``loss_scaling`` so it sees unscaled
+    gradients. ``max_norm`` may be traced (``optax.inject_hyperparams``).
+
+    Args:
+      max_norm: positive bound on the global norm.
+
+    Returns:
+      An ``optax.GradientTransformation`` whose state records the last ``norm``
+      and whether it ``clipped``.
+
+    Example:
+      >>> tx = optax.chain(clip_by_global_norm(1.0), optax.adam(1e-3))
+
+    References:
+      Pascanu, Mikolov, Bengio, "On the difficulty of training recurrent neural
+      networks", ICML 2013, https://arxiv.org/abs/1211.5063 (Algorithm 1).
+    """
+    check_positive(max_norm, "clip_by_global_norm", "max_norm")
+
+    def init_fn(params):
+        del params
+        return ClipByGlobalNormState(norm=jnp.zeros([], jnp.float32), clipped=jnp.array(False))
+
+    def update_fn(updates, state, params=None):
+        del params, state
+        norm = global_norm(updates)
+        clipped = norm > max_norm
+        # Written so that a nan or inf norm propagates into the updates (the
+        # comparison is False for nan): the finiteness check downstream sees it.
+        factor = jnp.where(norm <= max_norm, jnp.ones_like(norm), max_norm / norm)
+
+        def scale(g):
+            if not jnp.issubdtype(g.dtype, jnp.inexact):
+                return g
+            return (g * factor.astype(jnp.promote_types(g.dtype, jnp.float32))).astype(g.dtype)
+
+        updates = jax.tree.map(scale, updates)
+        return updates, ClipByGlobalNormState(norm=norm.astype(jnp.float32), clipped=clipped)
+
+    return optax.GradientTransformation(init_fn, update_fn)
