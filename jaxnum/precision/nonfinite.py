@@ -122,7 +122,9 @@ def underflow_fraction(tree: Any, dtype: Any) -> jax.Array:
     """Fraction of the non-zero finite entries of ``tree`` that become 0 when cast to ``dtype``.
 
     This is what "gradients underflow in float16" means, measured: entries
-    below half float16's smallest subnormal (about 3e-8) flush to zero.
+    below half float16's smallest subnormal (about 3e-8) flush to zero. Note
+    that XLA on CPU and GPU treats float32 subnormal inputs (below 1.2e-38) as
+    zero, so they count as zero entries, not as underflows.
 
     Args:
       tree: a pytree of floating arrays (typically float32 gradients).

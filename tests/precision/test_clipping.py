@@ -1,0 +1,125 @@
+"""global_norm and clip_by_global_norm against float64 numpy."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+import jaxnum as jn
+
+
+def _norm64(tree):
+    return np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree.leaves(tree)))
+
+
+def test_float16_norm_does_not_overflow_where_the_naive_sum_does():
+    g = {"a": jnp.full((8,), 300.0, jnp.float16), "b": jnp.full((2, 2), -300.0, jnp.float16)}
+    naive = jnp.sqrt(sum(jnp.sum(x * x) for x in jax.tree.leaves(g)))
+    assert naive.dtype == jnp.float16 and jnp.isinf(naive)  # 300**2 > 65504
+    norm = jn.global_norm(g)
+    assert norm.dtype == jnp.float32
+    np.testing.assert_allclose(norm, _norm64(g), rtol=1e-7)
+
+
+def test_mixed_dtype_tree_matches_float64(x64):
+    rng = np.random.default_rng(0)
+    tree = {
+        "h": jnp.asarray(rng.normal(size=(5, 7)), jnp.float16),
+        "b": jnp.asarray(rng.normal(size=(11,)), jnp.bfloat16),
+        "f": jnp.asarray(rng.normal(size=(3, 3)), jnp.float32),
+        "i": jnp.arange(4),  # integers are not gradients: ignored
+    }
+    floats = {k: v for k, v in tree.items() if k != "i"}
+    np.testing.assert_allclose(jn.global_norm(tree), _norm64(floats), rtol=1e-6)
+    assert jn.global_norm(tree).dtype == jnp.float32
+    wide = {"d": jnp.asarray(rng.normal(size=4), jnp.float64)}
+    assert jn.global_norm(wide).dtype == jnp.float64
+
+
+@pytest.mark.parametrize("scale, expect_clip", [(0.01, False), (100.0, True)])
+def test_clip_matches_float64_reference_and_records_state(scale, expect_clip):
+    rng = np.random.default_rng(1)
+    grads = {
+        "w": jnp.asarray(rng.normal(size=(4, 5)) * scale, jnp.float32),
+        "b": jnp.asarray(rng.normal(size=(5,)) * scale, jnp.float32),
+    }
+    tx = jn.clip_by_global_norm(1.5)
+    updates, state = jax.jit(tx.update)(grads, tx.init(grads))
+    norm = _norm64(grads)
+    factor = min(1.0, 1.5 / norm)
+    for k in grads:
+        np.testing.assert_allclose(updates[k], np.asarray(grads[k], np.float64) * factor, rtol=1e-6)
+    np.testing.assert_allclose(state.norm, norm, rtol=1e-6)
+    assert bool(state.clipped) == expect_clip
+    if not expect_clip:
+        for k in grads:
+            np.testing.assert_array_equal(updates[k], grads[k])
+
+
+def test_clip_of_float16_gradients_with_overflowing_squares():
+    grads = {"w": jnp.full((16,), 300.0, jnp.float16)}
+    tx = jn.clip_by_global_norm(1.0)
+    updates, state = tx.update(grads, tx.init(grads))
+    assert updates["w"].dtype == jnp.float16
+    np.testing.assert_allclose(np.asarray(updates["w"], np.float64), 0.25, rtol=1e-3)
+    np.testing.assert_allclose(state.norm, 1200.0)
+
+
+def test_non_finite_norm_gives_non_finite_updates_that_loss_scaling_skips():
+    grads = {"w": jnp.array([1.0, jnp.inf]), "b": jnp.array([2.0])}
+    tx = jn.clip_by_global_norm(1.0)
+    updates, state = tx.update(grads, tx.init(grads))
+    assert jnp.isinf(state.norm)
+    assert not bool(jn.all_finite(updates))
+    wrapped = jn.loss_scaling(optax.chain(jn.clip_by_global_norm(1.0), optax.sgd(0.1)))
+    params = {"w": jnp.zeros(2), "b": jnp.zeros(1)}
+    ws = wrapped.init(params)
+    out, ws = wrapped.update(grads, ws, params)
+    assert int(ws.total_skipped) == 1
+    assert all(bool(jnp.all(x == 0)) for x in jax.tree.leaves(out))
+
+
+def test_max_norm_can_be_traced():
+    tx = optax.inject_hyperparams(jn.clip_by_global_norm)(max_norm=0.5)
+    grads = {"w": jnp.array([3.0, 4.0])}
+    updates, _ = jax.jit(tx.update)(grads, tx.init(grads))
+    np.testing.assert_allclose(updates["w"], [0.3, 0.4], rtol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [0.0, -1.0])
+def test_non_positive_max_norm_is_refused(bad):
+    with pytest.raises(ValueError, match="max_norm must be > 0"):
+        jn.clip_by_global_norm(bad)
+
+
+def test_integer_only_and_empty_trees_are_refused():
+    with pytest.raises(TypeError, match="tree has no floating-point leaves"):
+        jn.global_norm({"n": jnp.arange(3)})
+    with pytest.raises(ValueError, match="empty pytree"):
+        jn.global_norm({})
+
+
+def test_state_survives_jit_round_trip():
+    tx = jn.clip_by_global_norm(1.0)
+    _, state = tx.update({"w": jnp.ones(4)}, tx.init(None))
+    same = jax.jit(lambda s: s)(state)
+    assert type(same) is type(state)
+    for a, b in zip(same, state, strict=True):
+        assert a.dtype == b.dtype and np.asarray(a) == np.asarray(b)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    arrays(np.float32, st.integers(1, 20), elements=st.floats(-1e3, 1e3, width=32)),
+    st.floats(1e-3, 1e3),
+)
+def test_clipping_never_increases_the_norm(g, max_norm):
+    tx = jn.clip_by_global_norm(max_norm)
+    updates, _ = tx.update({"g": jnp.asarray(g)}, tx.init(None))
+    before, after = _norm64({"g": g}), _norm64(updates)
+    assert after <= before * (1 + 1e-6)
+    assert after <= max(max_norm, 0) * (1 + 1e-5) or after <= before * (1 + 1e-6) <= max_norm

@@ -1,0 +1,283 @@
+"""loss_scaling: the schedule against jmp and torch's documented GradScaler rule,
+skipped steps, state round trips, traced hyperparameters, bad input."""
+
+import jax
+import jax.numpy as jnp
+import jmp
+import numpy as np
+import optax
+import pytest
+
+import jaxnum as jn
+from jaxnum.precision import LossScalingState
+
+
+def _grads_for(pattern_entry, scale):
+    """Scaled gradients that are finite or carry an inf, as the pattern says."""
+    g = jnp.array([1.0, -2.0, 3.0]) * scale
+    return {"w": g if pattern_entry else g.at[1].set(jnp.inf)}
+
+
+def _run_schedule(tx, pattern):
+    params = {"w": jnp.zeros(3)}
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    scales = []
+    for finite in pattern:
+        _, state = update(_grads_for(finite, state.scale), state, params)
+        scales.append(float(state.scale))
+    return scales, state
+
+
+def _jmp_schedule(pattern, *, initial, period, min_scale):
+    scale = jmp.DynamicLossScale(
+        jnp.float32(initial), period=period, factor=2, min_loss_scale=jnp.float32(min_scale)
+    )
+    scales = []
+    for finite in pattern:
+        scale = scale.adjust(jnp.array(bool(finite)))
+        scales.append(float(scale.loss_scale))
+    return scales
+
+
+def _gradscaler_schedule(pattern, *, initial, growth_interval, growth, backoff):
+    """torch.amp.GradScaler.update as documented: back off on inf/nan and reset the
+    tracker; otherwise count, and grow once the count reaches growth_interval."""
+    scale, tracker, scales = initial, 0, []
+    for finite in pattern:
+        if not finite:
+            scale, tracker = scale * backoff, 0
+        else:
+            tracker += 1
+            if tracker == growth_interval:
+                scale, tracker = scale * growth, 0
+        scales.append(scale)
+    return scales
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_scale_sequence_equals_jmp_dynamic_loss_scale(seed):
+    rng = np.random.default_rng(seed)
+    pattern = rng.random(200) < 0.85  # mostly finite, bursts of overflow
+    pattern[100:130] = False  # long overflow run: reaches the minimum
+    kwargs = dict(initial=2.0**10, period=4, min_scale=4.0)
+    tx = jn.loss_scaling(optax.sgd(0.1), initial_scale=2.0**10, growth_interval=4, min_scale=4.0)
+    ours, state = _run_schedule(tx, pattern)
+    assert ours == _jmp_schedule(pattern, **kwargs)
+    assert min(ours) == 4.0
+    assert int(state.total_skipped) == int((~pattern).sum())
+
+
+def test_scale_sequence_equals_torch_gradscaler_rule_when_min_is_not_reached():
+    rng = np.random.default_rng(7)
+    pattern = rng.random(300) < 0.9
+    tx = jn.loss_scaling(
+        optax.sgd(0.1),
+        initial_scale=2.0**16,
+        growth_interval=5,
+        growth_factor=2.0,
+        backoff_factor=0.5,
+        min_scale=1e-30,
+    )
+    ours, _ = _run_schedule(tx, pattern)
+    reference = _gradscaler_schedule(
+        pattern, initial=2.0**16, growth_interval=5, growth=2.0, backoff=0.5
+    )
+    assert ours == reference
+
+
+def test_minimum_below_one_is_allowed_and_respected():
+    tx = jn.loss_scaling(optax.sgd(0.1), initial_scale=1.0, min_scale=0.125)
+    scales, _ = _run_schedule(tx, [False] * 6)
+    assert scales == [0.5, 0.25, 0.125, 0.125, 0.125, 0.125]
+
+
+def test_growth_stops_at_max_scale_and_at_float32_range():
+    capped = jn.loss_scaling(optax.sgd(0.1), initial_scale=4.0, growth_interval=1, max_scale=16.0)
+    scales, _ = _run_schedule(capped, [True] * 5)
+    assert scales == [8.0, 16.0, 16.0, 16.0, 16.0]
+    top = jn.loss_scaling(optax.sgd(0.0), initial_scale=2.0**127, growth_interval=1)
+    params = {"w": jnp.zeros(3)}
+    state = top.init(params)
+    _, state = top.update({"w": jnp.ones(3)}, state, params)
+    assert float(state.scale) == 2.0**127  # 2**128 is not a float32: no growth
+
+
+def test_static_scaling_keeps_the_scale_and_still_skips():
+    tx = jn.loss_scaling(optax.sgd(0.1), initial_scale=128.0, growth_interval=1, dynamic=False)
+    scales, state = _run_schedule(tx, [True, False, True, True, False])
+    assert scales == [128.0] * 5
+    assert int(state.total_skipped) == 2
+
+
+def test_nan_in_one_leaf_skips_the_step_and_leaves_state_bitwise_equal():
+    inner = optax.chain(jn.clip_by_global_norm(1.0), optax.adam(1e-2))
+    tx = jn.loss_scaling(inner, initial_scale=2.0**8)
+    params = {"a": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3), "b": jnp.arange(3.0)}
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    good = jax.tree.map(lambda p: (p + 0.5) * state.scale, params)
+    updates, state = update(good, state, params)  # one real step: non-trivial adam state
+    params = optax.apply_updates(params, updates)
+
+    bad = {"a": good["a"], "b": good["b"].at[2].set(jnp.nan)}
+    updates, new_state = update(bad, state, params)
+    new_params = optax.apply_updates(params, updates)
+
+    for leaf in jax.tree.leaves(updates):
+        np.testing.assert_array_equal(leaf, 0.0)
+    for new, old in zip(jax.tree.leaves(new_params), jax.tree.leaves(params), strict=True):
+        assert np.asarray(new).tobytes() == np.asarray(old).tobytes()
+    for new, old in zip(
+        jax.tree.leaves(new_state.inner_state), jax.tree.leaves(state.inner_state), strict=True
+    ):
+        assert np.asarray(new).tobytes() == np.asarray(old).tobytes()
+    assert float(new_state.scale) == float(state.scale) / 2
+    assert int(new_state.total_skipped) == 1
+    assert not bool(new_state.last_finite)
+    assert int(new_state.finite_steps) == 0
+
+
+def test_finite_step_applies_the_inner_update_to_unscaled_gradients():
+    inner = optax.adam(1e-2)
+    tx = jn.loss_scaling(inner, initial_scale=2.0**12)
+    params = {"w": jnp.array([0.3, -0.2, 1.0])}
+    grads = {"w": jnp.array([0.5, -1.5, 2.0])}
+    state = tx.init(params)
+    scaled = jax.tree.map(lambda g: g * state.scale, grads)
+    ours, state = jax.jit(tx.update)(scaled, state, params)
+    ref, _ = inner.update(grads, inner.init(params), params)
+    np.testing.assert_allclose(ours["w"], ref["w"], rtol=1e-6)
+    assert int(state.finite_steps) == 1
+
+
+def test_float16_gradients_are_unscaled_in_float32():
+    tx = jn.loss_scaling(optax.sgd(1.0), initial_scale=2.0**15)
+    params = {"w": jnp.zeros(2, jnp.float16)}
+    state = tx.init(params)
+    # 2**15 * 2**-20 is representable in float16; the unscaled value 2**-20 is a
+    # float16 subnormal and must not be lost by dividing in float16 first.
+    updates, _ = tx.update({"w": jnp.full(2, 2.0**-5, jnp.float16)}, state, params)
+    assert updates["w"].dtype == jnp.float16
+    np.testing.assert_array_equal(np.asarray(updates["w"], np.float64), -(2.0**-20))
+
+
+def test_every_state_survives_a_jit_round_trip():
+    tx = jn.loss_scaling(
+        optax.chain(jn.clip_by_global_norm(2.0), optax.adam(1e-3)), min_scale=128.0
+    )
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    _, state = tx.update({"w": jnp.ones(3)}, state, params)
+    same = jax.jit(lambda s: s)(state)
+    assert isinstance(same, LossScalingState)
+    assert jax.tree.structure(same) == jax.tree.structure(state)
+    for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(state), strict=True):
+        assert a.dtype == b.dtype
+        np.testing.assert_array_equal(a, b)
+    # The minimum is a hyperparameter of the transformation, not state that a
+    # round trip could reset (jmp's DynamicLossScale loses min_loss_scale so).
+    scales, _ = _run_schedule(tx, [False] * 10)
+    assert min(scales) == 128.0
+
+
+def test_current_loss_scale_finds_the_state_inside_a_chain():
+    tx = optax.chain(optax.scale(1.0), jn.loss_scaling(optax.sgd(0.1), initial_scale=8.0))
+    state = tx.init(jnp.zeros(2))
+    assert float(jn.current_loss_scale(state)) == 8.0
+    with pytest.raises(ValueError, match="exactly one LossScalingState"):
+        jn.current_loss_scale(optax.adam(0.1).init(jnp.zeros(2)))
+
+
+def test_scaled_value_and_grad_returns_true_loss_and_scaled_gradients():
+    tx = jn.loss_scaling(optax.sgd(0.1), initial_scale=2.0**10)
+    params = jnp.array([1.0, -2.0])
+    state = tx.init(params)
+
+    def loss_fn(p, t):
+        return jnp.sum((p - t) ** 2), {"t": t}
+
+    (loss, aux), grads = jn.scaled_value_and_grad(loss_fn, has_aux=True)(state, params, 0.5)
+    assert float(loss) == pytest.approx(0.25 + 6.25)
+    assert float(aux["t"]) == 0.5
+    np.testing.assert_allclose(grads, 2.0**10 * 2 * (params - 0.5))
+    updates, _ = tx.update(grads, state, params)
+    np.testing.assert_allclose(updates, -0.1 * 2 * (params - 0.5), rtol=1e-6)
+
+
+def test_float_hyperparameters_can_be_traced_with_inject_hyperparams():
+    tx = optax.inject_hyperparams(
+        lambda backoff_factor, min_scale: jn.loss_scaling(
+            optax.sgd(0.1), initial_scale=64.0, backoff_factor=backoff_factor, min_scale=min_scale
+        )
+    )(backoff_factor=0.25, min_scale=2.0)
+    params = {"w": jnp.zeros(3)}
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    scales = []
+    for _ in range(4):
+        _, state = update({"w": jnp.full(3, jnp.nan)}, state, params)
+        scales.append(float(jn.current_loss_scale(state)))
+    assert scales == [16.0, 4.0, 2.0, 2.0]
+
+
+def test_extra_arguments_reach_the_inner_transformation():
+    inner = optax.chain(
+        optax.sgd(1.0), optax.scale_by_backtracking_linesearch(max_backtracking_steps=5)
+    )
+    tx = jn.loss_scaling(inner, initial_scale=4.0)
+
+    def f(p):
+        return jnp.sum(p**2)
+
+    params = jnp.array([1.0, 2.0])
+    state = tx.init(params)
+    value, grad = jax.value_and_grad(f)(params)
+    updates, _ = tx.update(grad * 4.0, state, params, value=value, grad=grad, value_fn=f)
+    assert float(f(params + updates)) < float(value)
+
+
+def test_lowers_for_gpu_and_tpu():
+    tx = jn.loss_scaling(optax.chain(jn.clip_by_global_norm(1.0), optax.adam(1e-3)))
+    params = {"w": jnp.ones((4, 3)), "b": jnp.zeros(3)}
+    state = tx.init(params)
+    exported = jax.export.export(jax.jit(tx.update), platforms=("cuda", "tpu"))(
+        params, state, params
+    )
+    assert exported.platforms == ("cuda", "tpu")
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(initial_scale=0.0), ValueError, "initial_scale must be > 0"),
+        (dict(initial_scale=-4.0), ValueError, "initial_scale must be > 0"),
+        (dict(min_scale=0.0), ValueError, "min_scale must be > 0"),
+        (dict(growth_factor=1.0), ValueError, "growth_factor must be > 1"),
+        (dict(growth_factor=0.5), ValueError, "growth_factor must be > 1"),
+        (dict(backoff_factor=1.0), ValueError, "backoff_factor must lie in"),
+        (dict(backoff_factor=0.0), ValueError, "backoff_factor must lie in"),
+        (dict(backoff_factor=1.5), ValueError, "backoff_factor must lie in"),
+        (dict(growth_interval=0), ValueError, "growth_interval must be >= 1"),
+        (dict(growth_interval=2.5), TypeError, "growth_interval must be a Python int"),
+        (dict(initial_scale=1.0, min_scale=2.0), ValueError, "below min_scale"),
+        (dict(max_scale=8.0), ValueError, "exceeds max_scale"),
+        (dict(dynamic="yes"), TypeError, "dynamic must be a bool"),
+    ],
+)
+def test_bad_hyperparameters_are_refused_by_name(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        jn.loss_scaling(optax.sgd(0.1), **kwargs)
+
+
+def test_inner_must_be_a_transformation():
+    with pytest.raises(TypeError, match=r"inner must be an optax\.GradientTransformation"):
+        jn.loss_scaling(lambda g: g)
+
+
+def test_integer_only_gradients_are_refused_by_name():
+    tx = jn.loss_scaling(optax.sgd(0.1))
+    params = {"n": jnp.arange(3)}
+    state = tx.init(params)
+    with pytest.raises(TypeError, match="updates has no floating-point leaves"):
+        tx.update({"n": jnp.arange(3)}, state, params)

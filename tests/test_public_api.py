@@ -1,0 +1,44 @@
+"""The public contract: every exported name resolves and is documented."""
+
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+import jaxnum
+import jaxnum.precision
+
+
+@pytest.mark.parametrize("module", [jaxnum, jaxnum.precision], ids=lambda m: m.__name__)
+def test_every_exported_name_resolves_and_has_a_docstring(module):
+    assert module.__all__, "empty __all__"
+    for name in module.__all__:
+        obj = getattr(module, name)
+        assert obj.__doc__ and obj.__doc__.strip(), f"{module.__name__}.{name} has no docstring"
+
+
+def test_top_level_reexports_are_the_precision_objects():
+    for name in jaxnum.__all__:
+        if name in jaxnum.precision.__all__:
+            assert getattr(jaxnum, name) is getattr(jaxnum.precision, name)
+
+
+def test_simulated_devices_are_available():
+    assert jax.device_count() == 4
+
+
+def test_cli_formats_prints_every_format_with_finfo_values():
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxnum", "formats"], capture_output=True, text=True, check=True
+    ).stdout
+    lines = out.strip().splitlines()
+    assert len(lines) == 2 + 5
+    rows = {line.split()[0]: line.split() for line in lines[2:]}
+    for name in ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"):
+        info = jnp.finfo(jnp.dtype(name))
+        cells = rows[name]
+        assert int(cells[1]) == info.bits
+        assert float(cells[4]) == pytest.approx(float(info.max), rel=1e-5)
+        assert float(cells[7]) == pytest.approx(float(info.eps), rel=1e-5)
