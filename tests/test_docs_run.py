@@ -1,0 +1,47 @@
+"""The README example, the examples and the notebooks run as written."""
+
+import json
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_readme_example_runs():
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks, "README has no python example"
+    namespace: dict = {}
+    exec(compile("\n".join(blocks), "README.md", "exec"), namespace)
+    state, loss_fn, params = namespace["state"], namespace["loss_fn"], namespace["params"]
+    assert float(loss_fn(params)) < 0.01  # the float16 model fitted its target
+    assert float(state.scale) * 2 ** int(state.total_skipped) == 2.0**15
+
+
+@pytest.mark.parametrize("notebook", sorted((ROOT / "notebooks").glob("*.ipynb")), ids=str)
+def test_notebook_executes(notebook):
+    cells = json.loads(notebook.read_text())["cells"]
+    code = [("".join(c["source"]), i) for i, c in enumerate(cells) if c["cell_type"] == "code"]
+    namespace: dict = {}
+    for source, index in code:
+        exec(compile(source, f"{notebook.name}[cell {index}]", "exec"), namespace)
+
+
+def test_mixed_precision_example_shows_what_it_claims():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "mixed_precision_training.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    losses = dict(re.findall(r"^(float.*?)\s+final loss (\S+)", out, flags=re.M))
+    fp32 = float(losses["float32"])
+    assert float(losses["float16, no loss scaling"]) > 100 * fp32
+    assert float(losses["float16 + jn.loss_scaling"]) < 10 * fp32
+    assert "skipped steps 1" in out
+    assert "dot_general" in out
