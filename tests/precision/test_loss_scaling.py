@@ -12,6 +12,21 @@ import jaxnum as jn
 from jaxnum.precision import LossScalingState
 
 
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16, jnp.float32, jnp.complex64])
+def test_all_finite_is_exact_under_jit(bad, dtype):
+    rng = np.random.default_rng(0)
+    big = float(jnp.finfo(dtype).max)  # finite extremes must not read as overflow
+    for position in [0, 17, 99]:
+        x = (rng.uniform(-1, 1, size=100) * big).astype(np.float32)
+        tree = {"ok": jnp.full((3, 3), big, dtype), "x": jnp.asarray(x, dtype)}
+        assert bool(jax.jit(jn.all_finite)(tree))
+        x[position] = bad
+        tree["x"] = jnp.asarray(x, dtype)
+        assert not bool(jax.jit(jn.all_finite)(tree))
+    assert bool(jn.all_finite({"ints": jnp.arange(3)}))
+
+
 def _grads_for(pattern_entry, scale):
     """Scaled gradients that are finite or carry an inf, as the pattern says."""
     g = jnp.array([1.0, -2.0, 3.0]) * scale
@@ -136,6 +151,18 @@ def test_nan_in_one_leaf_skips_the_step_and_leaves_state_bitwise_equal():
     assert int(new_state.total_skipped) == 1
     assert not bool(new_state.last_finite)
     assert int(new_state.finite_steps) == 0
+
+
+def test_gradients_whose_squares_overflow_float32_are_skipped_too():
+    # 1e20**2 is beyond float32: adam's second moment would become inf for good.
+    tx = jn.loss_scaling(optax.adam(1e-2), initial_scale=1.0)
+    params = {"w": jnp.zeros(2)}
+    state = tx.init(params)
+    updates, new_state = tx.update({"w": jnp.array([1e20, 1.0])}, state, params)
+    assert int(new_state.total_skipped) == 1
+    np.testing.assert_array_equal(updates["w"], 0.0)
+    _, ok_state = tx.update({"w": jnp.array([1e18, 1.0])}, state, params)
+    assert int(ok_state.total_skipped) == 0
 
 
 def test_finite_step_applies_the_inner_update_to_unscaled_gradients():

@@ -1,0 +1,1 @@
+"""Benchmarks: jaxnum beside its peers, in one process, written to BENCHMARKS.md."""

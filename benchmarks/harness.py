@@ -1,0 +1,157 @@
+"""Timing and reporting shared by every benchmark.
+
+Method (../shared/DESIGN.md): compile time measured apart; warm-up calls; every
+timed call ends in ``block_until_ready``; variants are timed in interleaved
+rounds (A B C, A B C, ...) so that drift of a noisy machine hits them alike; the
+figure is the median over rounds; results are ratios to a named baseline.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import re
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import jax
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """One variant's result: seconds per call (median over rounds) and compile seconds."""
+
+    name: str
+    median_s: float
+    compile_s: float
+    rounds: int
+    calls_per_round: int
+    samples_s: tuple[float, ...]
+
+
+def _block(out: Any) -> Any:
+    return jax.block_until_ready(out)
+
+
+def compile_jitted(fn: Callable, *args: Any) -> tuple[Callable, float]:
+    """Lowers and compiles ``jax.jit(fn)`` for ``args``; returns (compiled, seconds)."""
+    start = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    return compiled, time.perf_counter() - start
+
+
+def compare(
+    variants: dict[str, tuple[Callable, Sequence[Any]]],
+    *,
+    rounds: int = 21,
+    calls_per_round: int = 20,
+    warmup: int = 3,
+) -> dict[str, Timing]:
+    """Times jitted variants side by side in interleaved rounds.
+
+    Args:
+      variants: name -> (function, arguments); each function is jitted and
+        compiled once (compile time reported apart), then called.
+      rounds: timed rounds (>= 5); the median over rounds is reported.
+      calls_per_round: calls per variant per round, averaged within the round
+        (a single step can be shorter than the timer's resolution matters).
+      warmup: untimed calls per variant before the first round.
+
+    Returns:
+      name -> :class:`Timing`.
+    """
+    if rounds < 5:
+        raise ValueError(f"compare: rounds must be >= 5, got {rounds}")
+    compiled = {}
+    for name, (fn, args) in variants.items():
+        exe, seconds = compile_jitted(fn, *args)
+        compiled[name] = (exe, tuple(args), seconds)
+        for _ in range(warmup):
+            _block(exe(*args))
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, (exe, args, _) in compiled.items():
+            start = time.perf_counter()
+            for _ in range(calls_per_round):
+                out = exe(*args)
+            _block(out)
+            samples[name].append((time.perf_counter() - start) / calls_per_round)
+    return {
+        name: Timing(
+            name=name,
+            median_s=statistics.median(samples[name]),
+            compile_s=compiled[name][2],
+            rounds=rounds,
+            calls_per_round=calls_per_round,
+            samples_s=tuple(samples[name]),
+        )
+        for name in variants
+    }
+
+
+def _version(package: str) -> str:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def machine_summary(packages: Sequence[str] = ("jax", "jaxlib", "optax", "flax")) -> str:
+    """One markdown paragraph: CPU, cores, Python, package versions, date."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    versions = ", ".join(f"{p} {_version(p)}" for p in packages)
+    devices = ", ".join(sorted({d.platform for d in jax.devices()}))
+    return (
+        f"Machine: {cpu}, {os.cpu_count()} cores, {devices}; Python {platform.python_version()}; "
+        f"{versions}; {datetime.date.today().isoformat()}."
+    )
+
+
+def ratio_table(timings: dict[str, Timing], baseline: str) -> str:
+    """A markdown table of each variant's time, compile time and ratio to ``baseline``."""
+    base = timings[baseline].median_s
+    lines = [
+        f"| variant | median per call (ms) | compile (s) | ratio to {baseline} |",
+        "|---|---:|---:|---:|",
+    ]
+    for t in timings.values():
+        lines.append(
+            f"| {t.name} | {t.median_s * 1e3:.3f} | {t.compile_s:.2f} | {t.median_s / base:.3f} |"
+        )
+    return "\n".join(lines)
+
+
+def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
+    """Replaces (or appends) the section ``name`` of BENCHMARKS.md, leaving the others."""
+    begin, end = f"<!-- benchmark:{name} -->", f"<!-- /benchmark:{name} -->"
+    block = f"{begin}\n{body.strip()}\n{end}"
+    text = (
+        path.read_text()
+        if path.exists()
+        else (
+            "# Benchmarks\n\nWritten by `python -m benchmarks NAME`; each section is one "
+            "benchmark's last run. Ratios are jaxnum / peer (below 1 is faster).\n"
+        )
+    )
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), flags=re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: block, text)
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)

@@ -1,0 +1,155 @@
+"""Cost of loss scaling + clipping in a training step: jaxnum vs plain optax vs jmp.
+
+One step of a small MLP (784-512-512-10, batch 128 and 1024, softmax
+cross-entropy, float32 compute so that only the machinery differs), four ways:
+
+- ``optax``: grad, adam, apply (the baseline);
+- ``optax+clip``: the same with ``optax.clip_by_global_norm`` before adam;
+- ``optax+clip, scaled loss``: the optax+clip step on the gradients of
+  ``loss * scale`` divided by the scale, with no check and no skip: what any
+  loss scaling pays for scaling alone, so ``jaxnum`` over it is the wrapper's own cost;
+- ``jaxnum``: ``jn.scaled_value_and_grad`` +
+  ``jn.loss_scaling(chain(jn.clip_by_global_norm, adam))``;
+- ``jmp``: ``DynamicLossScale.scale`` / ``unscale`` + ``all_finite`` + the optax+clip
+  update + ``select_tree`` over params and state + ``adjust`` (jmp's README recipe).
+
+The overhead of a wrapper is its time over the baseline's, minus one. It is a
+fixed cost per parameter (a few elementwise passes), so its share of a step
+shrinks as the batch grows; both batch sizes are reported.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+import jaxnum as jn
+from benchmarks.harness import compare, machine_summary, ratio_table, write_section
+
+BATCHES = (128, 1024)
+WIDTH, IN, OUT = 512, 784, 10
+MAX_NORM = 1.0
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Dense(WIDTH)(x))
+        x = nn.relu(nn.Dense(WIDTH)(x))
+        return nn.Dense(OUT)(x)
+
+
+def _problem(batch):
+    kx, ky, kp = jax.random.split(jax.random.key(0), 3)
+    x = jax.random.normal(kx, (batch, IN))
+    labels = jax.random.randint(ky, (batch,), 0, OUT)
+    model = MLP()
+    params = model.init(kp, x)
+
+    def loss_fn(p):
+        logits = model.apply(p, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    return params, loss_fn
+
+
+def _variants(batch):
+    import jmp
+
+    params, loss_fn = _problem(batch)
+    adam = optax.adam(1e-3)
+    clipped = optax.chain(optax.clip_by_global_norm(MAX_NORM), optax.adam(1e-3))
+    ours = jn.loss_scaling(optax.chain(jn.clip_by_global_norm(MAX_NORM), optax.adam(1e-3)))
+    scaled_grad = jn.scaled_value_and_grad(loss_fn)
+
+    def optax_step(p, s, tx=adam):
+        loss, g = jax.value_and_grad(loss_fn)(p)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss
+
+    def optax_clip_step(p, s):
+        return optax_step(p, s, clipped)
+
+    def scaled_loss_step(p, s, scale):
+        loss, g = jax.value_and_grad(lambda q: loss_fn(q) * scale)(p)
+        u, s = clipped.update(jax.tree.map(lambda x: x / scale, g), s, p)
+        return optax.apply_updates(p, u), s, loss / scale
+
+    def jaxnum_step(p, s):
+        loss, g = scaled_grad(s, p)
+        u, s = ours.update(g, s, p)
+        return optax.apply_updates(p, u), s, loss
+
+    def jmp_step(p, s, scale, counter):
+        # jmp's DynamicLossScale cannot be an argument of jit(...).lower() (its
+        # unflatten runs a check on placeholder objects), so its arrays travel alone.
+        ls = jmp.DynamicLossScale(scale, counter)
+        loss, g = jax.value_and_grad(lambda q: ls.scale(loss_fn(q)))(p)
+        g = ls.unscale(g)
+        finite = jmp.all_finite(g)
+        u, new_s = clipped.update(g, s, p)
+        new_p = optax.apply_updates(p, u)
+        p, s = jmp.select_tree(finite, (new_p, new_s), (p, s))
+        ls = ls.adjust(finite)
+        return p, s, ls.loss_scale, ls.counter, ls.unscale(loss)
+
+    jmp_scale = (jnp.float32(2.0**15), jnp.zeros([], jnp.int32))
+    return {
+        "optax": (optax_step, (params, adam.init(params))),
+        "optax+clip": (optax_clip_step, (params, clipped.init(params))),
+        "optax+clip, scaled loss": (
+            scaled_loss_step,
+            (params, clipped.init(params), jnp.float32(2.0**15)),
+        ),
+        "jaxnum": (jaxnum_step, (params, ours.init(params))),
+        "jmp": (jmp_step, (params, clipped.init(params), *jmp_scale)),
+    }
+
+
+def _summary(timings) -> str:
+    base, clip = timings["optax"].median_s, timings["optax+clip"].median_s
+    scaled = timings["optax+clip, scaled loss"].median_s
+    ours, jmp_t = timings["jaxnum"].median_s, timings["jmp"].median_s
+
+    def pct(a, b):
+        return f"{100 * (a / b - 1):+.1f}%"
+
+    return (
+        f"Over the plain optax step: jaxnum {pct(ours, base)}, jmp {pct(jmp_t, base)} "
+        f"(optax's clipping alone {pct(clip, base)}, scaling the loss alone "
+        f"{pct(scaled, clip)} over optax+clip). The wrappers' own cost (check, skip, "
+        f"schedule) over the scaled-loss step: jaxnum {pct(ours, scaled)}, jmp "
+        f"{pct(jmp_t, scaled)}. jaxnum / jmp = {ours / jmp_t:.3f}."
+    )
+
+
+def run(quick: bool = False) -> dict:
+    """Runs the comparison for each batch size, prints it and (unless quick) writes it."""
+    parts = [
+        "## loss_scaling: training-step overhead of loss scaling + clipping",
+        f"MLP {IN}-{WIDTH}-{WIDTH}-{OUT}, float32 compute, adam, softmax cross-entropy; "
+        "interleaved rounds after warm-up, median per call, compile time apart. XLA CPU "
+        "with its default thread pool (all cores) for every variant; no buffer donation "
+        "for any. Run: `python -m benchmarks loss_scaling`.",
+        machine_summary(("jax", "jaxlib", "optax", "flax", "jmp")),
+    ]
+    results = {}
+    for batch in BATCHES:
+        calls = 20 if batch <= 128 else 5
+        timings = compare(
+            _variants(batch), rounds=5 if quick else 41, calls_per_round=2 if quick else calls
+        )
+        results[batch] = timings
+        parts += [
+            f"### batch {batch} ({timings['optax'].rounds} rounds of "
+            f"{timings['optax'].calls_per_round} calls)",
+            ratio_table(timings, "optax"),
+            _summary(timings),
+        ]
+    body = "\n\n".join(parts)
+    print(body)
+    if not quick:
+        write_section("loss_scaling", body)
+    return results

@@ -1,0 +1,37 @@
+"""The benchmark harness: timing protocol and BENCHMARKS.md sections."""
+
+import jax.numpy as jnp
+import pytest
+
+from benchmarks.harness import compare, ratio_table, write_section
+
+
+def test_compare_times_every_variant_with_compile_time_apart():
+    x = jnp.ones((64, 64))
+    timings = compare(
+        {"small": (lambda a: a @ a, (x,)), "bigger": (lambda a: a @ a @ a @ a, (x,))},
+        rounds=5,
+        calls_per_round=2,
+        warmup=1,
+    )
+    assert set(timings) == {"small", "bigger"}
+    for t in timings.values():
+        assert len(t.samples_s) == 5 and t.median_s > 0 and t.compile_s > 0
+        assert min(t.samples_s) <= t.median_s <= max(t.samples_s)
+    table = ratio_table(timings, "small")
+    assert "| small |" in table and table.splitlines()[2].endswith("| 1.000 |")
+
+
+def test_compare_refuses_fewer_than_five_rounds():
+    with pytest.raises(ValueError, match="rounds must be >= 5"):
+        compare({"f": (lambda a: a, (jnp.ones(2),))}, rounds=3)
+
+
+def test_write_section_replaces_its_own_section_and_keeps_others(tmp_path):
+    path = tmp_path / "BENCHMARKS.md"
+    write_section("a", "first A", path)
+    write_section("b", "only B", path)
+    write_section("a", "second A", path)
+    text = path.read_text()
+    assert "second A" in text and "first A" not in text and "only B" in text
+    assert text.count("<!-- benchmark:a -->") == 1
