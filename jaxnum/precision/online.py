@@ -36,8 +36,11 @@ def online_logsumexp(x: jax.Array, *, axis: int = -1, block_size: int = 128) -> 
       ``x`` reduced over ``axis``.
 
     Example:
-      >>> online_logsumexp(jnp.array([1000.0, 1000.0]), block_size=1)
-      Array(1000.6931, dtype=float32)
+      >>> x = jnp.array([1000.0, 1000.0, 999.0])
+      >>> bool(jnp.isinf(jnp.log(jnp.sum(jnp.exp(x)))))  # the naive formula
+      True
+      >>> bool(jnp.allclose(online_logsumexp(x, block_size=2), jax.nn.logsumexp(x)))
+      True
 
     References:
       Milakov and Gimelshein, "Online normalizer calculation for softmax", 2018,
