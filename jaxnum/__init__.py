@@ -3,7 +3,7 @@
 ``import jaxnum as jn``; the subpackages hold the rest (``jaxnum.precision``...).
 """
 
-from jaxnum import precision
+from jaxnum import autodiff, precision
 from jaxnum.precision import (
     ClipByGlobalNormState,
     FloatFormat,
@@ -37,6 +37,7 @@ __all__ = [
     "NonfiniteReport",
     "Policy",
     "all_finite",
+    "autodiff",
     "clip_by_global_norm",
     "current_loss_scale",
     "first_nonfinite",

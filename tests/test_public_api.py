@@ -8,10 +8,13 @@ import jax.numpy as jnp
 import pytest
 
 import jaxnum
+import jaxnum.autodiff
 import jaxnum.precision
 
 
-@pytest.mark.parametrize("module", [jaxnum, jaxnum.precision], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "module", [jaxnum, jaxnum.precision, jaxnum.autodiff], ids=lambda m: m.__name__
+)
 def test_every_exported_name_resolves_and_has_a_docstring(module):
     assert module.__all__, "empty __all__"
     for name in module.__all__:

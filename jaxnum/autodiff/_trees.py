@@ -1,0 +1,50 @@
+"""Pytree helpers and argument checks for jaxnum.autodiff."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def check_floating_tree(x: Any, fn: str, arg: str) -> None:
+    """Raises unless ``x`` is a non-empty pytree whose leaves are all floating arrays."""
+    leaves = jax.tree.leaves(x)
+    if not leaves:
+        raise ValueError(f"{fn}: {arg} is an empty pytree")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(x)[0]:
+        dtype = jnp.result_type(leaf)
+        if not jnp.issubdtype(dtype, jnp.inexact):
+            raise TypeError(
+                f"{fn}: {arg}{jax.tree_util.keystr(path)} has dtype {dtype}; "
+                "differentiation needs floating-point inputs"
+            )
+
+
+def check_like(x: Any, v: Any, fn: str, arg: str = "v") -> None:
+    """Raises unless ``v`` has ``x``'s tree structure and leaf shapes."""
+    sx, sv = jax.tree.structure(x), jax.tree.structure(v)
+    if sx != sv:
+        raise ValueError(f"{fn}: {arg} must have the tree structure of x: expected {sx}, got {sv}")
+    for path, a, b in zip(
+        (p for p, _ in jax.tree_util.tree_flatten_with_path(x)[0]),
+        jax.tree.leaves(x),
+        jax.tree.leaves(v),
+        strict=True,
+    ):
+        if jnp.shape(a) != jnp.shape(b):
+            raise ValueError(
+                f"{fn}: {arg}{jax.tree_util.keystr(path)} has shape {jnp.shape(b)}, "
+                f"expected {jnp.shape(a)} (the shape of x there)"
+            )
+
+
+def tree_vdot(a: Any, b: Any) -> jax.Array:
+    """Sum over leaves of ``vdot(a_leaf, b_leaf)``."""
+    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+
+
+def tree_axpy(alpha: Any, x: Any, y: Any) -> Any:
+    """``alpha * x + y`` leaf by leaf, keeping each leaf of ``y``'s dtype."""
+    return jax.tree.map(lambda a, b: (b + alpha * a).astype(jnp.result_type(b)), x, y)

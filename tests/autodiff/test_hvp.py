@@ -1,0 +1,124 @@
+"""hvp, hvp_fn and gnvp_fn against jax.hessian / jax.jacobian on small problems, in float64."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from jaxnum.autodiff import gnvp_fn, hvp, hvp_fn
+
+
+class TinyMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(jnp.tanh(nn.Dense(5)(x)))
+
+
+@pytest.fixture
+def mlp_problem(x64):
+    x = jax.random.normal(jax.random.key(0), (7, 4), jnp.float64)
+    t = jax.random.normal(jax.random.key(1), (7, 3), jnp.float64)
+    model = TinyMLP()
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), model.init(jax.random.key(2), x))
+
+    def model_fn(p, inputs):
+        return model.apply(p, inputs)
+
+    def loss(p, inputs, targets):
+        return 0.5 * jnp.mean(jnp.sum((model_fn(p, inputs) - targets) ** 2, axis=-1))
+
+    return params, x, t, model_fn, loss
+
+
+def _dense_hessian(f, params, *args):
+    flat, unravel = ravel_pytree(params)
+    return jax.hessian(lambda z: f(unravel(z), *args))(flat), unravel
+
+
+@pytest.mark.parametrize("mode", ["fwd-rev", "rev-rev", "rev-fwd"])
+def test_hvp_matches_the_dense_hessian_on_a_small_mlp(mlp_problem, mode):
+    params, x, t, _, loss = mlp_problem
+    H, unravel = _dense_hessian(loss, params, x, t)
+    rng = np.random.default_rng(0)
+    v = unravel(jnp.asarray(rng.normal(size=H.shape[0])))
+    got = jax.jit(lambda p, d: hvp(loss, p, d, x, t, mode=mode))(params, v)
+    np.testing.assert_allclose(ravel_pytree(got)[0], H @ ravel_pytree(v)[0], rtol=1e-10, atol=1e-12)
+
+
+def test_hvp_on_a_mixed_shape_pytree_against_numpy(x64):
+    # f(a, B) = sum(a**2 * (B @ a)); Hessian blocks written out by hand below.
+    def f(p):
+        return jnp.sum(p["a"] ** 2 * (p["B"] @ p["a"]))
+
+    rng = np.random.default_rng(1)
+    p = {"a": jnp.asarray(rng.normal(size=3)), "B": jnp.asarray(rng.normal(size=(3, 3)))}
+    v = {"a": jnp.asarray(rng.normal(size=3)), "B": jnp.asarray(rng.normal(size=(3, 3)))}
+    H, _ = _dense_hessian(f, p)
+    flat_v = ravel_pytree(v)[0]
+    for mode in ("fwd-rev", "rev-rev", "rev-fwd"):
+        np.testing.assert_allclose(ravel_pytree(hvp(f, p, v, mode=mode))[0], H @ flat_v, rtol=1e-12)
+
+
+def test_hvp_fn_gives_the_same_products_and_vmaps(mlp_problem):
+    params, x, t, _, loss = mlp_problem
+    H, unravel = _dense_hessian(loss, params, x, t)
+    product = hvp_fn(loss, params, x, t)
+    vs = jax.random.normal(jax.random.key(3), (4, H.shape[0]), jnp.float64)
+    batched = jax.vmap(lambda z: ravel_pytree(product(unravel(z)))[0])(vs)
+    np.testing.assert_allclose(batched, vs @ H.T, rtol=1e-10, atol=1e-12)
+
+
+def test_per_example_hvps_under_vmap(x64):
+    def f(w, xi):
+        return jnp.sum(jnp.sin(w * xi))
+
+    w = jnp.array([0.3, -1.2])
+    xs = jnp.array([[1.0, 2.0], [0.5, -1.0], [3.0, 0.1]])
+    v = jnp.array([1.0, -2.0])
+    per_example = jax.vmap(lambda xi: hvp(f, w, v, xi))(xs)
+    expected = [jax.hessian(f)(w, xi) @ v for xi in xs]
+    np.testing.assert_allclose(per_example, np.stack(expected), rtol=1e-12)
+
+
+def test_gnvp_matches_jacobian_formula_and_is_psd(mlp_problem):
+    params, x, t, model_fn, _ = mlp_problem
+
+    def loss_out(outputs, targets):
+        return 0.5 * jnp.mean(jnp.sum((outputs - targets) ** 2, axis=-1))
+
+    flat, unravel = ravel_pytree(params)
+    J = jax.jacobian(lambda z: model_fn(unravel(z), x).ravel())(flat)
+    out = model_fn(params, x)
+    HL = jax.hessian(lambda o: loss_out(o.reshape(out.shape), t))(out.ravel())
+    G = J.T @ HL @ J
+    product = gnvp_fn(model_fn, loss_out, params, x, t)
+    vs = np.random.default_rng(4).normal(size=(5, flat.size))
+    got = np.stack([ravel_pytree(product(unravel(jnp.asarray(v))))[0] for v in vs])
+    np.testing.assert_allclose(got, vs @ G.T, rtol=1e-10, atol=1e-12)
+    assert np.all(np.einsum("ij,ij->i", vs, got) >= -1e-12)  # v.Gv >= 0
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: hvp(jnp.sum, jnp.arange(3), jnp.ones(3)), TypeError, "x has dtype int"),
+        (lambda: hvp(jnp.sum, jnp.array([True]), jnp.ones(1)), TypeError, "x has dtype bool"),
+        (lambda: hvp(jnp.sum, jnp.ones(3), jnp.ones(4)), ValueError, r"v has shape \(4,\)"),
+        (
+            lambda: hvp(lambda p: p["a"].sum(), {"a": jnp.ones(2)}, [jnp.ones(2)]),
+            ValueError,
+            "tree structure",
+        ),
+        (
+            lambda: hvp(jnp.sum, jnp.ones(3), jnp.ones(3), mode="fwd-fwd"),
+            ValueError,
+            "mode='fwd-fwd' unknown",
+        ),
+        (lambda: hvp_fn(jnp.sum, jnp.ones(3))(jnp.ones(2)), ValueError, r"v has shape \(2,\)"),
+    ],
+)
+def test_bad_input_is_refused_by_name(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
