@@ -1,6 +1,26 @@
-"""Differentiation tools: Hessian- and Gauss-Newton-vector products, finite differences."""
+"""Differentiation tools: Hessian- and Gauss-Newton-vector products, stochastic
+trace/diagonal estimators, finite differences."""
 
-from jaxnum.autodiff.finite_differences import derivative, fd_error_curve
+from jaxnum.autodiff.estimators import (
+    TraceEstimate,
+    diagonal_estimate,
+    hessian_diag,
+    hessian_trace,
+    trace_estimate,
+)
+from jaxnum.autodiff.finite_differences import ErrorCurve, derivative, fd_error_curve
 from jaxnum.autodiff.hvp import gnvp_fn, hvp, hvp_fn
 
-__all__ = ["derivative", "fd_error_curve", "gnvp_fn", "hvp", "hvp_fn"]
+__all__ = [
+    "ErrorCurve",
+    "TraceEstimate",
+    "derivative",
+    "diagonal_estimate",
+    "fd_error_curve",
+    "gnvp_fn",
+    "hessian_diag",
+    "hessian_trace",
+    "hvp",
+    "hvp_fn",
+    "trace_estimate",
+]

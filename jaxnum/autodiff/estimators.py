@@ -1,0 +1,214 @@
+"""Stochastic trace and diagonal estimators for symmetric operators given by products."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+
+from jaxnum.autodiff._trees import check_floating_tree
+from jaxnum.autodiff.hvp import hvp_fn
+
+TRACE_METHODS = ("hutchinson", "hutch++")
+
+
+class TraceEstimate(NamedTuple):
+    """A stochastic trace estimate.
+
+    Attributes:
+      value: the estimate of ``tr(A)``.
+      std_error: its estimated standard error (from the spread of the probes).
+      num_matvecs: products with ``A`` used (a Python int).
+    """
+
+    value: jax.Array
+    std_error: jax.Array
+    num_matvecs: int
+
+
+def _check_samples(num_samples: Any, minimum: int, fn: str) -> None:
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
+        raise TypeError(f"{fn}: num_samples must be a Python int, got {num_samples!r}")
+    if num_samples < minimum:
+        raise ValueError(f"{fn}: num_samples must be >= {minimum}, got {num_samples}")
+
+
+def _flat_operator(matvec: Callable[[Any], Any], x_like: Any, chunk_size: int | None):
+    """The operator on flat vectors, and its batched form over columns (chunked vmap)."""
+    flat, unravel = ravel_pytree(x_like)
+
+    def single(z):
+        return ravel_pytree(matvec(unravel(z)))[0].astype(z.dtype)
+
+    def columns(Z):  # Z: (n, k) -> A Z, probes in chunks of chunk_size
+        return jax.lax.map(single, Z.T, batch_size=chunk_size).T
+
+    return flat, single, columns
+
+
+def _rademacher(key, shape, dtype):
+    return jax.random.rademacher(key, shape, dtype=dtype)
+
+
+def trace_estimate(
+    matvec: Callable[[Any], Any],
+    x_like: Any,
+    *,
+    key: jax.Array,
+    num_samples: int,
+    method: str = "hutch++",
+    chunk_size: int | None = None,
+) -> TraceEstimate:
+    """Estimates ``tr(A)`` of a symmetric operator from ``num_samples`` products ``A v``.
+
+    - ``"hutchinson"``: the mean of ``z^T A z`` over Rademacher probes ``z``;
+      variance ``2 (||A||_F^2 - sum A_ii^2) / m``.
+    - ``"hutch++"``: a third of the budget finds the dominant range ``Q`` of
+      ``A`` (one block product and a QR), whose trace ``tr(Q^T A Q)`` is exact;
+      Hutchinson on the deflated rest uses the remaining probes. Error
+      O(1/m) instead of O(1/sqrt(m)) when the spectrum decays (Hessians of
+      trained networks).
+
+    Probes are vmapped in chunks of ``chunk_size`` (all at once when None), so
+    memory stays bounded for large operators.
+
+    Args:
+      matvec: ``v -> A v`` on pytrees like ``x_like`` (A symmetric).
+      x_like: a pytree giving the structure, shapes and dtype of ``v``.
+      key: a PRNG key.
+      num_samples: products with A (>= 1; >= 3 for hutch++).
+      method: ``"hutch++"`` (default) or ``"hutchinson"``.
+      chunk_size: probes per vmapped batch (None: all).
+
+    Returns:
+      A :class:`TraceEstimate`.
+
+    Example:
+      >>> A = jnp.diag(jnp.arange(1.0, 6.0))
+      >>> est = trace_estimate(lambda v: A @ v, jnp.zeros(5), key=jax.random.key(0),
+      ...                      num_samples=15)
+      >>> bool(jnp.abs(est.value - 15.0) < 1e-3)  # rank 5 <= 15/3: Hutch++ is exact
+      True
+
+    References:
+      Hutchinson, "A stochastic estimator of the trace of the influence matrix",
+      1989; Meyer, Musco, Musco, Woodruff, "Hutch++: Optimal stochastic trace
+      estimation", SOSA 2021, https://arxiv.org/abs/2010.09649 (Algorithm 1).
+    """
+    fn = "trace_estimate"
+    if method not in TRACE_METHODS:
+        raise ValueError(f"{fn}: method={method!r} unknown; expected one of {TRACE_METHODS}")
+    check_floating_tree(x_like, fn, "x_like")
+    _check_samples(num_samples, 3 if method == "hutch++" else 1, fn)
+    flat, _, columns = _flat_operator(matvec, x_like, chunk_size)
+    n, dtype = flat.size, flat.dtype
+    if method == "hutchinson":
+        Z = _rademacher(key, (n, num_samples), dtype)
+        samples = jnp.sum(Z * columns(Z), axis=0)
+        se = jnp.std(samples, ddof=1) / jnp.sqrt(num_samples) if num_samples > 1 else jnp.inf
+        return TraceEstimate(jnp.mean(samples), jnp.asarray(se, dtype), num_samples)
+    k_range = min(num_samples // 3, n)
+    k_rest = num_samples - 2 * k_range
+    key_s, key_g = jax.random.split(key)
+    S = _rademacher(key_s, (n, k_range), dtype)
+    Q, _ = jnp.linalg.qr(columns(S))
+    exact_part = jnp.trace(Q.T @ columns(Q))
+    G = _rademacher(key_g, (n, k_rest), dtype)
+    G = G - Q @ (Q.T @ G)
+    samples = jnp.sum(G * columns(G), axis=0)
+    se = jnp.std(samples, ddof=1) / jnp.sqrt(k_rest) if k_rest > 1 else jnp.inf
+    return TraceEstimate(exact_part + jnp.mean(samples), jnp.asarray(se, dtype), num_samples)
+
+
+def diagonal_estimate(
+    matvec: Callable[[Any], Any],
+    x_like: Any,
+    *,
+    key: jax.Array,
+    num_samples: int,
+    chunk_size: int | None = None,
+) -> Any:
+    """Estimates the diagonal of a symmetric operator: the mean of ``z * (A z)``.
+
+    Args:
+      matvec, x_like, key, num_samples, chunk_size: as for :func:`trace_estimate`.
+
+    Returns:
+      The estimated diagonal, a pytree like ``x_like``.
+
+    Example:
+      >>> A = jnp.diag(jnp.array([1.0, 2.0, 3.0]))
+      >>> diagonal_estimate(lambda v: A @ v, jnp.zeros(3), key=jax.random.key(0), num_samples=4)
+      Array([1., 2., 3.], dtype=float32)
+
+    References:
+      Bekas, Kokiopoulou, Saad, "An estimator for the diagonal of a matrix",
+      Applied Numerical Mathematics 2007, Eq. (1).
+    """
+    fn = "diagonal_estimate"
+    check_floating_tree(x_like, fn, "x_like")
+    _check_samples(num_samples, 1, fn)
+    flat, unravel = ravel_pytree(x_like)
+    _, _, columns = _flat_operator(matvec, x_like, chunk_size)
+    Z = _rademacher(key, (flat.size, num_samples), flat.dtype)
+    return unravel(jnp.mean(Z * columns(Z), axis=1))
+
+
+def hessian_trace(
+    f: Callable[..., Any],
+    x: Any,
+    *args: Any,
+    key: jax.Array,
+    num_samples: int,
+    method: str = "hutch++",
+    chunk_size: int | None = None,
+) -> TraceEstimate:
+    """Estimates the trace of the Hessian of ``f(x, *args)`` at ``x`` from Hessian-vector products.
+
+    :func:`trace_estimate` on :func:`hvp_fn` (the gradient is linearized once).
+
+    Example:
+      >>> est = hessian_trace(lambda x: jnp.sum(x**2), jnp.ones(4), key=jax.random.key(0),
+      ...                     num_samples=12)
+      >>> bool(jnp.abs(est.value - 8.0) < 1e-4)  # H = 2 I in 4 dimensions
+      True
+
+    References:
+      See :func:`trace_estimate`.
+    """
+    check_floating_tree(x, "hessian_trace", "x")
+    return trace_estimate(
+        hvp_fn(f, x, *args),
+        x,
+        key=key,
+        num_samples=num_samples,
+        method=method,
+        chunk_size=chunk_size,
+    )
+
+
+def hessian_diag(
+    f: Callable[..., Any],
+    x: Any,
+    *args: Any,
+    key: jax.Array,
+    num_samples: int,
+    chunk_size: int | None = None,
+) -> Any:
+    """Estimates the diagonal of the Hessian of ``f(x, *args)`` (Bekas et al. 2007).
+
+    Example:
+      >>> hessian_diag(lambda x: jnp.sum(x**3), jnp.array([1.0, 2.0]), key=jax.random.key(0),
+      ...              num_samples=2)
+      Array([ 6., 12.], dtype=float32)
+
+    References:
+      See :func:`diagonal_estimate`.
+    """
+    check_floating_tree(x, "hessian_diag", "x")
+    return diagonal_estimate(
+        hvp_fn(f, x, *args), x, key=key, num_samples=num_samples, chunk_size=chunk_size
+    )

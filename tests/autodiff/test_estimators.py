@@ -1,0 +1,95 @@
+"""Hutchinson / Hutch++ traces and the Bekas diagonal against exact values (float64)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from jaxnum.autodiff import diagonal_estimate, hessian_diag, hessian_trace, trace_estimate
+
+
+def _spd(n, seed, decay=None):
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    eig = rng.uniform(0.5, 2.0, size=n) if decay is None else 100.0 * decay ** np.arange(n)
+    return U @ np.diag(eig) @ U.T
+
+
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
+def test_trace_within_three_standard_errors(x64, method):
+    A = jnp.asarray(_spd(40, 0))
+    est = jax.jit(
+        lambda k: trace_estimate(
+            lambda v: A @ v, jnp.zeros(40), key=k, num_samples=60, method=method, chunk_size=16
+        )
+    )(jax.random.key(1))
+    assert abs(float(est.value) - float(jnp.trace(A))) <= 3 * float(est.std_error)
+    assert est.num_matvecs == 60
+
+
+def test_hutch_plus_plus_has_lower_variance_on_a_decaying_spectrum(x64):
+    A = jnp.asarray(_spd(60, 1, decay=0.7))  # low-rank dominated
+    exact = float(jnp.trace(A))
+
+    def errors(method):
+        run = jax.jit(
+            jax.vmap(
+                lambda k: (
+                    trace_estimate(
+                        lambda v: A @ v, jnp.zeros(60), key=k, num_samples=30, method=method
+                    ).value
+                )
+            )
+        )
+        return np.asarray(run(jax.random.split(jax.random.key(2), 200))) - exact
+
+    hutch, hpp = errors("hutchinson"), errors("hutch++")
+    assert abs(hutch.mean()) < 4 * hutch.std() / np.sqrt(200)  # unbiased
+    assert abs(hpp.mean()) < 4 * hpp.std() / np.sqrt(200) + 1e-9
+    assert hpp.var() < 0.1 * hutch.var()
+
+
+def test_hessian_trace_and_diag_of_a_small_network_loss(x64):
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(6, 3)))
+    params = {"W": jnp.asarray(rng.normal(size=(3, 4))), "b": jnp.asarray(rng.normal(size=4))}
+
+    def loss(p, inputs):
+        return jnp.sum(jnp.tanh(inputs @ p["W"] + p["b"]) ** 2)
+
+    flat, unravel = ravel_pytree(params)
+    H = jax.hessian(lambda z: loss(unravel(z), x))(flat)
+    est = hessian_trace(
+        loss, params, x, key=jax.random.key(4), num_samples=300, method="hutchinson"
+    )
+    assert abs(float(est.value) - float(jnp.trace(H))) <= 3 * float(est.std_error)
+    exact_hpp = hessian_trace(loss, params, x, key=jax.random.key(4), num_samples=48)
+    np.testing.assert_allclose(exact_hpp.value, jnp.trace(H), rtol=1e-10)  # n=16 <= 48/3
+    diag = hessian_diag(loss, params, x, key=jax.random.key(5), num_samples=4000)
+    err = ravel_pytree(diag)[0] - jnp.diag(H)
+    # Bekas: the error of entry i has variance sum_{j != i} H_ij^2 / m.
+    bound = 4 * np.sqrt((np.sum(np.asarray(H) ** 2, axis=1) - np.diag(H) ** 2) / 4000)
+    assert np.all(np.abs(np.asarray(err)) <= bound + 1e-12)
+
+
+def test_diagonal_of_a_diagonal_operator_is_exact():
+    d = jnp.array([1.0, -2.0, 3.5])
+    est = diagonal_estimate(lambda v: d * v, jnp.zeros(3), key=jax.random.key(0), num_samples=1)
+    np.testing.assert_array_equal(est, d)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        (dict(num_samples=0, method="hutchinson"), ValueError, "num_samples must be >= 1"),
+        (dict(num_samples=2), ValueError, "num_samples must be >= 3"),
+        (dict(num_samples=3.0), TypeError, "num_samples must be a Python int"),
+        (dict(num_samples=6, method="xtrace!"), ValueError, "method='xtrace!' unknown"),
+    ],
+)
+def test_bad_input_is_refused_by_name(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        trace_estimate(lambda v: v, jnp.zeros(3), key=jax.random.key(0), **kwargs)
+    with pytest.raises(TypeError, match="dtype int"):
+        hessian_trace(jnp.sum, jnp.arange(3), key=jax.random.key(0), num_samples=3)
