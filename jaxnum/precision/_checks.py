@@ -79,3 +79,14 @@ def floating_leaves(tree: Any, fn: str, arg: str) -> list[jax.Array]:
             "expected float16/bfloat16/float32/float64 arrays"
         )
     return out
+
+
+def floating_dtype(value: Any, fn: str, arg: str = "dtype") -> np.dtype:
+    """``value`` as a floating numpy/jax dtype; TypeError naming ``arg`` otherwise."""
+    try:
+        dt = jnp.dtype(value)
+    except TypeError as e:
+        raise TypeError(f"{fn}: {arg}={value!r} is not a dtype") from e
+    if not jnp.issubdtype(dt, jnp.floating):
+        raise TypeError(f"{fn}: {arg} must be a floating dtype, got {dt.name}")
+    return dt

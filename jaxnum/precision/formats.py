@@ -6,6 +6,8 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
+from jaxnum.precision._checks import floating_dtype
+
 FORMAT_NAMES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 
 
@@ -46,12 +48,7 @@ def float_format(dtype) -> FloatFormat:
       >>> float_format("float16").max
       65504.0
     """
-    try:
-        dt = jnp.dtype(dtype)
-    except TypeError as e:
-        raise TypeError(f"float_format: dtype={dtype!r} is not a dtype") from e
-    if not jnp.issubdtype(dt, jnp.floating):
-        raise TypeError(f"float_format: dtype must be floating point, got {dt.name}")
+    dt = floating_dtype(dtype, "float_format")
     info = jnp.finfo(dt)
     return FloatFormat(
         name=dt.name,

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import source_info_util
 
-from jaxnum.precision._checks import floating_leaves
+from jaxnum.precision._checks import floating_dtype, floating_leaves
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,12 +95,7 @@ def nonfinite_report(tree: Any) -> NonfiniteReport:
 
 
 def _cast_fraction(tree: Any, dtype: Any, fn: str, kind: str) -> jax.Array:
-    try:
-        dt = jnp.dtype(dtype)
-    except TypeError as e:
-        raise TypeError(f"{fn}: dtype={dtype!r} is not a dtype") from e
-    if not jnp.issubdtype(dt, jnp.floating):
-        raise TypeError(f"{fn}: dtype must be a floating dtype, got {dt.name}")
+    dt = floating_dtype(dtype, fn)
     hits = jnp.zeros([], jnp.float32)
     total = jnp.zeros([], jnp.float32)
     for x in floating_leaves(tree, fn, "tree"):
