@@ -7,6 +7,7 @@ import importlib
 import sys
 
 BENCHMARKS = {
+    "hvp": "benchmarks.hvp",
     "loss_scaling": "benchmarks.loss_scaling",
 }
 

@@ -98,6 +98,28 @@ def compare(
     }
 
 
+def compare_python(
+    variants: dict[str, Callable[[], Any]], *, rounds: int = 11, warmup: int = 2
+) -> dict[str, float]:
+    """Median seconds of Python-driven callables (already-jitted pieces, loops, eager code).
+
+    Interleaved rounds like :func:`compare`; each call's result is blocked on.
+    Used where the work is a sequence of dispatches, not one compiled function.
+    """
+    if rounds < 5:
+        raise ValueError(f"compare_python: rounds must be >= 5, got {rounds}")
+    for fn in variants.values():
+        for _ in range(warmup):
+            _block(fn())
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, fn in variants.items():
+            start = time.perf_counter()
+            _block(fn())
+            samples[name].append(time.perf_counter() - start)
+    return {name: statistics.median(s) for name, s in samples.items()}
+
+
 def _version(package: str) -> str:
     try:
         return metadata.version(package)

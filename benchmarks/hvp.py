@@ -1,0 +1,173 @@
+"""Cost of Hessian-vector products against the gradient, and against the explicit Hessian.
+
+Part 1: an MLP loss with about 1.07M parameters (784-1024-256-10, batch 128,
+softmax cross-entropy): f, grad, ``jn.autodiff.hvp`` in each mode, and plain
+jax forward-over-reverse (``jax.jvp(jax.grad(f))``), as ratios to grad.
+Part 2: 10 sequential products (power iteration, each direction depending on
+the last, in a ``lax.fori_loop``) through ``hvp_fn`` (linearized once, outside
+the loop) against ``hvp`` called in the loop body.
+Part 2b: 10 products driven from Python, each a compiled call: ``hvp`` each
+time against ``hvp_fn`` (one compiled linearization, then one compiled linear
+product each time), the linearization included in the time.
+Part 3: one hvp against the explicit ``jax.hessian`` of
+``f(x) = sum(tanh(A x))`` as n grows (the O(n) vs O(n**2) claim).
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from benchmarks.harness import (
+    compare,
+    compare_python,
+    machine_summary,
+    ratio_table,
+    write_section,
+)
+from jaxnum.autodiff import hvp, hvp_fn
+
+BATCH, IN, HIDDEN, OUT = 128, 784, (1024, 256), 10
+NUM_PRODUCTS = 10
+SIZES = (64, 128, 256, 512, 1024)
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        for width in HIDDEN:
+            x = jnp.tanh(nn.Dense(width)(x))
+        return nn.Dense(OUT)(x)
+
+
+def _mlp_problem():
+    kx, ky, kp, kv = jax.random.split(jax.random.key(0), 4)
+    x = jax.random.normal(kx, (BATCH, IN))
+    labels = jax.random.randint(ky, (BATCH,), 0, OUT)
+    model = MLP()
+    params = model.init(kp, x)
+
+    def loss(p):
+        logits = model.apply(p, x)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    leaves, treedef = jax.tree.flatten(params)
+    keys = jax.random.split(kv, len(leaves))
+    v = treedef.unflatten(
+        [jax.random.normal(k, p.shape) for k, p in zip(keys, leaves, strict=True)]
+    )
+    return loss, params, v
+
+
+def _part1(rounds):
+    loss, params, v = _mlp_problem()
+    n = sum(p.size for p in jax.tree.leaves(params))
+    variants = {
+        "f": (loss, (params,)),
+        "grad": (jax.grad(loss), (params,)),
+        "jax jvp(grad)": (lambda p, d: jax.jvp(jax.grad(loss), (p,), (d,))[1], (params, v)),
+    }
+    for mode in ("fwd-rev", "rev-rev", "rev-fwd"):
+        variants[f"hvp {mode}"] = (lambda p, d, m=mode: hvp(loss, p, d, mode=m), (params, v))
+    timings = compare(variants, rounds=rounds, calls_per_round=5)
+    return n, timings
+
+
+def _part2(rounds):
+    loss, params, v = _mlp_problem()
+    vs = [jax.tree.map(lambda a, i=i: a * (1.0 + i), v) for i in range(NUM_PRODUCTS)]
+
+    def repeated(p, ds):
+        return [hvp(loss, p, d) for d in ds]
+
+    def linearized(p, ds):
+        product = hvp_fn(loss, p)
+        return [product(d) for d in ds]
+
+    return compare(
+        {
+            f"{NUM_PRODUCTS} x hvp": (repeated, (params, vs)),
+            f"hvp_fn + {NUM_PRODUCTS} products": (linearized, (params, vs)),
+        },
+        rounds=rounds,
+        calls_per_round=2,
+    )
+
+
+def _part2b(rounds):
+    loss, params, v = _mlp_problem()
+    vs = [jax.tree.map(lambda a, i=i: a * (1.0 + i), v) for i in range(NUM_PRODUCTS)]
+    hvp_jit = jax.jit(lambda p, d: hvp(loss, p, d))
+
+    def with_hvp_fn():
+        product = hvp_fn(loss, params)  # linearization included in the time
+        return [product(d) for d in vs]
+
+    return compare_python(
+        {
+            "hvp calls": lambda: [hvp_jit(params, d) for d in vs],
+            "hvp_fn": with_hvp_fn,
+        },
+        rounds=max(rounds // 2, 5),
+    )
+
+
+def _part3(rounds):
+    rows = []
+    for n in SIZES:
+        A = jax.random.normal(jax.random.key(n), (n, n)) / jnp.sqrt(n)
+        x = jax.random.normal(jax.random.key(1), (n,))
+
+        def f(z, A=A):
+            return jnp.sum(jnp.tanh(A @ z))
+
+        t = compare(
+            {"hessian": (jax.hessian(f), (x,)), "hvp": (lambda z, d, f=f: hvp(f, z, d), (x, x))},
+            rounds=rounds,
+            calls_per_round=5,
+        )
+        rows.append((n, t["hessian"].median_s, t["hvp"].median_s))
+    lines = ["| n | jax.hessian (ms) | one hvp (ms) | hessian / hvp |", "|---:|---:|---:|---:|"]
+    lines += [f"| {n} | {h * 1e3:.3f} | {p * 1e3:.3f} | {h / p:.1f} |" for n, h, p in rows]
+    return "\n".join(lines)
+
+
+def run(quick: bool = False) -> None:
+    rounds = 5 if quick else 21
+    n, t1 = _part1(rounds)
+    t2 = _part2(rounds)
+    t2b = _part2b(rounds)
+    table3 = _part3(rounds)
+    grad_t = t1["grad"].median_s
+    fwd_rev, rev_rev = t1["hvp fwd-rev"].median_s, t1["hvp rev-rev"].median_s
+    plain = t1["jax jvp(grad)"].median_s
+    speedup = (
+        t2[f"{NUM_PRODUCTS} x hvp"].median_s / t2[f"hvp_fn + {NUM_PRODUCTS} products"].median_s
+    )
+    body = "\n\n".join(
+        [
+            "## hvp: Hessian-vector products vs grad, hvp_fn, explicit Hessian",
+            f"MLP {IN}-{'-'.join(map(str, HIDDEN))}-{OUT} ({n:,} parameters), batch {BATCH}, "
+            "float32; median of interleaved rounds after warm-up, compile time apart; XLA CPU "
+            "default threads. Run: `python -m benchmarks hvp`.",
+            machine_summary(("jax", "jaxlib", "flax", "optax")),
+            ratio_table(t1, "grad"),
+            f"hvp fwd-rev / grad = {fwd_rev / grad_t:.2f} (target <= 2.2); plain jax "
+            f"jvp(grad) / grad = {plain / grad_t:.2f}; jaxnum fwd-rev / plain jax = "
+            f"{fwd_rev / plain:.3f}; fwd-rev / rev-rev = {fwd_rev / rev_rev:.2f} (target <= 1).",
+            ratio_table(t2, f"{NUM_PRODUCTS} x hvp"),
+            f"hvp_fn speed-up for {NUM_PRODUCTS} products inside one jit: {speedup:.2f}x "
+            "(target >= 1.3): XLA hoists the primal part of hvp out of the loop by itself.",
+            f"Driven from Python, {NUM_PRODUCTS} products, each a compiled call: hvp "
+            f"{t2b['hvp calls'] * 1e3:.1f} ms; hvp_fn (its linearization included) "
+            f"{t2b['hvp_fn'] * 1e3:.1f} ms: "
+            f"{t2b['hvp calls'] / t2b['hvp_fn']:.2f}x (target >= 1.3).",
+            "Explicit Hessian vs one hvp, f(x) = sum(tanh(A x)):",
+            table3,
+        ]
+    )
+    print(body)
+    if not quick:
+        write_section("hvp", body)
