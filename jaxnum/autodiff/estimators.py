@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 from jaxnum.autodiff._trees import check_floating_tree
 from jaxnum.autodiff.hvp import hvp_fn
 
-TRACE_METHODS = ("hutchinson", "hutch++")
+TRACE_METHODS = ("hutchinson", "hutch++", "xtrace")
 
 
 class TraceEstimate(NamedTuple):
@@ -71,6 +71,14 @@ def trace_estimate(
       Hutchinson on the deflated rest uses the remaining probes. Error
       O(1/m) instead of O(1/sqrt(m)) when the spectrum decays (Hessians of
       trained networks).
+    - ``"xtrace"``: every Gaussian test vector serves both roles. With
+      ``Y = A Omega = Q R`` (k = m/2 vectors) and ``H = Q^T A Q``, estimate i
+      deflates with the basis of Y without column i (``Q (I - s_i s_i^T)``,
+      ``s_i`` the normalised i-th column of ``R^-T``) and applies Hutchinson to
+      ``omega_i``, which is independent of that basis; the k estimates are
+      averaged (exchangeable, unbiased) and their spread gives the error
+      estimate. All k-by-k algebra after the 2k products. Needs ``A`` of rank
+      at least k (R invertible).
 
     Probes are vmapped in chunks of ``chunk_size`` (all at once when None), so
     memory stays bounded for large operators.
@@ -79,8 +87,8 @@ def trace_estimate(
       matvec: ``v -> A v`` on pytrees like ``x_like`` (A symmetric).
       x_like: a pytree giving the structure, shapes and dtype of ``v``.
       key: a PRNG key.
-      num_samples: products with A (>= 1; >= 3 for hutch++).
-      method: ``"hutch++"`` (default) or ``"hutchinson"``.
+      num_samples: products with A (>= 1; >= 3 for hutch++; >= 4 for xtrace).
+      method: ``"hutch++"`` (default), ``"xtrace"`` or ``"hutchinson"``.
       chunk_size: probes per vmapped batch (None: all).
 
     Returns:
@@ -96,13 +104,17 @@ def trace_estimate(
     References:
       Hutchinson, "A stochastic estimator of the trace of the influence matrix",
       1989; Meyer, Musco, Musco, Woodruff, "Hutch++: Optimal stochastic trace
-      estimation", SOSA 2021, https://arxiv.org/abs/2010.09649 (Algorithm 1).
+      estimation", SOSA 2021, https://arxiv.org/abs/2010.09649 (Algorithm 1);
+      Epperly, Tropp, Webber, "XTrace: Making the most of every sample in
+      stochastic trace estimation", SIAM J. Matrix Anal. Appl. 2024,
+      https://arxiv.org/abs/2301.07825 (Sec. 2, the exchangeable estimator;
+      the formulas below are derived here for the k-by-k form).
     """
     fn = "trace_estimate"
     if method not in TRACE_METHODS:
         raise ValueError(f"{fn}: method={method!r} unknown; expected one of {TRACE_METHODS}")
     check_floating_tree(x_like, fn, "x_like")
-    _check_samples(num_samples, 3 if method == "hutch++" else 1, fn)
+    _check_samples(num_samples, {"hutchinson": 1, "hutch++": 3, "xtrace": 4}[method], fn)
     flat, _, columns = _flat_operator(matvec, x_like, chunk_size)
     n, dtype = flat.size, flat.dtype
     if method == "hutchinson":
@@ -110,6 +122,8 @@ def trace_estimate(
         samples = jnp.sum(Z * columns(Z), axis=0)
         se = jnp.std(samples, ddof=1) / jnp.sqrt(num_samples) if num_samples > 1 else jnp.inf
         return TraceEstimate(jnp.mean(samples), jnp.asarray(se, dtype), num_samples)
+    if method == "xtrace":
+        return _xtrace(columns, n, dtype, key, num_samples)
     k_range = min(num_samples // 3, n)
     k_rest = num_samples - 2 * k_range
     key_s, key_g = jax.random.split(key)
@@ -121,6 +135,35 @@ def trace_estimate(
     samples = jnp.sum(G * columns(G), axis=0)
     se = jnp.std(samples, ddof=1) / jnp.sqrt(k_rest) if k_rest > 1 else jnp.inf
     return TraceEstimate(exact_part + jnp.mean(samples), jnp.asarray(se, dtype), num_samples)
+
+
+def _xtrace(columns, n, dtype, key, num_samples) -> TraceEstimate:
+    """XTrace with Gaussian test vectors; see :func:`trace_estimate`."""
+    k = min(num_samples // 2, n)
+    omega = jax.random.normal(key, (n, k), dtype)
+    Y = columns(omega)
+    Q, R = jnp.linalg.qr(Y)
+    Z = columns(Q)
+    H = Q.T @ Z  # Q^T A Q
+    W = Q.T @ omega  # coordinates of each omega_i in range(Q)
+    omega_A_omega = jnp.sum(omega * Y, axis=0)  # omega_i^T A omega_i
+    S = jnp.linalg.solve(R.T, jnp.eye(k, dtype=dtype))  # columns of R^-T
+    S = S / jnp.linalg.norm(S, axis=0, keepdims=True)
+    # Estimate i, with P_i = Q (I - s s^T) Q^T, w = W[:, i], r = R[:, i], c = s.w:
+    #   tr(P_i A) = tr H - s.Hs
+    #   (I - P_i) omega = omega_perp + c Q s, omega_perp = omega - Q w, and
+    #   omega_perp^T A omega_perp = omega.A omega - 2 r.w + w.H w  (Q^T A omega_i = r, A = A^T)
+    #   (Q s)^T A omega_perp = s.(r - H w)
+    sHs = jnp.sum(S * (H @ S), axis=0)
+    c = jnp.sum(S * W, axis=0)
+    HW = H @ W
+    wHw = jnp.sum(W * HW, axis=0)
+    rw = jnp.sum(R * W, axis=0)
+    perp = omega_A_omega - 2 * rw + wHw
+    cross = jnp.sum(S * (R - HW), axis=0)
+    samples = jnp.trace(H) - sHs + perp + 2 * c * cross + c**2 * sHs
+    se = jnp.std(samples, ddof=1) / jnp.sqrt(k)
+    return TraceEstimate(jnp.mean(samples), se.astype(dtype), 2 * k)
 
 
 def diagonal_estimate(

@@ -16,7 +16,7 @@ def _spd(n, seed, decay=None):
     return U @ np.diag(eig) @ U.T
 
 
-@pytest.mark.parametrize("method", ["hutchinson", "hutch++"])
+@pytest.mark.parametrize("method", ["hutchinson", "hutch++", "xtrace"])
 def test_trace_within_three_standard_errors(x64, method):
     A = jnp.asarray(_spd(40, 0))
     est = jax.jit(
@@ -44,10 +44,11 @@ def test_hutch_plus_plus_has_lower_variance_on_a_decaying_spectrum(x64):
         )
         return np.asarray(run(jax.random.split(jax.random.key(2), 200))) - exact
 
-    hutch, hpp = errors("hutchinson"), errors("hutch++")
-    assert abs(hutch.mean()) < 4 * hutch.std() / np.sqrt(200)  # unbiased
-    assert abs(hpp.mean()) < 4 * hpp.std() / np.sqrt(200) + 1e-9
+    hutch, hpp, xtr = errors("hutchinson"), errors("hutch++"), errors("xtrace")
+    for e in (hutch, hpp, xtr):
+        assert abs(e.mean()) < 4 * e.std() / np.sqrt(200) + 1e-9  # unbiased
     assert hpp.var() < 0.1 * hutch.var()
+    assert xtr.var() < hpp.var()  # every sample used twice
 
 
 def test_hessian_trace_and_diag_of_a_small_network_loss(x64):
@@ -84,6 +85,7 @@ def test_diagonal_of_a_diagonal_operator_is_exact():
     [
         (dict(num_samples=0, method="hutchinson"), ValueError, "num_samples must be >= 1"),
         (dict(num_samples=2), ValueError, "num_samples must be >= 3"),
+        (dict(num_samples=3, method="xtrace"), ValueError, "num_samples must be >= 4"),
         (dict(num_samples=3.0), TypeError, "num_samples must be a Python int"),
         (dict(num_samples=6, method="xtrace!"), ValueError, "method='xtrace!' unknown"),
     ],
