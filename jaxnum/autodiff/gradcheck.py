@@ -102,10 +102,10 @@ def _ad_directional(g, x, v, mode, order, w):
         raise
 
 
-def _fd_directional(g, x, v, order, w):
+def _fd_directional(g, x, v, order, w, h):
     if order == 1:
-        return derivative(g, x, v, method="richardson")
-    return derivative(lambda y: tree_vdot(w, jax.grad(g)(y)), x, v, method="richardson")
+        return derivative(g, x, v, method="richardson", h=h)
+    return derivative(lambda y: tree_vdot(w, jax.grad(g)(y)), x, v, method="richardson", h=h)
 
 
 def _random_like(key, tree):
@@ -143,8 +143,9 @@ def gradcheck(
     argnum: int = 0,
     num_probes: int = 2,
     full: bool = False,
-    atol: float = 1e-8,
-    rtol: float = 1e-6,
+    eps: float | None = None,
+    atol: float | None = None,
+    rtol: float | None = None,
     key: jax.Array | None = None,
     raise_on_failure: bool = False,
 ) -> GradcheckReport:
@@ -176,7 +177,10 @@ def gradcheck(
       argnum: which argument to differentiate.
       num_probes: random directions per leaf (directional mode).
       full: check every coordinate instead of random directions.
-      atol, rtol: a value passes if ``|AD - FD| <= atol + rtol * max(|AD|, |FD|)``.
+      eps: the finite-difference step (None: the balancing step of
+        :func:`derivative` for Richardson differences in float64).
+      atol, rtol: a value passes if ``|AD - FD| <= atol + rtol * max(|AD|, |FD|)``
+        (None: 1e-8 and 1e-6).
       key: PRNG key for the probes (default ``jax.random.key(0)``: the check is
         deterministic unless a key is given).
       raise_on_failure: raise :class:`GradcheckError` instead of returning a
@@ -205,14 +209,18 @@ def gradcheck(
     if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
         raise ValueError(f"{fn}: num_probes must be an int >= 1, got {num_probes!r}")
     check_floating_tree(args[argnum], fn, f"args[{argnum}]")
+    if eps is not None and not eps > 0:
+        raise ValueError(f"{fn}: eps (the finite-difference step) must be > 0, got {eps!r}")
+    atol = 1e-8 if atol is None else atol
+    rtol = 1e-6 if rtol is None else rtol
     key = jax.random.key(0) if key is None else key
     with jax.enable_x64(True):
         return _gradcheck64(
-            f, args, order, modes, argnum, num_probes, full, atol, rtol, key, raise_on_failure
+            f, args, order, modes, argnum, num_probes, full, eps, atol, rtol, key, raise_on_failure
         )
 
 
-def _gradcheck64(f, args, order, modes, argnum, num_probes, full, atol, rtol, key, raise_):
+def _gradcheck64(f, args, order, modes, argnum, num_probes, full, eps, atol, rtol, key, raise_):
     original = jax.tree.leaves(args[argnum])
     upcast = any(jnp.result_type(x) != jnp.float64 for x in original)
     args = _upcast(args)
@@ -233,7 +241,7 @@ def _gradcheck64(f, args, order, modes, argnum, num_probes, full, atol, rtol, ke
 
     def compare(v, leaf, index):
         nonlocal evaluations
-        fd = float(_fd_directional(g, x, v, order, w))
+        fd = float(_fd_directional(g, x, v, order, w, eps))
         evaluations += 4
         for mode in modes:
             ad = float(_ad_directional(g, x, v, mode, order, w))

@@ -124,6 +124,13 @@ def test_full_mode_reports_the_entry(x64):
     assert abs(report.fd_value - report.ad_value) > 1e-3
 
 
+def test_a_too_large_step_fails_a_correct_gradient_at_default_tolerances():
+    # Richardson differences at h = 0.5 have truncation error ~ h**4 f^(5) / 30.
+    f = lambda x: jnp.sum(jnp.exp(3 * x))  # noqa: E731
+    assert gradcheck(f, jnp.ones(3)).passed
+    assert not gradcheck(f, jnp.ones(3), eps=0.5).passed
+
+
 def test_taylor_test_passes_float32_and_catches_a_ten_percent_error():
     x = jax.random.normal(jax.random.key(1), (20,), jnp.float32)
     good = taylor_test(lambda z: jnp.sum(jnp.sin(z) * z), x)
@@ -140,6 +147,7 @@ def test_taylor_test_passes_float32_and_catches_a_ten_percent_error():
         (dict(modes=("fwd", "backward")), ValueError, "modes="),
         (dict(argnum=2), ValueError, "argnum=2 out of range"),
         (dict(num_probes=0), ValueError, "num_probes must be an int >= 1"),
+        (dict(eps=0.0), ValueError, "eps .* must be > 0"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(kwargs, error, match):
