@@ -15,10 +15,8 @@ Part 3: one hvp against the explicit ``jax.hessian`` of
 
 from __future__ import annotations
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from benchmarks.harness import (
     compare,
@@ -27,32 +25,19 @@ from benchmarks.harness import (
     ratio_table,
     write_section,
 )
+from benchmarks.problems import CLASSES as OUT
+from benchmarks.problems import IN_FEATURES as IN
+from benchmarks.problems import mlp_classification
 from jaxnum.autodiff import hvp, hvp_fn
 
-BATCH, IN, HIDDEN, OUT = 128, 784, (1024, 256), 10
+BATCH, HIDDEN = 128, (1024, 256)
 NUM_PRODUCTS = 10
 SIZES = (64, 128, 256, 512, 1024)
 
 
-class MLP(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        for width in HIDDEN:
-            x = jnp.tanh(nn.Dense(width)(x))
-        return nn.Dense(OUT)(x)
-
-
 def _mlp_problem():
-    kx, ky, kp, kv = jax.random.split(jax.random.key(0), 4)
-    x = jax.random.normal(kx, (BATCH, IN))
-    labels = jax.random.randint(ky, (BATCH,), 0, OUT)
-    model = MLP()
-    params = model.init(kp, x)
-
-    def loss(p):
-        logits = model.apply(p, x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
+    params, loss = mlp_classification(BATCH, HIDDEN, jnp.tanh)
+    kv = jax.random.key(1)
     leaves, treedef = jax.tree.flatten(params)
     keys = jax.random.split(kv, len(leaves))
     v = treedef.unflatten(

@@ -27,32 +27,17 @@ import optax
 
 import jaxnum as jn
 from benchmarks.harness import compare, machine_summary, ratio_table, write_section
+from benchmarks.problems import CLASSES as OUT
+from benchmarks.problems import IN_FEATURES as IN
+from benchmarks.problems import mlp_classification
 
 BATCHES = (128, 1024)
-WIDTH, IN, OUT = 512, 784, 10
+WIDTH = 512
 MAX_NORM = 1.0
 
 
-class MLP(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Dense(WIDTH)(x))
-        x = nn.relu(nn.Dense(WIDTH)(x))
-        return nn.Dense(OUT)(x)
-
-
 def _problem(batch):
-    kx, ky, kp = jax.random.split(jax.random.key(0), 3)
-    x = jax.random.normal(kx, (batch, IN))
-    labels = jax.random.randint(ky, (batch,), 0, OUT)
-    model = MLP()
-    params = model.init(kp, x)
-
-    def loss_fn(p):
-        logits = model.apply(p, x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-
-    return params, loss_fn
+    return mlp_classification(batch, (WIDTH, WIDTH), nn.relu)
 
 
 def _variants(batch):
