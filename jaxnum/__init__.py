@@ -3,7 +3,7 @@
 ``import jaxnum as jn``; the subpackages hold the rest (``jaxnum.precision``...).
 """
 
-from jaxnum import autodiff, precision
+from jaxnum import autodiff, linalg, precision
 from jaxnum.precision import (
     ClipByGlobalNormState,
     FloatFormat,
@@ -44,6 +44,7 @@ __all__ = [
     "float_formats",
     "format_table",
     "global_norm",
+    "linalg",
     "loss_scaling",
     "nonfinite_report",
     "online_logsumexp",

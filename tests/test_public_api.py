@@ -9,11 +9,14 @@ import pytest
 
 import jaxnum
 import jaxnum.autodiff
+import jaxnum.linalg
 import jaxnum.precision
 
 
 @pytest.mark.parametrize(
-    "module", [jaxnum, jaxnum.precision, jaxnum.autodiff], ids=lambda m: m.__name__
+    "module",
+    [jaxnum, jaxnum.precision, jaxnum.autodiff, jaxnum.linalg],
+    ids=lambda m: m.__name__,
 )
 def test_every_exported_name_resolves_and_has_a_docstring(module):
     assert module.__all__, "empty __all__"

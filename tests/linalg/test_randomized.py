@@ -1,0 +1,156 @@
+"""Randomized SVD / Nystrom against numpy's exact decompositions."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnum.linalg import (
+    LinearOperator,
+    jacobian_operator,
+    randomized_eigh,
+    randomized_range_finder,
+    randomized_svd,
+)
+
+
+def _decaying(m, n, rate=0.8, seed=0):
+    rng = np.random.default_rng(seed)
+    U, _ = np.linalg.qr(rng.normal(size=(m, min(m, n))))
+    V, _ = np.linalg.qr(rng.normal(size=(n, min(m, n))))
+    s = rate ** np.arange(min(m, n))
+    return (U * s) @ V.T, s
+
+
+@pytest.mark.parametrize("shape", [(300, 200), (150, 240)])
+def test_error_within_1_1_of_optimal_and_top_singular_values(shape):
+    A, s = _decaying(*shape)
+    k = 10
+    U, S, Vt = jax.jit(lambda a: randomized_svd(a, k, key=jax.random.key(0)))(
+        jnp.asarray(A, jnp.float32)
+    )
+    assert U.shape == (shape[0], k) and S.shape == (k,) and Vt.shape == (k, shape[1])
+    approx = np.asarray(U, np.float64) * np.asarray(S, np.float64) @ np.asarray(Vt, np.float64)
+    assert np.linalg.norm(A - approx, 2) / s[0] <= 1.1 * s[k] / s[0]
+    np.testing.assert_allclose(S, s[:k], rtol=1e-3)
+    np.testing.assert_allclose(np.asarray(U).T @ np.asarray(U), np.eye(k), atol=1e-5)
+
+
+def test_error_falls_as_power_iterations_grow():
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(400, 300)) / np.sqrt(300)  # flat spectrum: hard for q = 0
+    s = np.linalg.svd(A, compute_uv=False)
+    errors = []
+    for q in (0, 1, 3):
+        U, S, Vt = randomized_svd(
+            jnp.asarray(A, jnp.float32), 20, key=jax.random.key(2), oversample=5, power_iters=q
+        )
+        errors.append(np.linalg.norm(A - np.asarray(U * S @ Vt, np.float64), 2) / s[20])
+    assert errors[0] > errors[1] > errors[2] >= 1.0
+
+
+def test_batches_and_operators_give_the_same_result():
+    A, _ = _decaying(120, 80, seed=3)
+    Aj = jnp.asarray(A, jnp.float32)
+    _, S_dense, _ = randomized_svd(Aj, 5, key=jax.random.key(0))
+    _, S_op, _ = randomized_svd(LinearOperator.from_matrix(Aj), 5, key=jax.random.key(0))
+    np.testing.assert_allclose(S_op, S_dense, rtol=1e-5)
+    stack = jnp.stack([Aj, 3 * Aj])
+    U, S, Vt = randomized_svd(stack, 5, key=jax.random.key(0))
+    assert U.shape == (2, 120, 5) and Vt.shape == (2, 5, 80)
+    np.testing.assert_allclose(S[1], 3 * S[0], rtol=1e-4)
+    np.testing.assert_allclose(S[0], S_dense, rtol=1e-4)
+
+
+def test_jacobian_of_a_network_never_materialised():
+    W = jax.random.normal(jax.random.key(0), (30, 20)) / 5
+
+    def f(x):
+        return jnp.tanh(W @ x)
+
+    x = jax.random.normal(jax.random.key(1), (20,))
+    J = jax.jacobian(f)(x)
+    _, S, _ = randomized_svd(jacobian_operator(f, x), 4, key=jax.random.key(2))
+    np.testing.assert_allclose(S, np.linalg.svd(np.asarray(J), compute_uv=False)[:4], rtol=1e-4)
+
+
+def test_half_precision_inputs_are_computed_in_float32():
+    A, s = _decaying(64, 48, seed=4)
+    U, S, _ = randomized_svd(jnp.asarray(A, jnp.bfloat16), 3, key=jax.random.key(0))
+    assert S.dtype == jnp.float32 and U.dtype == jnp.float32
+    np.testing.assert_allclose(S, s[:3], rtol=2e-2)  # bfloat16 input rounding
+
+
+def test_oversampling_shrinks_to_fit():
+    A, s = _decaying(12, 8, seed=5)
+    _, S, _ = randomized_svd(jnp.asarray(A, jnp.float32), 8, key=jax.random.key(0))
+    np.testing.assert_allclose(S, s[:8], rtol=1e-4)
+
+
+def test_range_finder_is_orthonormal_and_captures_the_range():
+    A, _ = _decaying(50, 40, rate=0.3, seed=6)
+    Q = randomized_range_finder(jnp.asarray(A, jnp.float32), 10, key=jax.random.key(0))
+    Qn = np.asarray(Q, np.float64)
+    np.testing.assert_allclose(Qn.T @ Qn, np.eye(10), atol=1e-5)
+    assert np.linalg.norm(A - Qn @ (Qn.T @ A), 2) < 1e-4
+
+
+def test_nystrom_eigenvalues_of_a_psd_matrix(x64):
+    rng = np.random.default_rng(7)
+    V, _ = np.linalg.qr(rng.normal(size=(100, 100)))
+    lam = 0.5 ** np.arange(100)
+    M = (V * lam) @ V.T
+    w, U = randomized_eigh(jnp.asarray(M), 6, key=jax.random.key(0))  # 16 test vectors
+    # Nystrom never overestimates (A - A_nys is PSD), and by Weyl each eigenvalue
+    # error is at most tr(A - A_nys) <= (1 + r/(l - r - 1)) sum_{j>r} lambda_j
+    # (Tropp et al. 2017, Thm. 4.1, r = 10, l = 16) in expectation.
+    gap = lam[:6] - np.asarray(w)
+    assert np.all(gap >= -1e-12) and np.all(gap <= 3 * lam[10:].sum())
+    overlaps = np.abs(np.asarray(U).T @ V[:, :6])
+    np.testing.assert_allclose(np.diag(overlaps), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (
+            lambda: randomized_svd(jnp.ones((4, 3)), 0, key=jax.random.key(0)),
+            ValueError,
+            "rank must be >= 1",
+        ),
+        (
+            lambda: randomized_svd(jnp.ones((4, 3)), 4, key=jax.random.key(0)),
+            ValueError,
+            r"rank=4 exceeds min\(m, n\) = 3",
+        ),
+        (
+            lambda: randomized_svd(jnp.ones(4), 1, key=jax.random.key(0)),
+            ValueError,
+            "must be a matrix",
+        ),
+        (
+            lambda: randomized_svd(jnp.ones((4, 3), jnp.int32), 1, key=jax.random.key(0)),
+            TypeError,
+            "floating point",
+        ),
+        (
+            lambda: randomized_svd(jnp.ones((4, 3)), 2.0, key=jax.random.key(0)),
+            TypeError,
+            "rank must be a Python int",
+        ),
+        (
+            lambda: randomized_eigh(jnp.ones((4, 3)), 1, key=jax.random.key(0)),
+            ValueError,
+            "must be square",
+        ),
+        (
+            lambda: randomized_eigh(-jnp.eye(5), 2, key=jax.random.key(0)),
+            ValueError,
+            "not positive semi-definite",
+        ),
+        (lambda: LinearOperator.from_matrix(jnp.ones(3)), ValueError, "must be 2-D"),
+    ],
+)
+def test_bad_input_is_refused_by_name(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
