@@ -3,7 +3,7 @@
 ``import jaxnum as jn``; the subpackages hold the rest (``jaxnum.precision``...).
 """
 
-from jaxnum import autodiff, linalg, precision
+from jaxnum import autodiff, linalg, lora, precision
 from jaxnum.precision import (
     ClipByGlobalNormState,
     FloatFormat,
@@ -45,6 +45,7 @@ __all__ = [
     "format_table",
     "global_norm",
     "linalg",
+    "lora",
     "loss_scaling",
     "nonfinite_report",
     "online_logsumexp",

@@ -10,12 +10,13 @@ import pytest
 import jaxnum
 import jaxnum.autodiff
 import jaxnum.linalg
+import jaxnum.lora
 import jaxnum.precision
 
 
 @pytest.mark.parametrize(
     "module",
-    [jaxnum, jaxnum.precision, jaxnum.autodiff, jaxnum.linalg],
+    [jaxnum, jaxnum.precision, jaxnum.autodiff, jaxnum.linalg, jaxnum.lora],
     ids=lambda m: m.__name__,
 )
 def test_every_exported_name_resolves_and_has_a_docstring(module):

@@ -1,5 +1,15 @@
-"""Linear algebra: linear operators, randomized SVD and Nystrom eigendecomposition."""
+"""Linear algebra: linear operators, randomized SVD and Nystrom, least squares, Krylov methods."""
 
+from jaxnum.linalg.krylov import (
+    CGResult,
+    LanczosResult,
+    SpectralDensity,
+    cg,
+    lanczos,
+    spectral_density,
+    top_eigenvalues,
+)
+from jaxnum.linalg.lstsq import condition_number, lstsq
 from jaxnum.linalg.operators import (
     LinearOperator,
     as_operator,
@@ -9,11 +19,20 @@ from jaxnum.linalg.operators import (
 from jaxnum.linalg.randomized import randomized_eigh, randomized_range_finder, randomized_svd
 
 __all__ = [
+    "CGResult",
+    "LanczosResult",
     "LinearOperator",
+    "SpectralDensity",
     "as_operator",
+    "cg",
+    "condition_number",
     "hessian_operator",
     "jacobian_operator",
+    "lanczos",
+    "lstsq",
     "randomized_eigh",
     "randomized_range_finder",
     "randomized_svd",
+    "spectral_density",
+    "top_eigenvalues",
 ]

@@ -1,0 +1,145 @@
+"""lstsq against numpy, CG against jax.scipy and a dense solve, Lanczos and SLQ against eigh."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from jaxnum.linalg import (
+    LinearOperator,
+    cg,
+    condition_number,
+    hessian_operator,
+    lanczos,
+    lstsq,
+    spectral_density,
+    top_eigenvalues,
+)
+
+
+@pytest.mark.parametrize("method", ["svd", "qr", "cholesky", "normal"])
+@pytest.mark.parametrize("ridge", [0.0, 0.3])
+def test_lstsq_matches_numpy_in_float64(x64, method, ridge):
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(40, 6)), rng.normal(size=(40, 2))
+    ref = np.linalg.solve(X.T @ X + ridge * np.eye(6), X.T @ y)
+    np.testing.assert_allclose(
+        lstsq(jnp.asarray(X), jnp.asarray(y), method=method, ridge=ridge), ref, rtol=1e-10
+    )
+    np.testing.assert_allclose(
+        lstsq(jnp.asarray(X), jnp.asarray(y[:, 0]), method=method, ridge=ridge),
+        ref[:, 0],
+        rtol=1e-10,
+    )
+
+
+def test_normal_equations_square_the_condition_number_and_lose_digits(x64):
+    rng = np.random.default_rng(1)
+    U, _ = np.linalg.qr(rng.normal(size=(60, 8)))
+    V, _ = np.linalg.qr(rng.normal(size=(8, 8)))
+    X = (U * np.logspace(0, -6, 8)) @ V.T  # cond 1e6
+    b_true = rng.normal(size=8)
+    y = X @ b_true
+    kappa = float(condition_number(jnp.asarray(X)))
+    assert kappa == pytest.approx(1e6, rel=1e-6)
+    assert float(condition_number(jnp.asarray(X.T @ X))) == pytest.approx(kappa**2, rel=1e-3)
+    err = {
+        m: np.linalg.norm(np.asarray(lstsq(jnp.asarray(X), jnp.asarray(y), method=m)) - b_true)
+        for m in ("qr", "svd", "normal")
+    }
+    assert err["qr"] < 1e-7 and err["svd"] < 1e-7  # ~ cond * eps
+    assert err["normal"] > 100 * err["qr"]  # ~ cond^2 * eps
+
+
+def test_svd_method_gives_the_minimum_norm_solution_for_rank_deficient_x(x64):
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(20, 3)) @ rng.normal(size=(3, 5))  # rank 3
+    y = rng.normal(size=20)
+    np.testing.assert_allclose(
+        lstsq(jnp.asarray(X), jnp.asarray(y)), np.linalg.pinv(X) @ y, rtol=1e-8
+    )
+
+
+def test_cg_against_jax_scipy_and_a_dense_solve():
+    rng = np.random.default_rng(3)
+    B = rng.normal(size=(50, 50))
+    A = jnp.asarray(B @ B.T / 50 + np.eye(50), jnp.float32)
+    b = jnp.asarray(rng.normal(size=50), jnp.float32)
+    ours = jax.jit(lambda A, b: cg(A, b, tol=1e-6))(A, b)
+    ref, _ = jax.scipy.sparse.linalg.cg(A, b, tol=1e-6)
+    assert bool(ours.converged)
+    np.testing.assert_allclose(
+        ours.x, np.linalg.solve(np.asarray(A, np.float64), b), rtol=1e-4, atol=1e-5
+    )
+    np.testing.assert_allclose(ours.x, ref, rtol=1e-4, atol=1e-5)
+    jacobi = cg(LinearOperator.from_matrix(A), b, M=lambda r: r / jnp.diag(A), tol=1e-6)
+    np.testing.assert_allclose(jacobi.x, ours.x, rtol=1e-4, atol=1e-5)
+
+
+def test_cg_reports_non_convergence_instead_of_raising():
+    A = jnp.diag(jnp.logspace(0, 4, 30))
+    res = cg(A, jnp.ones(30), tol=1e-10, maxiter=3)
+    assert not bool(res.converged) and int(res.iterations) == 3
+    assert float(res.residual_norm) > 1e-10 * float(jnp.linalg.norm(jnp.ones(30)))
+
+
+def test_lanczos_top_eigenvalues_of_a_network_hessian(x64):
+    model = nn.Sequential([nn.Dense(6), jnp.tanh, nn.Dense(1)])
+    x = jax.random.normal(jax.random.key(0), (10, 3))
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), model.init(jax.random.key(1), x))
+
+    def loss(p):
+        return jnp.mean(model.apply(p, x) ** 2)
+
+    flat, unravel = ravel_pytree(params)
+    H = jax.hessian(lambda z: loss(unravel(z)))(flat)
+    exact = np.linalg.eigvalsh(np.asarray(H))[::-1]
+    w, V = top_eigenvalues(hessian_operator(loss, params), 3, key=jax.random.key(2))
+    np.testing.assert_allclose(w, exact[:3], rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(
+        np.asarray(H) @ np.asarray(V), np.asarray(V) * np.asarray(w), atol=1e-8
+    )
+
+
+def test_lanczos_at_full_depth_reproduces_the_spectrum(x64):
+    rng = np.random.default_rng(4)
+    B = rng.normal(size=(25, 25))
+    A = jnp.asarray(B + B.T)
+    res = lanczos(A, jnp.asarray(rng.normal(size=25)), 25)
+    V = np.asarray(res.basis)
+    np.testing.assert_allclose(V @ V.T, np.eye(25), atol=1e-10)
+    T = np.diag(res.alphas) + np.diag(res.betas[:-1], 1) + np.diag(res.betas[:-1], -1)
+    np.testing.assert_allclose(np.linalg.eigvalsh(T), np.linalg.eigvalsh(np.asarray(A)), atol=1e-9)
+
+
+def test_spectral_density_integrates_to_one_and_matches_the_histogram():
+    rng = np.random.default_rng(5)
+    Q, _ = np.linalg.qr(rng.normal(size=(200, 200)))
+    eig = np.concatenate([rng.normal(0.0, 0.3, 150), rng.normal(5.0, 0.3, 50)])
+    A = jnp.asarray((Q * eig) @ Q.T, jnp.float32)
+    sd = spectral_density(A, key=jax.random.key(0), num_probes=20, num_iters=40, sigma=0.3)
+    assert float(jnp.trapezoid(sd.density, sd.grid)) == pytest.approx(1.0, abs=1e-3)
+    grid = np.asarray(sd.grid)
+    mass_high = float(jnp.trapezoid(jnp.where(sd.grid > 2.5, sd.density, 0.0), sd.grid))
+    assert mass_high == pytest.approx(50 / 200, abs=0.05)  # the histogram's share above 2.5
+    peak = grid[np.argmax(np.asarray(sd.density))]
+    assert abs(peak) < 0.5
+
+
+@pytest.mark.parametrize(
+    "call, error, match",
+    [
+        (lambda: lstsq(jnp.ones((4, 2)), jnp.ones(3)), ValueError, "y must have shape"),
+        (lambda: lstsq(jnp.ones(4), jnp.ones(4)), ValueError, "X must be 2-D"),
+        (lambda: lstsq(jnp.ones((4, 2)), jnp.ones(4), method="lu"), ValueError, "method='lu'"),
+        (lambda: lstsq(jnp.ones((4, 2)), jnp.ones(4), ridge=-1.0), ValueError, "ridge"),
+        (lambda: cg(jnp.eye(3), jnp.ones(4)), ValueError, r"A has shape \(3, 3\)"),
+        (lambda: lanczos(jnp.eye(3), jnp.ones(3), 4), ValueError, "num_iters"),
+        (lambda: top_eigenvalues(lambda v: v, 1, key=jax.random.key(0)), ValueError, "give n"),
+    ],
+)
+def test_bad_input_is_refused_by_name(call, error, match):
+    with pytest.raises(error, match=match):
+        call()
