@@ -45,3 +45,16 @@ def test_mixed_precision_example_shows_what_it_claims():
     assert float(losses["float16 + jn.loss_scaling"]) < 10 * fp32
     assert "skipped steps 1" in out
     assert "dot_general" in out
+
+
+def test_lora_example_counts_gpt3_shapes():
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "lora_gpt3_counts.py")],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout
+    total = int(re.search(r"parameters:\s+([\d,]+)", out).group(1).replace(",", ""))
+    trainable = int(re.search(r"([\d,]+) trainable", out).group(1).replace(",", ""))
+    # 12 d^2 per layer plus embeddings: 174.6e9; adapters 96 * 2 * (2 * 4 * 12288)
+    assert total == 96 * (12 * 12288**2 + 13 * 12288) + 50257 * 12288 + 2048 * 12288 + 2 * 12288
+    assert trainable == 96 * 2 * 2 * 4 * 12288
+    assert 9000 < total / trainable < 10000
