@@ -9,6 +9,7 @@ import sys
 BENCHMARKS = {
     "hvp": "benchmarks.hvp",
     "loss_scaling": "benchmarks.loss_scaling",
+    "rsvd": "benchmarks.rsvd",
 }
 
 

@@ -50,7 +50,10 @@ def test_mixed_precision_example_shows_what_it_claims():
 def test_lora_example_counts_gpt3_shapes():
     out = subprocess.run(
         [sys.executable, str(ROOT / "examples" / "lora_gpt3_counts.py")],
-        capture_output=True, text=True, check=True, timeout=120,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     ).stdout
     total = int(re.search(r"parameters:\s+([\d,]+)", out).group(1).replace(",", ""))
     trainable = int(re.search(r"([\d,]+) trainable", out).group(1).replace(",", ""))

@@ -24,36 +24,63 @@ def _compute_dtype(dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
+NORMALIZERS = ("lu", "qr")
+
+
 def _orthonormal(Y: jax.Array) -> jax.Array:
     return jnp.linalg.qr(Y)[0]
 
 
-def _range_finder(op: LinearOperator, size: int, key, power_iters: int, dtype) -> jax.Array:
-    """Halko et al. 2011, Algorithm 4.4: subspace iteration, re-orthonormalised each product."""
+def _lu_normalize(Y: jax.Array) -> jax.Array:
+    """A basis of range(Y) from its pivoted LU factor: unit-lower L with |entries| <= 1.
+
+    About a fifth of the cost of a Householder QR of a tall block; the columns
+    stay well scaled between products, and a final QR orthonormalises.
+    """
+    lu, _, permutation = jax.lax.linalg.lu(Y)
+    k = Y.shape[1]
+    L = jnp.tril(lu[:, :k], -1) + jnp.eye(Y.shape[0], k, dtype=Y.dtype)
+    return L[jnp.argsort(permutation)]
+
+
+def _range_finder(op, size, key, power_iters, dtype, normalizer="lu") -> jax.Array:
+    """Halko et al. 2011, Algorithm 4.4: subspace iteration, each product normalised."""
+    normalize = _lu_normalize if normalizer == "lu" else _orthonormal
     omega = jax.random.normal(key, (op.shape[1], size), dtype)
-    Q = _orthonormal(op.matmat(omega).astype(dtype))
+    Q = op.matmat(omega).astype(dtype)
 
     def power_step(_, Q):
-        Z = _orthonormal(op.rmatmat(Q).astype(dtype))
-        return _orthonormal(op.matmat(Z).astype(dtype))
+        Z = normalize(op.rmatmat(normalize(Q)).astype(dtype))
+        return op.matmat(Z).astype(dtype)
 
-    return jax.lax.fori_loop(0, power_iters, power_step, Q)
+    Q = jax.lax.fori_loop(0, power_iters, power_step, Q)
+    return _orthonormal(Q)
+
+
+def _check_normalizer(normalizer: str, fn: str) -> None:
+    if normalizer not in NORMALIZERS:
+        raise ValueError(f"{fn}: normalizer={normalizer!r} unknown; expected one of {NORMALIZERS}")
 
 
 def randomized_range_finder(
-    A: Any, size: int, *, key: jax.Array, power_iters: int = 4
+    A: Any, size: int, *, key: jax.Array, power_iters: int = 4, normalizer: str = "lu"
 ) -> jax.Array:
     """An m-by-size orthonormal basis Q whose range captures the dominant range of A.
 
     Gaussian test matrix, then ``power_iters`` rounds of subspace iteration
-    with a QR after every product, so that the small singular directions are
-    not lost to rounding in float32 (Halko et al., Algorithm 4.4).
+    with the block normalised after every product, so that the small singular
+    directions are not lost to rounding in float32 (Halko et al., Algorithm
+    4.4), and a final Householder QR. ``normalizer="lu"`` (default) normalises
+    with the pivoted LU factor, as scikit-learn and fbpca do: the same subspace,
+    at about a fifth of the cost of ``"qr"`` (Householder QR after every
+    product, Algorithm 4.4 verbatim).
 
     Args:
       A: an m-by-n matrix or a :class:`LinearOperator`.
       size: number of columns of Q (1 <= size <= min(m, n)).
       key: PRNG key of the test matrix.
       power_iters: subspace iterations (0 is Algorithm 4.1).
+      normalizer: ``"lu"`` or ``"qr"``, between products.
 
     Returns:
       Q with orthonormal columns, in float32 for half-precision input.
@@ -71,35 +98,47 @@ def randomized_range_finder(
     op = as_operator(A, fn)
     _check_int(size, "size", 1, fn)
     _check_int(power_iters, "power_iters", 0, fn)
+    _check_normalizer(normalizer, fn)
     if size > min(op.shape):
         raise ValueError(f"{fn}: size={size} exceeds min(m, n) = {min(op.shape)}")
-    return _range_finder(op, size, key, power_iters, _compute_dtype(op.dtype))
+    return _range_finder(op, size, key, power_iters, _compute_dtype(op.dtype), normalizer)
 
 
-def _rsvd_operator(op: LinearOperator, rank: int, key, oversample: int, power_iters: int):
+def _rsvd_operator(op, rank, key, oversample, power_iters, normalizer):
     dtype = _compute_dtype(op.dtype)
     size = min(rank + oversample, min(op.shape))  # oversampling shrinks to fit
-    Q = _range_finder(op, size, key, power_iters, dtype)
-    B_T = op.rmatmat(Q).astype(dtype)  # (Q^T A)^T = A^T Q, n x size
-    U_b, S, Vt = jnp.linalg.svd(B_T.T, full_matrices=False)
-    return (Q @ U_b)[:, :rank], S[:rank], Vt[:rank]
+    Q = _range_finder(op, size, key, power_iters, dtype, normalizer)
+    # B = Q^T A = (A^T Q)^T. A QR of the tall n x l block B^T = Q2 R2 leaves the
+    # SVD of the small l x l R2^T = Ur S Wt: B = Ur S (Q2 W)^T.
+    Q2, R2 = jnp.linalg.qr(op.rmatmat(Q).astype(dtype))
+    Ur, S, Wt = jnp.linalg.svd(R2.T)
+    return (Q @ Ur)[:, :rank], S[:rank], (Wt @ Q2.T)[:rank]
 
 
-@functools.partial(jax.jit, static_argnames=("rank", "oversample", "power_iters"))
-def _rsvd_matrix(A, key, rank, oversample, power_iters):
+@functools.partial(jax.jit, static_argnames=("rank", "oversample", "power_iters", "normalizer"))
+def _rsvd_matrix(A, key, rank, oversample, power_iters, normalizer):
     A = A.astype(_compute_dtype(A.dtype))
-    return _rsvd_operator(LinearOperator.from_matrix(A), rank, key, oversample, power_iters)
+    return _rsvd_operator(
+        LinearOperator.from_matrix(A), rank, key, oversample, power_iters, normalizer
+    )
 
 
 def randomized_svd(
-    A: Any, rank: int, *, key: jax.Array, oversample: int = 10, power_iters: int = 4
+    A: Any,
+    rank: int,
+    *,
+    key: jax.Array,
+    oversample: int = 10,
+    power_iters: int = 4,
+    normalizer: str = "lu",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Rank-``rank`` truncated SVD ``A ~ U diag(S) Vt`` by randomized subspace iteration.
 
     Stage A finds an orthonormal Q of ``rank + oversample`` columns spanning the
     dominant range (:func:`randomized_range_finder`); stage B takes the SVD of
     the small matrix ``Q^T A`` and maps its left vectors back with Q
-    (Halko et al., Algorithm 5.1). With q power iterations the expected
+    (Halko et al., Algorithm 5.1), here through a QR of the tall block
+    ``A^T Q`` so that only an l-by-l SVD remains. With q power iterations the expected
     spectral error is within a small factor of the optimum sigma_{k+1}, the
     factor shrinking like (n/k)^(1/(4q+2)). When ``rank + oversample`` exceeds
     ``min(m, n)`` the oversampling shrinks to fit.
@@ -111,6 +150,8 @@ def randomized_svd(
       key: PRNG key.
       oversample: extra columns of the test matrix (10).
       power_iters: subspace iterations (4).
+      normalizer: ``"lu"`` (default) or ``"qr"`` between products, see
+        :func:`randomized_range_finder`.
 
     Returns:
       ``(U, S, Vt)`` of shapes (m, rank), (rank,), (rank, n) (with the batch
@@ -130,9 +171,10 @@ def randomized_svd(
     _check_int(rank, "rank", 1, fn)
     _check_int(oversample, "oversample", 0, fn)
     _check_int(power_iters, "power_iters", 0, fn)
+    _check_normalizer(normalizer, fn)
     if isinstance(A, LinearOperator):
         _check_rank(rank, A.shape, fn)
-        return _rsvd_operator(A, rank, key, oversample, power_iters)
+        return _rsvd_operator(A, rank, key, oversample, power_iters, normalizer)
     A = jnp.asarray(A)
     if A.ndim < 2:
         raise ValueError(f"{fn}: A must be a matrix (2-D) or a stack of them, got shape {A.shape}")
@@ -140,11 +182,13 @@ def randomized_svd(
         raise TypeError(f"{fn}: A must be floating point, got dtype {A.dtype}")
     _check_rank(rank, A.shape[-2:], fn)
     if A.ndim == 2:
-        return _rsvd_matrix(A, key, rank, oversample, power_iters)
+        return _rsvd_matrix(A, key, rank, oversample, power_iters, normalizer)
     batch = A.shape[:-2]
     flat = A.reshape(-1, *A.shape[-2:])
     keys = jax.random.split(key, flat.shape[0])
-    U, S, Vt = jax.vmap(lambda a, k: _rsvd_matrix(a, k, rank, oversample, power_iters))(flat, keys)
+    U, S, Vt = jax.vmap(lambda a, k: _rsvd_matrix(a, k, rank, oversample, power_iters, normalizer))(
+        flat, keys
+    )
     return U.reshape(*batch, *U.shape[1:]), S.reshape(*batch, -1), Vt.reshape(*batch, *Vt.shape[1:])
 
 
