@@ -79,19 +79,23 @@ class LinearOperator:
           fn: a linear function ``x -> y`` (pytrees).
           x_example: an input with the right structure, shapes and dtypes.
         """
-        x_flat, unravel_x = ravel_pytree(x_example)
         y_example = jax.eval_shape(fn, x_example)
         y_zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), y_example)
-        y_flat, unravel_y = ravel_pytree(y_zero)
-        transpose = jax.linear_transpose(fn, x_example)
+        return _flat_operator(fn, jax.linear_transpose(fn, x_example), x_example, y_zero)
 
-        def matvec(v):
-            return ravel_pytree(fn(unravel_x(v)))[0]
 
-        def rmatvec(u):
-            return ravel_pytree(transpose(unravel_y(u))[0])[0]
+def _flat_operator(forward, transpose, x_example, y_example) -> LinearOperator:
+    """The operator on flat vectors of a linear map between pytrees and its transpose."""
+    x_flat, unravel_x = ravel_pytree(x_example)
+    y_flat, unravel_y = ravel_pytree(y_example)
 
-        return cls((y_flat.size, x_flat.size), x_flat.dtype, matvec, rmatvec)
+    def matvec(v):
+        return ravel_pytree(forward(unravel_x(v)))[0]
+
+    def rmatvec(u):
+        return ravel_pytree(transpose(unravel_y(u))[0])[0]
+
+    return LinearOperator((y_flat.size, x_flat.size), x_flat.dtype, matvec, rmatvec)
 
 
 def jacobian_operator(f: Callable[[Any], Any], x: Any) -> LinearOperator:
@@ -105,18 +109,8 @@ def jacobian_operator(f: Callable[[Any], Any], x: Any) -> LinearOperator:
       >>> J.matvec(jnp.ones(3))
       Array([2., 2., 2.], dtype=float32)
     """
-    x_flat, unravel_x = ravel_pytree(x)
     y, jvp_fn = jax.linearize(f, x)
-    y_flat, unravel_y = ravel_pytree(y)
-    vjp_fn = jax.linear_transpose(jvp_fn, x)
-
-    def matvec(v):
-        return ravel_pytree(jvp_fn(unravel_x(v)))[0]
-
-    def rmatvec(u):
-        return ravel_pytree(vjp_fn(unravel_y(u))[0])[0]
-
-    return LinearOperator((y_flat.size, x_flat.size), x_flat.dtype, matvec, rmatvec)
+    return _flat_operator(jvp_fn, jax.linear_transpose(jvp_fn, x), x, y)
 
 
 def hessian_operator(f: Callable[..., Any], x: Any, *args: Any) -> LinearOperator:

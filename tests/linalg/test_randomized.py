@@ -22,13 +22,14 @@ def _decaying(m, n, rate=0.8, seed=0):
     return (U * s) @ V.T, s
 
 
+@pytest.mark.parametrize("normalizer", ["cholesky", "lu", "qr"])
 @pytest.mark.parametrize("shape", [(300, 200), (150, 240)])
-def test_error_within_1_1_of_optimal_and_top_singular_values(shape):
+def test_error_within_1_1_of_optimal_and_top_singular_values(shape, normalizer):
     A, s = _decaying(*shape)
     k = 10
-    U, S, Vt = jax.jit(lambda a: randomized_svd(a, k, key=jax.random.key(0)))(
-        jnp.asarray(A, jnp.float32)
-    )
+    U, S, Vt = jax.jit(
+        lambda a: randomized_svd(a, k, key=jax.random.key(0), normalizer=normalizer)
+    )(jnp.asarray(A, jnp.float32))
     assert U.shape == (shape[0], k) and S.shape == (k,) and Vt.shape == (k, shape[1])
     approx = np.asarray(U, np.float64) * np.asarray(S, np.float64) @ np.asarray(Vt, np.float64)
     assert np.linalg.norm(A - approx, 2) / s[0] <= 1.1 * s[k] / s[0]
@@ -149,6 +150,11 @@ def test_nystrom_eigenvalues_of_a_psd_matrix(x64):
             "not positive semi-definite",
         ),
         (lambda: LinearOperator.from_matrix(jnp.ones(3)), ValueError, "must be 2-D"),
+        (
+            lambda: randomized_svd(jnp.ones((4, 3)), 1, key=jax.random.key(0), normalizer="svd"),
+            ValueError,
+            "normalizer='svd' unknown",
+        ),
     ],
 )
 def test_bad_input_is_refused_by_name(call, error, match):
