@@ -37,6 +37,20 @@ def test_error_within_1_1_of_optimal_and_top_singular_values(shape, normalizer):
     np.testing.assert_allclose(np.asarray(U).T @ np.asarray(U), np.eye(k), atol=1e-5)
 
 
+@pytest.mark.parametrize("normalizer", ["lu", "qr"])
+def test_small_singular_values_survive_in_float32(normalizer):
+    # sigma_50 / sigma_1 = 0.8**49 = 2e-5, far below sqrt(eps) of float32:
+    # normalising after every product keeps these directions; a Cholesky-QR
+    # normaliser (which squares the condition number) loses them.
+    A, s = _decaying(600, 400, rate=0.8, seed=8)
+    U, S, Vt = randomized_svd(
+        jnp.asarray(A, jnp.float32), 50, key=jax.random.key(0), normalizer=normalizer
+    )
+    approx = np.asarray(U, np.float64) * np.asarray(S, np.float64) @ np.asarray(Vt, np.float64)
+    assert np.linalg.norm(A - approx, 2) <= 1.1 * s[50]
+    np.testing.assert_allclose(S, s[:50], rtol=1e-3)
+
+
 def test_error_falls_as_power_iterations_grow():
     rng = np.random.default_rng(1)
     A = rng.normal(size=(400, 300)) / np.sqrt(300)  # flat spectrum: hard for q = 0
