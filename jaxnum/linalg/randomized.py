@@ -24,7 +24,7 @@ def _compute_dtype(dtype) -> jnp.dtype:
     return jnp.promote_types(dtype, jnp.float32)
 
 
-NORMALIZERS = ("cholesky", "lu", "qr")
+NORMALIZERS = ("lu", "qr")
 
 
 def _orthonormal(Y: jax.Array) -> jax.Array:
@@ -43,55 +43,7 @@ def _lu_normalize(Y: jax.Array) -> jax.Array:
     return L[jnp.argsort(permutation)]
 
 
-def _small_cholesky(G: jax.Array) -> jax.Array:
-    """Lower Cholesky factor of a small SPD matrix, column by column in a fori_loop.
-
-    Written with XLA ops only: on CPU a LAPACK custom call placed after a
-    multithreaded product costs several milliseconds whatever its size.
-    """
-    k = G.shape[0]
-    idx = jnp.arange(k)
-    tiny = jnp.finfo(G.dtype).tiny
-
-    def column(j, L):
-        lj = L[j]
-        d = jnp.sqrt(jnp.maximum(G[j, j] - lj @ lj, tiny))
-        col = (G[:, j] - L @ lj) / d
-        return L.at[:, j].set(jnp.where(idx > j, col, jnp.where(idx == j, d, 0.0)))
-
-    return jax.lax.fori_loop(0, k, column, jnp.zeros_like(G))
-
-
-def _small_lower_inverse(L: jax.Array) -> jax.Array:
-    """Inverse of a small lower-triangular matrix by forward substitution, row by row."""
-    k = L.shape[0]
-    idx = jnp.arange(k)
-
-    def row(j, X):
-        e_j = (idx == j).astype(L.dtype)
-        return X.at[j].set((e_j - jnp.where(idx < j, L[j], 0.0) @ X) / L[j, j])
-
-    return jax.lax.fori_loop(0, k, row, jnp.zeros_like(L))
-
-
-def _cholesky_normalize(Y: jax.Array) -> jax.Array:
-    """Shifted Cholesky-QR: ``Y L^-T`` with ``L L^T = Y^T Y + eps tr(Y^T Y) I``.
-
-    Two thin products and an l-by-l factorisation: the same span as Y with
-    (nearly) orthonormal columns when cond(Y) < eps^(-1/2); beyond that the
-    shift keeps it defined and the columns still well scaled.
-
-    References:
-      Fukaya, Kannan, Nakatsukasa, Yamamoto, Yanagisawa, "Shifted Cholesky QR
-      for computing the QR factorization of ill-conditioned matrices", SIAM J.
-      Sci. Comput. 2020.
-    """
-    G = Y.T @ Y
-    G = G + (jnp.finfo(Y.dtype).eps * jnp.trace(G)) * jnp.eye(G.shape[0], dtype=Y.dtype)
-    return Y @ _small_lower_inverse(_small_cholesky(G)).T
-
-
-_NORMALIZE = {"cholesky": _cholesky_normalize, "lu": _lu_normalize, "qr": _orthonormal}
+_NORMALIZE = {"lu": _lu_normalize, "qr": _orthonormal}
 
 
 def _range_finder(op, size, key, power_iters, dtype, normalizer="lu") -> jax.Array:
@@ -125,17 +77,19 @@ def randomized_range_finder(
     pivoted LU factor, as scikit-learn and fbpca do: the same subspace as QR at
     a fraction of the cost, and as robust in float32 (tested down to
     sigma_k / sigma_1 = 2e-5). ``"qr"`` is Algorithm 4.4 verbatim.
-    ``"cholesky"`` is a shifted Cholesky-QR in XLA ops only, a few percent
-    faster on CPU (no LAPACK call between products), but it squares the
-    condition number: use it only when sigma_k / sigma_1 stays above about
-    sqrt(eps) (3e-4 in float32); below that it loses the small directions.
+
+    Performance on CPU: XLA runs LU, QR and SVD through LAPACK in the
+    process's OpenBLAS; with more than one OpenBLAS thread those calls fight
+    XLA's own thread pool (a 60 x 60 SVD inside the solve took 41 ms instead of
+    3.5 ms on 2 cores). Limit BLAS to one thread around jaxnum on CPU:
+    ``threadpoolctl.threadpool_limits(1, "blas")`` or ``OPENBLAS_NUM_THREADS=1``.
 
     Args:
       A: an m-by-n matrix or a :class:`LinearOperator`.
       size: number of columns of Q (1 <= size <= min(m, n)).
       key: PRNG key of the test matrix.
       power_iters: subspace iterations (0 is Algorithm 4.1).
-      normalizer: ``"lu"``, ``"qr"`` or ``"cholesky"``, between products.
+      normalizer: ``"lu"`` or ``"qr"``, between products.
 
     Returns:
       Q with orthonormal columns, in float32 for half-precision input.
@@ -205,8 +159,8 @@ def randomized_svd(
       key: PRNG key.
       oversample: extra columns of the test matrix (10).
       power_iters: subspace iterations (4).
-      normalizer: ``"lu"`` (default), ``"qr"`` or ``"cholesky"`` between
-        products, see :func:`randomized_range_finder`.
+      normalizer: ``"lu"`` (default) or ``"qr"`` between products, see
+        :func:`randomized_range_finder` (also for the CPU thread note).
 
     Returns:
       ``(U, S, Vt)`` of shapes (m, rank), (rank,), (rank, n) (with the batch

@@ -22,7 +22,7 @@ def _decaying(m, n, rate=0.8, seed=0):
     return (U * s) @ V.T, s
 
 
-@pytest.mark.parametrize("normalizer", ["cholesky", "lu", "qr"])
+@pytest.mark.parametrize("normalizer", ["lu", "qr"])
 @pytest.mark.parametrize("shape", [(300, 200), (150, 240)])
 def test_error_within_1_1_of_optimal_and_top_singular_values(shape, normalizer):
     A, s = _decaying(*shape)
@@ -40,8 +40,8 @@ def test_error_within_1_1_of_optimal_and_top_singular_values(shape, normalizer):
 @pytest.mark.parametrize("normalizer", ["lu", "qr"])
 def test_small_singular_values_survive_in_float32(normalizer):
     # sigma_50 / sigma_1 = 0.8**49 = 2e-5, far below sqrt(eps) of float32:
-    # normalising after every product keeps these directions; a Cholesky-QR
-    # normaliser (which squares the condition number) loses them.
+    # normalising after every product keeps these directions (a Cholesky-QR
+    # normaliser, which squares the condition number, lost them: 86% error).
     A, s = _decaying(600, 400, rate=0.8, seed=8)
     U, S, Vt = randomized_svd(
         jnp.asarray(A, jnp.float32), 50, key=jax.random.key(0), normalizer=normalizer
