@@ -256,7 +256,9 @@ def spectral_density(
         n = A.shape[1]
     if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
         raise ValueError(f"{fn}: num_probes must be a Python int >= 1, got {num_probes!r}")
-    probes = jax.random.rademacher(key, (num_probes, n), jnp.float32)
+    dtype = getattr(A, "dtype", None) if not callable(A) or isinstance(A, LinearOperator) else None
+    dtype = jnp.promote_types(jnp.float32, dtype) if dtype is not None else jnp.float32
+    probes = jax.random.rademacher(key, (num_probes, n), dtype)
 
     def nodes_weights(v):
         theta, S = _ritz(lanczos(A, v, num_iters))
