@@ -1,0 +1,57 @@
+"""Accelerator readiness without an accelerator: the public routines lower for GPU and TPU."""
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import jaxnum as jn
+from jaxnum.autodiff import gnvp_fn, hessian_trace, hvp
+from jaxnum.linalg import cg, lstsq, randomized_eigh, randomized_svd, spectral_density
+
+A = jnp.eye(12) + 0.1 * jnp.ones((12, 12))
+X = jnp.ones((12, 4)) + jnp.eye(12, 4)
+
+
+def _loss(w):
+    return jnp.sum(jnp.tanh(X @ w) ** 2)
+
+
+CASES = {
+    "loss_scaling+clip update": (
+        lambda g, p: (lambda tx: tx.update(g, tx.init(p), p))(
+            jn.loss_scaling(optax.chain(jn.clip_by_global_norm(1.0), optax.adam(1e-3)))
+        ),
+        (jnp.ones(4), jnp.ones(4)),
+    ),
+    "online_softmax": (lambda x: jn.online_softmax(x, block_size=4), (jnp.ones((3, 10)),)),
+    "nonfinite_report": (jn.nonfinite_report, ({"w": jnp.ones(3)},)),
+    "hvp": (lambda w, v: hvp(_loss, w, v), (jnp.ones(4), jnp.ones(4))),
+    "gnvp": (
+        lambda w, v: gnvp_fn(
+            lambda p, x: x @ p, lambda o, t: jnp.sum((o - t) ** 2), w, X, jnp.zeros(12)
+        )(v),
+        (jnp.ones(4), jnp.ones(4)),
+    ),
+    "hessian_trace xtrace": (
+        lambda w: (
+            hessian_trace(_loss, w, key=jax.random.key(0), num_samples=4, method="xtrace").value
+        ),
+        (jnp.ones(4),),
+    ),
+    "randomized_svd": (lambda a: randomized_svd(a, 3, key=jax.random.key(0)), (A,)),
+    "randomized_eigh": (lambda a: randomized_eigh(a, 3, key=jax.random.key(0)), (A,)),
+    "lstsq qr": (lambda x, y: lstsq(x, y, method="qr"), (X, jnp.ones(12))),
+    "cg": (lambda a, b: cg(a, b).x, (A, jnp.ones(12))),
+    "spectral_density": (
+        lambda a: spectral_density(a, key=jax.random.key(0), num_probes=2, num_iters=5).density,
+        (A,),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_lowers_for_cuda_and_tpu(name):
+    fn, args = CASES[name]
+    exported = jax.export.export(jax.jit(fn), platforms=("cuda", "tpu"))(*args)
+    assert exported.platforms == ("cuda", "tpu")
