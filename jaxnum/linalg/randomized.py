@@ -82,7 +82,9 @@ def randomized_range_finder(
     process's OpenBLAS; with more than one OpenBLAS thread those calls fight
     XLA's own thread pool (a 60 x 60 SVD inside the solve took 41 ms instead of
     3.5 ms on 2 cores). Limit BLAS to one thread around jaxnum on CPU:
-    ``threadpoolctl.threadpool_limits(1, "blas")`` or ``OPENBLAS_NUM_THREADS=1``.
+    ``OPENBLAS_NUM_THREADS=1`` before Python starts, or
+    ``threadpoolctl.threadpool_limits(1, "blas")`` entered after jax has run
+    one linear-algebra op (threadpoolctl limits only the libraries loaded then).
 
     Args:
       A: an m-by-n matrix or a :class:`LinearOperator`.
