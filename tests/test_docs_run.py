@@ -31,14 +31,19 @@ def test_notebook_executes(notebook):
         exec(compile(source, f"{notebook.name}[cell {index}]", "exec"), namespace)
 
 
-def test_mixed_precision_example_shows_what_it_claims():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "mixed_precision_training.py")],
+def _run_example(name: str) -> str:
+    """Runs examples/<name> as a user would and returns what it printed."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "examples" / name)],
         capture_output=True,
         text=True,
         check=True,
         timeout=120,
     ).stdout
+
+
+def test_mixed_precision_example_shows_what_it_claims():
+    out = _run_example("mixed_precision_training.py")
     losses = dict(re.findall(r"^(float.*?)\s+final loss (\S+)", out, flags=re.M))
     fp32 = float(losses["float32"])
     assert float(losses["float16, no loss scaling"]) > 100 * fp32
@@ -48,13 +53,7 @@ def test_mixed_precision_example_shows_what_it_claims():
 
 
 def test_lora_example_counts_gpt3_shapes():
-    out = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "lora_gpt3_counts.py")],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
+    out = _run_example("lora_gpt3_counts.py")
     total = int(re.search(r"parameters:\s+([\d,]+)", out).group(1).replace(",", ""))
     trainable = int(re.search(r"([\d,]+) trainable", out).group(1).replace(",", ""))
     # 12 d^2 per layer plus embeddings: 174.6e9; adapters 96 * 2 * (2 * 4 * 12288)

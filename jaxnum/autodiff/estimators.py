@@ -37,7 +37,8 @@ def _check_samples(num_samples: Any, minimum: int, fn: str) -> None:
 
 
 def _flat_operator(matvec: Callable[[Any], Any], x_like: Any, chunk_size: int | None):
-    """The operator on flat vectors, and its batched form over columns (chunked vmap)."""
+    """``(flat x_like, unravel, columns)``: ``columns(Z)`` is ``A Z`` for an (n, k) block
+    of flat probes, vmapped in chunks of ``chunk_size``."""
     flat, unravel = ravel_pytree(x_like)
 
     def single(z):
@@ -46,11 +47,7 @@ def _flat_operator(matvec: Callable[[Any], Any], x_like: Any, chunk_size: int | 
     def columns(Z):  # Z: (n, k) -> A Z, probes in chunks of chunk_size
         return jax.lax.map(single, Z.T, batch_size=chunk_size).T
 
-    return flat, single, columns
-
-
-def _rademacher(key, shape, dtype):
-    return jax.random.rademacher(key, shape, dtype=dtype)
+    return flat, unravel, columns
 
 
 def trace_estimate(
@@ -118,7 +115,7 @@ def trace_estimate(
     flat, _, columns = _flat_operator(matvec, x_like, chunk_size)
     n, dtype = flat.size, flat.dtype
     if method == "hutchinson":
-        Z = _rademacher(key, (n, num_samples), dtype)
+        Z = jax.random.rademacher(key, (n, num_samples), dtype)
         samples = jnp.sum(Z * columns(Z), axis=0)
         se = jnp.std(samples, ddof=1) / jnp.sqrt(num_samples) if num_samples > 1 else jnp.inf
         return TraceEstimate(jnp.mean(samples), jnp.asarray(se, dtype), num_samples)
@@ -127,10 +124,10 @@ def trace_estimate(
     k_range = min(num_samples // 3, n)
     k_rest = num_samples - 2 * k_range
     key_s, key_g = jax.random.split(key)
-    S = _rademacher(key_s, (n, k_range), dtype)
+    S = jax.random.rademacher(key_s, (n, k_range), dtype)
     Q, _ = jnp.linalg.qr(columns(S))
     exact_part = jnp.trace(Q.T @ columns(Q))
-    G = _rademacher(key_g, (n, k_rest), dtype)
+    G = jax.random.rademacher(key_g, (n, k_rest), dtype)
     G = G - Q @ (Q.T @ G)
     samples = jnp.sum(G * columns(G), axis=0)
     se = jnp.std(samples, ddof=1) / jnp.sqrt(k_rest) if k_rest > 1 else jnp.inf
@@ -194,9 +191,8 @@ def diagonal_estimate(
     fn = "diagonal_estimate"
     check_floating_tree(x_like, fn, "x_like")
     _check_samples(num_samples, 1, fn)
-    flat, unravel = ravel_pytree(x_like)
-    _, _, columns = _flat_operator(matvec, x_like, chunk_size)
-    Z = _rademacher(key, (flat.size, num_samples), flat.dtype)
+    flat, unravel, columns = _flat_operator(matvec, x_like, chunk_size)
+    Z = jax.random.rademacher(key, (flat.size, num_samples), flat.dtype)
     return unravel(jnp.mean(Z * columns(Z), axis=1))
 
 

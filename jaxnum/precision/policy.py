@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnum.precision._checks import floating_dtype
+
 # Names accepted by Policy.parse, besides any name numpy/jax know as a float dtype.
 _DTYPE_ALIASES = {
     "f32": "float32",
@@ -36,23 +38,16 @@ _ROLE_ALIASES = {
 
 
 def _as_float_dtype(value: Any, argname: str) -> np.dtype:
-    if isinstance(value, str):
-        name = _DTYPE_ALIASES.get(value.strip().lower(), value.strip().lower())
-        try:
-            dt = jnp.dtype(name)
-        except TypeError as e:
-            raise ValueError(
-                f"Policy: {argname}={value!r} is not a known dtype; use e.g. float32, "
-                f"bfloat16, float16 or one of {sorted(_DTYPE_ALIASES)}"
-            ) from e
-    else:
-        try:
-            dt = jnp.dtype(value)
-        except TypeError as e:
-            raise TypeError(f"Policy: {argname}={value!r} is not a dtype") from e
-    if not jnp.issubdtype(dt, jnp.floating):
-        raise ValueError(f"Policy: {argname} must be a floating dtype, got {dt.name}")
-    return dt
+    """A floating dtype from a dtype or a name/alias; a name it does not know is a ValueError."""
+    if not isinstance(value, str):
+        return floating_dtype(value, "Policy", argname)
+    name = _DTYPE_ALIASES.get(value.strip().lower(), value.strip().lower())
+    try:
+        return floating_dtype(name, "Policy", argname)
+    except TypeError as e:
+        raise ValueError(
+            f"{e}; use e.g. float32, bfloat16, float16 or one of {sorted(_DTYPE_ALIASES)}"
+        ) from e
 
 
 def _cast_floating(tree: Any, dtype: np.dtype) -> Any:
