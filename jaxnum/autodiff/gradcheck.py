@@ -61,6 +61,17 @@ class GradcheckError(AssertionError):
         self.report = report
 
 
+class _Comparison(NamedTuple):
+    abs_err: float
+    rel_err: float
+    failed: bool
+    mode: str
+    leaf: int
+    index: tuple[int, ...] | None
+    ad: float
+    fd: float
+
+
 def _upcast(tree: Any) -> Any:
     def cast(x):
         x = jnp.asarray(x)
@@ -236,7 +247,7 @@ def _gradcheck64(f, args, order, modes, argnum, num_probes, full, eps, atol, rto
     ]
     leaves = jax.tree.leaves(x)
 
-    results = []  # (abs_err, rel_err, failed, mode, leaf, index, ad, fd)
+    results: list[_Comparison] = []
     evaluations = 0
 
     def compare(v, leaf, index):
@@ -247,18 +258,9 @@ def _gradcheck64(f, args, order, modes, argnum, num_probes, full, eps, atol, rto
             ad = float(_ad_directional(g, x, v, mode, order, w))
             err = abs(ad - fd)
             scale = max(abs(ad), abs(fd))
-            results.append(
-                (
-                    err,
-                    err / scale if scale else err,
-                    err > atol + rtol * scale,
-                    mode,
-                    leaf,
-                    index,
-                    ad,
-                    fd,
-                )
-            )
+            rel = err / scale if scale else err
+            failed = err > atol + rtol * scale
+            results.append(_Comparison(err, rel, failed, mode, leaf, index, ad, fd))
 
     if full:
         for i, leaf in enumerate(leaves):
@@ -269,20 +271,19 @@ def _gradcheck64(f, args, order, modes, argnum, num_probes, full, eps, atol, rto
         for i in range(len(leaves)):
             for k in range(num_probes):
                 compare(_only_leaf(_random_like(probe_keys[i * num_probes + k], x), i), i, None)
-        worst = max(results, key=lambda r: (r[2], r[0]))
-        if worst[2] and np.size(leaves[worst[4]]) <= LOCALIZE_MAX_ENTRIES:
-            i = worst[4]
+        worst = max(results, key=lambda r: (r.failed, r.abs_err))
+        if worst.failed and np.size(leaves[worst.leaf]) <= LOCALIZE_MAX_ENTRIES:
+            i = worst.leaf
             for entry in range(int(np.size(leaves[i]))):
                 compare(_one_hot_like(x, i, entry), i, np.unravel_index(entry, np.shape(leaves[i])))
 
-    failing = [r for r in results if r[2]]
+    failing = [r for r in results if r.failed]
     pool = failing or results
-    worst = max(pool, key=lambda r: r[0])
+    worst = max(pool, key=lambda r: r.abs_err)
     # Prefer a localised entry of the same leaf, when the localisation ran.
-    indexed = [r for r in pool if r[5] is not None and r[4] == worst[4]]
-    if worst[5] is None and indexed:
-        worst = max(indexed, key=lambda r: r[0])
-    _, _, _, mode, leaf, index, ad, fd = worst
+    indexed = [r for r in pool if r.index is not None and r.leaf == worst.leaf]
+    if worst.index is None and indexed:
+        worst = max(indexed, key=lambda r: r.abs_err)
     note = (
         ("upcast to float64; " if upcast else "float64; ")
         + ("every coordinate" if full else f"{num_probes} random direction(s) per leaf")
@@ -291,13 +292,13 @@ def _gradcheck64(f, args, order, modes, argnum, num_probes, full, eps, atol, rto
     report = GradcheckReport(
         passed=not failing,
         order=order,
-        max_abs_error=max(r[0] for r in results),
-        max_rel_error=max(r[1] for r in results),
-        worst_mode=mode,
-        worst_path=paths[leaf],
-        worst_index=None if index is None else tuple(int(i) for i in index),
-        ad_value=ad,
-        fd_value=fd,
+        max_abs_error=max(r.abs_err for r in results),
+        max_rel_error=max(r.rel_err for r in results),
+        worst_mode=worst.mode,
+        worst_path=paths[worst.leaf],
+        worst_index=None if worst.index is None else tuple(int(i) for i in worst.index),
+        ad_value=worst.ad,
+        fd_value=worst.fd,
         num_evaluations=evaluations,
         note=note,
     )
