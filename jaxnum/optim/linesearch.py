@@ -1,0 +1,436 @@
+"""Strong-Wolfe line search (More and Thuente 1994) as an optax transformation.
+
+Why More-Thuente: it is the search behind scipy's L-BFGS-B (MINPACK-2
+``dcsrch``), so evaluation counts compare like for like; every iteration
+evaluates exactly one trial step, so the whole search is one flat
+``lax.while_loop`` with no nested phases; and its interval updates guarantee
+termination at a point satisfying the strong Wolfe conditions for any smooth
+function bounded below. From Hager and Zhang (2006, eq. 4.3) it borrows the
+*approximate* Wolfe test, accepted only when the value at the trial is within
+``approx_rtol * |f(0)|`` of the start: near a minimiser in float32 the exact
+sufficient-decrease test compares numbers that differ below rounding and can
+fail forever, while the derivative test still carries information.
+
+References:
+  J. J. More and D. J. Thuente, Line search algorithms with guaranteed
+  sufficient decrease, ACM TOMS 20 (1994) 286-307 (Sections 2-4).
+  W. W. Hager and H. Zhang, A new conjugate gradient method with guaranteed
+  descent and an efficient line search, SIAM J. Optim. 16 (2005) 170-192.
+  J. Nocedal and S. J. Wright, Numerical Optimization (2006), eq. (3.7).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxnum.autodiff._trees import tree_vdot
+from jaxnum.precision._checks import check_open_interval, check_positive, check_positive_int
+
+# Status codes of one search (``StrongWolfeState.status``).
+WOLFE = 0  #: the accepted step satisfies the strong Wolfe conditions
+APPROXIMATE_WOLFE = 1  #: accepted under Hager-Zhang's approximate Wolfe test
+BEST_POINT = 2  #: no Wolfe point found in the budget; the best point seen (it decreases f)
+NO_DECREASE = 3  #: nothing decreased f: the step is zero and params do not move
+
+STATUS_MESSAGES = {
+    WOLFE: "strong Wolfe conditions hold",
+    APPROXIMATE_WOLFE: "approximate Wolfe conditions hold (f changes at rounding level)",
+    BEST_POINT: "no Wolfe point within the evaluation budget; took the best point seen",
+    NO_DECREASE: "no decrease found along the direction; step is zero",
+}
+
+_XTRAPL = 1.1  # extrapolation limits while no minimiser is bracketed (More-Thuente)
+_XTRAPU = 4.0
+_BISECT_IF_ABOVE = 0.66  # bisect when the bracket did not shrink by this factor
+
+
+class StrongWolfeState(NamedTuple):
+    """State of :func:`scale_by_strong_wolfe`.
+
+    ``value`` and ``grad`` are those at the accepted point, so
+    ``optax.value_and_grad_from_state`` reuses them without re-evaluation.
+    ``aux`` is the auxiliary output there (``has_aux=True``; None before the first
+    update: in a ``lax`` loop set a placeholder with ``optax.tree.set``).
+    """
+
+    value: jax.Array
+    grad: Any
+    aux: Any
+    stepsize: jax.Array  # accepted step along the incoming direction
+    num_evaluations: jax.Array  # value-and-grad evaluations in the last search
+    status: jax.Array  # WOLFE, APPROXIMATE_WOLFE, BEST_POINT or NO_DECREASE
+    num_nonfinite: jax.Array  # trial points with a non-finite value or slope, last search
+    not_descent: jax.Array  # the incoming direction was not a descent direction
+    num_failures: jax.Array  # searches so far that ended in BEST_POINT or NO_DECREASE
+
+
+def _cubic_min(a, fa, da, b, fb, db):
+    """Minimiser of the cubic through (a, fa, da) and (b, fb, db) (More-Thuente, Sec. 4)."""
+    theta = 3.0 * (fa - fb) / (b - a) + da + db
+    s = jnp.maximum(jnp.maximum(jnp.abs(theta), jnp.abs(da)), jnp.abs(db))
+    s = jnp.where(s > 0, s, 1.0)
+    disc = (theta / s) ** 2 - (da / s) * (db / s)
+    gamma = s * jnp.sqrt(jnp.maximum(disc, 0.0))
+    gamma = jnp.where(b < a, -gamma, gamma)
+    p = (gamma - da) + theta
+    q = ((gamma - da) + gamma) + db
+    r = p / jnp.where(q == 0, 1.0, q)
+    return a + r * (b - a), disc, r, gamma
+
+
+def _secant_min(a, da, b, db):
+    """Zero of the line through the derivatives (a, da), (b, db)."""
+    den = da - db
+    return a + da / jnp.where(den == 0, 1.0, den) * (b - a)
+
+
+def more_thuente_step(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stpmax):
+    """One safeguarded interval update of More and Thuente (1994), Section 4.
+
+    ``stx`` is the best step so far, ``sty`` the other end of the interval,
+    ``stp`` the current trial, each with its value and derivative. Returns the
+    updated ``(stx, fx, dx, sty, fy, dy)``, the next trial step, the bracketing
+    flag and whether ``stx`` moved to ``stp``. Pure ``jnp``: usable under jit.
+    """
+    opposite = jnp.sign(dp) * jnp.sign(dx) < 0
+    higher = fp > fx
+
+    # Case 1: higher value: a minimiser is bracketed; take the cubic step, or
+    # halfway to the quadratic (value-based) step when the cubic lies further.
+    c1_cubic, _, _, _ = _cubic_min(stx, fx, dx, stp, fp, dp)
+    c1_quad = stx + dx / ((fx - fp) / (stp - stx) + dx) / 2.0 * (stp - stx)
+    case1 = jnp.where(
+        jnp.abs(c1_cubic - stx) < jnp.abs(c1_quad - stx),
+        c1_cubic,
+        c1_cubic + (c1_quad - c1_cubic) / 2.0,
+    )
+
+    # Case 2: lower value, derivatives of opposite sign: bracketed; the step
+    # (cubic or secant) further from stp.
+    c2_cubic, _, _, _ = _cubic_min(stp, fp, dp, stx, fx, dx)
+    c2_secant = _secant_min(stp, dp, stx, dx)
+    case2 = jnp.where(jnp.abs(c2_cubic - stp) > jnp.abs(c2_secant - stp), c2_cubic, c2_secant)
+
+    # Case 3: lower value, same sign, derivative decreasing in magnitude: the
+    # cubic may not have a minimiser in the right direction; extrapolate with
+    # care.
+    c3_cubic, _, r3, g3 = _cubic_min(stp, fp, dp, stx, fx, dx)
+    c3_cubic = jnp.where(
+        (r3 < 0) & (g3 != 0), c3_cubic, jnp.where(stp > stx, stpmax, stpmin)
+    )
+    c3_secant = _secant_min(stp, dp, stx, dx)
+    c3_bracketed = jnp.where(
+        jnp.abs(c3_cubic - stp) < jnp.abs(c3_secant - stp), c3_cubic, c3_secant
+    )
+    toward_y = stp + _BISECT_IF_ABOVE * (sty - stp)
+    c3_bracketed = jnp.where(
+        stp > stx, jnp.minimum(toward_y, c3_bracketed), jnp.maximum(toward_y, c3_bracketed)
+    )
+    c3_open = jnp.where(jnp.abs(c3_cubic - stp) > jnp.abs(c3_secant - stp), c3_cubic, c3_secant)
+    c3_open = jnp.clip(c3_open, stpmin, stpmax)
+    case3 = jnp.where(brackt, c3_bracketed, c3_open)
+
+    # Case 4: lower value, same sign, derivative not decreasing: the cubic
+    # through stp and sty when bracketed, else go to the end of the range.
+    c4_cubic, _, _, _ = _cubic_min(stp, fp, dp, sty, fy, dy)
+    case4 = jnp.where(brackt, c4_cubic, jnp.where(stp > stx, stpmax, stpmin))
+
+    decreasing = jnp.abs(dp) < jnp.abs(dx)
+    stpf = jnp.where(
+        higher, case1, jnp.where(opposite, case2, jnp.where(decreasing, case3, case4))
+    )
+    brackt = brackt | higher | opposite
+
+    # Interval update (More-Thuente, "updating algorithm").
+    new_sty = jnp.where(higher, stp, jnp.where(opposite, stx, sty))
+    new_fy = jnp.where(higher, fp, jnp.where(opposite, fx, fy))
+    new_dy = jnp.where(higher, dp, jnp.where(opposite, dx, dy))
+    x_moved = ~higher
+    new_stx = jnp.where(x_moved, stp, stx)
+    new_fx = jnp.where(x_moved, fp, fx)
+    new_dx = jnp.where(x_moved, dp, dx)
+    return new_stx, new_fx, new_dx, new_sty, new_fy, new_dy, stpf, brackt, x_moved
+
+
+class _Search(NamedTuple):
+    """Carry of the search loop (``x`` is the best step, ``y`` the far end)."""
+
+    stp: jax.Array
+    stx: jax.Array
+    fx: jax.Array
+    dx: jax.Array
+    sty: jax.Array
+    fy: jax.Array
+    dy: jax.Array
+    brackt: jax.Array
+    stage_two: jax.Array
+    width: jax.Array
+    width_prev: jax.Array
+    stmin: jax.Array
+    stmax: jax.Array
+    step_cap: jax.Array  # lowered when a trial is non-finite
+    x_value: jax.Array  # f, grad and aux at stx (the fallback point)
+    x_grad: Any
+    x_aux: Any
+    accepted: jax.Array
+    approximate: jax.Array
+    stop: jax.Array
+    num_evaluations: jax.Array
+    num_nonfinite: jax.Array
+    # value, grad and aux at the accepted trial
+    value: jax.Array
+    grad: Any
+    aux: Any
+
+
+def strong_wolfe_search(
+    value_and_grad_fn: Callable[[Any], tuple[tuple[jax.Array, Any], Any]],
+    params: Any,
+    direction: Any,
+    value: jax.Array,
+    grad: Any,
+    aux: Any = None,
+    *,
+    initial_stepsize: jax.Array | float = 1.0,
+    slope_rtol: float = 1e-4,
+    curv_rtol: float = 0.9,
+    approx_rtol: float | None = 1e-6,
+    xtol: float = 0.1,
+    max_stepsize: float = 1e10,
+    max_evaluations: int = 30,
+):
+    """Finds a step ``t`` along ``direction`` meeting the strong Wolfe conditions.
+
+    ``f(x + t d) <= f(x) + slope_rtol t g.d`` and ``|grad(x + t d).d| <=
+    curv_rtol |g.d|`` (Nocedal-Wright eq. 3.7), by More and Thuente's interval
+    updates. ``value_and_grad_fn(params) -> ((value, aux), grad)``. A trial with
+    a non-finite value or slope is treated as too long: the next trial moves
+    halfway back towards the best point and no later trial goes that far.
+
+    Returns ``(step, value, grad, aux, status, num_evaluations, num_nonfinite)``
+    with value/grad/aux at the accepted point (at ``params`` when the step is 0).
+    """
+    dtype = jnp.result_type(value)
+    f0 = value
+    slope0 = tree_vdot(grad, direction).astype(dtype)
+    gtest = slope_rtol * slope0
+    use_approx = approx_rtol is not None
+    eps_k = (approx_rtol if use_approx else 0.0) * jnp.abs(f0)
+    curv_bound = curv_rtol * -slope0
+    # Hager-Zhang's upper bound (2 delta - 1) f'(0), tightened to the strong one.
+    approx_upper = min(1.0 - 2.0 * slope_rtol, curv_rtol) * -slope0
+
+    def trial_point(t):
+        return jax.tree.map(lambda p, d: (p + t.astype(p.dtype) * d).astype(p.dtype), params, direction)
+
+    def cond(s: _Search):
+        return ~s.stop
+
+    def body(s: _Search):
+        (f, aux_t), g = value_and_grad_fn(trial_point(s.stp))
+        f = jnp.asarray(f, dtype)
+        dg = tree_vdot(g, direction).astype(dtype)
+        nevals = s.num_evaluations + 1
+        finite = jnp.isfinite(f) & jnp.isfinite(dg)
+        ftest = f0 + s.stp * gtest
+        wolfe = (f <= ftest) & (jnp.abs(dg) <= curv_bound)
+        approx = (
+            (f <= f0 + eps_k) & (dg >= curv_rtol * slope0) & (dg <= approx_upper) & use_approx
+        )
+        accepted = finite & (wolfe | approx)
+
+        # More-Thuente: leave stage one once the trial has sufficient decrease
+        # and a non-negative slope; in stage one use the modified function
+        # psi(t) = f(t) - f0 - t gtest when it is informative.
+        stage_two = s.stage_two | ((f <= ftest) & (dg >= 0))
+        modified = ~stage_two & (f <= s.fx) & (f > ftest)
+        shift_f = jnp.where(modified, 1.0, 0.0).astype(dtype)
+        shift_d = shift_f * gtest
+        (stx, fx, dx, sty, fy, dy, stp_next, brackt, x_moved) = more_thuente_step(
+            s.stx, s.fx - s.stx * shift_d, s.dx - shift_d,
+            s.sty, s.fy - s.sty * shift_d, s.dy - shift_d,
+            s.stp, f - s.stp * shift_d, dg - shift_d,
+            s.brackt, s.stmin, s.stmax,
+        )  # fmt: skip
+        fx, dx = fx + stx * shift_d, dx + shift_d
+        fy, dy = fy + sty * shift_d, dy + shift_d
+
+        shrink = brackt & (jnp.abs(sty - stx) >= _BISECT_IF_ABOVE * s.width_prev)
+        stp_next = jnp.where(shrink, stx + 0.5 * (sty - stx), stp_next)
+        width_prev = jnp.where(brackt, s.width, s.width_prev)
+        width = jnp.where(brackt, jnp.abs(sty - stx), s.width)
+        stmin = jnp.where(brackt, jnp.minimum(stx, sty), stp_next + _XTRAPL * (stp_next - stx))
+        stmax = jnp.where(brackt, jnp.maximum(stx, sty), stp_next + _XTRAPU * (stp_next - stx))
+        stp_next = jnp.clip(stp_next, 0.0, s.step_cap)
+        interval_gone = brackt & (
+            (stp_next <= stmin) | (stp_next >= stmax) | (stmax - stmin <= xtol * stmax)
+        )
+        stp_next = jnp.where(interval_gone, stx, stp_next)
+
+        # A non-finite trial: keep the interval, step halfway back, cap future steps.
+        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        stx, fx, dx = keep(stx, s.stx), keep(fx, s.fx), keep(dx, s.dx)
+        sty, fy, dy = keep(sty, s.sty), keep(fy, s.fy), keep(dy, s.dy)
+        brackt, stage_two = keep(brackt, s.brackt), keep(stage_two, s.stage_two)
+        width, width_prev = keep(width, s.width), keep(width_prev, s.width_prev)
+        stmin, stmax = keep(stmin, s.stmin), keep(stmax, s.stmax)
+        stp_next = keep(stp_next, s.stx + 0.5 * (s.stp - s.stx))
+        step_cap = jnp.where(finite, s.step_cap, jnp.minimum(s.step_cap, s.stp))
+        x_moved = x_moved & finite
+
+        x_value = jnp.where(x_moved, f, s.x_value)
+        pick = lambda a, b: jax.tree.map(lambda u, v: jnp.where(x_moved, u, v), a, b)  # noqa: E731
+        stuck = finite & brackt & (stp_next == stx) & ~accepted
+        stop = accepted | (nevals >= max_evaluations) | stuck
+        return _Search(
+            stp=jnp.where(accepted, s.stp, stp_next),
+            stx=stx, fx=fx, dx=dx, sty=sty, fy=fy, dy=dy,
+            brackt=brackt, stage_two=stage_two, width=width, width_prev=width_prev,
+            stmin=stmin, stmax=stmax, step_cap=step_cap,
+            x_value=x_value, x_grad=pick(g, s.x_grad), x_aux=pick(aux_t, s.x_aux),
+            accepted=accepted, approximate=accepted & ~wolfe, stop=stop,
+            num_evaluations=nevals, num_nonfinite=s.num_nonfinite + (~finite).astype(jnp.int32),
+            value=f, grad=g, aux=aux_t,
+        )  # fmt: skip
+
+    zero = jnp.zeros((), dtype)
+    stp0 = jnp.clip(jnp.asarray(initial_stepsize, dtype), 0.0, max_stepsize)
+    # Shapes of aux come from one abstract evaluation (no FLOPs at run time).
+    (_, aux_shape), _ = jax.eval_shape(value_and_grad_fn, params)
+    aux0 = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shape) if aux is None else aux
+    width0 = jnp.asarray(max_stepsize, dtype)
+    init = _Search(
+        stp=stp0, stx=zero, fx=f0, dx=slope0, sty=zero, fy=f0, dy=slope0,
+        brackt=jnp.array(False), stage_two=jnp.array(False),
+        width=width0, width_prev=2.0 * width0,
+        stmin=zero, stmax=stp0 + _XTRAPU * stp0, step_cap=jnp.asarray(max_stepsize, dtype),
+        x_value=f0, x_grad=grad, x_aux=aux0,
+        accepted=jnp.array(False), approximate=jnp.array(False),
+        stop=~(jnp.isfinite(slope0) & (slope0 < 0)),  # nothing to search along
+        num_evaluations=jnp.array(0, jnp.int32), num_nonfinite=jnp.array(0, jnp.int32),
+        value=f0, grad=grad, aux=aux0,
+    )  # fmt: skip
+    s = jax.lax.while_loop(cond, body, init)
+
+    decreased = (s.stx > 0) & (s.x_value < f0)
+    step = jnp.where(s.accepted, s.stp, jnp.where(decreased, s.stx, zero))
+    status = jnp.where(
+        s.accepted,
+        jnp.where(s.approximate, APPROXIMATE_WOLFE, WOLFE),
+        jnp.where(decreased, BEST_POINT, NO_DECREASE),
+    ).astype(jnp.int32)
+    choose = lambda a, fallback: jax.tree.map(  # noqa: E731
+        lambda u, v: jnp.where(s.accepted, u, v), a, fallback
+    )
+    value_out = jnp.where(s.accepted, s.value, s.x_value)
+    grad_out = choose(s.grad, s.x_grad)
+    aux_out = choose(s.aux, s.x_aux)
+    return step, value_out, grad_out, aux_out, status, s.num_evaluations, s.num_nonfinite
+
+
+def scale_by_strong_wolfe(
+    *,
+    max_evaluations: int = 30,
+    slope_rtol: float = 1e-4,
+    curv_rtol: float = 0.9,
+    approx_rtol: float | None = 1e-6,
+    xtol: float = 0.1,
+    initial_stepsize: float = 1.0,
+    max_stepsize: float = 1e10,
+    has_aux: bool = False,
+) -> optax.GradientTransformationExtraArgs:
+    """Scales the incoming descent direction by a strong-Wolfe step.
+
+    ``update(updates, state, params, *, value, grad, value_fn)``: ``updates``
+    is the search direction ``d`` (already signed, e.g. ``-H g``), ``value`` and
+    ``grad`` are f and its gradient at ``params``, ``value_fn(params)`` returns f
+    (or ``(f, aux)`` with ``has_aux``). Returns ``t d`` with ``t`` from
+    :func:`strong_wolfe_search` (More-Thuente; Hager-Zhang's approximate Wolfe
+    test when ``approx_rtol`` is not None). The state keeps value, grad and aux at
+    the accepted point (``optax.value_and_grad_from_state`` reads them) and what
+    happened: ``status``, ``num_evaluations``, ``num_nonfinite``, ``not_descent``,
+    ``num_failures``. If ``d`` is not a descent direction (``g.d >= 0`` or not
+    finite) the search runs along ``-g`` and says so. On failure the step is the
+    best point seen, or zero: never a non-finite update.
+
+    Args:
+      max_evaluations: budget of value-and-grad evaluations per search.
+      slope_rtol: sufficient-decrease constant c1 (Nocedal-Wright 3.7a).
+      curv_rtol: strong curvature constant c2 (3.7b); 0.9 suits quasi-Newton.
+      approx_rtol: Hager-Zhang's epsilon (relative to ``|f(x)|``); None turns the
+        approximate Wolfe test off.
+      xtol: relative width below which the bracket counts as collapsed.
+      initial_stepsize: first trial step (1 for quasi-Newton directions).
+      max_stepsize: upper bound on the step.
+      has_aux: ``value_fn`` returns ``(value, aux)``.
+    """
+    fn = "scale_by_strong_wolfe"
+    check_positive_int(max_evaluations, fn, "max_evaluations")
+    check_open_interval(slope_rtol, 0.0, 0.5, fn, "slope_rtol")
+    check_open_interval(curv_rtol, slope_rtol, 1.0, fn, "curv_rtol")
+    check_open_interval(xtol, 0.0, 1.0, fn, "xtol")
+    check_positive(initial_stepsize, fn, "initial_stepsize")
+    check_positive(max_stepsize, fn, "max_stepsize")
+    if approx_rtol is not None:
+        check_positive(approx_rtol, fn, "approx_rtol")
+
+    def init_fn(params):
+        leaves = jax.tree.leaves(params)
+        dtype = jnp.result_type(*leaves) if leaves else jnp.float32
+        return StrongWolfeState(
+            value=jnp.array(jnp.inf, dtype),
+            grad=optax.tree.zeros_like(params),
+            aux=None,
+            stepsize=jnp.zeros((), dtype),
+            num_evaluations=jnp.zeros((), jnp.int32),
+            status=jnp.zeros((), jnp.int32),
+            num_nonfinite=jnp.zeros((), jnp.int32),
+            not_descent=jnp.zeros((), bool),
+            num_failures=jnp.zeros((), jnp.int32),
+        )
+
+    def update_fn(updates, state, params=None, *, value, grad, value_fn, **extra_args):
+        del extra_args
+        if params is None:
+            raise ValueError(f"{fn}: update needs params (the current point)")
+        dtype = state.value.dtype
+        value = jnp.asarray(value).astype(dtype)
+        if value.shape != ():
+            raise TypeError(f"{fn}: value must be a scalar, got shape {value.shape}")
+        slope = tree_vdot(grad, updates)
+        descent = jnp.isfinite(slope) & (slope < 0)
+        direction = jax.tree.map(lambda d, g: jnp.where(descent, d, -g), updates, grad)
+
+        def value_and_grad_fn(p):
+            if has_aux:
+                return jax.value_and_grad(value_fn, has_aux=True)(p)
+            v, g = jax.value_and_grad(value_fn)(p)
+            return (v, None), g
+
+        step, new_value, new_grad, aux, status, nevals, nnonfinite = strong_wolfe_search(
+            value_and_grad_fn, params, direction, value, grad, state.aux,
+            initial_stepsize=initial_stepsize, slope_rtol=slope_rtol, curv_rtol=curv_rtol,
+            approx_rtol=approx_rtol, xtol=xtol, max_stepsize=max_stepsize,
+            max_evaluations=max_evaluations,
+        )  # fmt: skip
+        new_updates = jax.tree.map(lambda d: (step.astype(d.dtype) * d), direction)
+        failed = status >= BEST_POINT
+        new_state = StrongWolfeState(
+            value=new_value.astype(dtype),
+            grad=new_grad,
+            aux=aux,
+            stepsize=step.astype(dtype),
+            num_evaluations=nevals,
+            status=status,
+            num_nonfinite=nnonfinite,
+            not_descent=~descent,
+            num_failures=state.num_failures + failed.astype(jnp.int32),
+        )
+        return new_updates, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

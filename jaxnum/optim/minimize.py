@@ -1,0 +1,248 @@
+"""``minimize``: a whole full-batch solve in one jitted ``lax.while_loop``."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxnum.autodiff._trees import check_floating_tree, tree_vdot
+from jaxnum.optim import linesearch as ls
+from jaxnum.optim.lbfgs import lbfgs
+from jaxnum.precision._checks import check_positive, check_positive_int
+
+# Status codes of MinimizeResult.status.
+CONVERGED_GRAD = 0
+CONVERGED_F = 1
+MAXITER = 2
+LINESEARCH_FAILED = 3
+NONFINITE_START = 4
+
+STATUS_MESSAGES = {
+    CONVERGED_GRAD: "converged: gradient norm <= tol",
+    CONVERGED_F: "converged: relative decrease of f <= ftol",
+    MAXITER: "stopped: maximum number of iterations reached",
+    LINESEARCH_FAILED: "stopped: the line search found no decrease, even along -grad",
+    NONFINITE_START: "stopped: f or its gradient is not finite at x0",
+}
+
+METHODS = ("lbfgs",)
+
+
+class MinimizeResult(NamedTuple):
+    """Result of :func:`minimize` (arrays; ``message`` reads ``status`` when concrete).
+
+    ``num_nonfinite`` counts trial points where f or its slope was NaN/inf (the
+    line search backed off from each); ``num_linesearch_failures`` searches that
+    found no Wolfe point; ``num_resets`` times the L-BFGS memory was dropped
+    after a failed search.
+    """
+
+    x: Any
+    fun: jax.Array
+    grad: Any
+    grad_norm: jax.Array
+    nit: jax.Array
+    nfev: jax.Array
+    converged: jax.Array
+    status: jax.Array
+    aux: Any
+    num_nonfinite: jax.Array
+    num_linesearch_failures: jax.Array
+    num_resets: jax.Array
+
+    @property
+    def message(self) -> str:
+        """The status as a sentence (needs a concrete ``status``)."""
+        return STATUS_MESSAGES[int(self.status)]
+
+
+class _Carry(NamedTuple):
+    x: Any
+    opt_state: Any
+    value: jax.Array
+    grad: Any
+    aux: Any
+    nit: jax.Array
+    nfev: jax.Array
+    status: jax.Array  # -1 while running
+    num_nonfinite: jax.Array
+    num_resets: jax.Array
+
+
+def _norm(tree: Any, dtype) -> jax.Array:
+    return jnp.sqrt(tree_vdot(tree, tree).astype(dtype))
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("fun", "has_aux", "memory_size", "maxiter", "max_evaluations"),
+)
+def _solve(x0, args, tol, ftol, *, fun, has_aux, memory_size, maxiter, max_evaluations):
+    dtype = jnp.result_type(*jax.tree.leaves(x0))
+
+    def value_fn(x):
+        return fun(x, *args)
+
+    def value_and_grad(x):
+        if has_aux:
+            return jax.value_and_grad(value_fn, has_aux=True)(x)
+        v, g = jax.value_and_grad(value_fn)(x)
+        return (v, None), g
+
+    opt = lbfgs(
+        memory_size=memory_size,
+        linesearch=ls.scale_by_strong_wolfe(max_evaluations=max_evaluations, has_aux=has_aux),
+    )
+    (value, aux), grad = value_and_grad(x0)
+    value = jnp.asarray(value, dtype)
+    opt_state = opt.init(x0)
+    if has_aux:
+        opt_state = optax.tree.set(opt_state, aux=aux)
+    finite = jnp.isfinite(value) & jnp.isfinite(_norm(grad, dtype))
+    start = _Carry(
+        x=x0, opt_state=opt_state, value=value, grad=grad, aux=aux,
+        nit=jnp.zeros((), jnp.int32), nfev=jnp.ones((), jnp.int32),
+        status=jnp.where(
+            ~finite, NONFINITE_START, jnp.where(_norm(grad, dtype) <= tol, CONVERGED_GRAD, -1)
+        ).astype(jnp.int32),
+        num_nonfinite=jnp.zeros((), jnp.int32), num_resets=jnp.zeros((), jnp.int32),
+    )  # fmt: skip
+
+    def cond(c: _Carry):
+        return c.status < 0
+
+    def body(c: _Carry):
+        updates, opt_state = opt.update(
+            c.grad, c.opt_state, c.x, value=c.value, grad=c.grad, value_fn=value_fn
+        )
+        memory_state, _, search = opt_state
+        x = optax.apply_updates(c.x, updates)
+        value, grad = search.value, search.grad
+        no_decrease = search.status == ls.NO_DECREASE
+        # As L-BFGS-B does: after a failed search drop the memory and try again
+        # along -grad; stop only when that fails too.
+        had_memory = c.opt_state[0].num_pairs > 0
+        reset = no_decrease & had_memory
+        memory_state = memory_state._replace(
+            num_pairs=jnp.where(reset, 0, memory_state.num_pairs).astype(jnp.int32)
+        )
+        opt_state = (memory_state, *opt_state[1:])
+        nit = c.nit + 1
+        rel_decrease = (c.value - value) / jnp.maximum(
+            jnp.maximum(jnp.abs(c.value), jnp.abs(value)), 1
+        )
+        status = jnp.where(
+            _norm(grad, dtype) <= tol,
+            CONVERGED_GRAD,
+            jnp.where(
+                no_decrease & ~had_memory,
+                LINESEARCH_FAILED,
+                jnp.where(
+                    ~no_decrease & (rel_decrease <= ftol),
+                    CONVERGED_F,
+                    jnp.where(nit >= maxiter, MAXITER, -1),
+                ),
+            ),
+        ).astype(jnp.int32)
+        return _Carry(
+            x=x, opt_state=opt_state, value=value, grad=grad, aux=search.aux if has_aux else None,
+            nit=nit, nfev=c.nfev + search.num_evaluations, status=status,
+            num_nonfinite=c.num_nonfinite + search.num_nonfinite,
+            num_resets=c.num_resets + reset.astype(jnp.int32),
+        )  # fmt: skip
+
+    c = jax.lax.while_loop(cond, body, start)
+    return MinimizeResult(
+        x=c.x,
+        fun=c.value,
+        grad=c.grad,
+        grad_norm=_norm(c.grad, dtype),
+        nit=c.nit,
+        nfev=c.nfev,
+        converged=(c.status == CONVERGED_GRAD) | (c.status == CONVERGED_F),
+        status=c.status,
+        aux=c.aux,
+        num_nonfinite=c.num_nonfinite,
+        num_linesearch_failures=c.opt_state[2].num_failures,
+        num_resets=c.num_resets,
+    )
+
+
+def minimize(
+    fun: Callable[..., Any],
+    x0: Any,
+    *args: Any,
+    method: str = "lbfgs",
+    tol: float = 1e-5,
+    ftol: float = 2.220446049250313e-09,
+    maxiter: int = 1000,
+    memory_size: int = 10,
+    max_evaluations: int = 30,
+    has_aux: bool = False,
+) -> MinimizeResult:
+    """Minimises ``fun(x, *args)`` over a pytree ``x`` in one jitted while_loop.
+
+    L-BFGS (:func:`lbfgs`: two-loop recursion plus the More-Thuente strong-Wolfe
+    search). Stops, like scipy's L-BFGS-B, when ``||grad||_2 <= tol``, when the
+    relative decrease ``(f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1) <= ftol``
+    (scipy's default ``factr * eps``; 0 turns it off), when ``maxiter``
+    iterations are done, or when the line search finds no decrease even with
+    the memory reset. Compiled once per ``fun`` object and static option set;
+    callable inside the user's own ``jit``.
+
+    Args:
+      fun: scalar objective (``(value, aux)`` with ``has_aux``).
+      x0: starting point, a pytree of floating arrays; the solve runs in its dtype.
+      *args: extra arguments of ``fun`` (traced, not static).
+      method: "lbfgs" ("newton-cg" comes with the Newton methods).
+      tol: gradient 2-norm tolerance (> 0).
+      ftol: relative-decrease tolerance (>= 0).
+      maxiter: maximum number of iterations.
+      memory_size: L-BFGS memory m.
+      max_evaluations: value-and-grad evaluations allowed per line search.
+      has_aux: ``fun`` returns ``(value, aux)``; ``aux`` at the solution is returned.
+
+    Returns:
+      :class:`MinimizeResult`: x, fun, grad, grad_norm, nit, nfev, converged,
+      status (``.message`` reads it), aux and what went wrong on the way.
+    """
+    name = "minimize"
+    if method not in METHODS:
+        raise ValueError(f"{name}: method must be one of {METHODS}, got {method!r}")
+    if not callable(fun):
+        raise TypeError(f"{name}: fun must be callable, got {type(fun).__name__}")
+    check_floating_tree(x0, name, "x0")
+    check_positive(tol, name, "tol")
+    if not (isinstance(ftol, int | float) and ftol >= 0):
+        raise ValueError(f"{name}: ftol must be a number >= 0, got {ftol!r}")
+    check_positive_int(maxiter, name, "maxiter")
+    check_positive_int(memory_size, name, "memory_size")
+    check_positive_int(max_evaluations, name, "max_evaluations")
+    out = jax.eval_shape(lambda x: fun(x, *args), x0)
+    value_shape = out[0] if has_aux and isinstance(out, tuple) and len(out) == 2 else out
+    if has_aux and not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError(f"{name}: has_aux=True needs fun to return (value, aux), got {out}")
+    if not hasattr(value_shape, "shape") or value_shape.shape != ():
+        raise TypeError(
+            f"{name}: fun must return a scalar"
+            f"{' as the first output' if has_aux else ''}, got {value_shape}"
+        )
+    if not jnp.issubdtype(value_shape.dtype, jnp.floating):
+        raise TypeError(f"{name}: fun must return a floating scalar, got {value_shape.dtype}")
+    dtype = jnp.result_type(*jax.tree.leaves(x0))
+    return _solve(
+        x0,
+        tuple(args),
+        jnp.asarray(tol, dtype),
+        jnp.asarray(ftol, dtype),
+        fun=fun,
+        has_aux=has_aux,
+        memory_size=memory_size,
+        maxiter=maxiter,
+        max_evaluations=max_evaluations,
+    )
