@@ -5,7 +5,13 @@ line search (:func:`scale_by_strong_wolfe`), and :func:`minimize`, a whole
 full-batch solve in one jitted ``lax.while_loop``.
 """
 
-from jaxnum.optim.lbfgs import ScaleByLBFGSState, lbfgs, scale_by_lbfgs, two_loop
+from jaxnum.optim.lbfgs import (
+    ScaleByLBFGSState,
+    inverse_hessian_product,
+    lbfgs,
+    scale_by_lbfgs,
+    two_loop,
+)
 from jaxnum.optim.linesearch import (
     StrongWolfeState,
     more_thuente_step,
@@ -20,6 +26,7 @@ __all__ = [
     "StrongWolfeState",
     "lbfgs",
     "minimize",
+    "inverse_hessian_product",
     "more_thuente_step",
     "scale_by_lbfgs",
     "scale_by_strong_wolfe",

@@ -23,19 +23,25 @@ from jaxnum.precision._checks import check_positive, check_positive_int, floatin
 class ScaleByLBFGSState(NamedTuple):
     """State of :func:`scale_by_lbfgs`.
 
-    ``s`` and ``y`` hold the last ``memory_size`` pairs with the pair axis first,
-    in a ring buffer: the next pair goes to slot ``head``; ``num_pairs`` slots are
-    valid. ``prev_params``/``prev_grad`` give the next pair. Every scalar has a
-    fixed dtype (the parameters' float type, int32 counters) so the state's
-    dtypes do not change from one step to the next, with or without x64.
+    ``pairs`` holds the last ``memory_size`` pairs, leaf by leaf as a matrix of
+    shape ``(2 (memory_size + 1), leaf size)`` whose row ``2 i`` is s_i and row
+    ``2 i + 1`` is y_i (flat, so the products below need no reshape), in a ring
+    buffer: each step writes its pair to the spare slot
+    ``head`` and advances ``head`` only if the pair is accepted, so a refused
+    pair never overwrites a kept one; the ``num_pairs`` slots before ``head``
+    are valid. ``sy[i, j] = s_i^T y_j`` and ``yy[i, j] = y_i^T
+    y_j`` are their inner products, kept up to date one row and column per
+    step. ``prev_params``/``prev_grad`` give the next pair. Every scalar has a
+    fixed dtype (the parameters' float type, int32 counters), so the state's
+    dtypes do not change from step to step, with or without x64.
     """
 
     count: jax.Array
     prev_params: Any
     prev_grad: Any
-    s: Any
-    y: Any
-    rho: jax.Array  # 1 / (s^T y) per slot
+    pairs: Any
+    sy: jax.Array
+    yy: jax.Array
     gamma: jax.Array  # s^T y / y^T y of the newest pair
     head: jax.Array
     num_pairs: jax.Array
@@ -46,34 +52,110 @@ def _float_dtype(params: Any, fn: str):
     return jnp.result_type(*floating_leaves(params, fn, "params"))
 
 
-def two_loop(grad: Any, state: ScaleByLBFGSState) -> Any:
-    """``H g`` by the two-loop recursion (Nocedal-Wright Algorithm 7.4).
+def _pairs_times(pairs: Any, v: Any, dtype) -> jax.Array:
+    """``[s_0, y_0, s_1, y_1, ...]^T v``, one matrix-vector product per leaf.
 
-    ``H`` is the L-BFGS inverse-Hessian approximation defined by the valid
-    pairs in ``state`` (newest first) and ``H_0 = gamma I``. Cost O(m n).
+    Matrix-vector products only: on XLA:CPU a (2m x n)(n x 3) product costs
+    several times three (2m x n)(n) ones.
     """
-    memory = state.rho.shape[0]
-    dtype = state.rho.dtype
-    slots = (state.head - 1 - jnp.arange(memory)) % memory  # newest first
-    valid = jnp.arange(memory) < state.num_pairs
+    out = [
+        (p @ x.reshape(-1)).astype(dtype)
+        for p, x in zip(jax.tree.leaves(pairs), jax.tree.leaves(v), strict=True)
+    ]
+    return sum(out[1:], out[0])
 
-    def pair(k):
-        i = slots[k]
-        return jax.tree.map(lambda a: a[i], state.s), jax.tree.map(lambda a: a[i], state.y)
 
-    q = grad
-    alphas = []
-    for k in range(memory):  # newest to oldest
-        s_k, y_k = pair(k)
-        alpha = jnp.where(valid[k], state.rho[slots[k]] * tree_vdot(s_k, q), 0).astype(dtype)
-        q = jax.tree.map(lambda qq, yy, a=alpha: qq - a.astype(qq.dtype) * yy, q, y_k)
-        alphas.append(alpha)
+def _pairs_combine(pairs: Any, coef: jax.Array, like: Any) -> Any:
+    """``sum_i coef_i row_i`` of the interleaved memory, shaped like ``like``."""
+    flat = [(coef.astype(p.dtype) @ p) for p in jax.tree.leaves(pairs)]
+    leaves, treedef = jax.tree.flatten(like)
+    return jax.tree.unflatten(
+        treedef, [f.reshape(x.shape) for f, x in zip(flat, leaves, strict=True)]
+    )
+
+
+def _solve_upper(R: jax.Array, b: jax.Array) -> jax.Array:
+    """Back substitution, unrolled (m is small and static; no LAPACK call)."""
+    x = jnp.zeros_like(b)
+    for i in reversed(range(b.shape[0])):
+        x = x.at[i].set((b[i] - R[i] @ x) / R[i, i])
+    return x
+
+
+def _solve_lower(L: jax.Array, b: jax.Array) -> jax.Array:
+    x = jnp.zeros_like(b)
+    for i in range(b.shape[0]):
+        x = x.at[i].set((b[i] - L[i] @ x) / L[i, i])
+    return x
+
+
+def _chronological(state: ScaleByLBFGSState):
+    """Slot indices oldest to newest and which of them hold valid pairs."""
+    memory = state.sy.shape[0]
+    order = (state.head + jnp.arange(memory)) % memory
+    valid = jnp.arange(memory) >= memory - state.num_pairs
+    return order, valid
+
+
+def inverse_hessian_product(grad: Any, state: ScaleByLBFGSState, pairs_grad=None) -> Any:
+    """``H g``: the two-loop recursion (Nocedal-Wright Algorithm 7.4) in matrix form.
+
+    With the pairs in chronological order, the first loop's coefficients
+    ``alpha_i = rho_i s_i^T q_i`` satisfy ``R alpha = S^T g``, R the upper
+    triangle of ``S^T Y``; the second loop's ``beta_i = rho_i y_i^T r_i``
+    satisfy ``R^T beta = gamma Y^T (g - Y alpha) + (R^T - D) alpha`` (D its
+    diagonal); and ``H g = gamma (g - Y alpha) + S (alpha - beta)``. These are
+    the same scalars the loops compute, read from the maintained inner
+    products (Byrd, Nocedal, Schnabel 1994, Sec. 4), so a step costs two
+    products with the memory instead of 4 m vector operations. Cost O(m n).
+    ``pairs_grad`` is the memory times g (interleaved: s_0^T g, y_0^T g, ...)
+    when the caller has it already.
+    """
+    dtype = state.sy.dtype
+    memory = state.sy.shape[0]
+    if pairs_grad is None:
+        pairs_grad = _pairs_times(state.pairs, grad, dtype)
+    order, valid = _chronological(state)
+    mask = valid[:, None] & valid[None, :]
+    sy = jnp.where(mask, state.sy[order][:, order], 0)
+    yy = jnp.where(mask, state.yy[order][:, order], 0)
+    s_g = jnp.where(valid, pairs_grad[0::2][order], 0)
+    y_g = jnp.where(valid, pairs_grad[1::2][order], 0)
+    diag = jnp.where(valid, jnp.diagonal(sy), 1)
+    R = jnp.triu(sy, 1) + jnp.diag(diag)
+    alpha = _solve_upper(R, s_g)
+    rhs = state.gamma * (y_g - yy @ alpha) + jnp.tril(sy.T, -1) @ alpha
+    beta = _solve_lower(R.T, rhs)
+    coef = jnp.zeros((memory, 2), dtype)
+    coef = coef.at[order, 0].set(alpha - beta).at[order, 1].set(-state.gamma * alpha)
+    combined = _pairs_combine(state.pairs, coef.reshape(-1), grad)
+    return jax.tree.map(
+        lambda g, c: (state.gamma.astype(g.dtype) * g + c).astype(g.dtype), grad, combined
+    )
+
+
+def two_loop(grad: Any, state: ScaleByLBFGSState) -> Any:
+    """``H g`` by the two loops exactly as written in Nocedal-Wright Algorithm 7.4.
+
+    The reference for :func:`inverse_hessian_product` (same result to
+    rounding); 4 m vector operations, so slower on small problems.
+    """
+    dtype = state.sy.dtype
+    order, valid = _chronological(state)
+    rho = 1 / jnp.where(valid, jnp.diagonal(state.sy)[order], 1)
+    row = lambda i: jax.tree.map(lambda a, x: a[i].reshape(x.shape), state.pairs, grad)  # noqa: E731
+    s_list = [row(2 * i) for i in order]
+    y_list = [row(2 * i + 1) for i in order]
+    memory = order.shape[0]
+    q, alphas = grad, [None] * memory
+    for k in reversed(range(memory)):  # newest to oldest
+        alphas[k] = jnp.where(valid[k], rho[k] * tree_vdot(s_list[k], q), 0).astype(dtype)
+        q = jax.tree.map(lambda qq, yy, a=alphas[k]: qq - a.astype(qq.dtype) * yy, q, y_list[k])
     r = jax.tree.map(lambda qq: state.gamma.astype(qq.dtype) * qq, q)
-    for k in reversed(range(memory)):  # oldest to newest
-        s_k, y_k = pair(k)
-        beta = state.rho[slots[k]] * tree_vdot(y_k, r)
+    for k in range(memory):  # oldest to newest
+        beta = rho[k] * tree_vdot(y_list[k], r)
         coef = jnp.where(valid[k], alphas[k] - beta, 0).astype(dtype)
-        r = jax.tree.map(lambda rr, ss, c=coef: rr + c.astype(rr.dtype) * ss, r, s_k)
+        r = jax.tree.map(lambda rr, ss, c=coef: rr + c.astype(rr.dtype) * ss, r, s_list[k])
     return r
 
 
@@ -90,8 +172,10 @@ def scale_by_lbfgs(
     buffer of ``memory_size`` slots when its curvature is safely positive,
     ``s^T y > curvature_rtol ||s|| ||y||`` and finite (otherwise it is skipped
     and counted, so ``H`` stays positive definite), then applies the two-loop
-    recursion with ``H_0 = gamma I``, ``gamma = s^T y / y^T y`` of the newest
-    pair. Memory O(m n), time O(m n) per step.
+    recursion (:func:`inverse_hessian_product`) with ``H_0 = gamma I``,
+    ``gamma = s^T y / y^T y`` of the newest pair (Nocedal-Wright eq. 7.20).
+    Memory O(m n), time O(m n) per step. Non-finite gradients never enter the
+    memory.
 
     Args:
       memory_size: number of (s, y) pairs kept (m).
@@ -110,14 +194,15 @@ def scale_by_lbfgs(
 
     def init_fn(params):
         dtype = _float_dtype(params, fn)
-        ring = lambda p: jnp.zeros((memory_size, *jnp.shape(p)), p.dtype)  # noqa: E731
+        slots = memory_size + 1  # one spare slot for the incoming pair
+        ring = lambda p: jnp.zeros((2 * slots, jnp.size(p)), p.dtype)  # noqa: E731
         return ScaleByLBFGSState(
             count=jnp.zeros((), jnp.int32),
             prev_params=optax.tree.zeros_like(params),
             prev_grad=optax.tree.zeros_like(params),
-            s=jax.tree.map(ring, params),
-            y=jax.tree.map(ring, params),
-            rho=jnp.zeros((memory_size,), dtype),
+            pairs=jax.tree.map(ring, params),
+            sy=jnp.zeros((slots, slots), dtype),
+            yy=jnp.zeros((slots, slots), dtype),
             gamma=jnp.ones((), dtype),
             head=jnp.zeros((), jnp.int32),
             num_pairs=jnp.zeros((), jnp.int32),
@@ -127,13 +212,13 @@ def scale_by_lbfgs(
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError(f"{fn}: update needs params (the pairs are differences of iterates)")
-        dtype = state.rho.dtype
+        dtype = state.sy.dtype
         eps = curvature_rtol if curvature_rtol is not None else float(jnp.finfo(dtype).eps)
         s = jax.tree.map(lambda a, b: a - b, params, state.prev_params)
         y = jax.tree.map(lambda a, b: a - b, updates, state.prev_grad)
-        sy = tree_vdot(s, y).astype(dtype)
-        yy = tree_vdot(y, y).astype(dtype)
-        ss = tree_vdot(s, s).astype(dtype)
+        ss, sy, yy = tree_vdot(s, s), tree_vdot(s, y), tree_vdot(y, y)
+        gg = tree_vdot(updates, updates)
+        ss, sy, yy, gg = (v.astype(dtype) for v in (ss, sy, yy, gg))
         accept = (
             (state.count > 0)
             & jnp.isfinite(sy)
@@ -142,31 +227,37 @@ def scale_by_lbfgs(
             & (sy > eps * jnp.sqrt(ss) * jnp.sqrt(yy))
         )
         head = state.head
+        slots = state.sy.shape[0]
 
-        def write(ring, new):
-            return ring.at[head].set(jnp.where(accept, new, ring[head]).astype(ring.dtype))
+        def write(ring, a, b):
+            block = jnp.stack([a.reshape(-1), b.reshape(-1)]).astype(ring.dtype)
+            return jax.lax.dynamic_update_slice(ring, block, (2 * head, jnp.zeros((), head.dtype)))
 
-        safe_sy = jnp.where(accept, sy, 1)
-        memory = state.rho.shape[0]
+        # The pair goes to the spare slot unconditionally and only the new
+        # memory is read afterwards, so XLA updates it in place; a refused pair
+        # stays outside the valid range and is overwritten next step.
+        pairs = jax.tree.map(write, state.pairs, s, y)
+        pairs_grad = _pairs_times(pairs, updates, dtype)  # s_i^T g, y_i^T g
+        with_y = _pairs_times(pairs, y, dtype)  # s_i^T y, y_i^T y
+        with_s = _pairs_times(pairs, s, dtype)  # y_i^T s at odd rows
+        # Row and column `head` of S^T Y and Y^T Y describe the new pair.
         state = state._replace(
-            s=jax.tree.map(write, state.s, s),
-            y=jax.tree.map(write, state.y, y),
-            rho=state.rho.at[head].set(jnp.where(accept, 1 / safe_sy, state.rho[head])),
+            pairs=pairs,
+            sy=state.sy.at[head, :].set(with_s[1::2]).at[:, head].set(with_y[0::2]),
+            yy=state.yy.at[head, :].set(with_y[1::2]).at[:, head].set(with_y[1::2]),
             gamma=jnp.where(accept, sy / jnp.where(accept, yy, 1), state.gamma),
-            head=jnp.where(accept, (head + 1) % memory, head).astype(jnp.int32),
-            num_pairs=jnp.where(accept, jnp.minimum(state.num_pairs + 1, memory), state.num_pairs),
+            head=jnp.where(accept, (head + 1) % slots, head).astype(jnp.int32),
+            num_pairs=jnp.where(
+                accept, jnp.minimum(state.num_pairs + 1, slots - 1), state.num_pairs
+            ),
             num_skipped=state.num_skipped + ((state.count > 0) & ~accept).astype(jnp.int32),
         )
         if scale_first_step:
-            gnorm = jnp.sqrt(tree_vdot(updates, updates).astype(dtype))
+            gnorm = jnp.sqrt(gg)
             first = 1 / jnp.where((gnorm > 0) & jnp.isfinite(gnorm), gnorm, 1)
             state = state._replace(gamma=jnp.where(state.num_pairs == 0, first, state.gamma))
-        direction = two_loop(updates, state)
-        state = state._replace(
-            count=state.count + 1,
-            prev_params=params,
-            prev_grad=updates,
-        )
+        direction = inverse_hessian_product(updates, state, pairs_grad)
+        state = state._replace(count=state.count + 1, prev_params=params, prev_grad=updates)
         return direction, state
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -190,14 +281,18 @@ def lbfgs(
     if linesearch == "strong-wolfe":
         linesearch = scale_by_strong_wolfe()
     elif isinstance(linesearch, str):
-        raise ValueError(f"lbfgs: linesearch must be 'strong-wolfe', a transformation or None, got {linesearch!r}")
+        raise ValueError(
+            f"lbfgs: linesearch must be 'strong-wolfe', a transformation or None, got {linesearch!r}"
+        )
     if linesearch is None and learning_rate is None:
         raise ValueError("lbfgs: without a line search a learning_rate is needed")
     step = (
         optax.scale(-1.0) if learning_rate is None else optax.scale_by_learning_rate(learning_rate)
     )
     parts = [
-        scale_by_lbfgs(memory_size, curvature_rtol=curvature_rtol, scale_first_step=scale_first_step),
+        scale_by_lbfgs(
+            memory_size, curvature_rtol=curvature_rtol, scale_first_step=scale_first_step
+        ),
         step,
     ]
     if linesearch is not None:

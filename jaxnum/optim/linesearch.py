@@ -120,9 +120,7 @@ def more_thuente_step(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stp
     # cubic may not have a minimiser in the right direction; extrapolate with
     # care.
     c3_cubic, _, r3, g3 = _cubic_min(stp, fp, dp, stx, fx, dx)
-    c3_cubic = jnp.where(
-        (r3 < 0) & (g3 != 0), c3_cubic, jnp.where(stp > stx, stpmax, stpmin)
-    )
+    c3_cubic = jnp.where((r3 < 0) & (g3 != 0), c3_cubic, jnp.where(stp > stx, stpmax, stpmin))
     c3_secant = _secant_min(stp, dp, stx, dx)
     c3_bracketed = jnp.where(
         jnp.abs(c3_cubic - stp) < jnp.abs(c3_secant - stp), c3_cubic, c3_secant
@@ -141,9 +139,7 @@ def more_thuente_step(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stp
     case4 = jnp.where(brackt, c4_cubic, jnp.where(stp > stx, stpmax, stpmin))
 
     decreasing = jnp.abs(dp) < jnp.abs(dx)
-    stpf = jnp.where(
-        higher, case1, jnp.where(opposite, case2, jnp.where(decreasing, case3, case4))
-    )
+    stpf = jnp.where(higher, case1, jnp.where(opposite, case2, jnp.where(decreasing, case3, case4)))
     brackt = brackt | higher | opposite
 
     # Interval update (More-Thuente, "updating algorithm").
@@ -157,10 +153,21 @@ def more_thuente_step(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stp
     return new_stx, new_fx, new_dx, new_sty, new_fy, new_dy, stpf, brackt, x_moved
 
 
-class _Search(NamedTuple):
-    """Carry of the search loop (``x`` is the best step, ``y`` the far end)."""
+class _Trial(NamedTuple):
+    """One evaluated trial step: value, slope, gradient and aux there."""
 
     stp: jax.Array
+    f: jax.Array
+    dg: jax.Array
+    grad: Any
+    aux: Any
+    finite: jax.Array
+
+
+class _Search(NamedTuple):
+    """Carry of the search loop (``x`` is the best step so far, ``y`` the far end)."""
+
+    trial: _Trial  # the last evaluated trial
     stx: jax.Array
     fx: jax.Array
     dx: jax.Array
@@ -182,10 +189,6 @@ class _Search(NamedTuple):
     stop: jax.Array
     num_evaluations: jax.Array
     num_nonfinite: jax.Array
-    # value, grad and aux at the accepted trial
-    value: jax.Array
-    grad: Any
-    aux: Any
 
 
 def strong_wolfe_search(
@@ -210,7 +213,9 @@ def strong_wolfe_search(
     curv_rtol |g.d|`` (Nocedal-Wright eq. 3.7), by More and Thuente's interval
     updates. ``value_and_grad_fn(params) -> ((value, aux), grad)``. A trial with
     a non-finite value or slope is treated as too long: the next trial moves
-    halfway back towards the best point and no later trial goes that far.
+    halfway back towards the best point and no later trial goes that far. The
+    first trial is evaluated before the loop, so an accepted unit step (the
+    common case for quasi-Newton directions) never enters it.
 
     Returns ``(step, value, grad, aux, status, num_evaluations, num_nonfinite)``
     with value/grad/aux at the accepted point (at ``params`` when the step is 0).
@@ -225,36 +230,42 @@ def strong_wolfe_search(
     # Hager-Zhang's upper bound (2 delta - 1) f'(0), tightened to the strong one.
     approx_upper = min(1.0 - 2.0 * slope_rtol, curv_rtol) * -slope0
 
-    def trial_point(t):
-        return jax.tree.map(lambda p, d: (p + t.astype(p.dtype) * d).astype(p.dtype), params, direction)
+    def evaluate(t) -> _Trial:
+        point = jax.tree.map(
+            lambda p, d: (p + t.astype(p.dtype) * d).astype(p.dtype), params, direction
+        )
+        (f, aux_t), g = value_and_grad_fn(point)
+        f = jnp.asarray(f, dtype)
+        dg = tree_vdot(g, direction).astype(dtype)
+        return _Trial(t, f, dg, g, aux_t, jnp.isfinite(f) & jnp.isfinite(dg))
+
+    def acceptance(tr: _Trial):
+        wolfe = (tr.f <= f0 + tr.stp * gtest) & (jnp.abs(tr.dg) <= curv_bound)
+        approx = (
+            (tr.f <= f0 + eps_k)
+            & (tr.dg >= curv_rtol * slope0)
+            & (tr.dg <= approx_upper)
+            & use_approx
+        )
+        return tr.finite & (wolfe | approx), ~wolfe
 
     def cond(s: _Search):
         return ~s.stop
 
     def body(s: _Search):
-        (f, aux_t), g = value_and_grad_fn(trial_point(s.stp))
-        f = jnp.asarray(f, dtype)
-        dg = tree_vdot(g, direction).astype(dtype)
-        nevals = s.num_evaluations + 1
-        finite = jnp.isfinite(f) & jnp.isfinite(dg)
-        ftest = f0 + s.stp * gtest
-        wolfe = (f <= ftest) & (jnp.abs(dg) <= curv_bound)
-        approx = (
-            (f <= f0 + eps_k) & (dg >= curv_rtol * slope0) & (dg <= approx_upper) & use_approx
-        )
-        accepted = finite & (wolfe | approx)
-
-        # More-Thuente: leave stage one once the trial has sufficient decrease
-        # and a non-negative slope; in stage one use the modified function
+        tr = s.trial
+        # (1) Update the interval with the last, rejected trial. More-Thuente:
+        # leave stage one once a trial has sufficient decrease and a
+        # non-negative slope; in stage one use the modified function
         # psi(t) = f(t) - f0 - t gtest when it is informative.
-        stage_two = s.stage_two | ((f <= ftest) & (dg >= 0))
-        modified = ~stage_two & (f <= s.fx) & (f > ftest)
-        shift_f = jnp.where(modified, 1.0, 0.0).astype(dtype)
-        shift_d = shift_f * gtest
+        ftest = f0 + tr.stp * gtest
+        stage_two = s.stage_two | ((tr.f <= ftest) & (tr.dg >= 0))
+        modified = ~stage_two & (tr.f <= s.fx) & (tr.f > ftest)
+        shift_d = jnp.where(modified, gtest, 0.0).astype(dtype)
         (stx, fx, dx, sty, fy, dy, stp_next, brackt, x_moved) = more_thuente_step(
             s.stx, s.fx - s.stx * shift_d, s.dx - shift_d,
             s.sty, s.fy - s.sty * shift_d, s.dy - shift_d,
-            s.stp, f - s.stp * shift_d, dg - shift_d,
+            tr.stp, tr.f - tr.stp * shift_d, tr.dg - shift_d,
             s.brackt, s.stmin, s.stmax,
         )  # fmt: skip
         fx, dx = fx + stx * shift_d, dx + shift_d
@@ -272,64 +283,81 @@ def strong_wolfe_search(
         )
         stp_next = jnp.where(interval_gone, stx, stp_next)
 
-        # A non-finite trial: keep the interval, step halfway back, cap future steps.
-        keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        # A non-finite trial: keep the interval, step halfway back, cap later steps.
+        ok = tr.finite
+        keep = lambda new, old: jnp.where(ok, new, old)  # noqa: E731
         stx, fx, dx = keep(stx, s.stx), keep(fx, s.fx), keep(dx, s.dx)
         sty, fy, dy = keep(sty, s.sty), keep(fy, s.fy), keep(dy, s.dy)
         brackt, stage_two = keep(brackt, s.brackt), keep(stage_two, s.stage_two)
         width, width_prev = keep(width, s.width), keep(width_prev, s.width_prev)
         stmin, stmax = keep(stmin, s.stmin), keep(stmax, s.stmax)
-        stp_next = keep(stp_next, s.stx + 0.5 * (s.stp - s.stx))
-        step_cap = jnp.where(finite, s.step_cap, jnp.minimum(s.step_cap, s.stp))
-        x_moved = x_moved & finite
-
-        x_value = jnp.where(x_moved, f, s.x_value)
+        stp_next = keep(stp_next, s.stx + 0.5 * (tr.stp - s.stx))
+        step_cap = jnp.where(ok, s.step_cap, jnp.minimum(s.step_cap, tr.stp))
+        x_moved = x_moved & ok
         pick = lambda a, b: jax.tree.map(lambda u, v: jnp.where(x_moved, u, v), a, b)  # noqa: E731
-        stuck = finite & brackt & (stp_next == stx) & ~accepted
-        stop = accepted | (nevals >= max_evaluations) | stuck
+
+        # (2) Evaluate the next trial. When the interval has collapsed it is the
+        # best point again (as MINPACK does) and the search ends there.
+        new = evaluate(stp_next)
+        accepted, not_wolfe = acceptance(new)
+        nevals = s.num_evaluations + 1
         return _Search(
-            stp=jnp.where(accepted, s.stp, stp_next),
+            trial=new,
             stx=stx, fx=fx, dx=dx, sty=sty, fy=fy, dy=dy,
             brackt=brackt, stage_two=stage_two, width=width, width_prev=width_prev,
             stmin=stmin, stmax=stmax, step_cap=step_cap,
-            x_value=x_value, x_grad=pick(g, s.x_grad), x_aux=pick(aux_t, s.x_aux),
-            accepted=accepted, approximate=accepted & ~wolfe, stop=stop,
-            num_evaluations=nevals, num_nonfinite=s.num_nonfinite + (~finite).astype(jnp.int32),
-            value=f, grad=g, aux=aux_t,
+            x_value=jnp.where(x_moved, tr.f, s.x_value),
+            x_grad=pick(tr.grad, s.x_grad), x_aux=pick(tr.aux, s.x_aux),
+            accepted=accepted, approximate=accepted & not_wolfe,
+            stop=accepted | (nevals >= max_evaluations) | (ok & interval_gone),
+            num_evaluations=nevals,
+            num_nonfinite=s.num_nonfinite + (~new.finite).astype(jnp.int32),
         )  # fmt: skip
 
     zero = jnp.zeros((), dtype)
-    stp0 = jnp.clip(jnp.asarray(initial_stepsize, dtype), 0.0, max_stepsize)
-    # Shapes of aux come from one abstract evaluation (no FLOPs at run time).
-    (_, aux_shape), _ = jax.eval_shape(value_and_grad_fn, params)
-    aux0 = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), aux_shape) if aux is None else aux
+    searchable = jnp.isfinite(slope0) & (slope0 < 0)
+    stp0 = jnp.where(
+        searchable, jnp.clip(jnp.asarray(initial_stepsize, dtype), 0.0, max_stepsize), 0
+    )
+    first = evaluate(stp0)
+    accepted, not_wolfe = acceptance(first)
+    accepted = accepted & searchable
+    if aux is None:  # placeholder of aux's shape for the fallback point
+        aux = jax.tree.map(jnp.zeros_like, first.aux)
     width0 = jnp.asarray(max_stepsize, dtype)
     init = _Search(
-        stp=stp0, stx=zero, fx=f0, dx=slope0, sty=zero, fy=f0, dy=slope0,
+        trial=first, stx=zero, fx=f0, dx=slope0, sty=zero, fy=f0, dy=slope0,
         brackt=jnp.array(False), stage_two=jnp.array(False),
         width=width0, width_prev=2.0 * width0,
         stmin=zero, stmax=stp0 + _XTRAPU * stp0, step_cap=jnp.asarray(max_stepsize, dtype),
-        x_value=f0, x_grad=grad, x_aux=aux0,
-        accepted=jnp.array(False), approximate=jnp.array(False),
-        stop=~(jnp.isfinite(slope0) & (slope0 < 0)),  # nothing to search along
-        num_evaluations=jnp.array(0, jnp.int32), num_nonfinite=jnp.array(0, jnp.int32),
-        value=f0, grad=grad, aux=aux0,
+        x_value=f0, x_grad=grad, x_aux=aux,
+        accepted=accepted, approximate=accepted & not_wolfe,
+        stop=accepted | ~searchable | (max_evaluations <= 1),
+        num_evaluations=jnp.array(1, jnp.int32),
+        num_nonfinite=(~first.finite).astype(jnp.int32),
     )  # fmt: skip
     s = jax.lax.while_loop(cond, body, init)
 
-    decreased = (s.stx > 0) & (s.x_value < f0)
-    step = jnp.where(s.accepted, s.stp, jnp.where(decreased, s.stx, zero))
+    # The last trial may have improved on x without being accepted.
+    last = s.trial
+    last_better = last.finite & (last.f < s.x_value) & (last.stp > 0)
+    best_step = jnp.where(last_better, last.stp, s.stx)
+    best_value = jnp.where(last_better, last.f, s.x_value)
+    decreased = (best_step > 0) & (best_value < f0)
+    step = jnp.where(s.accepted, last.stp, jnp.where(decreased, best_step, zero))
     status = jnp.where(
         s.accepted,
         jnp.where(s.approximate, APPROXIMATE_WOLFE, WOLFE),
         jnp.where(decreased, BEST_POINT, NO_DECREASE),
     ).astype(jnp.int32)
-    choose = lambda a, fallback: jax.tree.map(  # noqa: E731
-        lambda u, v: jnp.where(s.accepted, u, v), a, fallback
+    use_last = s.accepted | (~s.accepted & decreased & last_better)
+    use_x = ~use_last & decreased
+    choose = lambda a, b, c: jax.tree.map(  # noqa: E731
+        lambda u, v, w: jnp.where(use_last, u, jnp.where(use_x, v, w)), a, b, c
     )
-    value_out = jnp.where(s.accepted, s.value, s.x_value)
-    grad_out = choose(s.grad, s.x_grad)
-    aux_out = choose(s.aux, s.x_aux)
+    value_out = choose(last.f, s.x_value, f0)
+    grad_out = choose(last.grad, s.x_grad, grad)
+    aux_out = choose(last.aux, s.x_aux, aux)
     return step, value_out, grad_out, aux_out, status, s.num_evaluations, s.num_nonfinite
 
 
@@ -418,7 +446,7 @@ def scale_by_strong_wolfe(
             approx_rtol=approx_rtol, xtol=xtol, max_stepsize=max_stepsize,
             max_evaluations=max_evaluations,
         )  # fmt: skip
-        new_updates = jax.tree.map(lambda d: (step.astype(d.dtype) * d), direction)
+        new_updates = jax.tree.map(lambda d: step.astype(d.dtype) * d, direction)
         failed = status >= BEST_POINT
         new_state = StrongWolfeState(
             value=new_value.astype(dtype),
