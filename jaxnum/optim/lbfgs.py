@@ -75,18 +75,13 @@ def _pairs_combine(pairs: Any, coef: jax.Array, like: Any) -> Any:
 
 
 def _solve_upper(R: jax.Array, b: jax.Array) -> jax.Array:
-    """Back substitution, unrolled (m is small and static; no LAPACK call)."""
-    x = jnp.zeros_like(b)
-    for i in reversed(range(b.shape[0])):
-        x = x.at[i].set((b[i] - R[i] @ x) / R[i, i])
-    return x
+    """Back substitution ``R^-1 b`` for upper-triangular R."""
+    return jax.lax.linalg.triangular_solve(R, b[:, None], left_side=True, lower=False)[:, 0]
 
 
 def _solve_lower(L: jax.Array, b: jax.Array) -> jax.Array:
-    x = jnp.zeros_like(b)
-    for i in range(b.shape[0]):
-        x = x.at[i].set((b[i] - L[i] @ x) / L[i, i])
-    return x
+    """Forward substitution ``L^-1 b`` for lower-triangular L."""
+    return jax.lax.linalg.triangular_solve(L, b[:, None], left_side=True, lower=True)[:, 0]
 
 
 def _chronological(state: ScaleByLBFGSState):

@@ -336,7 +336,9 @@ def strong_wolfe_search(
         num_evaluations=jnp.array(1, jnp.int32),
         num_nonfinite=(~first.finite).astype(jnp.int32),
     )  # fmt: skip
-    s = jax.lax.while_loop(cond, body, init)
+    # Skipping the loop with a cond when the first trial is accepted saves
+    # the loop's set-up, the common case for quasi-Newton directions.
+    s = jax.lax.cond(init.stop, lambda c: c, lambda c: jax.lax.while_loop(cond, body, c), init)
 
     # The last trial may have improved on x without being accepted.
     last = s.trial
