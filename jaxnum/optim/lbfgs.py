@@ -226,6 +226,7 @@ def scale_by_lbfgs(
 
         def write(ring, a, b):
             block = jnp.stack([a.reshape(-1), b.reshape(-1)]).astype(ring.dtype)
+            block = jnp.where(accept, block, 0)  # a refused pair leaves zeros, never NaN
             return jax.lax.dynamic_update_slice(ring, block, (2 * head, jnp.zeros((), head.dtype)))
 
         # The pair goes to the spare slot unconditionally and only the new
@@ -233,8 +234,8 @@ def scale_by_lbfgs(
         # stays outside the valid range and is overwritten next step.
         pairs = jax.tree.map(write, state.pairs, s, y)
         pairs_grad = _pairs_times(pairs, updates, dtype)  # s_i^T g, y_i^T g
-        with_y = _pairs_times(pairs, y, dtype)  # s_i^T y, y_i^T y
-        with_s = _pairs_times(pairs, s, dtype)  # y_i^T s at odd rows
+        with_y = jnp.where(accept, _pairs_times(pairs, y, dtype), 0)  # s_i^T y, y_i^T y
+        with_s = jnp.where(accept, _pairs_times(pairs, s, dtype), 0)  # y_i^T s at odd rows
         # Row and column `head` of S^T Y and Y^T Y describe the new pair.
         state = state._replace(
             pairs=pairs,
