@@ -3,7 +3,8 @@
 ``import jaxnum as jn``; the subpackages hold the rest (``jaxnum.precision``...).
 """
 
-from jaxnum import autodiff, linalg, lora, precision
+from jaxnum import autodiff, linalg, lora, optim, precision
+from jaxnum.optim import lbfgs, minimize, scale_by_lbfgs, scale_by_strong_wolfe
 from jaxnum.precision import (
     ClipByGlobalNormState,
     FloatFormat,
@@ -44,14 +45,19 @@ __all__ = [
     "float_formats",
     "format_table",
     "global_norm",
+    "lbfgs",
     "linalg",
     "lora",
     "loss_scaling",
+    "minimize",
     "nonfinite_report",
     "online_logsumexp",
     "online_softmax",
+    "optim",
     "overflow_fraction",
     "precision",
+    "scale_by_lbfgs",
+    "scale_by_strong_wolfe",
     "scaled_value_and_grad",
     "underflow_fraction",
 ]

@@ -43,6 +43,20 @@ CASES = {
     "randomized_eigh": (lambda a: randomized_eigh(a, 3, key=jax.random.key(0)), (A,)),
     "lstsq qr": (lambda x, y: lstsq(x, y, method="qr"), (X, jnp.ones(12))),
     "cg": (lambda a, b: cg(a, b).x, (A, jnp.ones(12))),
+    "minimize lbfgs": (lambda w: jn.minimize(_loss, w, maxiter=5).x, (jnp.ones(4),)),
+    "lbfgs update": (
+        lambda w: (
+            lambda tx: tx.update(
+                jax.grad(_loss)(w),
+                tx.init(w),
+                w,
+                value=_loss(w),
+                grad=jax.grad(_loss)(w),
+                value_fn=_loss,
+            )
+        )(jn.lbfgs()),
+        (jnp.ones(4),),
+    ),
     "spectral_density": (
         lambda a: spectral_density(a, key=jax.random.key(0), num_probes=2, num_iters=5).density,
         (A,),

@@ -11,12 +11,13 @@ import jaxnum
 import jaxnum.autodiff
 import jaxnum.linalg
 import jaxnum.lora
+import jaxnum.optim
 import jaxnum.precision
 
 
 @pytest.mark.parametrize(
     "module",
-    [jaxnum, jaxnum.precision, jaxnum.autodiff, jaxnum.linalg, jaxnum.lora],
+    [jaxnum, jaxnum.precision, jaxnum.autodiff, jaxnum.linalg, jaxnum.lora, jaxnum.optim],
     ids=lambda m: m.__name__,
 )
 def test_every_exported_name_resolves_and_has_a_docstring(module):
@@ -26,10 +27,11 @@ def test_every_exported_name_resolves_and_has_a_docstring(module):
         assert obj.__doc__ and obj.__doc__.strip(), f"{module.__name__}.{name} has no docstring"
 
 
-def test_top_level_reexports_are_the_precision_objects():
+def test_top_level_reexports_are_the_subpackage_objects():
     for name in jaxnum.__all__:
-        if name in jaxnum.precision.__all__:
-            assert getattr(jaxnum, name) is getattr(jaxnum.precision, name)
+        for sub in (jaxnum.precision, jaxnum.optim):
+            if name in sub.__all__:
+                assert getattr(jaxnum, name) is getattr(sub, name)
 
 
 def test_simulated_devices_are_available():

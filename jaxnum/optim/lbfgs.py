@@ -263,7 +263,7 @@ def lbfgs(
     learning_rate: optax.ScalarOrSchedule | None = None,
     memory_size: int = 10,
     *,
-    linesearch: optax.GradientTransformationExtraArgs | None | str = "strong-wolfe",
+    linesearch: optax.GradientTransformationExtraArgs | str | None = "strong-wolfe",
     curvature_rtol: float | None = None,
     scale_first_step: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
@@ -278,7 +278,8 @@ def lbfgs(
         linesearch = scale_by_strong_wolfe()
     elif isinstance(linesearch, str):
         raise ValueError(
-            f"lbfgs: linesearch must be 'strong-wolfe', a transformation or None, got {linesearch!r}"
+            "lbfgs: linesearch must be 'strong-wolfe', a transformation or None, "
+            f"got {linesearch!r}"
         )
     if linesearch is None and learning_rate is None:
         raise ValueError("lbfgs: without a line search a learning_rate is needed")
