@@ -7,9 +7,13 @@ evaluates exactly one trial step, so the whole search is one flat
 termination at a point satisfying the strong Wolfe conditions for any smooth
 function bounded below. From Hager and Zhang (2006, eq. 4.3) it borrows the
 *approximate* Wolfe test, accepted only when the value at the trial is within
-``approx_rtol * |f(0)|`` of the start: near a minimiser in float32 the exact
+``eps_k`` of the start: near a minimiser in float32 the exact
 sufficient-decrease test compares numbers that differ below rounding and can
-fail forever, while the derivative test still carries information.
+fail forever, while the derivative test still carries information. Hager and
+Zhang take ``eps_k = 1e-6 |f(x)|``; that vanishes when f itself goes to zero
+(Rosenbrock), so jaxnum adds the error of f that rounding x alone causes,
+``10 eps_mach sum_i |x_i g_i|`` (first order), an estimate that stays on
+the scale of f's rounding noise.
 
 References:
   J. J. More and D. J. Thuente, Line search algorithms with guaranteed
@@ -225,7 +229,14 @@ def strong_wolfe_search(
     slope0 = tree_vdot(grad, direction).astype(dtype)
     gtest = slope_rtol * slope0
     use_approx = approx_rtol is not None
-    eps_k = (approx_rtol if use_approx else 0.0) * jnp.abs(f0)
+    if use_approx:
+        rounding = sum(
+            jnp.sum(jnp.abs(p * g)).astype(dtype)
+            for p, g in zip(jax.tree.leaves(params), jax.tree.leaves(grad), strict=True)
+        )
+        eps_k = approx_rtol * jnp.abs(f0) + 10 * jnp.finfo(dtype).eps * rounding
+    else:
+        eps_k = jnp.zeros((), dtype)
     curv_bound = curv_rtol * -slope0
     # Hager-Zhang's upper bound (2 delta - 1) f'(0), tightened to the strong one.
     approx_upper = min(1.0 - 2.0 * slope_rtol, curv_rtol) * -slope0
@@ -259,6 +270,13 @@ def strong_wolfe_search(
         # non-negative slope; in stage one use the modified function
         # psi(t) = f(t) - f0 - t gtest when it is informative.
         ftest = f0 + tr.stp * gtest
+        # A value within the noise band eps_k of f(0) carries no information:
+        # treat it as a sufficient decrease so the slope decides, as in Hager
+        # and Zhang's update rule U2 (a value test alone would shrink the step
+        # towards 0 forever when x + t d rounds to x).
+        in_noise = use_approx & (tr.f <= f0 + eps_k)
+        f_seen = tr.f
+        tr = tr._replace(f=jnp.where(in_noise, jnp.minimum(tr.f, ftest), tr.f))
         stage_two = s.stage_two | ((tr.f <= ftest) & (tr.dg >= 0))
         modified = ~stage_two & (tr.f <= s.fx) & (tr.f > ftest)
         shift_d = jnp.where(modified, gtest, 0.0).astype(dtype)
@@ -306,7 +324,7 @@ def strong_wolfe_search(
             stx=stx, fx=fx, dx=dx, sty=sty, fy=fy, dy=dy,
             brackt=brackt, stage_two=stage_two, width=width, width_prev=width_prev,
             stmin=stmin, stmax=stmax, step_cap=step_cap,
-            x_value=jnp.where(x_moved, tr.f, s.x_value),
+            x_value=jnp.where(x_moved, f_seen, s.x_value),
             x_grad=pick(tr.grad, s.x_grad), x_aux=pick(tr.aux, s.x_aux),
             accepted=accepted, approximate=accepted & not_wolfe,
             stop=accepted | (nevals >= max_evaluations) | (ok & interval_gone),
@@ -392,8 +410,9 @@ def scale_by_strong_wolfe(
       max_evaluations: budget of value-and-grad evaluations per search.
       slope_rtol: sufficient-decrease constant c1 (Nocedal-Wright 3.7a).
       curv_rtol: strong curvature constant c2 (3.7b); 0.9 suits quasi-Newton.
-      approx_rtol: Hager-Zhang's epsilon (relative to ``|f(x)|``); None turns the
-        approximate Wolfe test off.
+      approx_rtol: Hager-Zhang's epsilon (relative to ``|f(x)|``, plus the
+        rounding term of the module docstring); None turns the approximate
+        Wolfe test off.
       xtol: relative width below which the bracket counts as collapsed.
       initial_stepsize: first trial step (1 for quasi-Newton directions).
       max_stepsize: upper bound on the step.

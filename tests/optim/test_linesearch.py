@@ -158,3 +158,18 @@ def test_bad_hyperparameters_fail_clearly():
         lbfgs(linesearch=None)
     with pytest.raises(ValueError, match="linesearch"):
         lbfgs(linesearch="zoom")
+
+
+def test_float32_steps_below_rounding_of_x_still_find_the_minimiser():
+    # x + t d rounds to x for t <= 1: f is flat there and only the slope says "go on".
+    x = jnp.ones(8, jnp.float32)
+    ulp = float(jnp.finfo(jnp.float32).eps)
+    target = 1.0 + 6 * ulp
+    f = lambda z: jnp.sum((z - target) ** 2)  # noqa: E731
+    d = jnp.full(8, 0.4 * ulp, jnp.float32)
+    g = jax.grad(f)(x)
+    step, value, *_ = strong_wolfe_search(_vg(f), x, d, f(x), g)
+    assert float(value) < float(f(x)) and float(step) > 1.0
+    # The exact More-Thuente test alone reads the flat values as "too long" and gives up.
+    step_exact, _, _, _, status, _, _ = strong_wolfe_search(_vg(f), x, d, f(x), g, approx_rtol=None)
+    assert int(status) == NO_DECREASE and float(step_exact) == 0.0
