@@ -166,3 +166,26 @@ def test_bad_arguments_fail_clearly():
     tx = scale_by_lbfgs(3)
     with pytest.raises(ValueError, match="params"):
         tx.update(jnp.ones(2), tx.init(jnp.ones(2)))
+
+
+def test_whole_lbfgs_chain_state_keeps_its_dtypes_under_x64(x64):
+    # optax#1210: optax.lbfgs's state changes dtype under x64 and breaks lax loops.
+    from jaxnum.optim import lbfgs
+
+    f = lambda p: jnp.sum((p["w"] - 1.0) ** 2) + jnp.sum(p["w"] ** 4)  # noqa: E731
+    params = {"w": jnp.zeros(3, jnp.float32)}
+    opt = lbfgs()
+    value_and_grad = optax.value_and_grad_from_state(f)
+
+    def step(carry, _):
+        p, s = carry
+        value, grad = value_and_grad(p, state=s)
+        u, s = opt.update(grad, s, p, value=value, grad=grad, value_fn=f)
+        return (optax.apply_updates(p, u), s), None
+
+    state0 = opt.init(params)
+    (params_out, state1), _ = jax.lax.scan(step, (params, state0), None, length=6)
+    dtypes = lambda t: [x.dtype for x in jax.tree.leaves(t)]  # noqa: E731
+    assert dtypes(state1) == dtypes(state0)
+    assert params_out["w"].dtype == jnp.float32
+    assert float(jnp.linalg.norm(jax.grad(f)(params_out)["w"])) < 1e-4
