@@ -9,6 +9,7 @@ import pytest
 
 import jaxnum
 import jaxnum.autodiff
+import jaxnum.experiments
 import jaxnum.linalg
 import jaxnum.lora
 import jaxnum.optim
@@ -17,7 +18,15 @@ import jaxnum.precision
 
 @pytest.mark.parametrize(
     "module",
-    [jaxnum, jaxnum.precision, jaxnum.autodiff, jaxnum.linalg, jaxnum.lora, jaxnum.optim],
+    [
+        jaxnum,
+        jaxnum.precision,
+        jaxnum.autodiff,
+        jaxnum.linalg,
+        jaxnum.lora,
+        jaxnum.optim,
+        jaxnum.experiments,
+    ],
     ids=lambda m: m.__name__,
 )
 def test_every_exported_name_resolves_and_has_a_docstring(module):
