@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxnum.autodiff._trees import check_floating_tree, tree_vdot
@@ -78,11 +79,28 @@ def _norm(tree: Any, dtype) -> jax.Array:
     return jnp.sqrt(tree_vdot(tree, tree).astype(dtype))
 
 
+def _check_output(fun, x0, args, has_aux):
+    """Trace-time check that ``fun`` returns a floating scalar (or ``(scalar, aux)``)."""
+    name = "minimize"
+    out = jax.eval_shape(fun, x0, *args)
+    value_shape = out[0] if has_aux and isinstance(out, tuple) and len(out) == 2 else out
+    if has_aux and not (isinstance(out, tuple) and len(out) == 2):
+        raise TypeError(f"{name}: has_aux=True needs fun to return (value, aux), got {out}")
+    if not hasattr(value_shape, "shape") or value_shape.shape != ():
+        raise TypeError(
+            f"{name}: fun must return a scalar"
+            f"{' as the first output' if has_aux else ''}, got {value_shape}"
+        )
+    if not jnp.issubdtype(value_shape.dtype, jnp.floating):
+        raise TypeError(f"{name}: fun must return a floating scalar, got {value_shape.dtype}")
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("fun", "has_aux", "memory_size", "maxiter", "max_evaluations"),
 )
 def _solve(x0, args, tol, ftol, *, fun, has_aux, memory_size, maxiter, max_evaluations):
+    _check_output(fun, x0, args, has_aux)  # at trace time only: free on cached calls
     dtype = jnp.result_type(*jax.tree.leaves(x0))
 
     def value_fn(x):
@@ -126,7 +144,7 @@ def _solve(x0, args, tol, ftol, *, fun, has_aux, memory_size, maxiter, max_evalu
         no_decrease = search.status == ls.NO_DECREASE
         # As L-BFGS-B does: after a failed search drop the memory and try again
         # along -grad; stop only when that fails too.
-        had_memory = c.opt_state[0].num_pairs > 0
+        had_memory = memory_state.num_pairs > 0  # the direction used stored pairs
         reset = no_decrease & had_memory
         memory_state = memory_state._replace(
             num_pairs=jnp.where(reset, 0, memory_state.num_pairs).astype(jnp.int32)
@@ -223,23 +241,12 @@ def minimize(
     check_positive_int(maxiter, name, "maxiter")
     check_positive_int(memory_size, name, "memory_size")
     check_positive_int(max_evaluations, name, "max_evaluations")
-    out = jax.eval_shape(lambda x: fun(x, *args), x0)
-    value_shape = out[0] if has_aux and isinstance(out, tuple) and len(out) == 2 else out
-    if has_aux and not (isinstance(out, tuple) and len(out) == 2):
-        raise TypeError(f"{name}: has_aux=True needs fun to return (value, aux), got {out}")
-    if not hasattr(value_shape, "shape") or value_shape.shape != ():
-        raise TypeError(
-            f"{name}: fun must return a scalar"
-            f"{' as the first output' if has_aux else ''}, got {value_shape}"
-        )
-    if not jnp.issubdtype(value_shape.dtype, jnp.floating):
-        raise TypeError(f"{name}: fun must return a floating scalar, got {value_shape.dtype}")
     dtype = jnp.result_type(*jax.tree.leaves(x0))
     return _solve(
         x0,
         tuple(args),
-        jnp.asarray(tol, dtype),
-        jnp.asarray(ftol, dtype),
+        np.asarray(tol, dtype),
+        np.asarray(ftol, dtype),
         fun=fun,
         has_aux=has_aux,
         memory_size=memory_size,
