@@ -10,6 +10,7 @@ import pytest
 import jaxnum
 import jaxnum.autodiff
 import jaxnum.experiments
+import jaxnum.kfac
 import jaxnum.linalg
 import jaxnum.lora
 import jaxnum.optim
@@ -26,6 +27,7 @@ import jaxnum.precision
         jaxnum.lora,
         jaxnum.optim,
         jaxnum.experiments,
+        jaxnum.kfac,
     ],
     ids=lambda m: m.__name__,
 )
