@@ -2,10 +2,14 @@
 
 Built so far: the Kronecker-factor mathematics in :mod:`jaxnum.kfac.factors`
 (statistics of a dense layer, moving averages, factored Tikhonov damping with
-the pi heuristic, the preconditioned gradient). The capture layers and the
-``scale_by_kfac`` transformation are not built yet.
+the pi heuristic, the preconditioned gradient) and, in
+:mod:`jaxnum.kfac.capture`, the linen :class:`Dense` capture layer with
+:func:`value_grad_and_stats` (true or empirical Fisher). Not built yet: Conv,
+the NNX layers, plain-function registration, ``scale_by_kfac`` and
+``optimizer``.
 """
 
+from jaxnum.kfac.capture import LOSSES, Dense, value_grad_and_stats
 from jaxnum.kfac.factors import (
     KroneckerFactors,
     dense_factors,
@@ -15,9 +19,12 @@ from jaxnum.kfac.factors import (
 )
 
 __all__ = [
+    "LOSSES",
+    "Dense",
     "KroneckerFactors",
     "dense_factors",
     "factored_damping",
     "kronecker_precondition",
     "update_moving_average",
+    "value_grad_and_stats",
 ]

@@ -1,0 +1,92 @@
+"""Capture layers: statistics equal per-example quantities computed by hand."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from jaxnum.kfac.capture import Dense, value_grad_and_stats
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.tanh(Dense(5, name="hidden")(x))
+        return Dense(3, name="out")(x)
+
+
+def _setup():
+    model = MLP()
+    x = jax.random.normal(jax.random.key(0), (16, 4))
+    y = jnp.arange(16) % 3
+    params = model.init(jax.random.key(1), x)["params"]
+    return model, params, x, y
+
+
+def test_drop_in_for_nn_dense():
+    x = jnp.ones((2, 4))
+    ours = Dense(3).init(jax.random.key(0), x)["params"]
+    theirs = nn.Dense(3).init(jax.random.key(0), x)["params"]
+    assert jax.tree.map(jnp.shape, ours) == jax.tree.map(jnp.shape, theirs)
+    np.testing.assert_allclose(
+        Dense(3).apply({"params": theirs}, x), nn.Dense(3).apply({"params": theirs}, x), rtol=1e-6
+    )
+
+
+def test_empirical_statistics_equal_per_example_quantities_by_hand(x64):
+    model, params, x, y = _setup()
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    x = x.astype(jnp.float64)
+    value, grads, stats = jax.jit(
+        value_grad_and_stats(model, "softmax_cross_entropy", fisher="empirical")
+    )(params, x, y, jax.random.key(2))
+
+    def mean_loss(p):
+        return optax.softmax_cross_entropy_with_integer_labels(
+            model.apply({"params": p}, x), y
+        ).mean()
+
+    np.testing.assert_allclose(value, mean_loss(params), rtol=1e-12)
+    for a, b in zip(
+        jax.tree.leaves(grads), jax.tree.leaves(jax.grad(mean_loss)(params)), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+
+    # Per-example output gradients are the per-example bias gradients (vmap of grad).
+    def example_loss(p, xi, yi):
+        return optax.softmax_cross_entropy_with_integer_labels(
+            model.apply({"params": p}, xi[None]), yi[None]
+        )[0]
+
+    per_example = jax.vmap(jax.grad(example_loss), (None, 0, 0))(params, x, y)
+    hidden = jnp.tanh(x @ params["hidden"]["kernel"] + params["hidden"]["bias"])
+    for layer, a in (("hidden", x), ("out", hidden)):
+        g = per_example[layer]["bias"]
+        a_aug = jnp.concatenate([a, jnp.ones((a.shape[0], 1))], axis=1)
+        np.testing.assert_allclose(stats[(layer,)].A, a_aug.T @ a_aug / 16, rtol=1e-12)
+        np.testing.assert_allclose(stats[(layer,)].G, g.T @ g / 16, rtol=1e-10, atol=1e-14)
+
+
+def test_true_fisher_uses_sampled_targets():
+    model, params, x, y = _setup()
+    f_true = jax.jit(value_grad_and_stats(model, "softmax_cross_entropy"))
+    f_emp = jax.jit(value_grad_and_stats(model, "softmax_cross_entropy", fisher="empirical"))
+    v1, g1, s_true = f_true(params, x, y, jax.random.key(3))
+    v2, g2, s_emp = f_emp(params, x, y, jax.random.key(3))
+    assert float(v1) == float(v2)  # same loss and gradients, only the curvature differs
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2), strict=True):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_allclose(s_true[("out",)].A, s_emp[("out",)].A)
+    assert not np.allclose(s_true[("out",)].G, s_emp[("out",)].G)
+    # Same key, same statistics; another key, other samples.
+    _, _, again = f_true(params, x, y, jax.random.key(3))
+    np.testing.assert_array_equal(again[("out",)].G, s_true[("out",)].G)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="loss"):
+        value_grad_and_stats(MLP(), "hinge")
+    with pytest.raises(ValueError, match="fisher"):
+        value_grad_and_stats(MLP(), "squared_error", fisher="exact")
