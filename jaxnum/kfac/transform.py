@@ -1,0 +1,173 @@
+"""``scale_by_kfac``: K-FAC preconditioning as an optax transformation.
+
+The curvature statistics arrive as an extra argument (``curvature=stats`` from
+:func:`jaxnum.kfac.value_grad_and_stats`); the transformation keeps the rest:
+moving averages of the Kronecker factors, their damped inverses (recomputed
+every ``inverse_every`` steps inside a ``lax.cond`` and reused in between),
+and applies ``G^-1 dW A^-1`` per captured layer, identity elsewhere, with an
+optional KL clip (Ba, Grosse, Martens 2017, Sec. 5).
+
+References:
+  J. Martens and R. Grosse, ICML 2015, Sec. 5-6 (moving averages, factored
+  Tikhonov damping, eq. 13).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxnum.kfac.factors import KroneckerFactors, factored_damping, update_moving_average
+from jaxnum.precision._checks import check_open_interval, check_positive, check_positive_int
+
+Layer = tuple[str, ...]
+
+
+class ScaleByKFACState(NamedTuple):
+    """Step count, the factors' moving averages and their damped inverses, per layer."""
+
+    count: jax.Array
+    factors: dict[Layer, KroneckerFactors]
+    inverses: dict[Layer, KroneckerFactors]
+
+
+def _dense_layers(params: Any) -> list[Layer]:
+    """Paths of the sub-dicts holding a 2-D ``kernel`` (dense layers)."""
+    layers = []
+    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+        keys = tuple(getattr(k, "key", str(k)) for k in path)
+        if keys and keys[-1] == "kernel" and jnp.ndim(leaf) == 2:
+            layers.append(keys[:-1])
+    return layers
+
+
+def _get(tree: Any, path: Layer) -> Any:
+    for k in path:
+        tree = tree[k]
+    return tree
+
+
+def _factor_dtype(params: Any):
+    leaves = jax.tree.leaves(params)
+    return jnp.float64 if any(jnp.result_type(x) == jnp.float64 for x in leaves) else jnp.float32
+
+
+def _spd_inverse(M):
+    chol = jax.scipy.linalg.cho_factor(M, lower=True)
+    return jax.scipy.linalg.cho_solve(chol, jnp.eye(M.shape[0], dtype=M.dtype))
+
+
+def scale_by_kfac(
+    *,
+    damping: float = 1e-3,
+    decay: float = 0.95,
+    inverse_every: int = 10,
+    kl_clip: float | None = None,
+    learning_rate: float = 1.0,
+    layers: list[Layer] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """K-FAC preconditioner: ``update(grads, state, params, *, curvature)``.
+
+    Args:
+      damping: Tikhonov damping lambda, split between the factors by the pi
+        heuristic.
+      decay: moving-average decay of the factors (the first step takes the
+        batch factors as they are).
+      inverse_every: recompute the damped inverses every this many steps.
+      kl_clip: if set, scale the update by ``min(1, sqrt(kl_clip / (lr^2 |v.g|)))``
+        with ``learning_rate`` the step that follows (Ba et al. 2017).
+      learning_rate: only used by ``kl_clip``.
+      layers: paths (tuples of module names) of the captured layers; default
+        every sub-tree with a 2-D ``kernel``. A registered layer missing from
+        ``curvature`` is an error.
+    """
+    fn = "scale_by_kfac"
+    check_positive(damping, fn, "damping")
+    check_open_interval(decay, -1e-12, 1.0, fn, "decay")
+    check_positive_int(inverse_every, fn, "inverse_every")
+    if kl_clip is not None:
+        check_positive(kl_clip, fn, "kl_clip")
+
+    def registered(params):
+        return [tuple(layer) for layer in layers] if layers is not None else _dense_layers(params)
+
+    def init_fn(params):
+        dtype = _factor_dtype(params)
+        factors, inverses = {}, {}
+        for layer in registered(params):
+            sub = _get(params, layer)
+            d_in = sub["kernel"].shape[0] + (1 if "bias" in sub else 0)
+            d_out = sub["kernel"].shape[1]
+            factors[layer] = KroneckerFactors(
+                jnp.zeros((d_in, d_in), dtype), jnp.zeros((d_out, d_out), dtype)
+            )
+            inverses[layer] = KroneckerFactors(
+                jnp.eye(d_in, dtype=dtype), jnp.eye(d_out, dtype=dtype)
+            )
+        return ScaleByKFACState(jnp.zeros((), jnp.int32), factors, inverses)
+
+    def update_fn(updates, state, params=None, *, curvature, **extra_args):
+        del params, extra_args
+        factors = {}
+        for layer, old in state.factors.items():
+            if layer not in curvature:
+                raise ValueError(
+                    f"{fn}: no curvature statistics for registered layer {'/'.join(layer)}; "
+                    f"statistics were given for {sorted('/'.join(k) for k in curvature)}"
+                )
+            new = curvature[layer]
+            if new.A.shape != old.A.shape or new.G.shape != old.G.shape:
+                raise ValueError(
+                    f"{fn}: statistics of layer {'/'.join(layer)} have shapes "
+                    f"{new.A.shape}, {new.G.shape}; its parameters need "
+                    f"{old.A.shape}, {old.G.shape}"
+                )
+            new = jax.tree.map(lambda x, o: x.astype(o.dtype), new, old)
+            avg = update_moving_average(old, new, decay)
+            factors[layer] = jax.tree.map(lambda a, n: jnp.where(state.count == 0, n, a), avg, new)
+
+        def recompute(_):
+            return {
+                layer: jax.tree.map(_spd_inverse, factored_damping(f, damping))
+                for layer, f in factors.items()
+            }
+
+        inverses = jax.lax.cond(
+            state.count % inverse_every == 0, recompute, lambda _: state.inverses, None
+        )
+
+        out = updates
+        for layer, inv in inverses.items():
+            sub = _get(updates, layer)
+            has_bias = "bias" in sub
+            grad_w = sub["kernel"]
+            if has_bias:
+                grad_w = jnp.concatenate([grad_w, sub["bias"][None, :]], axis=0)
+            pre = (inv.A @ grad_w.astype(inv.A.dtype) @ inv.G).astype(sub["kernel"].dtype)
+            new_sub = dict(sub, kernel=pre[: sub["kernel"].shape[0]])
+            if has_bias:
+                new_sub["bias"] = pre[-1].astype(sub["bias"].dtype)
+            out = _set(out, layer, new_sub)
+        if kl_clip is not None:
+            vg = sum(
+                jnp.vdot(v, g).astype(jnp.float32)
+                for v, g in zip(jax.tree.leaves(out), jax.tree.leaves(updates), strict=True)
+            )
+            scale = jnp.minimum(1.0, jnp.sqrt(kl_clip / (learning_rate**2 * jnp.abs(vg) + 1e-30)))
+            out = jax.tree.map(lambda v: (scale * v).astype(v.dtype), out)
+        return out, ScaleByKFACState(state.count + 1, factors, inverses)
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _set(tree: Any, path: Layer, value: Any) -> Any:
+    """A copy of nested dicts ``tree`` with ``tree[path] = value``."""
+    if not path:
+        return value
+    head, rest = path[0], path[1:]
+    out = dict(tree)
+    out[head] = _set(tree[head], rest, value)
+    return out
