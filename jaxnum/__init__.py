@@ -3,7 +3,7 @@
 ``import jaxnum as jn``; the subpackages hold the rest (``jaxnum.precision``...).
 """
 
-from jaxnum import autodiff, linalg, lora, optim, precision
+from jaxnum import autodiff, kfac, linalg, lora, optim, precision
 from jaxnum.optim import lbfgs, minimize, scale_by_lbfgs, scale_by_strong_wolfe
 from jaxnum.precision import (
     ClipByGlobalNormState,
@@ -45,6 +45,7 @@ __all__ = [
     "float_formats",
     "format_table",
     "global_norm",
+    "kfac",
     "lbfgs",
     "linalg",
     "lora",

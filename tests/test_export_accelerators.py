@@ -57,6 +57,17 @@ CASES = {
         )(jn.lbfgs()),
         (jnp.ones(4),),
     ),
+    "scale_by_kfac update": (
+        lambda g: (
+            lambda tx, p: tx.update(
+                p,
+                tx.init(p),
+                p,
+                curvature={("l",): jn.kfac.KroneckerFactors(jnp.eye(5), jnp.eye(3))},
+            )
+        )(jn.kfac.scale_by_kfac(), {"l": {"kernel": g, "bias": jnp.ones(3)}}),
+        (jnp.ones((4, 3)),),
+    ),
     "spectral_density": (
         lambda a: spectral_density(a, key=jax.random.key(0), num_probes=2, num_iters=5).density,
         (A,),

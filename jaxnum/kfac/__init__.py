@@ -6,7 +6,8 @@ the pi heuristic, the preconditioned gradient) and, in
 :mod:`jaxnum.kfac.capture`, the linen :class:`Dense` capture layer with
 :func:`value_grad_and_stats` (true or empirical Fisher), and
 :func:`scale_by_kfac` for dense layers. Not built yet: Conv, the NNX layers,
-plain-function registration, layers used twice, ``optimizer``, sharding.
+plain-function registration, layers used twice, sharding; :func:`optimizer`
+is the ready chain.
 """
 
 from jaxnum.kfac.capture import LOSSES, Dense, value_grad_and_stats
@@ -17,7 +18,7 @@ from jaxnum.kfac.factors import (
     kronecker_precondition,
     update_moving_average,
 )
-from jaxnum.kfac.transform import ScaleByKFACState, scale_by_kfac
+from jaxnum.kfac.transform import ScaleByKFACState, optimizer, scale_by_kfac
 
 __all__ = [
     "LOSSES",
@@ -27,6 +28,7 @@ __all__ = [
     "dense_factors",
     "factored_damping",
     "kronecker_precondition",
+    "optimizer",
     "scale_by_kfac",
     "update_moving_average",
     "value_grad_and_stats",

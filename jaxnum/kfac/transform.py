@@ -171,3 +171,37 @@ def _set(tree: Any, path: Layer, value: Any) -> Any:
     out = dict(tree)
     out[head] = _set(tree[head], rest, value)
     return out
+
+
+def optimizer(
+    learning_rate: float,
+    *,
+    momentum: float = 0.9,
+    damping: float = 1e-3,
+    decay: float = 0.95,
+    inverse_every: int = 10,
+    kl_clip: float | None = 1e-2,
+    weight_decay: float = 0.0,
+    layers: list[Layer] | None = None,
+) -> optax.GradientTransformationExtraArgs:
+    """The usual K-FAC chain: preconditioning (with KL clip), weight decay, momentum, step.
+
+    ``update(grads, state, params, *, curvature=stats)``; composes with
+    ``jn.clip_by_global_norm`` and ``jn.loss_scaling`` like any optax chain.
+    """
+    parts = [
+        scale_by_kfac(
+            damping=damping,
+            decay=decay,
+            inverse_every=inverse_every,
+            kl_clip=kl_clip,
+            learning_rate=learning_rate,
+            layers=layers,
+        )
+    ]
+    if weight_decay:
+        parts.append(optax.add_decayed_weights(weight_decay))
+    if momentum:
+        parts.append(optax.trace(decay=momentum))
+    parts.append(optax.scale(-learning_rate))
+    return optax.chain(*parts)

@@ -11,6 +11,7 @@ from jaxnum.kfac import (
     Dense,
     KroneckerFactors,
     factored_damping,
+    optimizer,
     scale_by_kfac,
     value_grad_and_stats,
 )
@@ -72,6 +73,25 @@ def test_trains_in_an_optax_chain_under_jit_and_beats_sgd_in_steps():
     again = jax.jit(lambda s: s)(state)
     for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(again), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_ready_optimizer_chain_trains():
+    model, params, x, y = _problem()
+    stats_fn = value_grad_and_stats(model, "squared_error")
+    tx = optimizer(0.1, damping=1e-2, inverse_every=5)
+
+    @jax.jit
+    def step(p, s, key):
+        value, grads, stats = stats_fn(p, x, y, key)
+        updates, s = tx.update(grads, s, p, curvature=stats)
+        return optax.apply_updates(p, updates), s, value
+
+    p, s = params, tx.init(params)
+    first = None
+    for k in jax.random.split(jax.random.key(4), 30):
+        p, s, value = step(p, s, k)
+        first = float(value) if first is None else first
+    assert float(value) < 0.2 * first
 
 
 def test_inverses_are_reused_between_recomputations():
