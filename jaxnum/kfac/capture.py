@@ -1,7 +1,8 @@
 """Capture of K-FAC statistics from Flax linen models.
 
 :class:`Dense` is a drop-in ``flax.linen.Dense`` (same parameter names and
-shapes) that records its inputs with ``sow`` (collection ``"kfac_inputs"``)
+shapes), :class:`Conv` one for a 2-D ``nn.Conv`` (computed as patches times a
+matrix). Each records its inputs with ``sow`` (collection ``"kfac_inputs"``)
 and exposes the gradient with respect to its outputs through ``perturb``
 (collection ``"kfac_outputs"``). :func:`value_grad_and_stats` runs one forward
 pass and two backward passes through ``jax.vjp``: one with the loss on the
@@ -47,6 +48,66 @@ class Dense(nn.Module):
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
         self.sow(INPUTS, "a", x)
         y = x @ kernel
+        if bias is not None:
+            y = y + bias
+        return self.perturb("s", y, collection=OUTPUTS)
+
+
+def conv_kernel_matrix(kernel: jax.Array) -> jax.Array:
+    """A ``(kh, kw, c_in, c_out)`` kernel as the ``(c_in * kh * kw, c_out)`` matrix that
+    multiplies ``lax.conv_general_dilated_patches`` features (channel-major)."""
+    kh, kw, c_in, c_out = kernel.shape
+    return jnp.transpose(kernel, (2, 0, 1, 3)).reshape(c_in * kh * kw, c_out)
+
+
+def kernel_from_matrix(matrix: jax.Array, kernel_shape) -> jax.Array:
+    """Inverse of :func:`conv_kernel_matrix`."""
+    kh, kw, c_in, c_out = kernel_shape
+    return jnp.transpose(matrix.reshape(c_in, kh, kw, c_out), (1, 2, 0, 3))
+
+
+class Conv(nn.Module):
+    """2-D ``nn.Conv`` (NHWC, same parameters) computed as patches times a matrix.
+
+    Records the patches (``lax.conv_general_dilated_patches``) so K-FAC uses the
+    KFC approximation (Grosse and Martens 2016): A averages patch outer
+    products over examples and positions, G sums output-gradient outer
+    products over positions.
+    """
+
+    features: int
+    kernel_size: tuple[int, int]
+    strides: tuple[int, int] = (1, 1)
+    padding: str = "SAME"
+    use_bias: bool = True
+    dtype: Any = None
+    param_dtype: Any = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x):
+        if x.ndim != 4:
+            raise ValueError(f"kfac.Conv: expected NHWC input, got shape {x.shape}")
+        kh, kw = self.kernel_size
+        kernel = self.param(
+            "kernel", self.kernel_init, (kh, kw, x.shape[-1], self.features), self.param_dtype
+        )
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        patches = jax.lax.conv_general_dilated_patches(
+            x,
+            (kh, kw),
+            self.strides,
+            self.padding,
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        self.sow(INPUTS, "a", patches)
+        y = patches @ conv_kernel_matrix(kernel)
         if bias is not None:
             y = y + bias
         return self.perturb("s", y, collection=OUTPUTS)
@@ -125,7 +186,11 @@ def value_grad_and_stats(model: nn.Module, loss: str, *, fisher: str = "true"):
             g = flat_grads[layer]
             a2 = a.reshape(-1, a.shape[-1])
             g2 = (g * batch).reshape(-1, g.shape[-1])  # per-example gradients of the mean loss
-            stats[layer] = dense_factors(a2, g2)
+            factors = dense_factors(a2, g2)
+            # Weights shared over T positions (conv locations, sequence steps): the
+            # per-example gradient sums over them, so G sums over positions (KFC).
+            positions = a.size // (a.shape[0] * a.shape[-1])
+            stats[layer] = factors._replace(G=factors.G * positions)
         return value, grads, stats
 
     return f

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxnum.kfac.capture import conv_kernel_matrix, kernel_from_matrix
 from jaxnum.kfac.factors import KroneckerFactors, factored_damping, update_moving_average
 from jaxnum.precision._checks import check_open_interval, check_positive, check_positive_int
 
@@ -35,13 +36,17 @@ class ScaleByKFACState(NamedTuple):
 
 
 def _dense_layers(params: Any) -> list[Layer]:
-    """Paths of the sub-dicts holding a 2-D ``kernel`` (dense layers)."""
+    """Paths of the sub-dicts holding a 2-D (dense) or 4-D (conv) ``kernel``."""
     layers = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
         keys = tuple(getattr(k, "key", str(k)) for k in path)
-        if keys and keys[-1] == "kernel" and jnp.ndim(leaf) == 2:
+        if keys and keys[-1] == "kernel" and jnp.ndim(leaf) in (2, 4):
             layers.append(keys[:-1])
     return layers
+
+
+def _kernel_matrix(kernel: jax.Array) -> jax.Array:
+    return conv_kernel_matrix(kernel) if kernel.ndim == 4 else kernel
 
 
 def _get(tree: Any, path: Layer) -> Any:
@@ -99,8 +104,9 @@ def scale_by_kfac(
         factors, inverses = {}, {}
         for layer in registered(params):
             sub = _get(params, layer)
-            d_in = sub["kernel"].shape[0] + (1 if "bias" in sub else 0)
-            d_out = sub["kernel"].shape[1]
+            rows = _kernel_matrix(sub["kernel"])
+            d_in = rows.shape[0] + (1 if "bias" in sub else 0)
+            d_out = rows.shape[1]
             factors[layer] = KroneckerFactors(
                 jnp.zeros((d_in, d_in), dtype), jnp.zeros((d_out, d_out), dtype)
             )
@@ -143,11 +149,15 @@ def scale_by_kfac(
         for layer, inv in inverses.items():
             sub = _get(updates, layer)
             has_bias = "bias" in sub
-            grad_w = sub["kernel"]
+            grad_w = _kernel_matrix(sub["kernel"])
+            n_rows = grad_w.shape[0]
             if has_bias:
                 grad_w = jnp.concatenate([grad_w, sub["bias"][None, :]], axis=0)
             pre = (inv.A @ grad_w.astype(inv.A.dtype) @ inv.G).astype(sub["kernel"].dtype)
-            new_sub = dict(sub, kernel=pre[: sub["kernel"].shape[0]])
+            kernel = pre[:n_rows]
+            if sub["kernel"].ndim == 4:
+                kernel = kernel_from_matrix(kernel, sub["kernel"].shape)
+            new_sub = dict(sub, kernel=kernel)
             if has_bias:
                 new_sub["bias"] = pre[-1].astype(sub["bias"].dtype)
             out = _set(out, layer, new_sub)

@@ -7,7 +7,7 @@ import numpy as np
 import optax
 import pytest
 
-from jaxnum.kfac.capture import Dense, value_grad_and_stats
+from jaxnum.kfac.capture import Conv, Dense, value_grad_and_stats
 
 
 class MLP(nn.Module):
@@ -90,3 +90,50 @@ def test_bad_arguments():
         value_grad_and_stats(MLP(), "hinge")
     with pytest.raises(ValueError, match="fisher"):
         value_grad_and_stats(MLP(), "squared_error", fisher="exact")
+
+
+class ConvNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.tanh(Conv(4, (3, 3), name="conv")(x))
+        return Dense(3, name="out")(x.reshape(x.shape[0], -1))
+
+
+def test_conv_is_a_drop_in_for_nn_conv():
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    for strides, padding in (((1, 1), "SAME"), ((2, 2), "VALID")):
+        theirs = nn.Conv(5, (3, 3), strides=strides, padding=padding)
+        ours = Conv(5, (3, 3), strides=strides, padding=padding)
+        params = theirs.init(jax.random.key(1), x)["params"]
+        assert jax.tree.map(jnp.shape, ours.init(jax.random.key(1), x)["params"]) == (
+            jax.tree.map(jnp.shape, params)
+        )
+        np.testing.assert_allclose(
+            ours.apply({"params": params}, x), theirs.apply({"params": params}, x), atol=1e-5
+        )
+
+
+def test_conv_statistics_follow_kfc(x64):
+    model = ConvNet()
+    x = jax.random.normal(jax.random.key(0), (5, 4, 4, 2), jnp.float64)
+    y = jnp.arange(5) % 3
+    params = model.init(jax.random.key(1), x)["params"]
+    _, _, stats = value_grad_and_stats(model, "softmax_cross_entropy", fisher="empirical")(
+        params, x, y, jax.random.key(2)
+    )
+    patches = jax.lax.conv_general_dilated_patches(
+        x, (3, 3), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    ).reshape(5 * 16, -1)
+    aug = jnp.concatenate([patches, jnp.ones((80, 1))], axis=1)
+    np.testing.assert_allclose(stats[("conv",)].A, aug.T @ aug / 80, rtol=1e-12)
+
+    # G: per-example output gradients (by vmap of grad), outer products summed over
+    # the 16 positions and averaged over the 5 examples.
+    def example_loss(s_conv, p, yi):
+        logits = jnp.tanh(s_conv).reshape(1, -1) @ p["out"]["kernel"] + p["out"]["bias"]
+        return optax.softmax_cross_entropy_with_integer_labels(logits, yi[None])[0]
+
+    kernel_matrix = jnp.transpose(params["conv"]["kernel"], (2, 0, 1, 3)).reshape(-1, 4)
+    s_conv = (patches @ kernel_matrix + params["conv"]["bias"]).reshape(5, 4, 4, 4)
+    g = jax.vmap(jax.grad(example_loss), (0, None, 0))(s_conv, params, y).reshape(-1, 4)
+    np.testing.assert_allclose(stats[("conv",)].G, g.T @ g / 5, rtol=1e-10, atol=1e-14)

@@ -124,3 +124,29 @@ def test_bad_input_names_the_layer():
         scale_by_kfac(damping=0.0)
     with pytest.raises(ValueError, match="inverse_every"):
         scale_by_kfac(inverse_every=0)
+
+
+def test_conv_layers_are_preconditioned_and_train():
+    from tests.kfac.test_capture import ConvNet
+
+    model = ConvNet()
+    x = jax.random.normal(jax.random.key(0), (32, 4, 4, 2))
+    y = (jnp.sum(x[:, :2, :2, 0], axis=(1, 2)) > 0).astype(jnp.int32)
+    params = model.init(jax.random.key(1), x)["params"]
+    stats_fn = value_grad_and_stats(model, "softmax_cross_entropy")
+    tx = optimizer(0.1, damping=1e-2, inverse_every=5)
+    state = tx.init(params)
+    assert ("conv",) in state[0].factors and state[0].factors[("conv",)].A.shape == (19, 19)
+
+    @jax.jit
+    def step(p, s, key):
+        value, grads, stats = stats_fn(p, x, y, key)
+        updates, s = tx.update(grads, s, p, curvature=stats)
+        return optax.apply_updates(p, updates), s, value
+
+    p, s, first = params, state, None
+    for k in jax.random.split(jax.random.key(2), 40):
+        p, s, value = step(p, s, k)
+        first = float(value) if first is None else first
+    assert jax.tree.map(jnp.shape, p) == jax.tree.map(jnp.shape, params)
+    assert float(value) < 0.5 * first, (first, float(value))
