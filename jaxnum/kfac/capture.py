@@ -183,6 +183,11 @@ def value_grad_and_stats(model: nn.Module, loss: str, *, fisher: str = "true"):
         )
         for path, a in flat_inputs:
             layer = tuple(k.key for k in path[:-2])  # drop the "a" name and the tuple index
+            if path[-1].idx > 0:
+                raise NotImplementedError(
+                    f"value_grad_and_stats: layer {'/'.join(layer)} is called more than once "
+                    "in the forward pass; shared layers are not supported yet (issue 6)"
+                )
             g = flat_grads[layer]
             a2 = a.reshape(-1, a.shape[-1])
             g2 = (g * batch).reshape(-1, g.shape[-1])  # per-example gradients of the mean loss

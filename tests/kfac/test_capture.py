@@ -137,3 +137,19 @@ def test_conv_statistics_follow_kfc(x64):
     s_conv = (patches @ kernel_matrix + params["conv"]["bias"]).reshape(5, 4, 4, 4)
     g = jax.vmap(jax.grad(example_loss), (0, None, 0))(s_conv, params, y).reshape(-1, 4)
     np.testing.assert_allclose(stats[("conv",)].G, g.T @ g / 5, rtol=1e-10, atol=1e-14)
+
+
+def test_a_layer_called_twice_is_refused_clearly_not_silently_wrong():
+    class Shared(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            layer = Dense(4, name="shared")
+            return layer(jnp.tanh(layer(x)))
+
+    model = Shared()
+    x = jnp.ones((3, 4))
+    params = model.init(jax.random.key(0), x)["params"]
+    with pytest.raises(NotImplementedError, match="shared"):
+        value_grad_and_stats(model, "squared_error")(
+            params, x, jnp.zeros((3, 4)), jax.random.key(1)
+        )
