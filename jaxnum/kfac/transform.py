@@ -21,7 +21,12 @@ import jax.numpy as jnp
 import optax
 
 from jaxnum.kfac.capture import conv_kernel_matrix, kernel_from_matrix
-from jaxnum.kfac.factors import KroneckerFactors, factored_damping, update_moving_average
+from jaxnum.kfac.factors import (
+    KroneckerFactors,
+    _spd_inverse,
+    factored_damping,
+    update_moving_average,
+)
 from jaxnum.precision._checks import check_open_interval, check_positive, check_positive_int
 
 Layer = tuple[str, ...]
@@ -58,11 +63,6 @@ def _get(tree: Any, path: Layer) -> Any:
 def _factor_dtype(params: Any):
     leaves = jax.tree.leaves(params)
     return jnp.float64 if any(jnp.result_type(x) == jnp.float64 for x in leaves) else jnp.float32
-
-
-def _spd_inverse(M):
-    chol = jax.scipy.linalg.cho_factor(M, lower=True)
-    return jax.scipy.linalg.cho_solve(chol, jnp.eye(M.shape[0], dtype=M.dtype))
 
 
 def scale_by_kfac(
