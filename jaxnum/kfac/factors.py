@@ -89,7 +89,8 @@ def factored_damping(factors: KroneckerFactors, damping) -> KroneckerFactors:
     )
 
 
-def _spd_inverse(M: jax.Array) -> jax.Array:
+def spd_inverse(M: jax.Array) -> jax.Array:
+    """Inverse of a symmetric positive definite matrix through its Cholesky factor."""
     chol = jax.scipy.linalg.cho_factor(M, lower=True)
     return jax.scipy.linalg.cho_solve(chol, jnp.eye(M.shape[0], dtype=M.dtype))
 
@@ -106,5 +107,5 @@ def kronecker_precondition(grad_w: jax.Array, factors: KroneckerFactors) -> jax.
             f"kronecker_precondition: grad_w has shape {grad_w.shape}, the factors expect "
             f"({A.shape[0]}, {G.shape[0]})"
         )
-    out = _spd_inverse(A) @ grad_w.astype(A.dtype) @ _spd_inverse(G)
+    out = spd_inverse(A) @ grad_w.astype(A.dtype) @ spd_inverse(G)
     return out.astype(grad_w.dtype)

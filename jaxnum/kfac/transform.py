@@ -23,8 +23,8 @@ import optax
 from jaxnum.kfac.capture import conv_kernel_matrix, kernel_from_matrix
 from jaxnum.kfac.factors import (
     KroneckerFactors,
-    _spd_inverse,
     factored_damping,
+    spd_inverse,
     update_moving_average,
 )
 from jaxnum.precision._checks import check_open_interval, check_positive, check_positive_int
@@ -137,7 +137,7 @@ def scale_by_kfac(
 
         def recompute(_):
             return {
-                layer: jax.tree.map(_spd_inverse, factored_damping(f, damping))
+                layer: jax.tree.map(spd_inverse, factored_damping(f, damping))
                 for layer, f in factors.items()
             }
 
