@@ -6,7 +6,9 @@ heuristic, the preconditioned gradient); in :mod:`jaxnum.kfac.capture` the
 linen capture layers :class:`Dense` and :class:`Conv` (2-D, the KFC
 approximation) with :func:`value_grad_and_stats` (true or empirical Fisher);
 :func:`scale_by_kfac` and the ready chain :func:`optimizer`. Not built yet:
-the NNX layers, plain-function registration, layers used twice, shard_map.
+the NNX layers, plain-function registration, shard_map. A layer called
+several times in one forward pass contributes every use (summed, as KFC sums
+positions).
 """
 
 from jaxnum.kfac.capture import LOSSES, Conv, Dense, value_grad_and_stats

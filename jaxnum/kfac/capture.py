@@ -25,6 +25,13 @@ from jaxnum.kfac.factors import dense_factors
 INPUTS, OUTPUTS = "kfac_inputs", "kfac_outputs"
 
 
+def _use_index(module: nn.Module) -> int:
+    """How many times this layer has already run in this forward pass (its sown inputs)."""
+    if not module.is_mutable_collection(INPUTS):
+        return 0
+    return len(module.get_variable(INPUTS, "a", ()))
+
+
 class Dense(nn.Module):
     """``nn.Dense`` that records what K-FAC needs (inputs and output gradients)."""
 
@@ -46,11 +53,12 @@ class Dense(nn.Module):
             else None
         )
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        use = _use_index(self)
         self.sow(INPUTS, "a", x)
         y = x @ kernel
         if bias is not None:
             y = y + bias
-        return self.perturb("s", y, collection=OUTPUTS)
+        return self.perturb(f"s{use}", y, collection=OUTPUTS)
 
 
 def conv_kernel_matrix(kernel: jax.Array) -> jax.Array:
@@ -106,11 +114,12 @@ class Conv(nn.Module):
             self.padding,
             dimension_numbers=("NHWC", "HWIO", "NHWC"),
         )
+        use = _use_index(self)
         self.sow(INPUTS, "a", patches)
         y = patches @ conv_kernel_matrix(kernel)
         if bias is not None:
             y = y + bias
-        return self.perturb("s", y, collection=OUTPUTS)
+        return self.perturb(f"s{use}", y, collection=OUTPUTS)
 
 
 LOSSES = ("softmax_cross_entropy", "sigmoid_cross_entropy", "squared_error")
@@ -156,7 +165,7 @@ def value_grad_and_stats(model: nn.Module, loss: str, *, fisher: str = "true"):
 
     def f(params, inputs, targets, key):
         shapes = jax.eval_shape(
-            lambda p: model.apply({"params": p}, inputs, mutable=[OUTPUTS])[1], params
+            lambda p: model.apply({"params": p}, inputs, mutable=[OUTPUTS, INPUTS])[1], params
         )
         zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[OUTPUTS])
 
@@ -176,25 +185,23 @@ def value_grad_and_stats(model: nn.Module, loss: str, *, fisher: str = "true"):
             fisher_out_grads = out_grads
         batch = outputs.shape[0]
         stats = {}
-        flat_inputs = jax.tree_util.tree_flatten_with_path(sown)[0]
-        flat_grads = dict(
-            (tuple(k.key for k in path[:-1]), g)
+        # Output gradients by (layer, use); inputs by layer, one entry per use.
+        out_grads_by_use = {
+            (tuple(k.key for k in path[:-1]), int(path[-1].key[1:])): g
             for path, g in jax.tree_util.tree_flatten_with_path(fisher_out_grads)[0]
-        )
-        for path, a in flat_inputs:
-            layer = tuple(k.key for k in path[:-2])  # drop the "a" name and the tuple index
-            if path[-1].idx > 0:
-                raise NotImplementedError(
-                    f"value_grad_and_stats: layer {'/'.join(layer)} is called more than once "
-                    "in the forward pass; shared layers are not supported yet (issue 6)"
-                )
-            g = flat_grads[layer]
-            a2 = a.reshape(-1, a.shape[-1])
-            g2 = (g * batch).reshape(-1, g.shape[-1])  # per-example gradients of the mean loss
+        }
+        uses: dict[tuple, list] = {}
+        for path, a in jax.tree_util.tree_flatten_with_path(sown)[0]:
+            layer = tuple(k.key for k in path[:-2])  # drop the "a" name and the use index
+            uses.setdefault(layer, []).append((a, out_grads_by_use[(layer, path[-1].idx)]))
+        for layer, pairs in uses.items():
+            a2 = jnp.concatenate([a.reshape(-1, a.shape[-1]) for a, _ in pairs])
+            # per-example gradients of the mean loss
+            g2 = jnp.concatenate([(g * batch).reshape(-1, g.shape[-1]) for _, g in pairs])
             factors = dense_factors(a2, g2)
-            # Weights shared over T positions (conv locations, sequence steps): the
-            # per-example gradient sums over them, so G sums over positions (KFC).
-            positions = a.size // (a.shape[0] * a.shape[-1])
+            # Weights shared over T positions (conv locations, sequence steps, repeated
+            # calls): the per-example gradient sums over them, so G sums over them (KFC).
+            positions = a2.shape[0] // batch
             stats[layer] = factors._replace(G=factors.G * positions)
         return value, grads, stats
 

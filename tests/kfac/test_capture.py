@@ -139,7 +139,7 @@ def test_conv_statistics_follow_kfc(x64):
     np.testing.assert_allclose(stats[("conv",)].G, g.T @ g / 5, rtol=1e-10, atol=1e-14)
 
 
-def test_a_layer_called_twice_is_refused_clearly_not_silently_wrong():
+def test_a_layer_called_twice_sums_its_uses(x64):
     class Shared(nn.Module):
         @nn.compact
         def __call__(self, x):
@@ -147,9 +147,26 @@ def test_a_layer_called_twice_is_refused_clearly_not_silently_wrong():
             return layer(jnp.tanh(layer(x)))
 
     model = Shared()
-    x = jnp.ones((3, 4))
-    params = model.init(jax.random.key(0), x)["params"]
-    with pytest.raises(NotImplementedError, match="shared"):
-        value_grad_and_stats(model, "squared_error")(
-            params, x, jnp.zeros((3, 4)), jax.random.key(1)
-        )
+    x = jax.random.normal(jax.random.key(0), (6, 4), jnp.float64)
+    y = jax.random.normal(jax.random.key(1), (6, 4), jnp.float64)
+    params = model.init(jax.random.key(2), x)["params"]
+    _, grads, stats = value_grad_and_stats(model, "squared_error", fisher="empirical")(
+        params, x, y, jax.random.key(3)
+    )
+    W, b = params["shared"]["kernel"], params["shared"]["bias"]
+    h = jnp.tanh(x @ W + b)
+    out = h @ W + b
+    g2 = out - y  # per-example d loss / d s2 (0.5 * squared error summed over outputs)
+    g1 = (g2 @ W.T) * (1 - h**2)  # through the second use
+    aug = lambda a: jnp.concatenate([a, jnp.ones((6, 1))], axis=1)  # noqa: E731
+    both = jnp.concatenate([aug(x), aug(h)])
+    np.testing.assert_allclose(stats[("shared",)].A, both.T @ both / 12, rtol=1e-12)
+    np.testing.assert_allclose(
+        stats[("shared",)].G, (g1.T @ g1 + g2.T @ g2) / 6, rtol=1e-10, atol=1e-14
+    )
+    # The gradient is still the plain gradient of the mean loss.
+    expected = jax.grad(
+        lambda p: 0.5 * jnp.mean(jnp.sum((model.apply({"params": p}, x) - y) ** 2, 1))
+    )(params)
+    for a, e in zip(jax.tree.leaves(grads), jax.tree.leaves(expected), strict=True):
+        np.testing.assert_allclose(a, e, rtol=1e-10)
