@@ -11,6 +11,7 @@ import jaxnum
 import jaxnum.autodiff
 import jaxnum.experiments
 import jaxnum.kfac
+import jaxnum.kfac.nnx
 import jaxnum.linalg
 import jaxnum.lora
 import jaxnum.optim
@@ -28,6 +29,7 @@ import jaxnum.precision
         jaxnum.optim,
         jaxnum.experiments,
         jaxnum.kfac,
+        jaxnum.kfac.nnx,
     ],
     ids=lambda m: m.__name__,
 )

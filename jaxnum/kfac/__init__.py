@@ -1,16 +1,20 @@
-"""K-FAC (Martens and Grosse 2015), in progress (issue 6).
+"""K-FAC (Martens and Grosse 2015) as an optax transformation, for Flax models.
 
-Built so far: the Kronecker-factor mathematics in :mod:`jaxnum.kfac.factors`
-(statistics, moving averages, factored Tikhonov damping with the pi
-heuristic, the preconditioned gradient); in :mod:`jaxnum.kfac.capture` the
-linen capture layers :class:`Dense` and :class:`Conv` (2-D, the KFC
-approximation) with :func:`value_grad_and_stats` (true or empirical Fisher);
-:func:`scale_by_kfac` and the ready chain :func:`optimizer`. Not built yet:
-the NNX layers, plain-function registration, shard_map. A layer called
-several times in one forward pass contributes every use (summed, as KFC sums
-positions).
+- Capture: linen layers :class:`Dense` and :class:`Conv` (2-D, the KFC
+  approximation), NNX layers :class:`jaxnum.kfac.nnx.Linear` and
+  :class:`jaxnum.kfac.nnx.Conv`, and for plain-function models the
+  registering layers :func:`dense` and :func:`conv`. A layer called several
+  times in one forward pass contributes every use (summed, as KFC sums
+  positions).
+- :func:`value_grad_and_stats` (linen or plain function;
+  :func:`jaxnum.kfac.nnx.value_grad_and_stats` for NNX): loss, gradients and
+  statistics from one forward and two backward passes (true or empirical
+  Fisher), averaged over a ``shard_map`` axis with ``axis_name``.
+- :func:`scale_by_kfac` and the ready chain :func:`optimizer`; the factor
+  mathematics in :mod:`jaxnum.kfac.factors`.
 """
 
+from jaxnum.kfac import nnx
 from jaxnum.kfac.capture import LOSSES, Conv, Dense, value_grad_and_stats
 from jaxnum.kfac.factors import (
     KroneckerFactors,
@@ -19,6 +23,7 @@ from jaxnum.kfac.factors import (
     kronecker_precondition,
     update_moving_average,
 )
+from jaxnum.kfac.functional import conv, dense
 from jaxnum.kfac.transform import ScaleByKFACState, optimizer, scale_by_kfac
 
 __all__ = [
@@ -27,9 +32,12 @@ __all__ = [
     "Dense",
     "KroneckerFactors",
     "ScaleByKFACState",
+    "conv",
+    "dense",
     "dense_factors",
     "factored_damping",
     "kronecker_precondition",
+    "nnx",
     "optimizer",
     "scale_by_kfac",
     "update_moving_average",

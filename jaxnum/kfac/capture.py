@@ -20,7 +20,22 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxnum.kfac.factors import dense_factors
+from jaxnum.kfac.functional import (
+    conv_kernel_matrix,
+    conv_patches,
+    kernel_from_matrix,
+    value_grad_and_stats_fn,
+)
+from jaxnum.kfac.statistics import LOSSES, check_loss_and_fisher, value_grads_and_stats
+
+__all__ = [
+    "LOSSES",
+    "Conv",
+    "Dense",
+    "conv_kernel_matrix",
+    "kernel_from_matrix",
+    "value_grad_and_stats",
+]
 
 INPUTS, OUTPUTS = "kfac_inputs", "kfac_outputs"
 
@@ -61,19 +76,6 @@ class Dense(nn.Module):
         return self.perturb(f"s{use}", y, collection=OUTPUTS)
 
 
-def conv_kernel_matrix(kernel: jax.Array) -> jax.Array:
-    """A ``(kh, kw, c_in, c_out)`` kernel as the ``(c_in * kh * kw, c_out)`` matrix that
-    multiplies ``lax.conv_general_dilated_patches`` features (channel-major)."""
-    kh, kw, c_in, c_out = kernel.shape
-    return jnp.transpose(kernel, (2, 0, 1, 3)).reshape(c_in * kh * kw, c_out)
-
-
-def kernel_from_matrix(matrix: jax.Array, kernel_shape) -> jax.Array:
-    """Inverse of :func:`conv_kernel_matrix`."""
-    kh, kw, c_in, c_out = kernel_shape
-    return jnp.transpose(matrix.reshape(c_in, kh, kw, c_out), (1, 2, 0, 3))
-
-
 class Conv(nn.Module):
     """2-D ``nn.Conv`` (NHWC, same parameters) computed as patches times a matrix.
 
@@ -107,13 +109,7 @@ class Conv(nn.Module):
             else None
         )
         x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-        patches = jax.lax.conv_general_dilated_patches(
-            x,
-            (kh, kw),
-            self.strides,
-            self.padding,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        patches = conv_patches(x, (kh, kw), self.strides, self.padding)
         use = _use_index(self)
         self.sow(INPUTS, "a", patches)
         y = patches @ conv_kernel_matrix(kernel)
@@ -122,46 +118,56 @@ class Conv(nn.Module):
         return self.perturb(f"s{use}", y, collection=OUTPUTS)
 
 
-LOSSES = ("softmax_cross_entropy", "sigmoid_cross_entropy", "squared_error")
+def _by_use(tree, drop: int) -> dict:
+    """``{layer: (use 0, use 1, ...)}`` from a linen collection; ``drop`` trailing keys."""
+    out: dict = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        out.setdefault(tuple(k.key for k in path[:-drop]), []).append((path, leaf))
+    return {
+        layer: tuple(leaf for _, leaf in sorted(pairs, key=lambda p: _use(p[0])))
+        for layer, pairs in out.items()
+    }
 
 
-def _loss(name: str, outputs, targets):
-    """Mean over the batch of the per-example loss (targets: labels, 0/1, or values)."""
-    if name == "softmax_cross_entropy":
-        logp = jax.nn.log_softmax(outputs)
-        return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
-    if name == "sigmoid_cross_entropy":
-        per = jnp.logaddexp(0.0, outputs) - targets * outputs
-        return jnp.mean(jnp.sum(per.reshape(per.shape[0], -1), axis=-1))
-    per = 0.5 * (outputs - targets) ** 2
-    return jnp.mean(jnp.sum(per.reshape(per.shape[0], -1), axis=-1))
+def _use(path) -> int:
+    last = path[-1]
+    return last.idx if hasattr(last, "idx") else int(last.key[1:])
 
 
-def _sample_targets(name: str, outputs, key):
-    """Targets drawn from the model's predictive distribution (for the true Fisher)."""
-    outputs = jax.lax.stop_gradient(outputs)
-    if name == "softmax_cross_entropy":
-        return jax.random.categorical(key, outputs)
-    if name == "sigmoid_cross_entropy":
-        return jax.random.bernoulli(key, jax.nn.sigmoid(outputs)).astype(outputs.dtype)
-    return outputs + jax.random.normal(key, outputs.shape, outputs.dtype)
-
-
-def value_grad_and_stats(model: nn.Module, loss: str, *, fisher: str = "true"):
+def value_grad_and_stats(
+    model: Any, loss: str, *, fisher: str = "true", axis_name: str | None = None
+):
     """``f(params, inputs, targets, key) -> (loss_value, grads, stats)``.
 
     ``stats`` maps each captured layer's path (a tuple of module names) to its
-    :class:`~jaxnum.kfac.factors.KroneckerFactors` for this batch. ``loss`` is
-    one of :data:`LOSSES` (mean over the batch); ``fisher`` is ``"true"``
-    (targets sampled from the model, a second backward pass) or
-    ``"empirical"`` (the gradients of the loss on the data's own targets).
+    :class:`~jaxnum.kfac.factors.KroneckerFactors` for this batch, computed in
+    one forward pass and (for the true Fisher) two backward passes.
+
+    Args:
+      model: a linen Module built with :class:`Dense`/:class:`Conv`, or a plain
+        function ``model(params, inputs)`` registering its layers with
+        :func:`jaxnum.kfac.dense`/:func:`jaxnum.kfac.conv`. (An NNX module has
+        its own form, :func:`jaxnum.kfac.nnx.value_grad_and_stats`.)
+      loss: one of :data:`LOSSES` (mean over the batch).
+      fisher: ``"true"`` (targets sampled from the model's predictive
+        distribution, a second backward pass) or ``"empirical"`` (the gradients
+        of the loss on the data's own targets).
+      axis_name: inside ``shard_map``, average the loss, gradients and
+        statistics over this axis (each shard samples its own targets). Under
+        plain ``jit`` with a sharded batch nothing is needed: the statistics
+        are already the global batch's.
+
+    References:
+      Martens and Grosse 2015, Sec. 5; Grosse and Martens 2016 (convolutions).
     """
-    if loss not in LOSSES:
-        raise ValueError(f"value_grad_and_stats: loss must be one of {LOSSES}, got {loss!r}")
-    if fisher not in ("true", "empirical"):
-        raise ValueError(
-            f"value_grad_and_stats: fisher must be 'true' or 'empirical', got {fisher!r}"
-        )
+    check_loss_and_fisher("value_grad_and_stats", loss, fisher)
+    if not isinstance(model, nn.Module):
+        if _is_nnx(model):
+            raise TypeError(
+                "value_grad_and_stats: this is an NNX module; use "
+                "jaxnum.kfac.nnx.value_grad_and_stats(loss) and call it with the model"
+            )
+        return value_grad_and_stats_fn(model, loss, fisher=fisher, axis_name=axis_name)
 
     def f(params, inputs, targets, key):
         shapes = jax.eval_shape(
@@ -173,36 +179,26 @@ def value_grad_and_stats(model: nn.Module, loss: str, *, fisher: str = "true"):
             out, state = model.apply(
                 {"params": p, OUTPUTS: perturbations}, inputs, mutable=[INPUTS]
             )
-            return out, state[INPUTS]
+            # sown inputs: {...layer path..., "a": (use 0, use 1, ...)}
+            return out, (_by_use(state[INPUTS], 2), None)
 
-        outputs, vjp, sown = jax.vjp(forward, params, zeros, has_aux=True)
-        value, d_out = jax.value_and_grad(lambda o: _loss(loss, o, targets))(outputs)
-        grads, out_grads = vjp(d_out)
-        if fisher == "true":
-            sampled = _sample_targets(loss, outputs, key)
-            _, fisher_out_grads = vjp(jax.grad(lambda o: _loss(loss, o, sampled))(outputs))
-        else:
-            fisher_out_grads = out_grads
-        batch = outputs.shape[0]
-        stats = {}
-        # Output gradients by (layer, use); inputs by layer, one entry per use.
-        out_grads_by_use = {
-            (tuple(k.key for k in path[:-1]), int(path[-1].key[1:])): g
-            for path, g in jax.tree_util.tree_flatten_with_path(fisher_out_grads)[0]
-        }
-        uses: dict[tuple, list] = {}
-        for path, a in jax.tree_util.tree_flatten_with_path(sown)[0]:
-            layer = tuple(k.key for k in path[:-2])  # drop the "a" name and the use index
-            uses.setdefault(layer, []).append((a, out_grads_by_use[(layer, path[-1].idx)]))
-        for layer, pairs in uses.items():
-            a2 = jnp.concatenate([a.reshape(-1, a.shape[-1]) for a, _ in pairs])
-            # per-example gradients of the mean loss
-            g2 = jnp.concatenate([(g * batch).reshape(-1, g.shape[-1]) for _, g in pairs])
-            factors = dense_factors(a2, g2)
-            # Weights shared over T positions (conv locations, sequence steps, repeated
-            # calls): the per-example gradient sums over them, so G sums over them (KFC).
-            positions = a2.shape[0] // batch
-            stats[layer] = factors._replace(G=factors.G * positions)
+        value, grads, stats, _ = value_grads_and_stats(
+            forward,
+            params,
+            zeros,
+            lambda g: _by_use(g, 1),  # {...layer path..., "s<use>": gradient}
+            targets,
+            key,
+            loss=loss,
+            fisher=fisher,
+            axis_name=axis_name,
+        )
         return value, grads, stats
 
     return f
+
+
+def _is_nnx(model) -> bool:
+    from flax import nnx
+
+    return isinstance(model, nnx.Module)

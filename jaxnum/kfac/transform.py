@@ -44,10 +44,23 @@ def _dense_layers(params: Any) -> list[Layer]:
     """Paths of the sub-dicts holding a 2-D (dense) or 4-D (conv) ``kernel``."""
     layers = []
     for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = tuple(getattr(k, "key", str(k)) for k in path)
+        keys = _keys(path)
         if keys and keys[-1] == "kernel" and jnp.ndim(leaf) in (2, 4):
             layers.append(keys[:-1])
     return layers
+
+
+def _keys(path) -> tuple:
+    """A pytree key path as plain keys (dict keys, sequence indices, attribute names)."""
+    out = []
+    for k in path:
+        for attr in ("key", "idx", "name"):
+            if hasattr(k, attr):
+                out.append(getattr(k, attr))
+                break
+        else:
+            out.append(str(k))
+    return tuple(out)
 
 
 def _kernel_matrix(kernel: jax.Array) -> jax.Array:
@@ -145,7 +158,7 @@ def scale_by_kfac(
             state.count % inverse_every == 0, recompute, lambda _: state.inverses, None
         )
 
-        out = updates
+        replaced = {}  # (*layer, "kernel" | "bias") -> preconditioned gradient
         for layer, inv in inverses.items():
             sub = _get(updates, layer)
             has_bias = "bias" in sub
@@ -157,10 +170,13 @@ def scale_by_kfac(
             kernel = pre[:n_rows]
             if sub["kernel"].ndim == 4:
                 kernel = kernel_from_matrix(kernel, sub["kernel"].shape)
-            new_sub = dict(sub, kernel=kernel)
+            replaced[(*layer, "kernel")] = kernel
             if has_bias:
-                new_sub["bias"] = pre[-1].astype(sub["bias"].dtype)
-            out = _set(out, layer, new_sub)
+                replaced[(*layer, "bias")] = pre[-1].astype(sub["bias"].dtype)
+        # Rebuilt leaf by leaf so the container types (dicts, nnx.State) are kept.
+        out = jax.tree_util.tree_map_with_path(
+            lambda path, leaf: replaced.get(_keys(path), leaf), updates
+        )
         if kl_clip is not None:
             vg = sum(
                 jnp.vdot(v, g).astype(jnp.float32)
@@ -171,16 +187,6 @@ def scale_by_kfac(
         return out, ScaleByKFACState(state.count + 1, factors, inverses)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def _set(tree: Any, path: Layer, value: Any) -> Any:
-    """A copy of nested dicts ``tree`` with ``tree[path] = value``."""
-    if not path:
-        return value
-    head, rest = path[0], path[1:]
-    out = dict(tree)
-    out[head] = _set(tree[head], rest, value)
-    return out
 
 
 def optimizer(

@@ -1,0 +1,136 @@
+"""One forward and two backward passes that give the loss, the gradients and K-FAC statistics.
+
+Shared by the three ways of capturing layers (linen layers, NNX layers, plain
+functions). Each provides ``forward(params, perturbations) -> (outputs,
+(recorded, aux))``: ``perturbations`` are zeros added to every captured
+layer's outputs (their gradient is the gradient with respect to the layer
+outputs, Flax's ``perturb`` idea), ``recorded`` maps a layer path to the
+inputs of each of its uses in this forward pass.
+
+The loss's gradient comes from the first backward pass; the Fisher's output
+gradients from a second one with targets drawn from the model's predictive
+distribution (the true Fisher, Martens and Grosse 2015, Sec. 5), or from the
+first one (the empirical Fisher, named as such).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxnum.kfac.factors import KroneckerFactors, dense_factors
+
+Layer = tuple[Any, ...]
+
+LOSSES = ("softmax_cross_entropy", "sigmoid_cross_entropy", "squared_error")
+FISHERS = ("true", "empirical")
+
+
+def check_loss_and_fisher(fn: str, loss: str, fisher: str) -> None:
+    if loss not in LOSSES:
+        raise ValueError(f"{fn}: loss must be one of {LOSSES}, got {loss!r}")
+    if fisher not in FISHERS:
+        raise ValueError(f"{fn}: fisher must be 'true' or 'empirical', got {fisher!r}")
+
+
+def loss_value(name: str, outputs, targets):
+    """Mean over the batch of the per-example loss (targets: labels, 0/1, or values)."""
+    if name == "softmax_cross_entropy":
+        logp = jax.nn.log_softmax(outputs)
+        return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
+    if name == "sigmoid_cross_entropy":
+        per = jnp.logaddexp(0.0, outputs) - targets * outputs
+        return jnp.mean(jnp.sum(per.reshape(per.shape[0], -1), axis=-1))
+    per = 0.5 * (outputs - targets) ** 2
+    return jnp.mean(jnp.sum(per.reshape(per.shape[0], -1), axis=-1))
+
+
+def sample_targets(name: str, outputs, key):
+    """Targets drawn from the model's predictive distribution (for the true Fisher)."""
+    outputs = jax.lax.stop_gradient(outputs)
+    if name == "softmax_cross_entropy":
+        return jax.random.categorical(key, outputs)
+    if name == "sigmoid_cross_entropy":
+        return jax.random.bernoulli(key, jax.nn.sigmoid(outputs)).astype(outputs.dtype)
+    return outputs + jax.random.normal(key, outputs.shape, outputs.dtype)
+
+
+def layer_factors(inputs, output_grads, batch: int, *, bias: bool) -> KroneckerFactors:
+    """Factors of one layer from the inputs and output gradients of each of its uses.
+
+    ``output_grads`` are gradients of the *mean* loss, so times ``batch`` they
+    are per-example gradients. Weights shared over T positions (conv
+    locations, sequence steps, repeated calls) give a per-example gradient
+    summed over them, so A averages and G sums over positions (KFC, Grosse
+    and Martens 2016, Sec. 3).
+    """
+    a = jnp.concatenate([x.reshape(-1, x.shape[-1]) for x in inputs])
+    g = jnp.concatenate([(d * batch).reshape(-1, d.shape[-1]) for d in output_grads])
+    factors = dense_factors(a, g, bias=bias)
+    positions = a.shape[0] // batch
+    return factors._replace(G=factors.G * positions)
+
+
+def has_bias(params: Any, layer: Layer) -> bool:
+    sub = params
+    for k in layer:
+        sub = sub[k]
+    return "bias" in sub
+
+
+def _varying(tree, axis_name: str):
+    """``tree`` marked as varying over ``axis_name`` (adds an exact zero).
+
+    Inside ``shard_map`` (with its default ``check_vma=True``) the gradient with
+    respect to a replicated input is summed over the axis by the transpose;
+    with the parameters and the output perturbations varying, each shard's
+    gradients stay its own and the single ``pmean`` that follows averages
+    them, whatever ``check_vma`` is.
+    """
+    zero = jax.lax.axis_index(axis_name) * 0
+    return jax.tree.map(lambda x: x + zero.astype(x.dtype), tree)
+
+
+def value_grads_and_stats(
+    forward: Callable,
+    params: Any,
+    perturbations: Any,
+    to_layers: Callable[[Any], dict[Layer, tuple]],
+    targets,
+    key,
+    *,
+    loss: str,
+    fisher: str,
+    axis_name: str | None = None,
+):
+    """The passes described in the module docstring; returns ``(value, grads, stats, aux)``.
+
+    ``to_layers`` turns a gradient with respect to ``perturbations`` into
+    ``{layer: (gradient of use 0, use 1, ...)}``. With ``axis_name`` (inside
+    ``shard_map``/``pmap``) the loss, gradients and statistics are averaged
+    over the axis, and each shard samples its own Fisher targets.
+    """
+    if axis_name is not None:
+        params, perturbations = _varying((params, perturbations), axis_name)
+    outputs, vjp, (recorded, aux) = jax.vjp(forward, params, perturbations, has_aux=True)
+    value, d_outputs = jax.value_and_grad(lambda o: loss_value(loss, o, targets))(outputs)
+    grads, perturbation_grads = vjp(d_outputs)
+    if fisher == "true":
+        if axis_name is not None:
+            key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
+        sampled = sample_targets(loss, outputs, key)
+        _, perturbation_grads = vjp(jax.grad(lambda o: loss_value(loss, o, sampled))(outputs))
+    output_grads = to_layers(perturbation_grads)
+    batch = outputs.shape[0]
+    stats = {
+        layer: layer_factors(
+            recorded[layer], output_grads[layer], batch, bias=has_bias(params, layer)
+        )
+        for layer in recorded
+    }
+    if axis_name is not None:
+        value, grads, stats = jax.lax.pmean((value, grads, stats), axis_name)
+    return value, grads, stats, aux

@@ -1,0 +1,200 @@
+"""NNX layers and plain-function registration: statistics equal per-example quantities by hand."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from jaxnum import kfac
+
+
+class NNXNet(nnx.Module):
+    def __init__(self, rngs):
+        self.hidden = kfac.nnx.Linear(4, 5, rngs=rngs)
+        self.blocks = nnx.List([kfac.nnx.Linear(5, 3, rngs=rngs)])
+
+    def __call__(self, x):
+        return self.blocks[0](jnp.tanh(self.hidden(x)))
+
+
+def plain_mlp(params, x):
+    h = jnp.tanh(kfac.dense(x, **params["hidden"], layer="hidden"))
+    return kfac.dense(h, **params["out"], layer=("out",))
+
+
+def _data(dtype=jnp.float32):
+    x = jax.random.normal(jax.random.key(0), (16, 4), dtype)
+    y = jnp.arange(16) % 3
+    return x, y
+
+
+def _by_hand(params, x, y):
+    """Empirical-Fisher factors of both layers from vmap(grad) per-example gradients."""
+
+    def example_loss(p, xi, yi):
+        return optax.softmax_cross_entropy_with_integer_labels(plain_mlp(p, xi[None]), yi[None])[0]
+
+    per_example = jax.vmap(jax.grad(example_loss), (None, 0, 0))(params, x, y)
+    hidden = jnp.tanh(x @ params["hidden"]["kernel"] + params["hidden"]["bias"])
+    out = {}
+    for layer, a in (("hidden", x), ("out", hidden)):
+        g = per_example[layer]["bias"]
+        a_aug = jnp.concatenate([a, jnp.ones((a.shape[0], 1), a.dtype)], axis=1)
+        out[layer] = (a_aug.T @ a_aug / len(a), g.T @ g / len(a))
+    return out
+
+
+def test_plain_function_statistics_equal_per_example_quantities(x64):
+    x, y = _data(jnp.float64)
+    params = {
+        "hidden": {
+            "kernel": jax.random.normal(jax.random.key(1), (4, 5), jnp.float64),
+            "bias": jnp.full((5,), 0.1, jnp.float64),
+        },
+        "out": {
+            "kernel": jax.random.normal(jax.random.key(2), (5, 3), jnp.float64),
+            "bias": jnp.zeros((3,), jnp.float64),
+        },
+    }
+    f = kfac.value_grad_and_stats(plain_mlp, "softmax_cross_entropy", fisher="empirical")
+    value, grads, stats = jax.jit(f)(params, x, y, jax.random.key(3))
+
+    def mean_loss(p):
+        return optax.softmax_cross_entropy_with_integer_labels(plain_mlp(p, x), y).mean()
+
+    np.testing.assert_allclose(value, mean_loss(params), rtol=1e-12)
+    for a, b in zip(
+        jax.tree.leaves(grads), jax.tree.leaves(jax.grad(mean_loss)(params)), strict=True
+    ):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    for layer, (A, G) in _by_hand(params, x, y).items():
+        np.testing.assert_allclose(stats[(layer,)].A, A, rtol=1e-12)
+        np.testing.assert_allclose(stats[(layer,)].G, G, rtol=1e-10, atol=1e-14)
+    # Outside a statistics pass the registered layers are ordinary layers.
+    np.testing.assert_allclose(
+        plain_mlp(params, x),
+        jnp.tanh(x @ params["hidden"]["kernel"] + params["hidden"]["bias"])
+        @ params["out"]["kernel"],
+        rtol=1e-12,
+    )
+
+
+def _nnx_as_dict(model):
+    return {
+        "hidden": {"kernel": model.hidden.kernel[...], "bias": model.hidden.bias[...]},
+        "out": {"kernel": model.blocks[0].kernel[...], "bias": model.blocks[0].bias[...]},
+    }
+
+
+def test_nnx_statistics_equal_per_example_quantities(x64):
+    x, y = _data(jnp.float64)
+    model = NNXNet(nnx.Rngs(0))
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), _nnx_as_dict(model))
+    nnx.update(
+        model,
+        nnx.State(
+            {
+                "hidden": params["hidden"],
+                "blocks": {0: params["out"]},
+            }
+        ),
+    )
+    f = kfac.nnx.value_grad_and_stats("softmax_cross_entropy", fisher="empirical")
+    value, grads, stats = nnx.jit(f)(model, x, y, jax.random.key(3))
+    assert set(stats) == {("hidden",), ("blocks", 0)}
+    expected = _by_hand(params, x, y)
+    for layer, ours in (("hidden", ("hidden",)), ("out", ("blocks", 0))):
+        np.testing.assert_allclose(stats[ours].A, expected[layer][0], rtol=1e-12)
+        np.testing.assert_allclose(stats[ours].G, expected[layer][1], rtol=1e-10, atol=1e-14)
+    reference = nnx.grad(lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean())(
+        model
+    )
+    for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    np.testing.assert_allclose(
+        value, optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean(), rtol=1e-12
+    )
+
+
+def test_nnx_layers_are_drop_ins():
+    x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
+    ours, theirs = kfac.nnx.Linear(3, 4, rngs=nnx.Rngs(1)), nnx.Linear(3, 4, rngs=nnx.Rngs(1))
+    np.testing.assert_allclose(ours(x), theirs(x), rtol=1e-6)
+    for strides, padding in ((1, "SAME"), (2, "VALID")):
+        ours = kfac.nnx.Conv(3, 5, (3, 3), strides, padding=padding, rngs=nnx.Rngs(2))
+        theirs = nnx.Conv(3, 5, (3, 3), strides, padding=padding, rngs=nnx.Rngs(2))
+        np.testing.assert_allclose(ours(x), theirs(x), atol=1e-5)
+    dilated = kfac.nnx.Conv(3, 5, (3, 3), kernel_dilation=2, rngs=nnx.Rngs(2))
+    with pytest.raises(ValueError, match="dilation"):
+        dilated(x)
+
+
+def test_nnx_model_trains_with_nnx_optimizer_under_nnx_jit():
+    class ConvNet(nnx.Module):
+        def __init__(self, rngs):
+            self.conv = kfac.nnx.Conv(1, 4, (3, 3), rngs=rngs)
+            self.out = kfac.nnx.Linear(4 * 36, 3, rngs=rngs)
+            self.norm = nnx.LayerNorm(4, rngs=rngs)  # not captured: identity preconditioning
+
+        def __call__(self, x):
+            h = jnp.tanh(self.norm(self.conv(x)))
+            return self.out(h.reshape(h.shape[0], -1))
+
+    x = jax.random.normal(jax.random.key(0), (32, 6, 6, 1))
+    y = (x[:, :3, :3, 0].sum((1, 2)) > 0).astype(jnp.int32) + (x[:, 3:, 3:, 0].sum((1, 2)) > 0)
+    model = ConvNet(nnx.Rngs(0))
+    opt = nnx.Optimizer(model, kfac.optimizer(0.2, damping=1e-2, inverse_every=2), wrt=nnx.Param)
+    stats_fn = kfac.nnx.value_grad_and_stats("softmax_cross_entropy")
+
+    @nnx.jit
+    def step(model, opt, key):
+        loss, grads, stats = stats_fn(model, x, y, key)
+        opt.update(model, grads, curvature=stats)
+        return loss
+
+    losses = [float(step(model, opt, jax.random.key(i))) for i in range(30)]
+    assert np.isfinite(losses).all()
+    assert losses[-1] < 0.3 * losses[0]
+
+
+def test_linen_and_plain_function_give_the_same_statistics():
+    class MLP(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return kfac.Dense(3, name="out")(jnp.tanh(kfac.Dense(5, name="hidden")(x)))
+
+    x, y = _data()
+    params = MLP().init(jax.random.key(1), x)["params"]
+    key = jax.random.key(4)
+    linen = kfac.value_grad_and_stats(MLP(), "softmax_cross_entropy")(params, x, y, key)
+    plain = kfac.value_grad_and_stats(plain_mlp, "softmax_cross_entropy")(params, x, y, key)
+    for a, b in zip(jax.tree.leaves(linen), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_layers_without_bias_have_no_bias_row():
+    def model(params, x):
+        return kfac.dense(x, params["w"]["kernel"], layer="w")
+
+    x, _ = _data()
+    params = {"w": {"kernel": jnp.ones((4, 2))}}
+    y = jnp.zeros((16, 2))
+    _, _, stats = kfac.value_grad_and_stats(model, "squared_error")(params, x, y, jax.random.key(0))
+    np.testing.assert_allclose(stats[("w",)].A, x.T @ x / 16, rtol=1e-5)
+    tx = kfac.scale_by_kfac()
+    updates, _ = tx.update(params, tx.init(params), params, curvature=stats)
+    assert updates["w"]["kernel"].shape == (4, 2)
+
+
+def test_bad_input_to_registration():
+    with pytest.raises(ValueError, match="kernel must be"):
+        kfac.dense(jnp.ones((2, 3)), jnp.ones((4, 5)), layer="a")
+    with pytest.raises(TypeError, match="layer"):
+        kfac.dense(jnp.ones((2, 3)), jnp.ones((3, 5)), layer=3)
+    with pytest.raises(TypeError, match="NNX"):
+        kfac.value_grad_and_stats(NNXNet(nnx.Rngs(0)), "squared_error")
+    with pytest.raises(ValueError, match="loss"):
+        kfac.nnx.value_grad_and_stats("hinge")
