@@ -135,7 +135,12 @@ def _use(path) -> int:
 
 
 def value_grad_and_stats(
-    model: Any, loss: str, *, fisher: str = "true", axis_name: str | None = None
+    model: Any,
+    loss: str,
+    *,
+    fisher: str = "true",
+    axis_name: str | None = None,
+    curvature_batch: int | None = None,
 ):
     """``f(params, inputs, targets, key) -> (loss_value, grads, stats)``.
 
@@ -156,18 +161,23 @@ def value_grad_and_stats(
         statistics over this axis (each shard samples its own targets). Under
         plain ``jit`` with a sharded batch nothing is needed: the statistics
         are already the global batch's.
+      curvature_batch: estimate the statistics on this many examples of the
+        batch, drawn at random (their outer products are the costly part of
+        a K-FAC step; the moving average smooths the extra noise). None: all.
 
     References:
       Martens and Grosse 2015, Sec. 5; Grosse and Martens 2016 (convolutions).
     """
-    check_loss_and_fisher("value_grad_and_stats", loss, fisher)
+    check_loss_and_fisher("value_grad_and_stats", loss, fisher, curvature_batch)
     if not isinstance(model, nn.Module):
         if _is_nnx(model):
             raise TypeError(
                 "value_grad_and_stats: this is an NNX module; use "
                 "jaxnum.kfac.nnx.value_grad_and_stats(loss) and call it with the model"
             )
-        return value_grad_and_stats_fn(model, loss, fisher=fisher, axis_name=axis_name)
+        return value_grad_and_stats_fn(
+            model, loss, fisher=fisher, axis_name=axis_name, curvature_batch=curvature_batch
+        )
 
     def f(params, inputs, targets, key):
         shapes = jax.eval_shape(
@@ -192,6 +202,7 @@ def value_grad_and_stats(
             loss=loss,
             fisher=fisher,
             axis_name=axis_name,
+            curvature_batch=curvature_batch,
         )
         return value, grads, stats
 

@@ -169,7 +169,12 @@ def zero_perturbations(forward: Callable, params) -> dict[Layer, tuple]:
 
 
 def value_grad_and_stats_fn(
-    model: Callable, loss: str, *, fisher: str = "true", axis_name: str | None = None
+    model: Callable,
+    loss: str,
+    *,
+    fisher: str = "true",
+    axis_name: str | None = None,
+    curvature_batch: int | None = None,
 ):
     """``f(params, inputs, targets, key) -> (loss_value, grads, stats)`` for a plain function.
 
@@ -178,7 +183,7 @@ def value_grad_and_stats_fn(
     :func:`jaxnum.kfac.value_grad_and_stats`. With ``axis_name`` (inside
     ``shard_map``) the results are averaged over that axis.
     """
-    check_loss_and_fisher("value_grad_and_stats_fn", loss, fisher)
+    check_loss_and_fisher("value_grad_and_stats_fn", loss, fisher, curvature_batch)
     if not callable(model):
         raise TypeError(f"value_grad_and_stats_fn: model must be callable, got {type(model)}")
 
@@ -194,6 +199,7 @@ def value_grad_and_stats_fn(
             loss=loss,
             fisher=fisher,
             axis_name=axis_name,
+            curvature_batch=curvature_batch,
         )
         return value, grads, stats
 

@@ -109,7 +109,13 @@ class Conv(nnx.Conv):
         return _record(self, patches, y)
 
 
-def value_grad_and_stats(loss: str, *, fisher: str = "true", axis_name: str | None = None):
+def value_grad_and_stats(
+    loss: str,
+    *,
+    fisher: str = "true",
+    axis_name: str | None = None,
+    curvature_batch: int | None = None,
+):
     """``f(model, inputs, targets, key) -> (loss_value, grads, stats)`` for an NNX model.
 
     ``grads`` is an ``nnx.State`` of the ``nnx.Param`` gradients (as
@@ -120,7 +126,7 @@ def value_grad_and_stats(loss: str, *, fisher: str = "true", axis_name: str | No
     written back to ``model``, as ``nnx.grad`` would. ``loss``, ``fisher``
     and ``axis_name`` as in :func:`jaxnum.kfac.value_grad_and_stats`.
     """
-    check_loss_and_fisher("kfac.nnx.value_grad_and_stats", loss, fisher)
+    check_loss_and_fisher("kfac.nnx.value_grad_and_stats", loss, fisher, curvature_batch)
 
     def f(model, inputs, targets, key):
         if not isinstance(model, nnx.Module):
@@ -149,6 +155,7 @@ def value_grad_and_stats(loss: str, *, fisher: str = "true", axis_name: str | No
             loss=loss,
             fisher=fisher,
             axis_name=axis_name,
+            curvature_batch=curvature_batch,
         )
         nnx.update(model, new_rest)
         return value, grads, stats

@@ -154,9 +154,12 @@ def scale_by_kfac(
                 for layer, f in factors.items()
             }
 
-        inverses = jax.lax.cond(
-            state.count % inverse_every == 0, recompute, lambda _: state.inverses, None
-        )
+        if inverse_every == 1:
+            inverses = recompute(None)
+        else:
+            inverses = jax.lax.cond(
+                state.count % inverse_every == 0, recompute, lambda _: state.inverses, None
+            )
 
         replaced = {}  # (*layer, "kernel" | "bias") -> preconditioned gradient
         for layer, inv in inverses.items():
