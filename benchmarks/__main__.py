@@ -8,6 +8,7 @@ import sys
 
 BENCHMARKS = {
     "hvp": "benchmarks.hvp",
+    "kfac": "benchmarks.kfac",
     "lbfgs": "benchmarks.lbfgs",
     "loss_scaling": "benchmarks.loss_scaling",
     "rsvd": "benchmarks.rsvd",

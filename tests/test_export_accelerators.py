@@ -68,6 +68,14 @@ CASES = {
         )(jn.kfac.scale_by_kfac(), {"l": {"kernel": g, "bias": jnp.ones(3)}}),
         (jnp.ones((4, 3)),),
     ),
+    "kfac value_grad_and_stats (conv, plain function)": (
+        lambda x, w: jn.kfac.value_grad_and_stats(
+            lambda p, x: jn.kfac.conv(x, p["c"]["kernel"], layer="c").sum((1, 2)),
+            "softmax_cross_entropy",
+            curvature_batch=2,
+        )({"c": {"kernel": w}}, x, jnp.arange(4) % 3, jax.random.key(0)),
+        (jnp.ones((4, 5, 5, 2)), jnp.ones((3, 3, 2, 3))),
+    ),
     "spectral_density": (
         lambda a: spectral_density(a, key=jax.random.key(0), num_probes=2, num_iters=5).density,
         (A,),
