@@ -193,7 +193,7 @@ def scale_by_kfac(
 
 
 def optimizer(
-    learning_rate: float,
+    learning_rate: float | None,
     *,
     momentum: float = 0.9,
     damping: float = 1e-3,
@@ -207,7 +207,23 @@ def optimizer(
 
     ``update(grads, state, params, *, curvature=stats)``; composes with
     ``jn.clip_by_global_norm`` and ``jn.loss_scaling`` like any optax chain.
+
+    With ``learning_rate=None`` the step size and momentum are chosen every
+    step by the exact quadratic model (Martens and Grosse 2015, Sec. 7;
+    :func:`jaxnum.kfac.scale_by_adaptive_kfac`): ``momentum`` and ``kl_clip``
+    are then not used, and ``update`` also needs
+    ``fisher_gram=jaxnum.kfac.fisher_gram_fn(model, loss, params, inputs)``.
     """
+    if learning_rate is None:
+        from jaxnum.kfac.adaptive import scale_by_adaptive_kfac
+
+        return scale_by_adaptive_kfac(
+            damping=damping,
+            decay=decay,
+            inverse_every=inverse_every,
+            weight_decay=weight_decay,
+            layers=layers,
+        )
     parts = [
         scale_by_kfac(
             damping=damping,

@@ -1,0 +1,181 @@
+"""K-FAC with the step size and momentum chosen by the exact quadratic model.
+
+Martens and Grosse 2015, Sec. 7: with Delta = -F~^-1 g the K-FAC direction and
+delta_0 the previous update, the update is ``delta = alpha Delta + mu delta_0``
+with (alpha, mu) minimising the quadratic model
+
+    M(delta) = 1/2 delta^T (F + lambda I) delta + g^T delta
+
+in the 2-D subspace, F the exact Fisher (the Gauss-Newton matrix J^T H_L J
+for these losses) of the current batch. That needs only the 2 x 2 Gram
+matrix ``v_i^T F v_j`` of the two vectors: two forward-mode products through
+the model (:func:`fisher_gram_fn`), no learning rate and no momentum to tune.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxnum.kfac.statistics import LOSSES
+from jaxnum.kfac.transform import ScaleByKFACState, scale_by_kfac
+from jaxnum.precision._checks import check_positive, check_positive_int
+
+
+def _apply_fn(model) -> Callable:
+    if isinstance(model, nn.Module):
+        return lambda params, inputs: model.apply({"params": params}, inputs)
+    if callable(model):
+        return model
+    raise TypeError(f"fisher_gram_fn: model must be a linen Module or a function, got {model!r}")
+
+
+def _output_gram(loss: str, outputs, tangents):
+    """``(k, k)`` matrix of ``mean_b t_i,b^T H_b t_j,b``: H_b the per-example loss's
+    Hessian with respect to the outputs; ``tangents`` is ``(k, *outputs.shape)``."""
+    k = tangents.shape[0]
+    t = tangents.reshape(k, outputs.shape[0], -1).astype(jnp.float32)
+    o = outputs.reshape(outputs.shape[0], -1).astype(jnp.float32)
+    batch = o.shape[0]
+    if loss == "sigmoid_cross_entropy":
+        p = jax.nn.sigmoid(o)
+        return jnp.einsum("ibo,bo,jbo->ij", t, p * (1 - p), t) / batch
+    if loss == "softmax_cross_entropy":
+        p = jax.nn.softmax(o)
+        pt = jnp.einsum("bo,ibo->ib", p, t)
+        return (jnp.einsum("ibo,bo,jbo->ij", t, p, t) - pt @ pt.T) / batch
+    return jnp.einsum("ibo,jbo->ij", t, t) / batch
+
+
+def fisher_gram_fn(
+    model, loss: str, params, inputs, *, key=None, examples: int | None = None
+) -> Callable[[list], jax.Array]:
+    """``gram(vectors) -> (k, k)`` with entries ``v_i^T F v_j`` for parameter pytrees v.
+
+    F is the Fisher of the mean loss on ``inputs`` (for these losses equal to
+    the Gauss-Newton matrix ``J^T H_L J / batch``), computed with one
+    forward-mode product per vector, vmapped; never formed.
+
+    Args:
+      model: a linen Module or a function ``model(params, inputs)``.
+      loss: one of :data:`jaxnum.kfac.LOSSES`.
+      params, inputs: the point and the batch.
+      key, examples: use ``examples`` random examples of the batch (cheaper).
+    """
+    if loss not in LOSSES:
+        raise ValueError(f"fisher_gram_fn: loss must be one of {LOSSES}, got {loss!r}")
+    apply = _apply_fn(model)
+    if examples is not None:
+        check_positive_int(examples, "fisher_gram_fn", "examples")
+        if key is None:
+            raise ValueError("fisher_gram_fn: examples needs a key to draw them")
+        batch = jax.tree.leaves(inputs)[0].shape[0]
+        if examples < batch:
+            rows = jax.random.choice(key, batch, (examples,), replace=False)
+            inputs = jax.tree.map(lambda x: x[rows], inputs)
+
+    def gram(vectors):
+        stacked = jax.tree.map(lambda *v: jnp.stack(v), *vectors)
+        outputs, tangents = jax.vmap(
+            lambda v: jax.jvp(lambda p: apply(p, inputs), (params,), (v,)), out_axes=(None, 0)
+        )(stacked)
+        return _output_gram(loss, outputs, tangents)
+
+    return gram
+
+
+class ScaleByAdaptiveKFACState(NamedTuple):
+    """The preconditioner's state, the previous update, and the last (alpha, mu)."""
+
+    kfac: ScaleByKFACState
+    previous: Any
+    alpha: jax.Array
+    mu: jax.Array
+    rejected: jax.Array  # steps whose 2 x 2 model was not positive definite (no update)
+
+
+def _dot(a, b) -> jax.Array:
+    return sum(
+        jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+def scale_by_adaptive_kfac(
+    *,
+    damping: float = 1e-3,
+    decay: float = 0.9,
+    inverse_every: int = 5,
+    weight_decay: float = 0.0,
+    layers=None,
+) -> optax.GradientTransformationExtraArgs:
+    """K-FAC whose output is the update itself: ``alpha Delta + mu delta_0`` (Sec. 7).
+
+    ``update(grads, state, params, *, curvature, fisher_gram)`` with
+    ``fisher_gram`` from :func:`fisher_gram_fn` at ``params``. The output is
+    added to the parameters as it is (no learning rate follows). ``damping``
+    is both the factors' Tikhonov damping and the lambda of the quadratic
+    model; ``weight_decay`` (eta) adds ``eta * params`` to the gradient and
+    ``eta`` to the model's lambda. A step whose 2 x 2 system is not positive definite or not finite
+    emits a zero update, keeps the previous one, and is counted in
+    ``rejected``.
+
+    References:
+      Martens and Grosse 2015, Sec. 7 (eq. for alpha*, mu* in the 2-D subspace).
+    """
+    check_positive(damping, "scale_by_adaptive_kfac", "damping")
+    if weight_decay < 0:
+        raise ValueError(f"scale_by_adaptive_kfac: weight_decay must be >= 0, got {weight_decay}")
+    preconditioner = scale_by_kfac(
+        damping=damping, decay=decay, inverse_every=inverse_every, layers=layers
+    )
+
+    def init_fn(params):
+        zero = jnp.zeros((), jnp.float32)
+        return ScaleByAdaptiveKFACState(
+            preconditioner.init(params),
+            jax.tree.map(jnp.zeros_like, params),
+            zero,
+            zero,
+            jnp.zeros((), jnp.int32),
+        )
+
+    def update_fn(updates, state, params=None, *, curvature, fisher_gram, **extra_args):
+        del extra_args
+        grads = updates
+        if weight_decay:
+            grads = jax.tree.map(lambda g, p: g + weight_decay * p, grads, params)
+        natural, kfac_state = preconditioner.update(grads, state.kfac, params, curvature=curvature)
+        direction = jax.tree.map(jnp.negative, natural)
+        previous = state.previous
+        vectors = [direction, previous]
+        F = fisher_gram(vectors)
+        R = jnp.array([[_dot(u, v) for v in vectors] for u in vectors])
+        M = F + (damping + weight_decay) * R
+        b = -jnp.array([_dot(grads, direction), _dot(grads, previous)])
+        # 1-D (first step, or delta_0 parallel to Delta) and 2-D solutions (Cramer).
+        alpha_1 = b[0] / M[0, 0]
+        det = M[0, 0] * M[1, 1] - M[0, 1] * M[1, 0]
+        alpha_2 = (b[0] * M[1, 1] - M[0, 1] * b[1]) / det
+        mu_2 = (M[0, 0] * b[1] - M[1, 0] * b[0]) / det
+        use_2d = (R[1, 1] > 0) & (det > 1e-6 * M[0, 0] * M[1, 1])
+        alpha = jnp.where(use_2d, alpha_2, alpha_1)
+        mu = jnp.where(use_2d, mu_2, 0.0)
+        ok = jnp.isfinite(alpha) & jnp.isfinite(mu) & (M[0, 0] > 0)
+        alpha, mu = jnp.where(ok, alpha, 0.0), jnp.where(ok, mu, 0.0)
+        step = jax.tree.map(lambda d, p: (alpha * d + mu * p).astype(d.dtype), direction, previous)
+        new_state = ScaleByAdaptiveKFACState(
+            kfac_state,
+            jax.tree.map(lambda s, p: jnp.where(ok, s, p), step, previous),
+            alpha,
+            mu,
+            state.rejected + (~ok).astype(jnp.int32),
+        )
+        return step, new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

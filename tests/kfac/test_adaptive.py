@@ -1,0 +1,144 @@
+"""K-FAC with (alpha, mu) from the exact quadratic model (Martens and Grosse 2015, Sec. 7)."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.flatten_util import ravel_pytree
+
+from jaxnum import kfac
+
+
+class MLP(nn.Module):
+    out: int = 3
+
+    @nn.compact
+    def __call__(self, x):
+        return kfac.Dense(self.out, name="out")(jnp.tanh(kfac.Dense(5, name="hidden")(x)))
+
+
+def _setup(loss, dtype=jnp.float64):
+    x = jax.random.normal(jax.random.key(0), (12, 4), dtype)
+    model = MLP()
+    params = jax.tree.map(lambda a: a.astype(dtype), model.init(jax.random.key(1), x)["params"])
+    if loss == "softmax_cross_entropy":
+        y = jnp.arange(12) % 3
+    elif loss == "sigmoid_cross_entropy":
+        y = (jax.random.uniform(jax.random.key(2), (12, 3)) > 0.5).astype(dtype)
+    else:
+        y = jax.random.normal(jax.random.key(2), (12, 3), dtype)
+    return model, params, x, y
+
+
+def _dense_fisher(model, loss, params, x):
+    """J^T H_L J / batch from jax.jacobian and the closed-form output Hessians."""
+    flat, unravel = ravel_pytree(params)
+    J = jax.jacobian(lambda f: model.apply({"params": unravel(f)}, x))(flat)  # (B, 3, n)
+    out = model.apply({"params": params}, x)
+    if loss == "sigmoid_cross_entropy":
+        p = jax.nn.sigmoid(out)
+        H = jax.vmap(jnp.diag)(p * (1 - p))
+    elif loss == "softmax_cross_entropy":
+        p = jax.nn.softmax(out)
+        H = jax.vmap(lambda q: jnp.diag(q) - jnp.outer(q, q))(p)
+    else:
+        H = jnp.broadcast_to(jnp.eye(3), (12, 3, 3))
+    return jnp.einsum("bon,bop,bpm->nm", J, H, J) / x.shape[0], unravel
+
+
+@pytest.mark.parametrize("loss", kfac.LOSSES)
+def test_fisher_gram_equals_the_dense_gauss_newton_form(x64, loss):
+    model, params, x, _ = _setup(loss)
+    F, unravel = _dense_fisher(model, loss, params, x)
+    n = F.shape[0]
+    vs = [unravel(jax.random.normal(jax.random.key(i), (n,), jnp.float64)) for i in range(3)]
+    flat = jnp.stack([ravel_pytree(v)[0] for v in vs])
+    gram = jax.jit(lambda p, vs: kfac.fisher_gram_fn(model, loss, p, x)(vs))(params, vs)
+    # The Gram is accumulated in float32 (like the factors): compare at that precision.
+    np.testing.assert_allclose(gram, flat @ F @ flat.T, rtol=1e-5, atol=1e-6)
+
+
+def test_alpha_and_mu_minimise_the_quadratic_model(x64):
+    loss = "softmax_cross_entropy"
+    model, params, x, y = _setup(loss)
+    damping = 1e-2
+    tx = kfac.optimizer(None, damping=damping, decay=0.9, inverse_every=1)
+    stats_fn = kfac.value_grad_and_stats(model, loss)
+    state = tx.init(params)
+    for step in range(3):
+        key = jax.random.key(10 + step)
+        _, grads, stats = stats_fn(params, x, y, key)
+        gram = kfac.fisher_gram_fn(model, loss, params, x)
+        # The preconditioned direction, by a fresh copy of the preconditioner's state.
+        natural, _ = kfac.scale_by_kfac(damping=damping, decay=0.9, inverse_every=1).update(
+            grads, state.kfac, params, curvature=stats
+        )
+        direction = -ravel_pytree(natural)[0]
+        previous = ravel_pytree(state.previous)[0]
+        g = ravel_pytree(grads)[0]
+        F, _ = _dense_fisher(model, loss, params, x)
+        updates, state = tx.update(grads, state, params, curvature=stats, fisher_gram=gram)
+        step_flat = ravel_pytree(updates)[0]
+        if step == 0:
+            # No previous update: the 1-D minimiser along Delta.
+            alpha = -(g @ direction) / (direction @ (F + damping * jnp.eye(len(g))) @ direction)
+            np.testing.assert_allclose(step_flat, alpha * direction, rtol=1e-4)
+        else:
+            V = jnp.stack([direction, previous], axis=1)
+            M = V.T @ (F + damping * jnp.eye(len(g))) @ V
+            a_mu = np.linalg.solve(M, -V.T @ g)
+            np.testing.assert_allclose([state.alpha, state.mu], a_mu, rtol=1e-4)
+            np.testing.assert_allclose(step_flat, V @ a_mu, rtol=1e-4, atol=1e-10)
+        params = optax.apply_updates(params, updates)
+    assert int(state.rejected) == 0
+
+
+def test_adaptive_kfac_trains_without_a_learning_rate():
+    model = MLP(out=4)
+    x = jax.random.normal(jax.random.key(0), (64, 4))
+    y = jnp.tanh(x @ jax.random.normal(jax.random.key(1), (4, 4)))
+    params = model.init(jax.random.key(2), x)["params"]
+    tx = kfac.optimizer(None, damping=1e-2)
+    stats_fn = kfac.value_grad_and_stats(model, "squared_error")
+
+    @jax.jit
+    def step(params, state, key):
+        value, grads, stats = stats_fn(params, x, y, key)
+        gram = kfac.fisher_gram_fn(model, "squared_error", params, x, key=key, examples=32)
+        updates, state = tx.update(grads, state, params, curvature=stats, fisher_gram=gram)
+        return optax.apply_updates(params, updates), state, value
+
+    state = tx.init(params)
+    losses = []
+    for i in range(40):
+        params, state, value = step(params, state, jax.random.key(i))
+        losses.append(float(value))
+    assert losses[-1] < 0.05 * losses[0]
+    assert float(state.alpha) > 0 and int(state.rejected) == 0
+
+
+def test_a_non_finite_model_rejects_the_step_and_keeps_the_state():
+    model, params, x, y = _setup("squared_error", jnp.float32)
+    tx = kfac.optimizer(None)
+    state = tx.init(params)
+    _, grads, stats = kfac.value_grad_and_stats(model, "squared_error")(
+        params, x, y, jax.random.key(0)
+    )
+    updates, new = tx.update(
+        grads, state, params, curvature=stats, fisher_gram=lambda vs: jnp.full((2, 2), jnp.nan)
+    )
+    assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates))
+    assert int(new.rejected) == 1
+    for a, b in zip(jax.tree.leaves(new.previous), jax.tree.leaves(state.previous), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="loss"):
+        kfac.fisher_gram_fn(MLP(), "hinge", {}, jnp.ones((2, 4)))
+    with pytest.raises(ValueError, match="key"):
+        kfac.fisher_gram_fn(MLP(), "squared_error", {}, jnp.ones((2, 4)), examples=1)
+    with pytest.raises(ValueError, match="damping"):
+        kfac.scale_by_adaptive_kfac(damping=0.0)
