@@ -10,10 +10,15 @@ Two tasks, each with the full batch (all 1797 images) and mini-batches of 256
 
 For each: Adam with the best learning rate of {1e-3, 3e-3, 1e-2, 3e-2} at
 step 1000 sets the target (its full-data training loss after 1000 steps);
-SGD-momentum (0.9) takes the best of {0.03, 0.1, 0.3}; K-FAC is
-``jaxnum.kfac.optimizer`` with one fixed configuration per task. Adam and SGD
-run flax's own ``nn.Dense``/``nn.Conv`` (the same parameters), K-FAC the
-capture layers. Reported:
+SGD-momentum (0.9) takes the best of {0.03, 0.1, 0.3}. K-FAC runs in two
+forms of ``jaxnum.kfac.optimizer``, one configuration each per task: adaptive
+(``learning_rate=None``: step size and momentum from the exact quadratic
+model, Martens-Grosse Sec. 7) and with a fixed learning rate, momentum and KL
+clip. On the full batch K-FAC's statistics (and the adaptive form's Fisher
+Gram) use 256 random examples per step. Adam and SGD run whichever layers are
+faster for them on this machine, flax's own ``nn.Dense``/``nn.Conv`` or the
+capture layers with the same parameters (patches times a matrix: on XLA:CPU
+much faster than its convolution); the table says which. Reported:
 steps to reach the target (full-data loss after each step), median time per
 step (a jitted ``lax.scan`` of 20 steps, rounds interleaved between the
 optimisers, compile excluded), and wall time to the target relative to
@@ -46,6 +51,7 @@ SGD_LRS = (0.03, 0.1, 0.3)
 ADAM_STEPS = 1000
 KFAC_MAX_STEPS = 300
 MINI_BATCH = 256
+CURVATURE_SUBSET = 256  # examples for K-FAC's statistics and quadratic model (full batch)
 
 
 class Autoencoder(nn.Module):
@@ -76,7 +82,8 @@ class Task(NamedTuple):
     loss: str  # a jaxnum.kfac loss name
     inputs: jax.Array
     targets: jax.Array
-    kfac_config: dict
+    kfac_config: dict  # jaxnum.kfac.optimizer with a fixed learning rate and KL clip
+    adaptive_config: dict  # jaxnum.kfac.optimizer(None): alpha, mu from the quadratic model
 
 
 def tasks() -> list[Task]:
@@ -93,6 +100,7 @@ def tasks() -> list[Task]:
             pixels,
             pixels,
             dict(learning_rate=1.0, damping=0.03, momentum=0.8, decay=0.9, inverse_every=5),
+            dict(learning_rate=None, damping=3e-3, decay=0.9, inverse_every=5),
         ),
         Task(
             "conv classifier",
@@ -102,11 +110,13 @@ def tasks() -> list[Task]:
             pixels.reshape(-1, 8, 8, 1),
             jnp.asarray(digits.target, jnp.int32),
             dict(learning_rate=1.0, damping=0.03, momentum=0.8, decay=0.9, inverse_every=5),
+            dict(learning_rate=None, damping=3e-3, decay=0.9, inverse_every=5),
         ),
     ]
 
 
 def mean_loss(task: Task, params, inputs, targets, *, plain: bool = True):
+    """The mean loss; ``plain``: with flax's own layers (the same parameters)."""
     model = task.plain_model if plain else task.model
     outputs = model.apply({"params": params}, inputs)
     if task.loss == "sigmoid_cross_entropy":
@@ -126,11 +136,16 @@ def batch_indices(n: int, batch: int | None, steps: int, seed: int = 0) -> np.nd
     return np.concatenate(epochs)[:steps]
 
 
-def make_step(task: Task, method: str, tx):
-    """``step((params, state), (indices, key)) -> ((params, state), None)``."""
-    if method == "kfac":
-        curvature_batch = 512 if task.inputs.shape[0] > 1024 else None
-        stats_fn = kfac.value_grad_and_stats(task.model, task.loss, curvature_batch=curvature_batch)
+def make_step(task: Task, method: str, tx, *, plain: bool = True):
+    """``step((params, state), (indices, key)) -> ((params, state), None)``.
+
+    ``method``: "first-order" (``plain``: flax's layers, else the capture layers,
+    which outside a statistics pass are ordinary layers), "kfac" (fixed learning
+    rate) or "kfac-adaptive" (``fisher_gram`` too).
+    """
+    subset = CURVATURE_SUBSET if task.inputs.shape[0] > 2 * CURVATURE_SUBSET else None
+    if method.startswith("kfac"):
+        stats_fn = kfac.value_grad_and_stats(task.model, task.loss, curvature_batch=subset)
 
     def step(carry, xs):
         params, state = carry
@@ -139,8 +154,19 @@ def make_step(task: Task, method: str, tx):
         if method == "kfac":
             _, grads, stats = stats_fn(params, inputs, targets, key)
             updates, state = tx.update(grads, state, params, curvature=stats)
+        elif method == "kfac-adaptive":
+            _, grads, stats = stats_fn(params, inputs, targets, key)
+            gram = kfac.fisher_gram_fn(
+                task.model,
+                task.loss,
+                params,
+                inputs,
+                key=jax.random.fold_in(key, 1),
+                examples=subset,
+            )
+            updates, state = tx.update(grads, state, params, curvature=stats, fisher_gram=gram)
         else:
-            grads = jax.grad(lambda p: mean_loss(task, p, inputs, targets))(params)
+            grads = jax.grad(lambda p: mean_loss(task, p, inputs, targets, plain=plain))(params)
             updates, state = tx.update(grads, state, params)
         return (optax.apply_updates(params, updates), state), None
 
@@ -231,48 +257,72 @@ def _version(package: str) -> str:
         return "?"
 
 
+def faster_first_order_layers(task: Task, params, indices) -> bool:
+    """True if flax's own layers run Adam faster than the capture layers (patches x matrix
+    for convolutions, which XLA:CPU often runs faster than its convolution)."""
+    tx = optax.adam(1e-3)
+    runs = {
+        plain: (make_step(task, "first-order", tx, plain=plain), (params, tx.init(params)), indices)
+        for plain in (True, False)
+    }
+    times = time_per_step(runs, rounds=3)
+    return times[True] <= times[False]
+
+
 def run_task(task: Task, batch: int | None, rounds: int, adam_steps: int, kfac_steps: int):
     n = task.inputs.shape[0]
     params = task.model.init(jax.random.key(0), task.inputs[:2])["params"]
     key = jax.random.key(1)
     long = batch_indices(n, batch, adam_steps)
-    rows, runs = [], {}
+    short = batch_indices(n, batch, kfac_steps)
+    plain = faster_first_order_layers(task, params, long)
+    layers = "flax layers" if plain else "patches x matrix layers"
+
+    def first_order(tx):
+        return make_step(task, "first-order", tx, plain=plain)
 
     adam = {}
     for lr in ADAM_LRS:
         tx = optax.adam(lr)
-        adam[lr] = trajectory(task, make_step(task, "adam", tx), tx, params, long, key)
-    best_adam = min(adam, key=lambda lr: adam[lr][-1])
+        adam[lr] = trajectory(task, first_order(tx), tx, params, long, key)
+    best_adam = min(adam, key=lambda lr: np.nan_to_num(adam[lr][-1], nan=np.inf))
     target = float(adam[best_adam][-1])
     sgd = {}
     for lr in SGD_LRS:
         tx = optax.sgd(lr, momentum=0.9)
-        sgd[lr] = trajectory(task, make_step(task, "sgd", tx), tx, params, long, key)
+        sgd[lr] = trajectory(task, first_order(tx), tx, params, long, key)
     best_sgd = min(sgd, key=lambda lr: np.nan_to_num(sgd[lr][-1], nan=np.inf))
-    kfac_tx = kfac.optimizer(**task.kfac_config)
-    kfac_step = make_step(task, "kfac", kfac_tx)
-    kfac_losses = trajectory(
-        task, kfac_step, kfac_tx, params, batch_indices(n, batch, kfac_steps), key
+
+    adam_tx, sgd_tx = optax.adam(best_adam), optax.sgd(best_sgd, momentum=0.9)
+    fixed_tx = kfac.optimizer(**task.kfac_config)
+    adaptive_tx = kfac.optimizer(**task.adaptive_config)
+    entries = {
+        "Adam": (first_order(adam_tx), adam_tx, f"lr {best_adam:g}, {layers}", adam[best_adam]),
+        "SGD-momentum": (
+            first_order(sgd_tx),
+            sgd_tx,
+            f"lr {best_sgd:g}, momentum 0.9, {layers}",
+            sgd[best_sgd],
+        ),
+    }
+    for name, method, tx, setting in (
+        ("jaxnum K-FAC, adaptive", "kfac-adaptive", adaptive_tx, _adaptive_setting(task, batch)),
+        ("jaxnum K-FAC, fixed lr", "kfac", fixed_tx, _kfac_setting(task, batch)),
+    ):
+        step = make_step(task, method, tx)
+        entries[name] = (step, tx, setting, trajectory(task, step, tx, params, short, key))
+    times = time_per_step(
+        {
+            name: (step, (params, tx.init(params)), long)
+            for name, (step, tx, _, _) in entries.items()
+        },
+        rounds,
     )
-
-    for name, method, tx in (
-        ("adam", "adam", optax.adam(best_adam)),
-        ("sgd", "sgd", optax.sgd(best_sgd, momentum=0.9)),
-        ("kfac", "kfac", kfac_tx),
-    ):
-        step = kfac_step if method == "kfac" else make_step(task, method, tx)
-        runs[name] = (step, (params, tx.init(params)), long)
-    times = time_per_step(runs, rounds)
-
-    adam_wall = adam_steps * times["adam"]
-    for name, setting, losses in (
-        ("Adam", f"lr {best_adam:g}", adam[best_adam]),
-        ("SGD-momentum", f"lr {best_sgd:g}, momentum 0.9", sgd[best_sgd]),
-        ("jaxnum K-FAC", _kfac_setting(task, batch), kfac_losses),
-    ):
-        key_name = {"Adam": "adam", "SGD-momentum": "sgd", "jaxnum K-FAC": "kfac"}[name]
+    adam_wall = adam_steps * times["Adam"]
+    rows = []
+    for name, (_, _, setting, losses) in entries.items():
         steps = first_reaching(losses, target)
-        t = times[key_name]
+        t = times[name]
         rows.append(
             dict(
                 optimizer=name,
@@ -281,19 +331,36 @@ def run_task(task: Task, batch: int | None, rounds: int, adam_steps: int, kfac_s
                 horizon=len(losses),
                 steps=steps,
                 ms=1e3 * t,
-                time_ratio=t / times["adam"],
+                time_ratio=t / times["Adam"],
                 wall_ratio=None if steps is None else steps * t / adam_wall,
             )
         )
     return target, rows
 
 
+def _subset_note(task: Task, batch: int | None) -> str:
+    return (
+        f", statistics on {CURVATURE_SUBSET} random examples"
+        if batch is None and task.inputs.shape[0] > 2 * CURVATURE_SUBSET
+        else ""
+    )
+
+
 def _kfac_setting(task: Task, batch: int | None) -> str:
     c = task.kfac_config
-    sub = ", statistics on 512 random examples" if batch is None else ""
     return (
         f"lr {c['learning_rate']:g}, damping {c['damping']:g}, momentum {c['momentum']:g}, "
-        f"decay {c['decay']:g}, inverses every {c['inverse_every']}, KL clip 0.01{sub}"
+        f"decay {c['decay']:g}, inverses every {c['inverse_every']}, KL clip 0.01"
+        + _subset_note(task, batch)
+    )
+
+
+def _adaptive_setting(task: Task, batch: int | None) -> str:
+    c = task.adaptive_config
+    return (
+        f"optimizer(None): damping {c['damping']:g}, decay {c['decay']:g}, inverses every "
+        f"{c['inverse_every']}"
+        + _subset_note(task, batch).replace("statistics", "statistics and F")
     )
 
 
