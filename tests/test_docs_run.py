@@ -76,6 +76,8 @@ def test_pinn_example_lbfgs_refines_what_adam_found():
 
 def test_kfac_autoencoder_example_reaches_adams_loss_in_fewer_steps(tmp_path):
     out = _run_example("kfac_digits_autoencoder.py", str(tmp_path / "plot.png"))
-    steps = int(re.search(r"in (\d+) steps", out).group(1))
-    # Measured: 80 steps for Adam's step-1000 loss (12.5x fewer); the issue asks for 15x.
-    assert steps < 1000 / 8
+    adaptive, fixed = (int(n) for n in re.findall(r"loss in (\d+) steps", out))
+    # Measured: adaptive 45-50 steps for Adam's step-1000 loss (the issue asks for <= 65),
+    # fixed learning rate about 80.
+    assert adaptive <= 65
+    assert fixed < 1000 / 8

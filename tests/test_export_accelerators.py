@@ -76,6 +76,22 @@ CASES = {
         )({"c": {"kernel": w}}, x, jnp.arange(4) % 3, jax.random.key(0)),
         (jnp.ones((4, 5, 5, 2)), jnp.ones((3, 3, 2, 3))),
     ),
+    "adaptive K-FAC update (quadratic model)": (
+        lambda w, x: (
+            lambda tx, p, fn: tx.update(
+                p,
+                tx.init(p),
+                p,
+                curvature={("l",): jn.kfac.KroneckerFactors(jnp.eye(4), jnp.eye(3))},
+                fisher_gram=jn.kfac.fisher_gram_fn(fn, "squared_error", p, x),
+            )
+        )(
+            jn.kfac.optimizer(None),
+            {"l": {"kernel": w}},
+            lambda p, x: jn.kfac.dense(x, p["l"]["kernel"], layer="l"),
+        ),
+        (jnp.ones((4, 3)), jnp.ones((5, 4))),
+    ),
     "spectral_density": (
         lambda a: spectral_density(a, key=jax.random.key(0), num_probes=2, num_iters=5).density,
         (A,),

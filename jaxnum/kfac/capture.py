@@ -179,24 +179,27 @@ def value_grad_and_stats(
             model, loss, fisher=fisher, axis_name=axis_name, curvature_batch=curvature_batch
         )
 
-    def f(params, inputs, targets, key):
+    def zeros(params, inputs):
         shapes = jax.eval_shape(
             lambda p: model.apply({"params": p}, inputs, mutable=[OUTPUTS, INPUTS])[1], params
         )
-        zeros = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[OUTPUTS])
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[OUTPUTS])
 
-        def forward(p, perturbations):
-            out, state = model.apply(
-                {"params": p, OUTPUTS: perturbations}, inputs, mutable=[INPUTS]
-            )
-            # sown inputs: {...layer path..., "a": (use 0, use 1, ...)}
-            return out, (_by_use(state[INPUTS], 2), None)
+    def forward(p, perturbations, inputs):
+        variables = (
+            {"params": p} if perturbations is None else {"params": p, OUTPUTS: perturbations}
+        )
+        out, state = model.apply(variables, inputs, mutable=[INPUTS])
+        # sown inputs: {...layer path..., "a": (use 0, use 1, ...)}
+        return out, (_by_use(state[INPUTS], 2), None)
 
+    def f(params, inputs, targets, key):
         value, grads, stats, _ = value_grads_and_stats(
             forward,
             params,
             zeros,
             lambda g: _by_use(g, 1),  # {...layer path..., "s<use>": gradient}
+            inputs,
             targets,
             key,
             loss=loss,

@@ -145,16 +145,16 @@ def conv(x, kernel, bias=None, *, layer, strides=(1, 1), padding="SAME") -> jax.
 
 
 def recorded_forward(run: Callable):
-    """``forward(params, perturbations)`` for :func:`value_grads_and_stats` from
-    ``run(params, recorder) -> (outputs, extra)`` whose captured layers report to
+    """``forward(params, perturbations, inputs)`` for :func:`value_grads_and_stats` from
+    ``run(params, recorder, inputs) -> (outputs, extra)`` whose captured layers report to
     the active recorder; the forward's aux is ``(recorded inputs, (layer outputs,
     extra))``. NNX layers do not know their own path: ``run`` fills
     ``recorder.paths`` (``{id(module): layer}``) before calling the model.
     """
 
-    def forward(params, perturbations):
+    def forward(params, perturbations, inputs):
         with recording(perturbations) as recorder:
-            outputs, extra = run(params, recorder)
+            outputs, extra = run(params, recorder, inputs)
         recorded = {k: tuple(v) for k, v in recorder.inputs.items()}
         layer_outputs = {k: tuple(v) for k, v in recorder.outputs.items()}
         return outputs, (recorded, (layer_outputs, extra))
@@ -162,10 +162,15 @@ def recorded_forward(run: Callable):
     return forward
 
 
-def zero_perturbations(forward: Callable, params) -> dict[Layer, tuple]:
-    """Zeros shaped like every captured layer use's outputs (from a shape-only pass)."""
-    _, (_, (layer_outputs, _)) = jax.eval_shape(lambda p: forward(p, None), params)
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), layer_outputs)
+def zero_perturbations(forward: Callable) -> Callable:
+    """``zeros(params, inputs)``: zeros shaped like every captured layer use's outputs
+    (from a shape-only pass)."""
+
+    def zeros(params, inputs) -> dict[Layer, tuple]:
+        _, (_, (layer_outputs, _)) = jax.eval_shape(lambda p: forward(p, None, inputs), params)
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), layer_outputs)
+
+    return zeros
 
 
 def value_grad_and_stats_fn(
@@ -188,12 +193,13 @@ def value_grad_and_stats_fn(
         raise TypeError(f"value_grad_and_stats_fn: model must be callable, got {type(model)}")
 
     def f(params, inputs, targets, key):
-        forward = recorded_forward(lambda p, _: (model(p, inputs), None))
+        forward = recorded_forward(lambda p, _, x: (model(p, x), None))
         value, grads, stats, _ = value_grads_and_stats(
             forward,
             params,
-            zero_perturbations(forward, params),
+            zero_perturbations(forward),
             lambda g: g,
+            inputs,
             targets,
             key,
             loss=loss,

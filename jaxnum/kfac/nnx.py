@@ -135,21 +135,22 @@ def value_grad_and_stats(
             )
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
-        def run(p, recorder):
+        def run(p, recorder, x):
             m = nnx.merge(graphdef, p, rest)
             recorder.paths = {
                 id(node): tuple(path)
                 for path, node in nnx.iter_graph(m)
                 if isinstance(node, Linear | Conv)
             }
-            return m(inputs), nnx.state(m, nnx.Not(nnx.Param))
+            return m(x), nnx.state(m, nnx.Not(nnx.Param))
 
         forward = recorded_forward(run)
         value, grads, stats, (_, new_rest) = value_grads_and_stats(
             forward,
             params,
-            zero_perturbations(forward, params),
+            zero_perturbations(forward),
             lambda g: g,
+            inputs,
             targets,
             key,
             loss=loss,

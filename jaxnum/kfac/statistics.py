@@ -66,14 +66,11 @@ def sample_targets(name: str, outputs, key):
     return outputs + jax.random.normal(key, outputs.shape, outputs.dtype)
 
 
-def layer_factors(
-    inputs, output_grads, batch: int, *, bias: bool, examples: int | None = None
-) -> KroneckerFactors:
+def layer_factors(inputs, output_grads, batch: int, *, bias: bool) -> KroneckerFactors:
     """Factors of one layer from the inputs and output gradients of each of its uses.
 
     ``output_grads`` are gradients of the *mean* loss over ``batch`` examples, so
-    times ``batch`` they are per-example gradients; the arrays hold ``examples``
-    of them (default ``batch``; fewer when the statistics use a subset).
+    times ``batch`` they are per-example gradients.
     Weights shared over T positions (conv locations, sequence steps, repeated
     calls) give a per-example gradient summed over them, so A averages and G
     sums over positions (KFC, Grosse and Martens 2016, Sec. 3).
@@ -81,7 +78,7 @@ def layer_factors(
     a = jnp.concatenate([x.reshape(-1, x.shape[-1]) for x in inputs])
     g = jnp.concatenate([(d * batch).reshape(-1, d.shape[-1]) for d in output_grads])
     factors = dense_factors(a, g, bias=bias)
-    positions = a.shape[0] // (batch if examples is None else examples)
+    positions = a.shape[0] // batch
     return factors._replace(G=factors.G * positions)
 
 
@@ -108,8 +105,9 @@ def _varying(tree, axis_name: str):
 def value_grads_and_stats(
     forward: Callable,
     params: Any,
-    perturbations: Any,
+    zero_perturbations: Callable[[Any, Any], Any],
     to_layers: Callable[[Any], dict[Layer, tuple]],
+    inputs,
     targets,
     key,
     *,
@@ -120,42 +118,61 @@ def value_grads_and_stats(
 ):
     """The passes described in the module docstring; returns ``(value, grads, stats, aux)``.
 
-    ``to_layers`` turns a gradient with respect to ``perturbations`` into
-    ``{layer: (gradient of use 0, use 1, ...)}``. With ``axis_name`` (inside
-    ``shard_map``/``pmap``) the loss, gradients and statistics are averaged
-    over the axis, and each shard samples its own Fisher targets. With
-    ``curvature_batch`` the statistics use that many examples of the batch,
-    drawn at random without replacement (an unbiased estimate of the same
-    expectations at a fraction of the cost of the outer products).
+    ``forward(params, perturbations, inputs) -> (outputs, (recorded, aux))``
+    (``perturbations=None``: an ordinary forward pass);
+    ``zero_perturbations(params, inputs)`` gives the zeros; ``to_layers`` turns
+    a gradient with respect to them into ``{layer: (use 0, use 1, ...)}``.
+    With ``axis_name`` (inside ``shard_map``) the loss, gradients and
+    statistics are averaged over the axis, and each shard samples its own
+    Fisher targets. With ``curvature_batch`` the statistics come from that many
+    examples of the batch, drawn at random without replacement, in their own
+    forward and backward passes (an unbiased estimate of the same expectations
+    at a fraction of the cost).
     """
-    if axis_name is not None:
-        params, perturbations = _varying((params, perturbations), axis_name)
-    outputs, vjp, (recorded, aux) = jax.vjp(forward, params, perturbations, has_aux=True)
-    value, d_outputs = jax.value_and_grad(lambda o: loss_value(loss, o, targets))(outputs)
-    grads, perturbation_grads = vjp(d_outputs)
+    batch = jax.tree.leaves(inputs)[0].shape[0]
     if axis_name is not None:
         key = jax.random.fold_in(key, jax.lax.axis_index(axis_name))
     target_key, subset_key = jax.random.split(key)
-    if fisher == "true":
-        sampled = sample_targets(loss, outputs, target_key)
-        _, perturbation_grads = vjp(jax.grad(lambda o: loss_value(loss, o, sampled))(outputs))
-    output_grads = to_layers(perturbation_grads)
-    batch = outputs.shape[0]
-    examples = batch
-    if curvature_batch is not None and curvature_batch < batch:
-        examples = curvature_batch
-        rows = jax.random.choice(subset_key, batch, (examples,), replace=False)
-        recorded, output_grads = jax.tree.map(lambda t: t[rows], (recorded, output_grads))
-    stats = {
-        layer: layer_factors(
-            recorded[layer],
-            output_grads[layer],
-            batch,
-            bias=has_bias(params, layer),
-            examples=examples,
+    subset = curvature_batch is not None and curvature_batch < batch
+
+    def statistics_pass(params, inputs, targets, *, need_grads: bool):
+        perturbations = zero_perturbations(params, inputs)
+        if axis_name is not None:
+            params, perturbations = _varying((params, perturbations), axis_name)
+        outputs, vjp, (recorded, aux) = jax.vjp(
+            lambda p, q: forward(p, q, inputs), params, perturbations, has_aux=True
         )
-        for layer in recorded
-    }
+        value, d_outputs = jax.value_and_grad(lambda o: loss_value(loss, o, targets))(outputs)
+        grads = perturbation_grads = None
+        if need_grads or fisher == "empirical":
+            grads, perturbation_grads = vjp(d_outputs)
+        if fisher == "true":
+            sampled = sample_targets(loss, outputs, target_key)
+            _, perturbation_grads = vjp(jax.grad(lambda o: loss_value(loss, o, sampled))(outputs))
+        output_grads = to_layers(perturbation_grads)
+        n = outputs.shape[0]
+        stats = {
+            layer: layer_factors(
+                recorded[layer], output_grads[layer], n, bias=has_bias(params, layer)
+            )
+            for layer in recorded
+        }
+        return value, grads, stats, aux
+
+    if subset:
+        # The gradient of the whole batch by an ordinary pass; the statistics on the subset.
+        def mean_loss(p):
+            if axis_name is not None:
+                p = _varying(p, axis_name)
+            outputs, (_, aux) = forward(p, None, inputs)
+            return loss_value(loss, outputs, targets), aux
+
+        (value, aux), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
+        rows = jax.random.choice(subset_key, batch, (curvature_batch,), replace=False)
+        sub_inputs, sub_targets = jax.tree.map(lambda t: t[rows], (inputs, targets))
+        _, _, stats, _ = statistics_pass(params, sub_inputs, sub_targets, need_grads=False)
+    else:
+        value, grads, stats, aux = statistics_pass(params, inputs, targets, need_grads=True)
     if axis_name is not None:
         value, grads, stats = jax.lax.pmean((value, grads, stats), axis_name)
     return value, grads, stats, aux

@@ -198,3 +198,43 @@ def test_bad_input_to_registration():
         kfac.value_grad_and_stats(NNXNet(nnx.Rngs(0)), "squared_error")
     with pytest.raises(ValueError, match="loss"):
         kfac.nnx.value_grad_and_stats("hinge")
+
+
+def test_curvature_batch_estimates_the_same_statistics_from_a_subset(x64):
+    x, y = _data(jnp.float64)
+    params = jax.tree.map(
+        lambda a: a.astype(jnp.float64),
+        {
+            "hidden": {"kernel": jnp.ones((4, 5)) * 0.3, "bias": jnp.zeros(5)},
+            "out": {"kernel": jnp.ones((5, 3)) * -0.2, "bias": jnp.zeros(3)},
+        },
+    )
+    full_fn = kfac.value_grad_and_stats(plain_mlp, "softmax_cross_entropy", fisher="empirical")
+    sub_fn = jax.jit(
+        kfac.value_grad_and_stats(
+            plain_mlp, "softmax_cross_entropy", fisher="empirical", curvature_batch=4
+        )
+    )
+    value, grads, full = full_fn(params, x, y, jax.random.key(0))
+    sub_value, sub_grads, _ = sub_fn(params, x, y, jax.random.key(0))
+    # Loss and gradients are the whole batch's.
+    np.testing.assert_allclose(sub_value, value, rtol=1e-12)
+    for a, b in zip(jax.tree.leaves(sub_grads), jax.tree.leaves(grads), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    # Each subset's factors are those of 4 of the 16 examples; their mean over keys
+    # is the full batch's (unbiased).
+    stats = [sub_fn(params, x, y, jax.random.key(k))[2] for k in range(300)]
+    for layer in (("hidden",), ("out",)):
+        for i in range(2):
+            mean = np.mean([s[layer][i] for s in stats], axis=0)
+            scale = np.abs(full[layer][i]).max()
+            np.testing.assert_allclose(mean, full[layer][i], atol=0.1 * scale)
+    # Identical examples: any subset gives exactly the full batch's factors.
+    same = jnp.broadcast_to(x[:1], x.shape)
+    labels = jnp.zeros(16, jnp.int32)
+    _, _, full_same = full_fn(params, same, labels, jax.random.key(0))
+    _, _, sub_same = sub_fn(params, same, labels, jax.random.key(1))
+    for a, b in zip(jax.tree.leaves(sub_same), jax.tree.leaves(full_same), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
+    with pytest.raises(ValueError, match="curvature_batch"):
+        kfac.value_grad_and_stats(plain_mlp, "squared_error", curvature_batch=0)
