@@ -76,7 +76,7 @@ def fisher_gram_fn(
             raise ValueError("fisher_gram_fn: examples needs a key to draw them")
         batch = jax.tree.leaves(inputs)[0].shape[0]
         if examples < batch:
-            rows = jax.random.choice(key, batch, (examples,), replace=False)
+            rows = jax.random.randint(key, (examples,), 0, batch)
             inputs = jax.tree.map(lambda x: x[rows], inputs)
 
     def gram(vectors):
@@ -99,11 +99,15 @@ class ScaleByAdaptiveKFACState(NamedTuple):
     rejected: jax.Array  # steps whose 2 x 2 model was not positive definite (no update)
 
 
-def _dot(a, b) -> jax.Array:
-    return sum(
-        jnp.vdot(x.astype(jnp.float32), y.astype(jnp.float32))
-        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+def _inner_products(trees) -> jax.Array:
+    """``(k, k)`` matrix of float32 inner products of k pytrees (one flattened matmul)."""
+    rows = jnp.stack(
+        [
+            jnp.concatenate([x.astype(jnp.float32).ravel() for x in jax.tree.leaves(t)])
+            for t in trees
+        ]
     )
+    return rows @ rows.T
 
 
 def scale_by_adaptive_kfac(
@@ -155,9 +159,10 @@ def scale_by_adaptive_kfac(
         previous = state.previous
         vectors = [direction, previous]
         F = fisher_gram(vectors)
-        R = jnp.array([[_dot(u, v) for v in vectors] for u in vectors])
+        inner = _inner_products([direction, previous, grads])
+        R = inner[:2, :2]
         M = F + (damping + weight_decay) * R
-        b = -jnp.array([_dot(grads, direction), _dot(grads, previous)])
+        b = -inner[2, :2]
         # 1-D (first step, or delta_0 parallel to Delta) and 2-D solutions (Cramer).
         alpha_1 = b[0] / M[0, 0]
         det = M[0, 0] * M[1, 1] - M[0, 1] * M[1, 0]

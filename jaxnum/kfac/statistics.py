@@ -125,7 +125,7 @@ def value_grads_and_stats(
     With ``axis_name`` (inside ``shard_map``) the loss, gradients and
     statistics are averaged over the axis, and each shard samples its own
     Fisher targets. With ``curvature_batch`` the statistics come from that many
-    examples of the batch, drawn at random without replacement, in their own
+    examples of the batch, drawn at random (with replacement), in their own
     forward and backward passes (an unbiased estimate of the same expectations
     at a fraction of the cost).
     """
@@ -168,7 +168,7 @@ def value_grads_and_stats(
             return loss_value(loss, outputs, targets), aux
 
         (value, aux), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)
-        rows = jax.random.choice(subset_key, batch, (curvature_batch,), replace=False)
+        rows = jax.random.randint(subset_key, (curvature_batch,), 0, batch)
         sub_inputs, sub_targets = jax.tree.map(lambda t: t[rows], (inputs, targets))
         _, _, stats, _ = statistics_pass(params, sub_inputs, sub_targets, need_grads=False)
     else:
