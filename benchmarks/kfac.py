@@ -162,7 +162,7 @@ def make_step(task: Task, method: str, tx, *, plain: bool = True):
             _, grads, stats = stats_fn(params, inputs, targets, key)
             updates, state = tx.update(grads, state, params, curvature=stats)
         elif method == "kfac-adaptive":
-            _, grads, stats = stats_fn(params, inputs, targets, key)
+            value, grads, stats = stats_fn(params, inputs, targets, key)
             gram = kfac.fisher_gram_fn(
                 task.model,
                 task.loss,
@@ -171,7 +171,15 @@ def make_step(task: Task, method: str, tx, *, plain: bool = True):
                 key=jax.random.fold_in(key, 1),
                 examples=None if subset is None else GRAM_EXAMPLES,
             )
-            updates, state = tx.update(grads, state, params, curvature=stats, fisher_gram=gram)
+            updates, state = tx.update(
+                grads,
+                state,
+                params,
+                curvature=stats,
+                fisher_gram=gram,
+                value=value,
+                value_fn=lambda p: mean_loss(task, p, inputs, targets, plain=False),
+            )
         else:
             grads = jax.grad(lambda p: mean_loss(task, p, inputs, targets, plain=plain))(params)
             updates, state = tx.update(grads, state, params)

@@ -62,7 +62,9 @@ def main(adam_steps=1000, kfac_steps=200, plot_path="kfac_digits_autoencoder.png
             value, grads, stats = stats_fn(p, x, x, key)
             if adaptive:  # the exact Fisher's 2 x 2 Gram on 64 random images picks alpha, mu
                 gram = kfac.fisher_gram_fn(model, loss_name, p, x, key=key, examples=64)
-                updates, s = tx.update(grads, s, p, curvature=stats, fisher_gram=gram)
+                updates, s = tx.update(
+                    grads, s, p, curvature=stats, fisher_gram=gram, value=value, value_fn=loss
+                )
             else:
                 updates, s = tx.update(grads, s, p, curvature=stats)
             return (optax.apply_updates(p, updates), s), value

@@ -84,6 +84,8 @@ CASES = {
                 p,
                 curvature={("l",): jn.kfac.KroneckerFactors(jnp.eye(4), jnp.eye(3))},
                 fisher_gram=jn.kfac.fisher_gram_fn(fn, "squared_error", p, x),
+                value=jnp.float32(1.0),
+                value_fn=lambda q: jnp.sum(fn(q, x) ** 2),
             )
         )(
             jn.kfac.optimizer(None),

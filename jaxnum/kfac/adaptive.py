@@ -90,13 +90,16 @@ def fisher_gram_fn(
 
 
 class ScaleByAdaptiveKFACState(NamedTuple):
-    """The preconditioner's state, the previous update, and the last (alpha, mu)."""
+    """The preconditioner's state, the previous update, the last (alpha, mu), and the
+    quadratic model's damping lambda with the last reduction ratio rho."""
 
     kfac: ScaleByKFACState
     previous: Any
     alpha: jax.Array
     mu: jax.Array
     rejected: jax.Array  # steps whose 2 x 2 model was not positive definite (no update)
+    damping: jax.Array  # lambda of the quadratic model (Levenberg-Marquardt adapted)
+    rho: jax.Array  # last measured reduction ratio (nan before the first measurement)
 
 
 def _inner_products(trees) -> jax.Array:
@@ -116,25 +119,43 @@ def scale_by_adaptive_kfac(
     decay: float = 0.9,
     inverse_every: int = 5,
     weight_decay: float = 0.0,
+    adapt_damping_every: int | None = 5,
     layers=None,
 ) -> optax.GradientTransformationExtraArgs:
     """K-FAC whose output is the update itself: ``alpha Delta + mu delta_0`` (Sec. 7).
 
-    ``update(grads, state, params, *, curvature, fisher_gram)`` with
-    ``fisher_gram`` from :func:`fisher_gram_fn` at ``params``. The output is
-    added to the parameters as it is (no learning rate follows). ``damping``
-    is both the factors' Tikhonov damping and the lambda of the quadratic
-    model; ``weight_decay`` (eta) adds ``eta * params`` to the gradient and
-    ``eta`` to the model's lambda. A step whose 2 x 2 system is not positive definite or not finite
-    emits a zero update, keeps the previous one, and is counted in
-    ``rejected``.
+    ``update(grads, state, params, *, curvature, fisher_gram, value, value_fn)``
+    with ``fisher_gram`` from :func:`fisher_gram_fn` at ``params``, ``value``
+    the loss at ``params`` and ``value_fn(params)`` the same loss elsewhere (on
+    the same batch). The output is added to the parameters as it is (no
+    learning rate follows).
+
+    Args:
+      damping: the factors' Tikhonov damping, and the initial lambda of the
+        quadratic model.
+      decay, inverse_every, layers: as in :func:`scale_by_kfac`.
+      weight_decay: eta; adds ``eta * params`` to the gradient and eta to lambda.
+      adapt_damping_every: every T1 steps, evaluate ``value_fn`` at the new
+        point, the reduction ratio rho = (h(new) - h) / (M(delta) - M(0)), and
+        multiply lambda by (19/20)^T1 if rho > 3/4, divide it if rho < 1/4 or
+        the new loss is not finite (Levenberg-Marquardt, Sec. 6.5). None keeps
+        lambda fixed (then ``value``/``value_fn`` are not needed); with a
+        fixed lambda a noisy mini-batch can make the steps too long (measured:
+        a conv classifier diverged).
+
+    A step whose 2 x 2 system is not positive definite or not finite emits a
+    zero update, keeps the previous one, and is counted in ``rejected``.
 
     References:
-      Martens and Grosse 2015, Sec. 7 (eq. for alpha*, mu* in the 2-D subspace).
+      Martens and Grosse 2015, Sec. 6.5 (Levenberg-Marquardt rule), Sec. 7
+      (alpha*, mu* in the 2-D subspace).
     """
     check_positive(damping, "scale_by_adaptive_kfac", "damping")
     if weight_decay < 0:
         raise ValueError(f"scale_by_adaptive_kfac: weight_decay must be >= 0, got {weight_decay}")
+    if adapt_damping_every is not None:
+        check_positive_int(adapt_damping_every, "scale_by_adaptive_kfac", "adapt_damping_every")
+    omega = (19.0 / 20.0) ** (adapt_damping_every or 1)
     preconditioner = scale_by_kfac(
         damping=damping, decay=decay, inverse_every=inverse_every, layers=layers
     )
@@ -147,10 +168,27 @@ def scale_by_adaptive_kfac(
             zero,
             zero,
             jnp.zeros((), jnp.int32),
+            jnp.asarray(damping, jnp.float32),
+            jnp.full((), jnp.nan, jnp.float32),
         )
 
-    def update_fn(updates, state, params=None, *, curvature, fisher_gram, **extra_args):
+    def update_fn(
+        updates,
+        state,
+        params=None,
+        *,
+        curvature,
+        fisher_gram,
+        value=None,
+        value_fn=None,
+        **extra_args,
+    ):
         del extra_args
+        if adapt_damping_every is not None and (value is None or value_fn is None):
+            raise ValueError(
+                "scale_by_adaptive_kfac: adapt_damping_every needs value= (the loss at "
+                "params) and value_fn= (the loss as a function of params) in update"
+            )
         grads = updates
         if weight_decay:
             grads = jax.tree.map(lambda g, p: g + weight_decay * p, grads, params)
@@ -161,7 +199,8 @@ def scale_by_adaptive_kfac(
         F = fisher_gram(vectors)
         inner = _inner_products([direction, previous, grads])
         R = inner[:2, :2]
-        M = F + (damping + weight_decay) * R
+        lam = state.damping
+        M = F + (lam + weight_decay) * R
         b = -inner[2, :2]
         # 1-D (first step, or delta_0 parallel to Delta) and 2-D solutions (Cramer).
         alpha_1 = b[0] / M[0, 0]
@@ -174,12 +213,28 @@ def scale_by_adaptive_kfac(
         ok = jnp.isfinite(alpha) & jnp.isfinite(mu) & (M[0, 0] > 0)
         alpha, mu = jnp.where(ok, alpha, 0.0), jnp.where(ok, mu, 0.0)
         step = jax.tree.map(lambda d, p: (alpha * d + mu * p).astype(d.dtype), direction, previous)
+        lam, rho = state.damping, state.rho
+        if adapt_damping_every is not None:
+            coeffs = jnp.stack([alpha, mu])
+            predicted = 0.5 * coeffs @ F @ coeffs - coeffs @ b  # M(delta) - M(0), no lambda
+
+            def measure(_):
+                new = value_fn(jax.tree.map(lambda p, d: p + d.astype(p.dtype), params, step))
+                return ((jnp.asarray(new, jnp.float32) - value) / predicted).astype(jnp.float32)
+
+            measured = kfac_state.count % adapt_damping_every == 0
+            rho = jax.lax.cond(measured, measure, lambda _: state.rho, None)
+            worse = ~jnp.isfinite(rho) | (rho < 0.25)
+            factor = jnp.where(rho > 0.75, omega, jnp.where(worse, 1.0 / omega, 1.0))
+            lam = jnp.where(measured, jnp.clip(lam * factor, 1e-8, 1e8), lam)
         new_state = ScaleByAdaptiveKFACState(
             kfac_state,
             jax.tree.map(lambda s, p: jnp.where(ok, s, p), step, previous),
             alpha,
             mu,
             state.rejected + (~ok).astype(jnp.int32),
+            lam.astype(jnp.float32),
+            rho,
         )
         return step, new_state
 

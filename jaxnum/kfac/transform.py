@@ -212,7 +212,9 @@ def optimizer(
     step by the exact quadratic model (Martens and Grosse 2015, Sec. 7;
     :func:`jaxnum.kfac.scale_by_adaptive_kfac`): ``momentum`` and ``kl_clip``
     are then not used, and ``update`` also needs
-    ``fisher_gram=jaxnum.kfac.fisher_gram_fn(model, loss, params, inputs)``.
+    ``fisher_gram=jaxnum.kfac.fisher_gram_fn(model, loss, params, inputs)``,
+    ``value`` (the loss) and ``value_fn`` (the loss of other parameters on
+    the same batch) for the Levenberg-Marquardt adaptation of lambda.
     """
     if learning_rate is None:
         from jaxnum.kfac.adaptive import scale_by_adaptive_kfac

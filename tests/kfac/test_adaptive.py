@@ -64,7 +64,9 @@ def test_alpha_and_mu_minimise_the_quadratic_model(x64):
     loss = "softmax_cross_entropy"
     model, params, x, y = _setup(loss)
     damping = 1e-2
-    tx = kfac.optimizer(None, damping=damping, decay=0.9, inverse_every=1)
+    tx = kfac.scale_by_adaptive_kfac(
+        damping=damping, decay=0.9, inverse_every=1, adapt_damping_every=None
+    )
     stats_fn = kfac.value_grad_and_stats(model, loss)
     state = tx.init(params)
     for step in range(3):
@@ -107,7 +109,15 @@ def test_adaptive_kfac_trains_without_a_learning_rate():
     def step(params, state, key):
         value, grads, stats = stats_fn(params, x, y, key)
         gram = kfac.fisher_gram_fn(model, "squared_error", params, x, key=key, examples=32)
-        updates, state = tx.update(grads, state, params, curvature=stats, fisher_gram=gram)
+        updates, state = tx.update(
+            grads,
+            state,
+            params,
+            curvature=stats,
+            fisher_gram=gram,
+            value=value,
+            value_fn=lambda p: 0.5 * jnp.mean(jnp.sum((model.apply({"params": p}, x) - y) ** 2, 1)),
+        )
         return optax.apply_updates(params, updates), state, value
 
     state = tx.init(params)
@@ -127,12 +137,55 @@ def test_a_non_finite_model_rejects_the_step_and_keeps_the_state():
         params, x, y, jax.random.key(0)
     )
     updates, new = tx.update(
-        grads, state, params, curvature=stats, fisher_gram=lambda vs: jnp.full((2, 2), jnp.nan)
+        grads,
+        state,
+        params,
+        curvature=stats,
+        fisher_gram=lambda vs: jnp.full((2, 2), jnp.nan),
+        value=jnp.float32(1.0),
+        value_fn=lambda p: jnp.float32(1.0),
     )
     assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates))
     assert int(new.rejected) == 1
     for a, b in zip(jax.tree.leaves(new.previous), jax.tree.leaves(state.previous), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_levenberg_marquardt_adapts_lambda_from_the_reduction_ratio(x64):
+    """On a linear model with squared error the quadratic model is exact (rho = 1), so
+    lambda shrinks by (19/20)^T1 at each measurement; a non-finite loss grows it."""
+
+    class Linear(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return kfac.Dense(3, name="out")(x)
+
+    model = Linear()
+    x = jax.random.normal(jax.random.key(0), (32, 4), jnp.float64)
+    y = jax.random.normal(jax.random.key(1), (32, 3), jnp.float64)
+    params = jax.tree.map(
+        lambda a: a.astype(jnp.float64), model.init(jax.random.key(2), x)["params"]
+    )
+    stats_fn = kfac.value_grad_and_stats(model, "squared_error")
+
+    def loss(p):
+        return 0.5 * jnp.mean(jnp.sum((model.apply({"params": p}, x) - y) ** 2, 1))
+
+    # Measured at steps 2 and 4, before the loss converges to rounding (then rho is noise).
+    for value_fn, expected in ((loss, 0.95**4), (lambda p: jnp.nan, 0.95**-4)):
+        tx = kfac.scale_by_adaptive_kfac(damping=1e-2, adapt_damping_every=2)
+        state, p = tx.init(params), params
+        for i in range(4):
+            value, grads, stats = stats_fn(p, x, y, jax.random.key(i))
+            gram = kfac.fisher_gram_fn(model, "squared_error", p, x)
+            updates, state = tx.update(
+                grads, state, p, curvature=stats, fisher_gram=gram, value=value, value_fn=value_fn
+            )
+            if value_fn is loss:
+                p = optax.apply_updates(p, updates)
+        np.testing.assert_allclose(state.damping, 1e-2 * expected, rtol=1e-5)
+        if value_fn is loss:
+            np.testing.assert_allclose(state.rho, 1.0, rtol=1e-2)
 
 
 def test_bad_arguments():
@@ -142,3 +195,7 @@ def test_bad_arguments():
         kfac.fisher_gram_fn(MLP(), "squared_error", {}, jnp.ones((2, 4)), examples=1)
     with pytest.raises(ValueError, match="damping"):
         kfac.scale_by_adaptive_kfac(damping=0.0)
+    tx = kfac.scale_by_adaptive_kfac()
+    params = {"out": {"kernel": jnp.ones((2, 2))}}
+    with pytest.raises(ValueError, match="value_fn"):
+        tx.update(params, tx.init(params), params, curvature={}, fisher_gram=None)
