@@ -138,10 +138,10 @@ def scale_by_adaptive_kfac(
       adapt_damping_every: every T1 steps, evaluate ``value_fn`` at the new
         point, the reduction ratio rho = (h(new) - h) / (M(delta) - M(0)), and
         multiply lambda by (19/20)^T1 if rho > 3/4, divide it if rho < 1/4 or
-        the new loss is not finite (Levenberg-Marquardt, Sec. 6.5). None keeps
-        lambda fixed (then ``value``/``value_fn`` are not needed); with a
-        fixed lambda a noisy mini-batch can make the steps too long (measured:
-        a conv classifier diverged).
+        the new loss is not finite (Levenberg-Marquardt, Sec. 6.5), never
+        below ``damping`` (measured: letting it shrink freely made a conv
+        classifier diverge once it had memorised the data, where rho is
+        noise). None keeps lambda fixed (``value``/``value_fn`` then unused).
 
     A step whose 2 x 2 system is not positive definite or not finite emits a
     zero update, keeps the previous one, and is counted in ``rejected``.
@@ -226,7 +226,7 @@ def scale_by_adaptive_kfac(
             rho = jax.lax.cond(measured, measure, lambda _: state.rho, None)
             worse = ~jnp.isfinite(rho) | (rho < 0.25)
             factor = jnp.where(rho > 0.75, omega, jnp.where(worse, 1.0 / omega, 1.0))
-            lam = jnp.where(measured, jnp.clip(lam * factor, 1e-8, 1e8), lam)
+            lam = jnp.where(measured, jnp.clip(lam * factor, damping, 1e8), lam)
         new_state = ScaleByAdaptiveKFACState(
             kfac_state,
             jax.tree.map(lambda s, p: jnp.where(ok, s, p), step, previous),
