@@ -94,6 +94,10 @@ CASES = {
         ),
         (jnp.ones((4, 3)), jnp.ones((5, 4))),
     ),
+    "newton_root": (
+        lambda x: jn.optim.newton_root(lambda v: jnp.stack([v[0] ** 2 - 2.0, v[1] - v[0]]), x).x,
+        (jnp.ones(2),),
+    ),
     "spectral_density": (
         lambda a: spectral_density(a, key=jax.random.key(0), num_probes=2, num_iters=5).density,
         (A,),

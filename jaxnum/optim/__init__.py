@@ -2,7 +2,9 @@
 
 L-BFGS (:func:`scale_by_lbfgs`, :func:`lbfgs`) with a More-Thuente strong-Wolfe
 line search (:func:`scale_by_strong_wolfe`), and :func:`minimize`, a whole
-full-batch solve in one jitted ``lax.while_loop``.
+full-batch solve in one jitted ``lax.while_loop``. Newton-Raphson root finding
+(:func:`newton_root`) and the empirical order of convergence
+(:func:`convergence_order`).
 """
 
 from jaxnum.optim.lbfgs import (
@@ -19,15 +21,25 @@ from jaxnum.optim.linesearch import (
     strong_wolfe_search,
 )
 from jaxnum.optim.minimize import MinimizeResult, minimize
+from jaxnum.optim.newton import (
+    ConvergenceOrder,
+    NewtonRootResult,
+    convergence_order,
+    newton_root,
+)
 
 __all__ = [
+    "ConvergenceOrder",
     "MinimizeResult",
+    "NewtonRootResult",
     "ScaleByLBFGSState",
     "StrongWolfeState",
+    "convergence_order",
     "inverse_hessian_product",
     "lbfgs",
     "minimize",
     "more_thuente_step",
+    "newton_root",
     "scale_by_lbfgs",
     "scale_by_strong_wolfe",
     "strong_wolfe_search",

@@ -1,0 +1,159 @@
+"""Newton-Raphson root finding on pytrees, and the empirical order of convergence.
+
+``newton_root`` solves F(x) = 0 for F: R^n -> R^m (pytrees in and out). Each
+step solves J p = -F in the least-squares sense (the minimum-norm solution, so
+m != n and singular Jacobians give a finite step), then backtracks on
+phi = ||F||^2 / 2 until the Armijo condition holds, so a poor start does not
+diverge (Nocedal and Wright, Sec. 11.1-11.2, Alg. 11.4 without the trust
+region). ``multiplicity`` m scales the step (modified Newton), which restores
+quadratic convergence at a root of multiplicity m.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.flatten_util import ravel_pytree
+
+
+class NewtonRootResult(NamedTuple):
+    """x, F(x), ||F(x)||, the residual-norm history (nan after ``nit``), iterations,
+    and whether ``||F|| <= tol`` was reached."""
+
+    x: Any
+    fun: Any
+    residual_norm: jax.Array
+    residual_norms: jax.Array
+    nit: jax.Array
+    converged: jax.Array
+
+
+def newton_root(
+    f: Callable,
+    x0: Any,
+    *args,
+    tol: float = 1e-10,
+    maxiter: int = 50,
+    multiplicity: int = 1,
+    max_backtracks: int = 30,
+) -> NewtonRootResult:
+    """Newton's method for ``f(x, *args) = 0`` with a backtracking line search.
+
+    Args:
+      f: ``x -> residuals`` on pytrees (a scalar works too).
+      x0: the start.
+      tol: stop when ``||f(x)||_2 <= tol``.
+      maxiter: iterations at most (a Python int; the history has maxiter + 1 entries).
+      multiplicity: take ``multiplicity`` times the Newton step (modified Newton for a
+        root of known multiplicity).
+      max_backtracks: halvings of the step at most per iteration.
+
+    Returns:
+      :class:`NewtonRootResult`. A step that cannot reduce ``||F||`` (e.g. a singular
+      Jacobian whose least-squares step is zero) leaves x unchanged and the loop
+      stops with ``converged=False``; nothing becomes NaN.
+
+    The Jacobian is formed by forward mode when n <= m, reverse mode otherwise.
+
+    References:
+      J. Nocedal and S. Wright, Numerical Optimization, 2nd ed., Sec. 11.1-11.2.
+    """
+    for name, value in (("maxiter", maxiter), ("multiplicity", multiplicity)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"newton_root: {name} must be a positive int, got {value!r}")
+    if not tol > 0:
+        raise ValueError(f"newton_root: tol must be > 0, got {tol!r}")
+    flat0, unravel = ravel_pytree(x0)
+    if not jnp.issubdtype(flat0.dtype, jnp.floating):
+        raise TypeError(f"newton_root: x0 must be floating point, got {flat0.dtype}")
+    out = jax.eval_shape(lambda x: ravel_pytree(f(x, *args))[0], x0)
+    n, m = flat0.size, out.shape[0]
+    if m == 0:
+        raise ValueError("newton_root: f returns no residuals")
+
+    def residual(flat):
+        return ravel_pytree(f(unravel(flat), *args))[0].astype(flat.dtype)
+
+    jacobian = jax.jacfwd(residual) if n <= m else jax.jacrev(residual)
+
+    def phi(flat):
+        r = residual(flat)
+        return 0.5 * jnp.sum(r * r)
+
+    def step(carry):
+        k, x, r, norms, _ = carry
+        J = jacobian(x)
+        p = multiplicity * jnp.linalg.lstsq(J, -r)[0]
+        p = jnp.where(jnp.isfinite(p), p, 0.0)
+        phi0 = 0.5 * jnp.sum(r * r)
+
+        def too_high(state):
+            t, i = state
+            trial = phi(x + t * p)
+            # Armijo on phi: its slope along p is -||F||^2 * multiplicity when J p = -m F.
+            return (i < max_backtracks) & ~(trial <= (1.0 - 1e-4 * t) * phi0)
+
+        t, i = jax.lax.while_loop(too_high, lambda s: (0.5 * s[0], s[1] + 1), (1.0, 0))
+        accepted = (i < max_backtracks) & jnp.any(p != 0)
+        x_new = jnp.where(accepted, x + t * p, x)
+        r_new = residual(x_new)
+        norms = norms.at[k + 1].set(jnp.linalg.norm(r_new))
+        return k + 1, x_new, r_new, norms, ~accepted
+
+    def keep_going(carry):
+        k, _, r, _, stuck = carry
+        return (k < maxiter) & (jnp.linalg.norm(r) > tol) & ~stuck
+
+    r0 = residual(flat0)
+    norms0 = jnp.full((maxiter + 1,), jnp.nan, r0.dtype).at[0].set(jnp.linalg.norm(r0))
+    k, x, r, norms, _ = jax.lax.while_loop(
+        keep_going, step, (jnp.asarray(0), flat0, r0, norms0, jnp.asarray(False))
+    )
+    norm = jnp.linalg.norm(r)
+    return NewtonRootResult(unravel(x), f(unravel(x), *args), norm, norms, k, norm <= tol)
+
+
+class ConvergenceOrder(NamedTuple):
+    """Fitted ``e_{k+1} ~ rate * e_k^order`` and its name."""
+
+    order: float
+    rate: float
+    kind: str  # "quadratic", "superlinear", "linear" or "sublinear"
+
+
+def convergence_order(errors, *, floor: float = 0.0) -> ConvergenceOrder:
+    """Empirical order q and rate C from an error sequence: log e_{k+1} = q log e_k + log C.
+
+    A least-squares fit over consecutive pairs whose errors are finite and above
+    ``floor`` (drop the pairs already at rounding level). Named "quadratic" for
+    q >= 1.8, "superlinear" for q >= 1.2, "linear" for q near 1 with C < 1,
+    "sublinear" otherwise.
+
+    References:
+      J. Nocedal and S. Wright, Numerical Optimization, Sec. 2.2 (rates of
+      convergence).
+    """
+    e = np.asarray(errors, dtype=np.float64).ravel()
+    keep = np.isfinite(e) & (e > floor)
+    pairs = keep[:-1] & keep[1:]
+    if pairs.sum() < 2:
+        raise ValueError(
+            "convergence_order: needs at least 3 consecutive finite errors above floor, "
+            f"got {int(keep.sum())} usable errors"
+        )
+    a, b = np.log(e[:-1][pairs]), np.log(e[1:][pairs])
+    order, log_rate = np.polyfit(a, b, 1)
+    rate = float(np.exp(log_rate))
+    if order >= 1.8:
+        kind = "quadratic"
+    elif order >= 1.2:
+        kind = "superlinear"
+    elif rate < 1.0:
+        kind = "linear"
+    else:
+        kind = "sublinear"
+    return ConvergenceOrder(float(order), rate, kind)
