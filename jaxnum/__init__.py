@@ -4,7 +4,13 @@
 """
 
 from jaxnum import autodiff, kfac, linalg, lora, optim, precision
-from jaxnum.optim import lbfgs, minimize, scale_by_lbfgs, scale_by_strong_wolfe
+from jaxnum.optim import (
+    lbfgs,
+    minimize,
+    scale_by_lbfgs,
+    scale_by_newton_cg,
+    scale_by_strong_wolfe,
+)
 from jaxnum.precision import (
     ClipByGlobalNormState,
     FloatFormat,
@@ -58,6 +64,7 @@ __all__ = [
     "overflow_fraction",
     "precision",
     "scale_by_lbfgs",
+    "scale_by_newton_cg",
     "scale_by_strong_wolfe",
     "scaled_value_and_grad",
     "underflow_fraction",

@@ -4,9 +4,12 @@ L-BFGS (:func:`scale_by_lbfgs`, :func:`lbfgs`) with a More-Thuente strong-Wolfe
 line search (:func:`scale_by_strong_wolfe`), and :func:`minimize`, a whole
 full-batch solve in one jitted ``lax.while_loop``. Newton-Raphson root finding
 (:func:`newton_root`) and the empirical order of convergence
-(:func:`convergence_order`).
+(:func:`convergence_order`). Hessian-free Newton with Levenberg-Marquardt
+damping (:func:`scale_by_newton_cg`; ``minimize(method="newton-cg"|"newton")``)
+and Gauss-Newton / Levenberg-Marquardt least squares (:func:`gauss_newton`).
 """
 
+from jaxnum.optim.gauss_newton import GaussNewtonResult, gauss_newton
 from jaxnum.optim.lbfgs import (
     ScaleByLBFGSState,
     inverse_hessian_product,
@@ -27,21 +30,33 @@ from jaxnum.optim.newton import (
     convergence_order,
     newton_root,
 )
+from jaxnum.optim.newton_cg import (
+    ScaleByNewtonCGState,
+    TruncatedCGResult,
+    scale_by_newton_cg,
+    truncated_cg,
+)
 
 __all__ = [
     "ConvergenceOrder",
+    "GaussNewtonResult",
     "MinimizeResult",
     "NewtonRootResult",
     "ScaleByLBFGSState",
+    "ScaleByNewtonCGState",
     "StrongWolfeState",
+    "TruncatedCGResult",
     "convergence_order",
+    "gauss_newton",
     "inverse_hessian_product",
     "lbfgs",
     "minimize",
     "more_thuente_step",
     "newton_root",
     "scale_by_lbfgs",
+    "scale_by_newton_cg",
     "scale_by_strong_wolfe",
     "strong_wolfe_search",
+    "truncated_cg",
     "two_loop",
 ]

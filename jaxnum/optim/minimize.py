@@ -14,6 +14,7 @@ import optax
 from jaxnum.autodiff._trees import check_floating_tree, tree_vdot
 from jaxnum.optim import linesearch as ls
 from jaxnum.optim.lbfgs import lbfgs
+from jaxnum.optim.newton_cg import scale_by_newton_cg
 from jaxnum.precision._checks import check_positive, check_positive_int
 
 # Status codes of MinimizeResult.status.
@@ -22,6 +23,7 @@ CONVERGED_F = 1
 MAXITER = 2
 LINESEARCH_FAILED = 3
 NONFINITE_START = 4
+NO_DECREASE = 5
 
 STATUS_MESSAGES = {
     CONVERGED_GRAD: "converged: gradient norm <= tol",
@@ -29,9 +31,10 @@ STATUS_MESSAGES = {
     MAXITER: "stopped: maximum number of iterations reached",
     LINESEARCH_FAILED: "stopped: the line search found no decrease, even along -grad",
     NONFINITE_START: "stopped: f or its gradient is not finite at x0",
+    NO_DECREASE: "stopped: no decrease, even with the largest damping",
 }
 
-METHODS = ("lbfgs",)
+METHODS = ("lbfgs", "newton-cg", "newton")
 
 
 class MinimizeResult(NamedTuple):
@@ -40,7 +43,9 @@ class MinimizeResult(NamedTuple):
     ``num_nonfinite`` counts trial points where f or its slope was NaN/inf (the
     line search backed off from each); ``num_linesearch_failures`` searches that
     found no Wolfe point; ``num_resets`` times the L-BFGS memory was dropped
-    after a failed search.
+    after a failed search. ``nhev`` counts curvature (Hessian-vector)
+    products of the Newton methods (n per dense Hessian); ``num_rejected``
+    Newton steps refused by the reduction-ratio test (they count in ``nit``).
     """
 
     x: Any
@@ -55,6 +60,8 @@ class MinimizeResult(NamedTuple):
     num_nonfinite: jax.Array
     num_linesearch_failures: jax.Array
     num_resets: jax.Array
+    nhev: jax.Array | int = 0
+    num_rejected: jax.Array | int = 0
 
     @property
     def message(self) -> str:
@@ -191,6 +198,96 @@ def _solve(x0, args, tol, ftol, *, fun, has_aux, memory_size, maxiter, max_evalu
     )
 
 
+class _NewtonCarry(NamedTuple):
+    x: Any
+    opt_state: Any
+    value: jax.Array
+    grad: Any
+    aux: Any
+    nit: jax.Array
+    nfev: jax.Array
+    status: jax.Array  # -1 while running
+
+
+@functools.partial(
+    jax.jit,
+    static_argnames=("fun", "has_aux", "maxiter", "linear_solver", "max_cg_iterations"),
+)
+def _solve_newton(
+    x0, args, tol, ftol, damping, *, fun, has_aux, maxiter, linear_solver, max_cg_iterations
+):
+    """Damped Newton (truncated CG or dense) with the reduction-ratio test, in a while_loop."""
+    _check_output(fun, x0, args, has_aux)
+    dtype = jnp.result_type(*jax.tree.leaves(x0))
+
+    def value_fn(x):
+        return fun(x, *args)[0] if has_aux else fun(x, *args)
+
+    def value_and_grad(x):
+        if has_aux:
+            return jax.value_and_grad(lambda y: fun(y, *args), has_aux=True)(x)
+        v, g = jax.value_and_grad(value_fn)(x)
+        return (v, None), g
+
+    opt = scale_by_newton_cg(
+        damping, linear_solver=linear_solver, max_cg_iterations=max_cg_iterations,
+        boost=2.0, drop=1.0 / 3.0, max_damping=1e10,
+    )  # fmt: skip
+    (value, aux), grad = value_and_grad(x0)
+    value = jnp.asarray(value, dtype)
+    grad_norm = _norm(grad, dtype)
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+    start = _NewtonCarry(
+        x=x0, opt_state=opt.init(x0), value=value, grad=grad, aux=aux,
+        nit=jnp.zeros((), jnp.int32), nfev=jnp.ones((), jnp.int32),
+        status=jnp.where(
+            ~finite, NONFINITE_START, jnp.where(grad_norm <= tol, CONVERGED_GRAD, -1)
+        ).astype(jnp.int32),
+    )  # fmt: skip
+
+    def body(c: _NewtonCarry):
+        step, opt_state = opt.update(c.grad, c.opt_state, c.x, value=c.value, value_fn=value_fn)
+        accepted = opt_state.num_rejected == c.opt_state.num_rejected
+        x = optax.apply_updates(c.x, step)
+        # One evaluation for the trial value inside the update; the gradient at an
+        # accepted point costs another (a refused step keeps the old one).
+        (value, aux), grad = jax.lax.cond(
+            accepted, value_and_grad, lambda _: ((c.value, c.aux), c.grad), x
+        )
+        value = jnp.asarray(value, dtype)
+        nit = c.nit + 1
+        rel_decrease = (c.value - value) / jnp.maximum(
+            jnp.maximum(jnp.abs(c.value), jnp.abs(value)), 1
+        )
+        stuck = ~accepted & (opt_state.damping >= 1e10)
+        status = jnp.where(
+            _norm(grad, dtype) <= tol,
+            CONVERGED_GRAD,
+            jnp.where(
+                stuck,
+                NO_DECREASE,
+                jnp.where(
+                    accepted & (rel_decrease <= ftol),
+                    CONVERGED_F,
+                    jnp.where(nit >= maxiter, MAXITER, -1),
+                ),
+            ),
+        ).astype(jnp.int32)
+        return _NewtonCarry(
+            x=x, opt_state=opt_state, value=value, grad=grad, aux=aux, nit=nit,
+            nfev=c.nfev + 1 + accepted.astype(jnp.int32), status=status,
+        )  # fmt: skip
+
+    c = jax.lax.while_loop(lambda c: c.status < 0, body, start)
+    zero = jnp.zeros((), jnp.int32)
+    return MinimizeResult(
+        x=c.x, fun=c.value, grad=c.grad, grad_norm=_norm(c.grad, dtype), nit=c.nit,
+        nfev=c.nfev, converged=(c.status == CONVERGED_GRAD) | (c.status == CONVERGED_F),
+        status=c.status, aux=c.aux, num_nonfinite=zero, num_linesearch_failures=zero,
+        num_resets=zero, nhev=c.opt_state.num_products, num_rejected=c.opt_state.num_rejected,
+    )  # fmt: skip
+
+
 def minimize(
     fun: Callable[..., Any],
     x0: Any,
@@ -202,28 +299,44 @@ def minimize(
     memory_size: int = 10,
     max_evaluations: int = 30,
     has_aux: bool = False,
+    damping: float = 1.0,
+    max_cg_iterations: int = 50,
 ) -> MinimizeResult:
     """Minimises ``fun(x, *args)`` over a pytree ``x`` in one jitted while_loop.
 
-    L-BFGS (:func:`lbfgs`: two-loop recursion plus the More-Thuente strong-Wolfe
-    search). Stops, like scipy's L-BFGS-B, when ``||grad||_2 <= tol``, when the
+    Methods:
+      - "lbfgs": :func:`lbfgs`, the two-loop recursion plus the More-Thuente
+        strong-Wolfe search.
+      - "newton-cg": :func:`scale_by_newton_cg`, Hessian-free Newton: truncated
+        CG on forward-over-reverse Hessian-vector products with the forcing
+        term ``min(1/2, sqrt(||g||))``, Levenberg-Marquardt damping from the
+        reduction ratio (initial lambda ``damping``, times 2 after a poor step,
+        times 1/3 after a good one); a refused step counts as an iteration, as
+        in a trust-region method.
+      - "newton": the same with the exact Hessian (n products, ``jax.hessian``
+        equivalent) and a Cholesky solve: Newton's method for small n.
+
+    Stops, like scipy's L-BFGS-B, when ``||grad||_2 <= tol``, when the
     relative decrease ``(f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1) <= ftol``
     (scipy's default ``factr * eps``; 0 turns it off), when ``maxiter``
-    iterations are done, or when the line search finds no decrease even with
-    the memory reset. Compiled once per ``fun`` object and static option set;
-    callable inside the user's own ``jit``.
+    iterations are done, or when no decrease is found (the line search fails
+    even with the memory reset; the Newton damping reached 1e10). Compiled once
+    per ``fun`` object and static option set; callable inside the user's own
+    ``jit``.
 
     Args:
       fun: scalar objective (``(value, aux)`` with ``has_aux``).
       x0: starting point, a pytree of floating arrays; the solve runs in its dtype.
       *args: extra arguments of ``fun`` (traced, not static).
-      method: "lbfgs" ("newton-cg" comes with the Newton methods).
+      method: "lbfgs", "newton-cg" or "newton".
       tol: gradient 2-norm tolerance (> 0).
       ftol: relative-decrease tolerance (>= 0).
       maxiter: maximum number of iterations.
       memory_size: L-BFGS memory m.
       max_evaluations: value-and-grad evaluations allowed per line search.
       has_aux: ``fun`` returns ``(value, aux)``; ``aux`` at the solution is returned.
+      damping: initial Levenberg-Marquardt lambda of the Newton methods (> 0).
+      max_cg_iterations: CG iterations per "newton-cg" step.
 
     Returns:
       :class:`MinimizeResult`: x, fun, grad, grad_norm, nit, nfev, converged,
@@ -241,7 +354,22 @@ def minimize(
     check_positive_int(maxiter, name, "maxiter")
     check_positive_int(memory_size, name, "memory_size")
     check_positive_int(max_evaluations, name, "max_evaluations")
+    check_positive(damping, name, "damping")
+    check_positive_int(max_cg_iterations, name, "max_cg_iterations")
     dtype = jnp.result_type(*jax.tree.leaves(x0))
+    if method in ("newton-cg", "newton"):
+        return _solve_newton(
+            x0,
+            tuple(args),
+            np.asarray(tol, dtype),
+            np.asarray(ftol, dtype),
+            np.asarray(damping, dtype),
+            fun=fun,
+            has_aux=has_aux,
+            maxiter=maxiter,
+            linear_solver="cg" if method == "newton-cg" else "dense",
+            max_cg_iterations=max_cg_iterations,
+        )
     return _solve(
         x0,
         tuple(args),
