@@ -98,6 +98,31 @@ CASES = {
         lambda x: jn.optim.newton_root(lambda v: jnp.stack([v[0] ** 2 - 2.0, v[1] - v[0]]), x).x,
         (jnp.ones(2),),
     ),
+    "minimize newton-cg": (
+        lambda w: jn.minimize(_loss, w, method="newton-cg", maxiter=3).x,
+        (jnp.ones(4),),
+    ),
+    "minimize newton (dense)": (
+        lambda w: jn.minimize(_loss, w, method="newton", maxiter=3).x,
+        (jnp.ones(4),),
+    ),
+    "scale_by_newton_cg gauss-newton update": (
+        lambda w: (
+            lambda tx: tx.update(
+                jax.grad(_loss)(w),
+                tx.init(w),
+                w,
+                value=_loss(w),
+                model_fn=lambda p: jnp.tanh(X @ p),
+                loss_fn=lambda o: jnp.sum(o**2),
+            )
+        )(jn.scale_by_newton_cg(curvature="gauss-newton")),
+        (jnp.ones(4),),
+    ),
+    "gauss_newton lm": (
+        lambda w: jn.optim.gauss_newton(lambda p: jnp.tanh(X @ p) - 0.5, w, maxiter=3).x,
+        (jnp.ones(4),),
+    ),
     "spectral_density": (
         lambda a: spectral_density(a, key=jax.random.key(0), num_probes=2, num_iters=5).density,
         (A,),

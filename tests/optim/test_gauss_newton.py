@@ -1,0 +1,109 @@
+"""Gauss-Newton / Levenberg-Marquardt against scipy.optimize.least_squares."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+
+from jaxnum.optim import convergence_order, gauss_newton
+
+
+def _decay_data():
+    rng = np.random.default_rng(0)
+    t = np.linspace(0.0, 4.0, 50)
+    y = 2.5 * np.exp(-1.3 * t) + 0.5 + 0.02 * rng.standard_normal(50)
+    return t, y
+
+
+def _decay(p, t, y):
+    return p["a"] * jnp.exp(-p["b"] * t) + p["c"] - y
+
+
+@pytest.mark.parametrize("method", ["lm", "gn"])
+def test_exponential_fit_matches_scipy_least_squares(x64, method):
+    t, y = _decay_data()
+    x0 = {"a": jnp.array(1.0), "b": jnp.array(0.1), "c": jnp.array(0.0)}
+    fit = gauss_newton(_decay, x0, t, y, method=method)
+    ref = scipy.optimize.least_squares(
+        lambda p: p[0] * np.exp(-p[1] * t) + p[2] - y, [1.0, 0.1, 0.0], method="lm",
+        xtol=1e-15, ftol=1e-15, gtol=1e-15,
+    )  # fmt: skip
+    assert bool(fit.converged), fit.message
+    np.testing.assert_allclose([fit.x["a"], fit.x["b"], fit.x["c"]], ref.x, rtol=1e-9)
+    np.testing.assert_allclose(fit.cost, ref.cost, rtol=1e-12)
+    costs = np.asarray(fit.costs)[: int(fit.nit) + 1]
+    assert np.all(np.diff(costs) <= 1e-15)  # refused steps keep the cost
+
+
+def test_gaussian_peak_on_a_pytree_matches_scipy_trf(x64):
+    x = np.linspace(-3.0, 3.0, 80)
+    y = 1.7 * np.exp(-((x - 0.4) ** 2) / (2 * 0.6**2)) + 0.01 * np.cos(7 * x)
+
+    def residuals(p):
+        center, (height, width) = p
+        return {"fit": height * jnp.exp(-((x - center) ** 2) / (2 * width**2)) - y}
+
+    fit = gauss_newton(residuals, (jnp.array(0.0), (jnp.array(1.0), jnp.array(1.0))))
+    ref = scipy.optimize.least_squares(
+        lambda p: p[1] * np.exp(-((x - p[0]) ** 2) / (2 * p[2] ** 2)) - y, [0.0, 1.0, 1.0],
+        method="trf", xtol=1e-15, ftol=1e-15, gtol=1e-15,
+    )  # fmt: skip
+    center, (height, width) = fit.x
+    assert bool(fit.converged), fit.message
+    np.testing.assert_allclose(
+        [center, height, abs(width)], ref.x * [1, 1, np.sign(ref.x[2])], rtol=1e-8
+    )
+
+
+def test_zero_residual_gauss_newton_converges_quadratically(x64):
+    # Rosenbrock as residuals (10 (x2 - x1^2), 1 - x1): zero residual at (1, 1),
+    # so Gauss-Newton is Newton's method near the solution.
+    def residuals(v):
+        return jnp.stack([10.0 * (v[1] - v[0] ** 2), 1.0 - v[0]])
+
+    for method in ("lm", "gn"):
+        fit = gauss_newton(residuals, jnp.array([-1.2, 1.0]), method=method, gtol=1e-14)
+        assert bool(fit.converged), fit.message
+        np.testing.assert_allclose(fit.x, [1.0, 1.0], rtol=1e-12)
+    fit = gauss_newton(residuals, jnp.array([-1.2, 1.0]), method="gn", gtol=1e-14)
+    errors = np.sqrt(2 * np.asarray(fit.costs)[: int(fit.nit) + 1])  # ||r||
+    assert convergence_order(errors[-4:], floor=1e-14).order >= 1.8, errors
+
+
+def test_singular_jacobian_gives_a_finite_answer(x64):
+    # The residuals do not depend on p[1]: J has a zero column.
+    def residuals(p):
+        return jnp.stack([p[0] - 1.0, 2.0 * (p[0] - 1.0)])
+
+    for method in ("lm", "gn"):
+        fit = gauss_newton(residuals, jnp.array([5.0, 3.0]), method=method)
+        assert np.all(np.isfinite(np.asarray(fit.x)))
+        np.testing.assert_allclose(fit.x, [1.0, 3.0], atol=1e-8)  # p[1] left alone
+        assert bool(fit.converged), fit.message
+
+
+def test_float32_fit_stops_at_rounding_and_says_converged():
+    t = jnp.linspace(0.0, 1.0, 8)
+    fit = jax.jit(
+        lambda a: gauss_newton(
+            lambda p: p[0] * jnp.exp(-p[1] * t) - 2.0 * jnp.exp(-3.0 * t), jnp.stack([a, a])
+        )
+    )(1.0)
+    assert bool(fit.converged) and fit.x.dtype == jnp.float32
+    np.testing.assert_allclose(fit.x, [2.0, 3.0], rtol=1e-5)
+
+
+def test_bad_input_is_refused_clearly():
+    with pytest.raises(ValueError, match="method"):
+        gauss_newton(lambda x: x, jnp.ones(2), method="dogleg")
+    with pytest.raises(ValueError, match="maxiter"):
+        gauss_newton(lambda x: x, jnp.ones(2), maxiter=0)
+    with pytest.raises(ValueError, match="empty"):
+        gauss_newton(lambda x: x, {})
+    with pytest.raises(TypeError, match="floating"):
+        gauss_newton(lambda x: x, jnp.ones(2, jnp.int32))
+    with pytest.raises(ValueError, match="no residuals"):
+        gauss_newton(lambda x: jnp.zeros(0), jnp.ones(2))
+    fit = gauss_newton(lambda x: jnp.log(x), jnp.array([-1.0]))
+    assert "not finite" in fit.message and not bool(fit.converged)
