@@ -10,6 +10,7 @@ BENCHMARKS = {
     "hvp": "benchmarks.hvp",
     "kfac": "benchmarks.kfac",
     "lbfgs": "benchmarks.lbfgs",
+    "newton": "benchmarks.newton",
     "loss_scaling": "benchmarks.loss_scaling",
     "rsvd": "benchmarks.rsvd",
 }

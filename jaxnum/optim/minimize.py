@@ -35,6 +35,7 @@ STATUS_MESSAGES = {
 }
 
 METHODS = ("lbfgs", "newton-cg", "newton")
+MAX_BACKTRACKS = 10  # of the Newton methods' step, before it is refused
 
 
 class MinimizeResult(NamedTuple):
@@ -231,7 +232,7 @@ def _solve_newton(
 
     opt = scale_by_newton_cg(
         damping, linear_solver=linear_solver, max_cg_iterations=max_cg_iterations,
-        boost=2.0, drop=1.0 / 3.0, max_damping=1e10,
+        boost=2.0, drop=0.5, max_damping=1e10, max_backtracks=MAX_BACKTRACKS,
     )  # fmt: skip
     (value, aux), grad = value_and_grad(x0)
     value = jnp.asarray(value, dtype)
@@ -275,7 +276,8 @@ def _solve_newton(
         ).astype(jnp.int32)
         return _NewtonCarry(
             x=x, opt_state=opt_state, value=value, grad=grad, aux=aux, nit=nit,
-            nfev=c.nfev + 1 + accepted.astype(jnp.int32), status=status,
+            nfev=c.nfev + (opt_state.num_evaluations - c.opt_state.num_evaluations)
+            + accepted.astype(jnp.int32), status=status,
         )  # fmt: skip
 
     c = jax.lax.while_loop(lambda c: c.status < 0, body, start)
@@ -311,8 +313,10 @@ def minimize(
         CG on forward-over-reverse Hessian-vector products with the forcing
         term ``min(1/2, sqrt(||g||))``, Levenberg-Marquardt damping from the
         reduction ratio (initial lambda ``damping``, times 2 after a poor step,
-        times 1/3 after a good one); a refused step counts as an iteration, as
-        in a trust-region method.
+        times 1/2 after a good one: the most even of 13 factor pairs tried on
+        Rosenbrock n=2, 100, 1000 and logistic regression), a backtracking (Armijo)
+        search on a poor step before it is refused; a refused step counts as an
+        iteration, as in a trust-region method.
       - "newton": the same with the exact Hessian (n products, ``jax.hessian``
         equivalent) and a Cholesky solve: Newton's method for small n.
 

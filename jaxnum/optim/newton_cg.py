@@ -35,7 +35,8 @@ class ScaleByNewtonCGState(NamedTuple):
     is scaled by the gradient norm); ``rho`` the last reduction ratio (nan if
     the step was not finite); ``cg_iterations`` the last solve's iterations;
     ``num_products`` curvature-vector products so far; ``num_rejected`` steps
-    refused (no decrease, or a non-finite gradient, model or value).
+    refused (no decrease, or a non-finite gradient, model or value);
+    ``num_evaluations`` calls of ``value_fn`` so far (trial points and backtracking).
     """
 
     damping: jax.Array
@@ -43,6 +44,7 @@ class ScaleByNewtonCGState(NamedTuple):
     cg_iterations: jax.Array
     num_products: jax.Array
     num_rejected: jax.Array
+    num_evaluations: jax.Array
     count: jax.Array
 
 
@@ -141,6 +143,7 @@ def scale_by_newton_cg(
     min_damping: float = 0.0,
     max_damping: float = 1e10,
     min_ratio: float = 1e-4,
+    max_backtracks: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     """Hessian-free Newton with Levenberg-Marquardt damping; outputs the step itself.
 
@@ -176,6 +179,11 @@ def scale_by_newton_cg(
       boost, drop: lambda factors for poor (rho < 1/4) and good (rho > 3/4) steps.
       min_damping, max_damping: bounds of the adapted quantity.
       min_ratio: smallest rho for which a step is taken.
+      max_backtracks: when the full step is refused, try ``0.5^k p`` for k = 1
+        .. max_backtracks and take the first meeting Armijo's condition
+        ``f(x + a p) <= f(x) + 1e-4 a g.p`` (p is a descent direction: CG on a
+        positive definite operator), as Martens 2010 (Sec. 4.6) does after CG;
+        lambda is raised as for a refused step. 0 (the default) refuses outright.
 
     References:
       J. Martens, "Deep learning via Hessian-free optimization", ICML 2010;
@@ -203,6 +211,9 @@ def scale_by_newton_cg(
             f"{fn}: need 0 <= min_damping < max_damping, got {min_damping!r}, {max_damping!r}"
         )
 
+    if not isinstance(max_backtracks, int) or max_backtracks < 0:
+        raise ValueError(f"{fn}: max_backtracks must be an int >= 0, got {max_backtracks!r}")
+
     def init_fn(params):
         leaves = jax.tree.leaves(params)
         if not leaves or not all(jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in leaves):
@@ -214,6 +225,7 @@ def scale_by_newton_cg(
             cg_iterations=jnp.zeros((), jnp.int32),
             num_products=jnp.zeros((), jnp.int32),
             num_rejected=jnp.zeros((), jnp.int32),
+            num_evaluations=jnp.zeros((), jnp.int32),
             count=jnp.zeros((), jnp.int32),
         )
 
@@ -224,6 +236,7 @@ def scale_by_newton_cg(
         del extra_args
         if params is None:
             raise ValueError(f"{fn}: update needs params")
+
         if curvature == "gauss-newton":
             if model_fn is None or loss_fn is None:
                 raise ValueError(
@@ -269,6 +282,26 @@ def scale_by_newton_cg(
         )  # fmt: skip
         rho = jnp.where(finite, (new_value - value) / jnp.where(finite, predicted, 1.0), jnp.nan)
         accept = finite & (rho > min_ratio)
+        evaluations = jnp.ones((), jnp.int32)
+        if max_backtracks:
+            slope = tree_vdot(g, step).astype(dtype)
+
+            def armijo_fails(c):
+                k, a = c
+                trial_value = value_fn(jax.tree.map(lambda p, s: p + a * s, params, step))
+                ok = trial_value <= value + 1e-4 * a * slope
+                return (k < max_backtracks) & ~ok
+
+            can_search = ~accept & jnp.isfinite(slope) & (slope < 0) & jnp.isfinite(value)
+            k, a = jax.lax.while_loop(
+                lambda c: can_search & armijo_fails(c),
+                lambda c: (c[0] + 1, 0.5 * c[1]),
+                (jnp.zeros((), jnp.int32), jnp.asarray(0.5, dtype)),
+            )
+            searched = can_search & (k < max_backtracks)
+            evaluations = evaluations + jnp.where(can_search, k + 1, 0)
+            step = jax.tree.map(lambda s: jnp.where(searched, a * s, s), step)
+            accept = accept | searched
         factor = jnp.where(~(rho >= 0.25), boost, jnp.where(rho > 0.75, drop, 1.0))
         new_damping = jnp.clip(state.damping * factor, min_damping, max_damping)
         new_damping = jnp.where(jnp.isfinite(grad_norm), new_damping, state.damping)
@@ -283,6 +316,7 @@ def scale_by_newton_cg(
             cg_iterations=solve.iterations.astype(jnp.int32),
             num_products=state.num_products + products.astype(jnp.int32),
             num_rejected=state.num_rejected + (~accept).astype(jnp.int32),
+            num_evaluations=state.num_evaluations + evaluations,
             count=state.count + 1,
         )
         return out, new_state

@@ -97,6 +97,7 @@ def test_newton_converges_quadratically_newton_cg_superlinearly(x64):
 
 def test_newton_cg_needs_far_fewer_iterations_than_gradient_descent(x64):
     X, y = _logistic_problem()
+    X = X * jnp.logspace(-1, 1, 10)  # features on different scales: cond(H) ~ 1e4
     result = minimize(_logistic, jnp.zeros(10), X, y, method="newton-cg", tol=1e-8, ftol=0.0)
     assert bool(result.converged) and float(result.grad_norm) <= 1e-8
     # Gradient descent with the step 1/L, L the largest Hessian eigenvalue bound.
@@ -110,7 +111,7 @@ def test_newton_cg_needs_far_fewer_iterations_than_gradient_descent(x64):
         return jax.lax.while_loop(cond, lambda c: (c[0] - grad(c[0], X, y) / L, c[1] + 1), (w, 0))
 
     _, gd = jax.jit(gd_iterations)(jnp.zeros(10))
-    assert int(result.nit) * 20 < int(gd), (int(result.nit), int(gd))
+    assert int(result.nit) * 50 < int(gd), (int(result.nit), int(gd))
 
 
 @pytest.mark.parametrize("method", ["Newton-CG", "trust-ncg"])
@@ -211,7 +212,9 @@ def test_minimize_newton_on_pytrees_and_statuses(x64):
     def f(p):
         return jnp.sum((p["a"] - 1.0) ** 4) + jnp.sum((p["b"] + 2.0) ** 2)
 
-    result = minimize(f, {"a": jnp.zeros(2), "b": jnp.zeros(())}, method="newton-cg", tol=1e-7)
+    result = minimize(
+        f, {"a": jnp.zeros(2), "b": jnp.zeros(())}, method="newton-cg", tol=1e-7, ftol=0.0
+    )
     assert bool(result.converged), result.message
     np.testing.assert_allclose(result.x["b"], -2.0, atol=1e-8)
     np.testing.assert_allclose(result.x["a"], 1.0, atol=3e-3)  # quartic: flat minimum
