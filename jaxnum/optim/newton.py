@@ -19,10 +19,25 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+ROOT_CONVERGED = 0
+ROOT_MAXITER = 1
+ROOT_NO_DECREASE = 2
+
+ROOT_MESSAGES = {
+    ROOT_CONVERGED: "converged: ||F|| <= tol",
+    ROOT_MAXITER: "stopped: maximum number of iterations reached",
+    ROOT_NO_DECREASE: (
+        "stopped: the Newton step does not reduce ||F|| (a singular Jacobian at a "
+        "stationary point of ||F||^2, or a local minimum of ||F|| that is not a root)"
+    ),
+}
+
 
 class NewtonRootResult(NamedTuple):
     """x, F(x), ||F(x)||, the residual-norm history (nan after ``nit``), iterations,
-    and whether ``||F|| <= tol`` was reached."""
+    whether ``||F|| <= tol`` was reached, a status (``.message`` reads it) and the
+    number of iterations whose Jacobian was rank-deficient (its least-squares
+    step is then the minimum-norm one)."""
 
     x: Any
     fun: Any
@@ -30,6 +45,13 @@ class NewtonRootResult(NamedTuple):
     residual_norms: jax.Array
     nit: jax.Array
     converged: jax.Array
+    status: jax.Array
+    num_singular: jax.Array
+
+    @property
+    def message(self) -> str:
+        """The status as a sentence (needs a concrete ``status``)."""
+        return ROOT_MESSAGES[int(self.status)]
 
 
 def newton_root(
@@ -85,9 +107,10 @@ def newton_root(
         return 0.5 * jnp.sum(r * r)
 
     def step(carry):
-        k, x, r, norms, _ = carry
+        k, x, r, norms, _, singular = carry
         J = jacobian(x)
-        p = multiplicity * jnp.linalg.lstsq(J, -r)[0]
+        p, _, rank, _ = jnp.linalg.lstsq(J, -r)
+        p = multiplicity * p
         p = jnp.where(jnp.isfinite(p), p, 0.0)
         phi0 = 0.5 * jnp.sum(r * r)
 
@@ -102,19 +125,28 @@ def newton_root(
         x_new = jnp.where(accepted, x + t * p, x)
         r_new = residual(x_new)
         norms = norms.at[k + 1].set(jnp.linalg.norm(r_new))
-        return k + 1, x_new, r_new, norms, ~accepted
+        singular = singular + (rank < min(n, m)).astype(jnp.int32)
+        return k + 1, x_new, r_new, norms, ~accepted, singular
 
     def keep_going(carry):
-        k, _, r, _, stuck = carry
+        k, _, r, _, stuck, _ = carry
         return (k < maxiter) & (jnp.linalg.norm(r) > tol) & ~stuck
 
     r0 = residual(flat0)
     norms0 = jnp.full((maxiter + 1,), jnp.nan, r0.dtype).at[0].set(jnp.linalg.norm(r0))
-    k, x, r, norms, _ = jax.lax.while_loop(
-        keep_going, step, (jnp.asarray(0), flat0, r0, norms0, jnp.asarray(False))
+    k, x, r, norms, stuck, singular = jax.lax.while_loop(
+        keep_going,
+        step,
+        (jnp.asarray(0), flat0, r0, norms0, jnp.asarray(False), jnp.zeros((), jnp.int32)),
     )
     norm = jnp.linalg.norm(r)
-    return NewtonRootResult(unravel(x), f(unravel(x), *args), norm, norms, k, norm <= tol)
+    converged = norm <= tol
+    status = jnp.where(
+        converged, ROOT_CONVERGED, jnp.where(stuck, ROOT_NO_DECREASE, ROOT_MAXITER)
+    ).astype(jnp.int32)
+    return NewtonRootResult(
+        unravel(x), f(unravel(x), *args), norm, norms, k, converged, status, singular
+    )
 
 
 class ConvergenceOrder(NamedTuple):

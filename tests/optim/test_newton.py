@@ -71,6 +71,24 @@ def test_singular_jacobian_is_reported_without_nan():
     result = newton_root(lambda x: x**2 - 1.0, 0.0)  # J = 0 at the start
     assert not bool(result.converged)
     assert np.isfinite(float(result.x)) and np.isfinite(float(result.residual_norm))
+    assert int(result.num_singular) == 1 and "singular" in result.message
+    # Singular at the root itself (rank 1 of 2 everywhere): the minimum-norm steps
+    # still converge, and every iteration is counted as rank-deficient.
+    result = newton_root(
+        lambda v: jnp.stack([v[0] + v[1] - 2.0, 2 * (v[0] + v[1]) - 4.0]), jnp.zeros(2)
+    )
+    assert bool(result.converged) and "converged" in result.message
+    assert int(result.num_singular) == int(result.nit) >= 1
+
+
+def test_underdetermined_system_takes_the_minimum_norm_step(x64):
+    # One equation, three unknowns: the first Newton step from 0 is the
+    # minimum-norm solution of J p = -F, a multiple of the gradient direction.
+    result = newton_root(lambda v: jnp.sum(v * jnp.array([1.0, 2.0, 3.0])) - 7.0, jnp.zeros(3))
+    assert bool(result.converged) and int(result.nit) == 1
+    np.testing.assert_allclose(result.x, 7.0 / 14.0 * np.array([1.0, 2.0, 3.0]), rtol=1e-12)
+    capped = newton_root(lambda x: jnp.cos(x) - x, 3.0, maxiter=1, tol=1e-15)
+    assert "maximum" in capped.message
 
 
 def test_bad_input():
