@@ -169,7 +169,7 @@ def _solve(x0, args, tol, ftol, *, fun, has_aux, memory_size, maxiter, max_evalu
                 no_decrease & ~had_memory,
                 LINESEARCH_FAILED,
                 jnp.where(
-                    ~no_decrease & (rel_decrease <= ftol),
+                    ~no_decrease & (ftol > 0) & (rel_decrease <= ftol),
                     CONVERGED_F,
                     jnp.where(nit >= maxiter, MAXITER, -1),
                 ),
@@ -268,7 +268,7 @@ def _solve_newton(
                 stuck,
                 NO_DECREASE,
                 jnp.where(
-                    accepted & (rel_decrease <= ftol),
+                    accepted & (ftol > 0) & (rel_decrease <= ftol),
                     CONVERGED_F,
                     jnp.where(nit >= maxiter, MAXITER, -1),
                 ),
