@@ -172,15 +172,37 @@ def _table(problem, rows):
     return lines
 
 
+def _summary(problem, rows):
+    ours = rows["jaxnum newton-cg"]
+    scipy_rows = {k: v for k, v in rows.items() if k.startswith("scipy")}
+    fastest = min(scipy_rows, key=lambda k: scipy_rows[k]["seconds"])
+    peers = ", ".join(f"{k.split(' (')[0]} {v['nit']} / {v['nhev']}" for k, v in scipy_rows.items())
+    return (
+        f"- {problem.name}: jaxnum newton-cg {ours['nit']} iterations / {ours['nhev']} "
+        f"products vs {peers}; time / fastest scipy ({fastest}) = "
+        f"{ours['seconds'] / scipy_rows[fastest]['seconds']:.2f}."
+    )
+
+
 def run(quick: bool = False) -> None:
     problems = _problems()
     for p in problems:
         _check_hessp(p, _numpy_callbacks(p)[2])
     rounds = 2 if quick else 7
-    body = [machine_summary(("jax", "jaxlib", "optax", "scipy")), "", __doc__.split("\n\n", 1)[1]]
+    body = [
+        "## newton: Newton-CG and dense Newton vs scipy Newton-CG / trust-ncg and L-BFGS",
+        "",
+        machine_summary(("jax", "jaxlib", "optax", "scipy")),
+        "",
+        __doc__.split("\n\n", 1)[1],
+    ]
+    summary = ["Summary (iterations / Hessian-vector products):", ""]
     for p in problems:
         rows = _measure(p, rounds, quick)
         body += _table(p, rows)
+        summary.append(_summary(p, rows))
         print("\n".join(_table(p, rows)), flush=True)
+    body += summary
+    print("\n".join(summary))
     if not quick:
         write_section("newton", "\n".join(body))
