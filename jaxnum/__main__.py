@@ -1,4 +1,4 @@
-"""Command line: ``python -m jaxnum formats``."""
+"""Command line: ``python -m jaxnum tour|formats``."""
 
 from __future__ import annotations
 
@@ -13,6 +13,14 @@ def _formats(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tour(args: argparse.Namespace) -> int:
+    from jaxnum.tour import run_tour
+
+    names = None if args.only is None else [n for n in args.only.split(",") if n]
+    outcomes = run_tour(names, quick=args.quick, out=args.out, seed=args.seed)
+    return 1 if any(o.result is None for o in outcomes) else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m jaxnum``; returns the exit status."""
     parser = argparse.ArgumentParser(prog="python -m jaxnum", description=__doc__)
@@ -21,6 +29,14 @@ def main(argv: list[str] | None = None) -> int:
         "formats", help="print the table of float formats (float32 ... float8)"
     )
     formats.set_defaults(run=_formats)
+    tour = commands.add_parser(
+        "tour", help="measure every claim about training numerics and write a report"
+    )
+    tour.add_argument("--quick", action="store_true", help="small sizes: all in a few minutes")
+    tour.add_argument("--only", help="comma-separated experiment names (default: all)")
+    tour.add_argument("--out", default="report", help="report directory (default: report/)")
+    tour.add_argument("--seed", type=int, default=0, help="the key every experiment folds from")
+    tour.set_defaults(run=_tour)
     args = parser.parse_args(argv)
     return args.run(args)
 

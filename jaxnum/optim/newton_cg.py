@@ -281,6 +281,11 @@ def scale_by_newton_cg(
             & jnp.isfinite(jnp.sqrt(tree_vdot(step, step))) & (predicted < 0)
         )  # fmt: skip
         rho = jnp.where(finite, (new_value - value) / jnp.where(finite, predicted, 1.0), jnp.nan)
+        # A predicted decrease below the rounding of f cannot be measured: the
+        # step is trusted (rho = 1), as trust-region codes do near a minimum.
+        rounding = 10 * jnp.finfo(dtype).eps * jnp.abs(value)
+        unmeasurable = finite & (-predicted <= rounding) & (new_value <= value + rounding)
+        rho = jnp.where(unmeasurable, 1.0, rho)
         accept = finite & (rho > min_ratio)
         evaluations = jnp.ones((), jnp.int32)
         if max_backtracks:
