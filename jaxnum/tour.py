@@ -36,6 +36,7 @@ EXPERIMENTS = {
     "softmax_overflow": "softmax_overflow",
     "clipping_overflow": "clipping_overflow",
     "lbfgs_minibatch": "lbfgs_minibatch",
+    "kfac_claims": "kfac_claims",
     "randomized_svd": "randomized_svd",
     "lora_counts": "lora_counts",
     "finite_differences": "finite_differences",
