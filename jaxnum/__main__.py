@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 
@@ -41,5 +42,21 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
+def _reexec_with_one_blas_thread() -> None:
+    """Restarts ``python -m jaxnum tour`` with OPENBLAS_NUM_THREADS=1 unless the user set it.
+
+    jaxlib's CPU decompositions (SVD, QR, Cholesky) run in the process's
+    OpenBLAS, whose spinning worker threads fight XLA's own thread pool: the
+    randomized-SVD experiment took 89 s instead of 6 s on 2 cores, and its
+    timings were 10x off. The variable is read when OpenBLAS loads, which
+    ``import jaxnum`` has done by now, hence the restart (the CLI only).
+    """
+    if os.environ.get("OPENBLAS_NUM_THREADS") is None:
+        env = dict(os.environ, OPENBLAS_NUM_THREADS="1")
+        os.execve(sys.executable, [sys.executable, "-m", "jaxnum", *sys.argv[1:]], env)
+
+
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["tour"]:
+        _reexec_with_one_blas_thread()
     sys.exit(main())

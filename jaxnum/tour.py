@@ -16,6 +16,7 @@ import dataclasses
 import importlib
 import importlib.util
 import json
+import os
 import platform
 import sys
 import time
@@ -115,6 +116,7 @@ def _versions() -> dict[str, str]:
             out[package] = version(package)
         except PackageNotFoundError:
             out[package] = "not installed"
+    out["OPENBLAS_NUM_THREADS"] = os.environ.get("OPENBLAS_NUM_THREADS", "unset")
     return out
 
 
