@@ -36,6 +36,7 @@ EXPERIMENTS = {
     "fp16_loss_scaling": "fp16_loss_scaling",  # 2
     "softmax_overflow": "softmax_overflow",  # 3
     "clipping_overflow": "clipping_overflow",  # 4
+    "lbfgs_scaling": "lbfgs_scaling",  # 5
     "lbfgs_minibatch": "lbfgs_minibatch",  # 5
     "kfac_claims": "kfac_claims",  # 6
     "randomized_svd": "randomized_svd",  # 7
