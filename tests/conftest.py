@@ -14,6 +14,8 @@ _FLAG = "--xla_force_host_platform_device_count=4"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
 
+import sys  # noqa: E402
+
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
@@ -23,3 +25,11 @@ def x64():
     """Runs a test with float64 enabled (locally, not for the whole suite)."""
     with jax.enable_x64(True):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Closes the matplotlib figures a test (an experiment run) left open."""
+    yield
+    if "matplotlib.pyplot" in sys.modules:
+        sys.modules["matplotlib.pyplot"].close("all")
