@@ -34,7 +34,7 @@ References:
   N. Halko, P.-G. Martinsson, J. A. Tropp, "Finding structure with randomness:
   probabilistic algorithms for constructing approximate matrix decompositions",
   SIAM Review 53(2), 2011, https://arxiv.org/abs/0909.4061 (Algorithms 4.4 and
-  5.1; Thm. 10.6; Cor. 10.10; the "k << min(m, n)" cost in Sec. 1.4 and 6).
+  5.1; Thm. 10.6; Cor. 10.10; operation counts in Sec. 1.4 and 6).
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ from jaxnum.linalg import randomized_range_finder, randomized_svd
 
 SPEEDUP_CLAIMED = 100.0
 PARTLY_SPEEDUP = 10.0
-# The bound is on the expectation; the mean of a few draws can exceed it only
-# if the bound is nearly tight, which HMT's is not (their Sec. 10 experiments).
+# The bound is on the expectation; the mean of a few draws could exceed it only
+# where the bound is nearly tight, and it is loose by 2-10x here (see the data).
 BOUND_SLACK = 1.0
 
 
@@ -138,17 +138,18 @@ def known_spectrum_matrix(key, shape, s) -> jax.Array:
 
 
 @partial(jax.jit, static_argnames=("rank", "oversample", "q"))
-def _errors(A, keys, *, rank, oversample, q):
-    """Spectral errors of the rank-k SVD and of the (k+p)-column range, one per key."""
+def _errors(A, key, *, rank, oversample, q):
+    """Spectral errors of the rank-k SVD and of the (k+p)-column range for one key.
 
-    def one(key):
-        U, S, Vt = randomized_svd(A, rank, key=key, oversample=oversample, power_iters=q)
-        Q = randomized_range_finder(A, rank + oversample, key=key, power_iters=q)
-        svd_err = jnp.linalg.norm(A - (U * S) @ Vt, ord=2)
-        range_err = jnp.linalg.norm(A - Q @ (Q.T @ A), ord=2)
-        return svd_err, range_err
-
-    return jax.vmap(one)(keys)
+    One key per call, not a vmap over keys: on jaxlib 0.10.2 (CPU), one program
+    holding both batched pipelines wedged XLA's thread pool (all threads idle,
+    never returning) after a few calls on this 2-core machine.
+    """
+    U, S, Vt = randomized_svd(A, rank, key=key, oversample=oversample, power_iters=q)
+    Q = randomized_range_finder(A, rank + oversample, key=key, power_iters=q)
+    svd_err = jnp.linalg.norm(A - (U * S) @ Vt, ord=2)
+    range_err = jnp.linalg.norm(A - Q @ (Q.T @ A), ord=2)
+    return svd_err, range_err
 
 
 def _median_time(fn, repeats: int) -> float:
@@ -189,14 +190,15 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
         keys = jax.random.split(k_trials, config.trials)
         rows = []
         for q in config.power_iters:
-            svd_err, range_err = _errors(A, keys, rank=k, oversample=p, q=q)
+            errs = [_errors(A, kk, rank=k, oversample=p, q=q) for kk in keys]
+            svd_err, range_err = (np.asarray(v, np.float64) for v in zip(*errs, strict=True))
             bound = hmt_bound(s, k, p, q)
             rows.append(
                 {
                     "q": q,
-                    "svd_error_mean": float(jnp.mean(svd_err)),
-                    "svd_error_max": float(jnp.max(svd_err)),
-                    "range_error_mean": float(jnp.mean(range_err)),
+                    "svd_error_mean": float(np.mean(svd_err)),
+                    "svd_error_max": float(np.max(svd_err)),
+                    "range_error_mean": float(np.mean(range_err)),
                     "range_bound": bound,
                     "svd_bound": float(s[k]) + bound,
                 }
@@ -328,7 +330,7 @@ def _figure(config, study, seconds):
     bx.set_yscale("log")
     bx.set_ylabel("time per call (ms, log scale)")
     m, n = config.time_shape
-    bx.set_title(f"Time vs full SVD, {m}x{n}, k={config.rank} (speedup above bars)")
+    bx.set_title(f"Time, {m}x{n}, k={config.rank} (speedup on the bars)")
     bx.legend(fontsize=8)
     bx.tick_params(axis="x", labelsize=8, rotation=30)
     fig.suptitle("Claim 7: randomized SVD error bound and speed")
