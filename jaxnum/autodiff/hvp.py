@@ -24,8 +24,9 @@ def hvp(f: Callable[..., Any], x: Any, v: Any, *args: Any, mode: str = "fwd-rev"
     Modes (Pearlmutter 1994; the JAX autodiff cookbook):
 
     - ``"fwd-rev"`` (default): ``jvp`` of ``grad f``, forward-over-reverse. One
-      forward-mode pass over the gradient computation: the cheapest in memory
-      and time, about 2x a gradient.
+      forward-mode pass over the gradient computation: no second tape, so the
+      least memory; about 2x a gradient in time (under ``jit`` on CPU the
+      modes measured within ~10% of each other, rev-rev sometimes ahead).
     - ``"rev-rev"``: ``grad`` of ``<grad f(x), v>``, reverse-over-reverse; stores
       the gradient's tape, so more memory.
     - ``"rev-fwd"``: ``grad`` of the directional derivative ``jvp(f)(x; v)``.

@@ -26,7 +26,12 @@ def _symmetric_matvec(A: Any, n: int, fn: str) -> Callable[[jax.Array], jax.Arra
 
 
 class CGResult(NamedTuple):
-    """Result of :func:`cg`: solution, iterations, final residual norm, converged flag."""
+    """Result of :func:`cg`: solution, iterations, residual norm, converged flag.
+
+    ``residual_norm`` is CG's recursively updated residual; in finite precision
+    it drifts from the true ``||b - A x||`` on ill-conditioned systems
+    (Greenbaum, "Iterative Methods for Solving Linear Systems", 1997, Ch. 7).
+    """
 
     x: jax.Array
     iterations: jax.Array
@@ -192,6 +197,10 @@ def top_eigenvalues(
       >>> w, _ = top_eigenvalues(jnp.diag(jnp.arange(10.0)), 2, key=jax.random.key(0))
       >>> bool(jnp.allclose(w, jnp.array([9.0, 8.0]), atol=1e-4))
       True
+
+    References:
+      C. Lanczos 1950; G. Golub and C. Van Loan, "Matrix Computations", 4th ed.,
+      Sec. 10.1 (Lanczos with full reorthogonalisation, Ritz values).
     """
     fn = "top_eigenvalues"
     if n is None:
