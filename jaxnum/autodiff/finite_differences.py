@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxnum.autodiff._trees import check_floating_tree, check_like, tree_axpy
 
@@ -72,6 +73,22 @@ def _complex_step(f, x, v, h):
     return jax.tree.map(lambda a: jnp.imag(a) / h, out)
 
 
+def _check_step(h: Any, x: Any, fn: str) -> None:
+    """A concrete step must be positive and not round to 0 in x's dtype (NaN otherwise)."""
+    if isinstance(h, jax.core.Tracer):
+        return
+    dtype = jnp.result_type(*jax.tree.leaves(x))
+    values = np.atleast_1d(np.asarray(h, np.float64))
+    if not np.all(values > 0):
+        raise ValueError(f"{fn}: the step h must be > 0, got {h!r}")
+    if np.any(np.asarray(values, dtype=jnp.finfo(dtype).dtype) == 0):
+        raise ValueError(
+            f"{fn}: the step h={h!r} rounds to 0 in {jnp.dtype(dtype).name} "
+            f"(smallest subnormal {float(jnp.finfo(dtype).smallest_subnormal):.1e}); "
+            "use float64 inputs or a larger h"
+        )
+
+
 def derivative(
     f: Callable[[Any], Any],
     x: Any,
@@ -132,6 +149,8 @@ def derivative(
     check_like(x, v, "derivative")
     if h is None:
         h = default_step(x, v, method)
+    else:
+        _check_step(h, x, "derivative")
     if method == "forward":
         base, plus = f(x), f(tree_axpy(h, v, x))
         return jax.tree.map(lambda a, b: (a - b) / h, plus, base)
@@ -185,6 +204,7 @@ def fd_error_curve(
     """
     _check_method(method, "fd_error_curve")
     check_floating_tree(x, "fd_error_curve", "x")
+    _check_step(hs, x, "fd_error_curve")
     hs = jnp.asarray(hs)
     if hs.ndim != 1 or hs.size == 0:
         raise ValueError(f"fd_error_curve: hs must be a non-empty 1-D array, got shape {hs.shape}")

@@ -100,3 +100,16 @@ def test_complex_step_refuses_a_function_that_is_not_complex_safe(x64):
 def test_bad_input_is_refused_by_name(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_a_step_that_rounds_to_zero_or_is_not_positive_is_refused():
+    # 1e-200 is 0 in float32: the quotient would be 0/0 = nan, silently.
+    with pytest.raises(ValueError, match="rounds to 0 in float32"):
+        derivative(jnp.sin, jnp.float32(1.0), method="complex", h=1e-200)
+    with pytest.raises(ValueError, match="rounds to 0 in float32"):
+        fd_error_curve(jnp.sin, jnp.float32(1.0), [1e-3, 1e-50], "complex")
+    with pytest.raises(ValueError, match="> 0"):
+        derivative(jnp.sin, jnp.float32(1.0), h=0.0)
+    with jax.enable_x64(True):  # representable in float64: allowed, and exact
+        d = derivative(jnp.sin, jnp.float64(1.0), method="complex", h=1e-200)
+        assert abs(float(d) - np.cos(1.0)) < 1e-15
