@@ -27,9 +27,11 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jaxnum.optim.newton import backtrack, flat_residual
 from jaxnum.precision._checks import check_positive, check_positive_int
 
 METHODS = ("lm", "gn")
+GN_MAX_HALVINGS = 30  # of the Gauss-Newton step before no decrease is declared
 
 CONVERGED_GRAD = 0
 CONVERGED_STEP = 1
@@ -93,14 +95,7 @@ def _damped_step(J, r, mu):
 
 @functools.partial(jax.jit, static_argnames=("residual_fn", "method", "maxiter"))
 def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter):
-    flat0, unravel = ravel_pytree(x0)
-
-    def residual(flat):
-        return ravel_pytree(residual_fn(unravel(flat), *args))[0].astype(flat.dtype)
-
-    n = flat0.size
-    m = jax.eval_shape(residual, flat0).shape[0]
-    jacobian = jax.jacfwd(residual) if n <= m else jax.jacrev(residual)
+    flat0, _, residual, jacobian, _ = flat_residual(residual_fn, x0, args)
 
     def cost(r):
         return 0.5 * jnp.sum(r * r)
@@ -133,19 +128,10 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter):
     def gn_step(c: _Carry):
         h = jnp.linalg.lstsq(c.J, -c.r)[0]
         h = jnp.where(jnp.isfinite(h), h, 0.0)
-        f0, slope = cost(c.r), jnp.vdot(c.J.T @ c.r, h)
-
-        def too_high(s):
-            t, i, f = s
-            return (i < 30) & ~(f <= f0 + 1e-4 * t * slope)
-
-        def halve(s):
-            t, i, _ = s
-            return 0.5 * t, i + 1, cost(residual(c.x + 0.5 * t * h))
-
-        t, i, _ = jax.lax.while_loop(too_high, halve, (1.0, 0, cost(residual(c.x + h))))
-        accept = (i < 30) & (slope < 0)
-        return t * h, residual(c.x + t * h), accept, c.mu, c.nu, i + 2
+        slope = jnp.vdot(c.J.T @ c.r, h)
+        t, i, r_t = backtrack(residual, c.x, h, cost(c.r), slope, GN_MAX_HALVINGS)
+        accept = (i < GN_MAX_HALVINGS) & (slope < 0)
+        return t * h, r_t, accept, c.mu, c.nu, i + 1
 
     def body(c: _Carry):
         h, r_new, accept, mu, nu, evals = (lm_step if method == "lm" else gn_step)(c)
@@ -156,7 +142,10 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter):
         # Also for a refused step: LM's growing mu shrinks h until it is at the
         # rounding level of x, where nothing is left to gain (as MINPACK's xtol test).
         small_step = jnp.linalg.norm(h) <= xtol * (jnp.linalg.norm(c.x) + xtol)
-        stuck = ~accept & ((method == "gn") | ~(mu < 1e15 * (1.0 + jnp.max(jnp.sum(J * J, 0)))))
+        if method == "gn":  # the search failed: no step along h lowers the cost
+            stuck = ~accept
+        else:  # LM: mu has grown far past J^T J's scale and still nothing lowers the cost
+            stuck = ~accept & ~(mu < 1e15 * (1.0 + jnp.max(jnp.sum(J * J, 0))))
         status = jnp.where(
             jnp.max(jnp.abs(J.T @ r)) <= gtol,
             CONVERGED_GRAD,

@@ -36,6 +36,7 @@ STATUS_MESSAGES = {
 
 METHODS = ("lbfgs", "newton-cg", "newton")
 MAX_BACKTRACKS = 10  # of the Newton methods' step, before it is refused
+MAX_DAMPING = 1e10  # the Newton methods stop (NO_DECREASE) when a step is refused at it
 
 
 class MinimizeResult(NamedTuple):
@@ -103,6 +104,43 @@ def _check_output(fun, x0, args, has_aux):
         raise TypeError(f"{name}: fun must return a floating scalar, got {value_shape.dtype}")
 
 
+def _value_and_grad_fn(fun, args, has_aux):
+    """``x -> ((value, aux or None), grad)`` of ``fun(x, *args)``."""
+
+    def value_and_grad(x):
+        if has_aux:
+            return jax.value_and_grad(lambda y: fun(y, *args), has_aux=True)(x)
+        v, g = jax.value_and_grad(lambda y: fun(y, *args))(x)
+        return (v, None), g
+
+    return value_and_grad
+
+
+def _start_status(value, grad_norm, tol):
+    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
+    return jnp.where(
+        ~finite, NONFINITE_START, jnp.where(grad_norm <= tol, CONVERGED_GRAD, -1)
+    ).astype(jnp.int32)
+
+
+def _status(old_value, value, grad_norm, nit, *, tol, ftol, maxiter, failed, failure, decreased):
+    """The stopping rule shared by the solvers, in priority order.
+
+    ``failed`` (status ``failure``) means no decrease could be found;
+    ``decreased`` that the step taken is a real one, so the relative-decrease
+    test applies (ftol = 0 turns it off).
+    """
+    rel_decrease = (old_value - value) / jnp.maximum(
+        jnp.maximum(jnp.abs(old_value), jnp.abs(value)), 1
+    )
+    small_decrease = decreased & (ftol > 0) & (rel_decrease <= ftol)
+    return jnp.select(
+        [grad_norm <= tol, failed, small_decrease, nit >= maxiter],
+        [CONVERGED_GRAD, failure, CONVERGED_F, MAXITER],
+        -1,
+    ).astype(jnp.int32)
+
+
 @functools.partial(
     jax.jit,
     static_argnames=("fun", "has_aux", "memory_size", "maxiter", "max_evaluations"),
@@ -114,12 +152,7 @@ def _solve(x0, args, tol, ftol, *, fun, has_aux, memory_size, maxiter, max_evalu
     def value_fn(x):
         return fun(x, *args)
 
-    def value_and_grad(x):
-        if has_aux:
-            return jax.value_and_grad(value_fn, has_aux=True)(x)
-        v, g = jax.value_and_grad(value_fn)(x)
-        return (v, None), g
-
+    value_and_grad = _value_and_grad_fn(fun, args, has_aux)
     opt = lbfgs(
         memory_size=memory_size,
         linesearch=ls.scale_by_strong_wolfe(max_evaluations=max_evaluations, has_aux=has_aux),
@@ -129,13 +162,10 @@ def _solve(x0, args, tol, ftol, *, fun, has_aux, memory_size, maxiter, max_evalu
     opt_state = opt.init(x0)
     if has_aux:
         opt_state = optax.tree.set(opt_state, aux=aux)
-    finite = jnp.isfinite(value) & jnp.isfinite(_norm(grad, dtype))
     start = _Carry(
         x=x0, opt_state=opt_state, value=value, grad=grad, aux=aux,
         nit=jnp.zeros((), jnp.int32), nfev=jnp.ones((), jnp.int32),
-        status=jnp.where(
-            ~finite, NONFINITE_START, jnp.where(_norm(grad, dtype) <= tol, CONVERGED_GRAD, -1)
-        ).astype(jnp.int32),
+        status=_start_status(value, _norm(grad, dtype), tol),
         num_nonfinite=jnp.zeros((), jnp.int32), num_resets=jnp.zeros((), jnp.int32),
     )  # fmt: skip
 
@@ -159,22 +189,10 @@ def _solve(x0, args, tol, ftol, *, fun, has_aux, memory_size, maxiter, max_evalu
         )
         opt_state = (memory_state, *opt_state[1:])
         nit = c.nit + 1
-        rel_decrease = (c.value - value) / jnp.maximum(
-            jnp.maximum(jnp.abs(c.value), jnp.abs(value)), 1
-        )
-        status = jnp.where(
-            _norm(grad, dtype) <= tol,
-            CONVERGED_GRAD,
-            jnp.where(
-                no_decrease & ~had_memory,
-                LINESEARCH_FAILED,
-                jnp.where(
-                    ~no_decrease & (ftol > 0) & (rel_decrease <= ftol),
-                    CONVERGED_F,
-                    jnp.where(nit >= maxiter, MAXITER, -1),
-                ),
-            ),
-        ).astype(jnp.int32)
+        status = _status(
+            c.value, value, _norm(grad, dtype), nit, tol=tol, ftol=ftol, maxiter=maxiter,
+            failed=no_decrease & ~had_memory, failure=LINESEARCH_FAILED, decreased=~no_decrease,
+        )  # fmt: skip
         return _Carry(
             x=x, opt_state=opt_state, value=value, grad=grad, aux=search.aux if has_aux else None,
             nit=nit, nfev=c.nfev + search.num_evaluations, status=status,
@@ -199,17 +217,6 @@ def _solve(x0, args, tol, ftol, *, fun, has_aux, memory_size, maxiter, max_evalu
     )
 
 
-class _NewtonCarry(NamedTuple):
-    x: Any
-    opt_state: Any
-    value: jax.Array
-    grad: Any
-    aux: Any
-    nit: jax.Array
-    nfev: jax.Array
-    status: jax.Array  # -1 while running
-
-
 @functools.partial(
     jax.jit,
     static_argnames=("fun", "has_aux", "maxiter", "linear_solver", "max_cg_iterations"),
@@ -221,32 +228,24 @@ def _solve_newton(
     _check_output(fun, x0, args, has_aux)
     dtype = jnp.result_type(*jax.tree.leaves(x0))
 
-    def value_fn(x):
+    def value_fn(x):  # the trial values need no aux
         return fun(x, *args)[0] if has_aux else fun(x, *args)
 
-    def value_and_grad(x):
-        if has_aux:
-            return jax.value_and_grad(lambda y: fun(y, *args), has_aux=True)(x)
-        v, g = jax.value_and_grad(value_fn)(x)
-        return (v, None), g
-
+    value_and_grad = _value_and_grad_fn(fun, args, has_aux)
     opt = scale_by_newton_cg(
         damping, linear_solver=linear_solver, max_cg_iterations=max_cg_iterations,
-        boost=2.0, drop=0.5, max_damping=1e10, max_backtracks=MAX_BACKTRACKS,
+        boost=2.0, drop=0.5, max_damping=MAX_DAMPING, max_backtracks=MAX_BACKTRACKS,
     )  # fmt: skip
     (value, aux), grad = value_and_grad(x0)
     value = jnp.asarray(value, dtype)
-    grad_norm = _norm(grad, dtype)
-    finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
-    start = _NewtonCarry(
-        x=x0, opt_state=opt.init(x0), value=value, grad=grad, aux=aux,
-        nit=jnp.zeros((), jnp.int32), nfev=jnp.ones((), jnp.int32),
-        status=jnp.where(
-            ~finite, NONFINITE_START, jnp.where(grad_norm <= tol, CONVERGED_GRAD, -1)
-        ).astype(jnp.int32),
+    zero = jnp.zeros((), jnp.int32)
+    start = _Carry(
+        x=x0, opt_state=opt.init(x0), value=value, grad=grad, aux=aux, nit=zero,
+        nfev=jnp.ones((), jnp.int32), status=_start_status(value, _norm(grad, dtype), tol),
+        num_nonfinite=zero, num_resets=zero,
     )  # fmt: skip
 
-    def body(c: _NewtonCarry):
+    def body(c: _Carry):
         step, opt_state = opt.update(c.grad, c.opt_state, c.x, value=c.value, value_fn=value_fn)
         accepted = opt_state.num_rejected == c.opt_state.num_rejected
         x = optax.apply_updates(c.x, step)
@@ -257,31 +256,18 @@ def _solve_newton(
         )
         value = jnp.asarray(value, dtype)
         nit = c.nit + 1
-        rel_decrease = (c.value - value) / jnp.maximum(
-            jnp.maximum(jnp.abs(c.value), jnp.abs(value)), 1
-        )
-        stuck = ~accepted & (opt_state.damping >= 1e10)
-        status = jnp.where(
-            _norm(grad, dtype) <= tol,
-            CONVERGED_GRAD,
-            jnp.where(
-                stuck,
-                NO_DECREASE,
-                jnp.where(
-                    accepted & (ftol > 0) & (rel_decrease <= ftol),
-                    CONVERGED_F,
-                    jnp.where(nit >= maxiter, MAXITER, -1),
-                ),
-            ),
-        ).astype(jnp.int32)
-        return _NewtonCarry(
+        status = _status(
+            c.value, value, _norm(grad, dtype), nit, tol=tol, ftol=ftol, maxiter=maxiter,
+            failed=~accepted & (opt_state.damping >= MAX_DAMPING), failure=NO_DECREASE,
+            decreased=accepted,
+        )  # fmt: skip
+        return c._replace(
             x=x, opt_state=opt_state, value=value, grad=grad, aux=aux, nit=nit,
             nfev=c.nfev + (opt_state.num_evaluations - c.opt_state.num_evaluations)
             + accepted.astype(jnp.int32), status=status,
         )  # fmt: skip
 
     c = jax.lax.while_loop(lambda c: c.status < 0, body, start)
-    zero = jnp.zeros((), jnp.int32)
     return MinimizeResult(
         x=c.x, fun=c.value, grad=c.grad, grad_norm=_norm(c.grad, dtype), nit=c.nit,
         nfev=c.nfev, converged=(c.status == CONVERGED_GRAD) | (c.status == CONVERGED_F),
@@ -324,7 +310,7 @@ def minimize(
     relative decrease ``(f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1) <= ftol``
     (scipy's default ``factr * eps``; 0 turns it off), when ``maxiter``
     iterations are done, or when no decrease is found (the line search fails
-    even with the memory reset; the Newton damping reached 1e10). Compiled once
+    even with the memory reset; the Newton damping reached MAX_DAMPING = 1e10). Compiled once
     per ``fun`` object and static option set; callable inside the user's own
     ``jit``.
 

@@ -54,6 +54,41 @@ class NewtonRootResult(NamedTuple):
         return ROOT_MESSAGES[int(self.status)]
 
 
+def flat_residual(f: Callable, x0: Any, args: tuple):
+    """``(flat0, unravel, residual, jacobian, m)`` for ``f(x, *args)`` on flat vectors.
+
+    ``residual`` stacks every output leaf (in x0's dtype); ``jacobian`` is the
+    dense m x n Jacobian by forward mode when n <= m, reverse mode otherwise.
+    """
+    flat0, unravel = ravel_pytree(x0)
+
+    def residual(flat):
+        return ravel_pytree(f(unravel(flat), *args))[0].astype(flat.dtype)
+
+    m = jax.eval_shape(residual, flat0).shape[0]
+    jacobian = jax.jacfwd(residual) if flat0.size <= m else jax.jacrev(residual)
+    return flat0, unravel, residual, jacobian, m
+
+
+def backtrack(residual: Callable, x, p, phi0, slope, max_halvings: int):
+    """Armijo backtracking on ``phi(t) = ||F(x + t p)||^2 / 2``, t = 1, 1/2, ...
+
+    Returns ``(t, F(x + t p), halvings)``; the search succeeded iff halvings <
+    max_halvings, i.e. ``phi(t) <= phi0 + 1e-4 t slope`` (Nocedal and Wright,
+    Alg. 3.1).
+    """
+
+    def too_high(state):
+        t, i, r = state
+        return (i < max_halvings) & ~(0.5 * jnp.sum(r * r) <= phi0 + 1e-4 * t * slope)
+
+    def halve(state):
+        t, i, _ = state
+        return 0.5 * t, i + 1, residual(x + 0.5 * t * p)
+
+    return jax.lax.while_loop(too_high, halve, (jnp.asarray(1.0, x.dtype), 0, residual(x + p)))
+
+
 def newton_root(
     f: Callable,
     x0: Any,
@@ -89,41 +124,25 @@ def newton_root(
             raise ValueError(f"newton_root: {name} must be a positive int, got {value!r}")
     if not tol > 0:
         raise ValueError(f"newton_root: tol must be > 0, got {tol!r}")
-    flat0, unravel = ravel_pytree(x0)
-    if not jnp.issubdtype(flat0.dtype, jnp.floating):
-        raise TypeError(f"newton_root: x0 must be floating point, got {flat0.dtype}")
-    out = jax.eval_shape(lambda x: ravel_pytree(f(x, *args))[0], x0)
-    n, m = flat0.size, out.shape[0]
+    if not jnp.issubdtype(ravel_pytree(x0)[0].dtype, jnp.floating):
+        raise TypeError(f"newton_root: x0 must be floating point, got {ravel_pytree(x0)[0].dtype}")
+    flat0, unravel, residual, jacobian, m = flat_residual(f, x0, args)
+    n = flat0.size
     if m == 0:
         raise ValueError("newton_root: f returns no residuals")
-
-    def residual(flat):
-        return ravel_pytree(f(unravel(flat), *args))[0].astype(flat.dtype)
-
-    jacobian = jax.jacfwd(residual) if n <= m else jax.jacrev(residual)
-
-    def phi(flat):
-        r = residual(flat)
-        return 0.5 * jnp.sum(r * r)
 
     def step(carry):
         k, x, r, norms, _, singular = carry
         J = jacobian(x)
         p, _, rank, _ = jnp.linalg.lstsq(J, -r)
-        p = multiplicity * p
-        p = jnp.where(jnp.isfinite(p), p, 0.0)
+        p = jnp.where(jnp.isfinite(p), multiplicity * p, 0.0)
         phi0 = 0.5 * jnp.sum(r * r)
-
-        def too_high(state):
-            t, i = state
-            trial = phi(x + t * p)
-            # Armijo on phi: its slope along p is -||F||^2 * multiplicity when J p = -m F.
-            return (i < max_backtracks) & ~(trial <= (1.0 - 1e-4 * t) * phi0)
-
-        t, i = jax.lax.while_loop(too_high, lambda s: (0.5 * s[0], s[1] + 1), (1.0, 0))
+        # Sufficient decrease (1 - 1e-4 t) phi0: the slope argument -phi0 is half
+        # phi's true slope -2 phi0 along the Newton step (a looser test).
+        t, i, r_t = backtrack(residual, x, p, phi0, -phi0, max_backtracks)
         accepted = (i < max_backtracks) & jnp.any(p != 0)
         x_new = jnp.where(accepted, x + t * p, x)
-        r_new = residual(x_new)
+        r_new = jnp.where(accepted, r_t, r)
         norms = norms.at[k + 1].set(jnp.linalg.norm(r_new))
         singular = singular + (rank < min(n, m)).astype(jnp.int32)
         return k + 1, x_new, r_new, norms, ~accepted, singular

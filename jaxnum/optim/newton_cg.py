@@ -22,6 +22,7 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from jaxnum.autodiff._trees import tree_vdot
+from jaxnum.autodiff.hvp import gnvp_fn
 from jaxnum.precision._checks import check_positive, check_positive_int
 
 CURVATURES = ("hessian", "gauss-newton")
@@ -258,27 +259,22 @@ def scale_by_newton_cg(
         if curvature == "hessian":
             _, matvec = jax.linearize(jax.grad(value_fn), params)
         else:
-            outputs, model_jvp = jax.linearize(model_fn, params)
-            model_vjp = jax.linear_transpose(model_jvp, params)
-            _, loss_hvp = jax.linearize(jax.grad(loss_fn), outputs)
+            matvec = gnvp_fn(lambda p, _: model_fn(p), lambda o, _: loss_fn(o), params, None, None)
 
-            def matvec(v):
-                return model_vjp(loss_hvp(model_jvp(v)))[0]
-
-        if linear_solver == "dense":
+        if linear_solver == "dense":  # its "iterations" are the n products forming B
             solve = _dense_solve(matvec, g, lam)
-            products = solve.iterations
         else:
             forcing = jnp.minimum(0.5, jnp.sqrt(grad_norm)) if cg_tol is None else cg_tol
             solve = truncated_cg(matvec, g, lam, tol=forcing * grad_norm, maxiter=max_cg_iterations)
-            products = solve.iterations
+        products = solve.iterations
         step = solve.step
-        predicted = solve.model_value - 0.5 * lam * tree_vdot(step, step)  # undamped model
+        step_sq = tree_vdot(step, step)
+        predicted = solve.model_value - 0.5 * lam * step_sq  # undamped model
         trial = jax.tree.map(lambda p, s: p + s.astype(p.dtype), params, step)
         new_value = jnp.asarray(value_fn(trial), dtype)
         finite = (
             jnp.isfinite(grad_norm) & jnp.isfinite(predicted) & jnp.isfinite(new_value)
-            & jnp.isfinite(jnp.sqrt(tree_vdot(step, step))) & (predicted < 0)
+            & jnp.isfinite(step_sq) & (predicted < 0)
         )  # fmt: skip
         rho = jnp.where(finite, (new_value - value) / jnp.where(finite, predicted, 1.0), jnp.nan)
         # A predicted decrease below the rounding of f cannot be measured: the
