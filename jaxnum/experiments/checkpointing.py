@@ -52,6 +52,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnum.experiments._common import pyplot
 from jaxnum.experiments._result import ClaimResult
 
 STRATEGIES = ("none", "block", "block_dots", "segments")
@@ -391,14 +392,11 @@ def _texts(config, rows, summary, parts):
 
 
 def _figure(config, rows, summary):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-        from matplotlib.ticker import FormatStrFormatter, LogLocator
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
+    from matplotlib.ticker import FormatStrFormatter, LogLocator
+
     depths = [r["depth"] for r in rows]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.9))
     if summary["memory_slopes"] is not None:

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxnum.experiments._common import pyplot
 from jaxnum.experiments._result import ClaimResult
 from jaxnum.precision import clip_by_global_norm, global_norm
 
@@ -311,12 +312,8 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
 
 
 def _figure(true, m, c):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     styles = {
         "jaxnum": ("tab:blue", "o", "jaxnum (float32 sum)"),

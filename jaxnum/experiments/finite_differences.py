@@ -52,6 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnum.autodiff import derivative, fd_error_curve
+from jaxnum.experiments._common import pyplot
 from jaxnum.experiments._result import ClaimResult
 
 METHODS = ("forward", "central", "richardson", "complex")
@@ -326,12 +327,8 @@ def _texts(config, d, eps):
 
 
 def _figure(d, eps):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     exact = abs(d["exact_derivative"])
     floor = eps / 4  # a zero error is drawn here (log axis)

@@ -48,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnum.experiments._common import pyplot
 from jaxnum.experiments._result import ClaimResult
 from jaxnum.precision import float_format, float_formats
 
@@ -250,12 +251,8 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
 
 
 def _figure(formats, probes):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     from matplotlib.patches import Patch
 

@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import optax
 
 import jaxnum as jn
+from jaxnum.experiments._common import pyplot
 from jaxnum.experiments._result import ClaimResult
 
 TOLERANCE = 0.05  # scaled fp16 and bf16: final loss within 5% of fp32's
@@ -280,12 +281,8 @@ def _texts(config, runs, final, rel, skipped, checks, would_underflow, fast_vs_a
 
 
 def _figure(config, runs):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.8))
     styles = {"fp32": "k-", "fp16": "r-", "fp16_scaled": "b--", "fp16_scaled_fast": "c:"}

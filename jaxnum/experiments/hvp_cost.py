@@ -53,6 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxnum.autodiff import hvp
+from jaxnum.experiments._common import pyplot
 from jaxnum.experiments._result import ClaimResult
 
 DESIGNS = ("banded", "dense")
@@ -309,12 +310,8 @@ def _texts(data):
 
 
 def _figure(data):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     styles = {"f": "ko-", "fwd-rev": "C0s-", "rev-rev": "C1^--", "hessian": "C3d-"}

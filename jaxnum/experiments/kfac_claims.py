@@ -22,7 +22,6 @@ Kronecker-factored approximate curvature", ICML 2015):
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import flax.linen as nn
@@ -32,6 +31,7 @@ import numpy as np
 import optax
 
 from jaxnum import kfac
+from jaxnum.experiments._common import median_seconds, pyplot
 from jaxnum.experiments._result import ClaimResult
 
 PIXELS, CODE = 64, 8
@@ -85,13 +85,7 @@ def _factored(A, G, W):
 
 def _median_seconds(fn, args, repeats):
     compiled = jax.jit(fn).lower(*args).compile()
-    jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+    return median_seconds(lambda: compiled(*args), repeats)
 
 
 def _identity_and_cost(config: Config, key):
@@ -252,12 +246,8 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
 
 
 def _figure(data, sizes):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     s = np.array(sizes)

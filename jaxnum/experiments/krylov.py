@@ -52,6 +52,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
+from jaxnum.experiments._common import pyplot
 from jaxnum.experiments._result import ClaimResult
 from jaxnum.kfac import KroneckerFactors, kronecker_precondition
 from jaxnum.linalg import cg, hessian_operator, lanczos, top_eigenvalues
@@ -542,12 +543,8 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
 
 
 def _figure(config, cgs, lz, pc):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
     ax = axes[0, 0]

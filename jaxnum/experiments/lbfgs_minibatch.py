@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
+from jaxnum.experiments._common import pyplot
 from jaxnum.experiments._result import ClaimResult
 from jaxnum.optim import lbfgs, minimize
 
@@ -132,12 +133,8 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
 
 
 def _figure(curves, sizes):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for s in sizes:

@@ -13,13 +13,14 @@ log-log slopes of time against n are the claim's exponents (1 and 2).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnum.experiments._common import median_seconds, pyplot
 from jaxnum.experiments._result import ClaimResult
 from jaxnum.optim import scale_by_lbfgs
 
@@ -63,17 +64,6 @@ def bfgs_step(H, s, y, g):
 _bfgs_jit = jax.jit(bfgs_step)
 
 
-def _median(compiled, args, repeats):
-    """Median seconds of ``compiled(*args)`` (a jitted function), after a warm-up call."""
-    jax.block_until_ready(compiled(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def _lbfgs_state(n, m, key):
     """scale_by_lbfgs state after m + 1 steps on the quadratic with Hessian diag(d)."""
     kd, kx = jax.random.split(key)
@@ -100,10 +90,10 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
         k = jax.random.fold_in(key, n)
         update, state, x, d = _lbfgs_state(n, m, k)
         g = d * x
-        lbfgs_s = _median(update, (g, state, x), config.repeats)
+        lbfgs_s = median_seconds(partial(update, g, state, x), config.repeats)
         H = jnp.eye(n, dtype=jnp.float32)
         s = -0.1 * x
-        bfgs_s = _median(_bfgs_jit, (H, s, d * s, g), config.repeats)
+        bfgs_s = median_seconds(partial(_bfgs_jit, H, s, d * s, g), config.repeats)
         rows.append(
             {
                 "n": n,
@@ -117,7 +107,7 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
     large = []
     for n in config.lbfgs_sizes:
         update, state, x, d = _lbfgs_state(n, m, jax.random.fold_in(key, n))
-        seconds = _median(update, (d * x, state, x), config.repeats)
+        seconds = median_seconds(partial(update, d * x, state, x), config.repeats)
         large.append({"n": n, "lbfgs_state_bytes": _nbytes(state), "lbfgs_seconds": seconds})
 
     def fit(points, field):
@@ -180,12 +170,8 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
 
 
 def _figure(rows, large):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     n = [r["n"] for r in rows]
     both = rows + large

@@ -56,6 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxnum.experiments._common import pyplot
 from jaxnum.experiments._result import ClaimResult
 from jaxnum.linalg import condition_number, lstsq
 
@@ -469,12 +470,8 @@ def _texts(config, rows, ridge, within, study, sl, digits, extra, parts):
 
 
 def _figure(curves, best, study):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 3.8))
     for name, curve in curves.items():

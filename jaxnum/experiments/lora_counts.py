@@ -49,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxnum.experiments._common import pyplot
 from jaxnum.experiments._result import ClaimResult
 from jaxnum.lora import Adapter, count, merge, split
 
@@ -346,12 +347,8 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
 
 
 def _figure(config, counts, qv_full, init):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
     total = next(iter(counts.values()))["total"]

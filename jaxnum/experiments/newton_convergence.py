@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxnum.experiments._common import pyplot
 from jaxnum.experiments._result import ClaimResult
 from jaxnum.optim import convergence_order, newton_root, scale_by_newton_cg
 
@@ -177,12 +178,8 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
 
 
 def _figure(e_newton, e_gd, floor, newton_fit, gd_fit):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     for errors, label in ((e_newton, "Newton (exact Hessian)"), (e_gd, "gradient descent, 1/L")):

@@ -41,7 +41,6 @@ from __future__ import annotations
 
 import math
 import os
-import time
 from dataclasses import dataclass
 from functools import partial
 
@@ -49,6 +48,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnum.experiments._common import median_seconds, pyplot
 from jaxnum.experiments._result import ClaimResult
 from jaxnum.linalg import randomized_range_finder, randomized_svd
 
@@ -152,23 +152,13 @@ def _errors(A, key, *, rank, oversample, q):
     return svd_err, range_err
 
 
-def _median_time(fn, repeats: int) -> float:
-    jax.block_until_ready(fn())  # compile (and warm up) outside the timing
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def _timings(config: Config, key):
     k_mat, k_svd = jax.random.split(key)
     A = jax.random.normal(k_mat, config.time_shape, jnp.float32)
     full = jax.jit(lambda A: jnp.linalg.svd(A, full_matrices=False))
-    seconds = {"full": _median_time(lambda: full(A), config.repeats)}
+    seconds = {"full": median_seconds(lambda: full(A), config.repeats)}
     for q in config.power_iters:
-        seconds[str(q)] = _median_time(
+        seconds[str(q)] = median_seconds(
             lambda q=q: randomized_svd(
                 A, config.rank, key=k_svd, oversample=config.oversample, power_iters=q
             ),
@@ -284,12 +274,8 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
 
 
 def _figure(config, study, seconds):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(10, 3.8))
     qs = list(config.power_iters)

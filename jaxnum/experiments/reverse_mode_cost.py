@@ -49,6 +49,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnum.experiments._common import pyplot
 from jaxnum.experiments._result import ClaimResult
 
 RATIO_BAND = (1.5, 6.0)
@@ -328,12 +329,8 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
 
 
 def _figure(config, mlp, grads, slopes):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.9))
     pos = np.arange(len(mlp))

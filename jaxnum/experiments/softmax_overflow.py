@@ -46,6 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnum.experiments._common import pyplot
 from jaxnum.experiments._result import ClaimResult
 from jaxnum.precision import online_softmax
 
@@ -290,12 +291,8 @@ def _example(evaluators) -> dict:
 
 
 def _figure(scales, sweeps):
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return None
     floor, top = 1e-12, 3.0
     fig, axes = plt.subplots(1, len(sweeps), figsize=(4.2 * len(sweeps), 4.2), squeeze=False)
