@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -38,3 +39,47 @@ def median_seconds(call: Callable[[], object], repeats: int) -> float:
         jax.block_until_ready(call())
         times.append(time.perf_counter() - start)
     return float(np.median(times))
+
+
+def paired_times(
+    fns: Sequence[Callable], args: tuple, repeats: int, min_sample_seconds: float = 0.0
+) -> list[list[float]]:
+    """Seconds per call of each compiled fn, ``repeats`` samples each, fns alternated.
+
+    Each fn is called once first (excluded; it compiles). A sample is the mean
+    over enough calls (each followed by ``jax.block_until_ready``) to last about
+    ``min_sample_seconds`` (at most 100 calls; one call when 0), so sub-millisecond
+    functions are not measured at the clock's resolution.
+    """
+    numbers = []
+    for fn in fns:
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        once = max(time.perf_counter() - start, 1e-7)
+        numbers.append(max(1, min(100, math.ceil(min_sample_seconds / once))))
+    samples = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, number, out in zip(fns, numbers, samples, strict=True):
+            start = time.perf_counter()
+            for _ in range(number):
+                jax.block_until_ready(fn(*args))
+            out.append((time.perf_counter() - start) / number)
+    return samples
+
+
+def compiled_flops(compiled) -> float | None:
+    """FLOPs of a compiled program from XLA's cost analysis, or None if unavailable.
+
+    ``cost_analysis()`` returns a dict on recent jax and a list of dicts (one per
+    program) on older ones; some backends return None or raise.
+    """
+    try:
+        analysis = compiled.cost_analysis()
+    except Exception:  # backends without a cost model raise various errors
+        return None
+    if isinstance(analysis, list | tuple):
+        analysis = analysis[0] if analysis else None
+    if not isinstance(analysis, dict):
+        return None
+    flops = analysis.get("flops")
+    return float(flops) if flops is not None and flops > 0 else None

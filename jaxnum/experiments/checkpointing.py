@@ -45,14 +45,13 @@ nothing-saveable strategy ("block", "segments") lies in ``TIME_BAND`` =
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnum.experiments._common import pyplot
+from jaxnum.experiments._common import compiled_flops, paired_times, pyplot
 from jaxnum.experiments._result import ClaimResult
 
 STRATEGIES = ("none", "block", "block_dots", "segments")
@@ -153,20 +152,6 @@ def problem(config: Config, depth: int, key):
     return (W, b), jax.random.normal(kx, (config.batch, config.width))
 
 
-def compiled_flops(compiled) -> float | None:
-    """FLOPs from XLA's cost analysis (a dict, or a list of dicts on older jax), or None."""
-    try:
-        analysis = compiled.cost_analysis()
-    except Exception:  # backends without a cost model raise various errors
-        return None
-    if isinstance(analysis, list | tuple):
-        analysis = analysis[0] if analysis else None
-    if not isinstance(analysis, dict):
-        return None
-    flops = analysis.get("flops")
-    return float(flops) if flops is not None and flops > 0 else None
-
-
 def compiled_memory(compiled) -> dict[str, int] | None:
     """Temp, argument and output bytes from ``memory_analysis()``, or None if unavailable."""
     try:
@@ -181,23 +166,6 @@ def compiled_memory(compiled) -> dict[str, int] | None:
         "argument": int(getattr(stats, "argument_size_in_bytes", 0) or 0),
         "output": int(getattr(stats, "output_size_in_bytes", 0) or 0),
     }
-
-
-def paired_times(fns, args, repeats: int) -> list[list[float]]:
-    """Seconds per call of each compiled fn, ``repeats`` samples each, fns alternated.
-
-    Each fn is called once first (excluded); every call is followed by
-    ``jax.block_until_ready``.
-    """
-    for fn in fns:
-        jax.block_until_ready(fn(*args))
-    samples = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, out in zip(fns, samples, strict=True):
-            start = time.perf_counter()
-            jax.block_until_ready(fn(*args))
-            out.append(time.perf_counter() - start)
-    return samples
 
 
 def _slope(x, y) -> float:

@@ -41,15 +41,13 @@ ratio toward 1; the FLOP ratios show the asymptotic picture.
 
 from __future__ import annotations
 
-import math
-import time
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnum.experiments._common import pyplot
+from jaxnum.experiments._common import compiled_flops, paired_times, pyplot
 from jaxnum.experiments._result import ClaimResult
 
 RATIO_BAND = (1.5, 6.0)
@@ -123,46 +121,6 @@ def dense_problem(n: int, rows: int, key):
     return jax.random.normal(kx, (n,)), D, jax.random.normal(ky, (rows,))
 
 
-def compiled_flops(compiled) -> float | None:
-    """FLOPs of a compiled program from XLA's cost analysis, or None if unavailable.
-
-    ``cost_analysis()`` returns a dict on recent jax and a list of dicts (one per
-    program) on older ones; some backends return None or raise.
-    """
-    try:
-        analysis = compiled.cost_analysis()
-    except Exception:  # backends without a cost model raise various errors
-        return None
-    if isinstance(analysis, list | tuple):
-        analysis = analysis[0] if analysis else None
-    if not isinstance(analysis, dict):
-        return None
-    flops = analysis.get("flops")
-    return float(flops) if flops is not None and flops > 0 else None
-
-
-def paired_times(fns, args, repeats: int) -> list[list[float]]:
-    """Seconds per call of each compiled fn, ``repeats`` samples each, fns alternated.
-
-    Each fn is called once first (excluded). A sample is the mean over enough
-    calls (each followed by ``jax.block_until_ready``) to last about 1 ms.
-    """
-    numbers = []
-    for fn in fns:
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        once = max(time.perf_counter() - start, 1e-7)
-        numbers.append(max(1, min(100, math.ceil(_MIN_BATCH_SECONDS / once))))
-    samples = [[] for _ in fns]
-    for _ in range(repeats):
-        for fn, number, out in zip(fns, numbers, samples, strict=True):
-            start = time.perf_counter()
-            for _ in range(number):
-                jax.block_until_ready(fn(*args))
-            out.append((time.perf_counter() - start) / number)
-    return samples
-
-
 def _ratio(numerator: list[float], denominator: list[float]) -> float:
     """Median of the per-sample ratios (pairs share the same background load)."""
     return float(np.median(np.asarray(numerator) / np.asarray(denominator)))
@@ -185,7 +143,7 @@ def _mlp_part(config: Config, key):
         y = jax.random.normal(ky, (config.mlp_batch, width))
         f = jax.jit(mlp_loss).lower(params, x, y).compile()
         vg = jax.jit(jax.value_and_grad(mlp_loss)).lower(params, x, y).compile()
-        t_f, t_vg = paired_times([f, vg], (params, x, y), config.repeats)
+        t_f, t_vg = paired_times([f, vg], (params, x, y), config.repeats, _MIN_BATCH_SECONDS)
         rows.append(
             {
                 "width": width,
@@ -209,7 +167,7 @@ def _gradient_part(config: Config, key):
             for fn in (dense_loss, jax.grad(dense_loss), jax.jacfwd(dense_loss))
         )
         g_rev, g_fwd = np.asarray(rev(*args), np.float64), np.asarray(fwd(*args), np.float64)
-        t_f, t_rev, t_fwd = paired_times([f, rev, fwd], args, config.repeats)
+        t_f, t_rev, t_fwd = paired_times([f, rev, fwd], args, config.repeats, _MIN_BATCH_SECONDS)
         flops = {name: compiled_flops(c) for name, c in (("f", f), ("rev", rev), ("fwd", fwd))}
         rows.append(
             {
