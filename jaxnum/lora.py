@@ -48,7 +48,7 @@ def init_from_svd(
     Returns:
       ``(frozen, Adapter(A, B))``.
 
-    Example:
+    Examples:
       >>> W = jnp.arange(12.0).reshape(4, 3)
       >>> frozen, ad = init_from_svd(W, 1)
       >>> bool(jnp.allclose(frozen + ad.A @ ad.B, W, atol=1e-5))
@@ -102,7 +102,7 @@ def split(
       ``(frozen, adapters)``: the tree with selected leaves replaced by their
       residuals, and a dict from path string to :class:`Adapter`.
 
-    Example:
+    Examples:
       >>> p = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
       >>> frozen, ads = split(p, 1)
       >>> list(ads)
@@ -158,7 +158,7 @@ def count(frozen: Any, adapters: dict[str, Adapter]) -> LoRACount:
     Works on arrays or ``jax.ShapeDtypeStruct`` leaves, so model sizes can be
     counted without allocating them.
 
-    Example:
+    Examples:
       >>> shapes = {"q": jax.ShapeDtypeStruct((12288, 12288), jnp.float16)}
       >>> ad = {"['q']": Adapter(jax.ShapeDtypeStruct((12288, 4), jnp.float16),
       ...                        jax.ShapeDtypeStruct((4, 12288), jnp.float16))}

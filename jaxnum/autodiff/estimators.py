@@ -91,7 +91,7 @@ def trace_estimate(
     Returns:
       A :class:`TraceEstimate`.
 
-    Example:
+    Examples:
       >>> A = jnp.diag(jnp.arange(1.0, 6.0))
       >>> est = trace_estimate(lambda v: A @ v, jnp.zeros(5), key=jax.random.key(0),
       ...                      num_samples=15)
@@ -174,12 +174,16 @@ def diagonal_estimate(
     """Estimates the diagonal of a symmetric operator: the mean of ``z * (A z)``.
 
     Args:
-      matvec, x_like, key, num_samples, chunk_size: as for :func:`trace_estimate`.
+      matvec: as for :func:`trace_estimate`.
+      x_like: as for :func:`trace_estimate`.
+      key: as for :func:`trace_estimate`.
+      num_samples: as for :func:`trace_estimate`.
+      chunk_size: as for :func:`trace_estimate`.
 
     Returns:
       The estimated diagonal, a pytree like ``x_like``.
 
-    Example:
+    Examples:
       >>> A = jnp.diag(jnp.array([1.0, 2.0, 3.0]))
       >>> diagonal_estimate(lambda v: A @ v, jnp.zeros(3), key=jax.random.key(0), num_samples=4)
       Array([1., 2., 3.], dtype=float32)
@@ -209,7 +213,7 @@ def hessian_trace(
 
     :func:`trace_estimate` on :func:`hvp_fn` (the gradient is linearized once).
 
-    Example:
+    Examples:
       >>> est = hessian_trace(lambda x: jnp.sum(x**2), jnp.ones(4), key=jax.random.key(0),
       ...                     num_samples=12)
       >>> bool(jnp.abs(est.value - 8.0) < 1e-4)  # H = 2 I in 4 dimensions
@@ -239,7 +243,7 @@ def hessian_diag(
 ) -> Any:
     """Estimates the diagonal of the Hessian of ``f(x, *args)`` (Bekas et al. 2007).
 
-    Example:
+    Examples:
       >>> hessian_diag(lambda x: jnp.sum(x**3), jnp.array([1.0, 2.0]), key=jax.random.key(0),
       ...              num_samples=2)
       Array([ 6., 12.], dtype=float32)

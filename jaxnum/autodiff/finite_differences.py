@@ -126,7 +126,7 @@ def derivative(
     Returns:
       The directional derivative, with the structure of ``f(x)``.
 
-    Example:
+    Examples:
       >>> with jax.enable_x64(True):
       ...     err = derivative(jnp.sin, jnp.array(1.0)) - jnp.cos(1.0)
       ...     print(bool(abs(err) < 1e-10))
@@ -187,13 +187,16 @@ def fd_error_curve(
     has no rising branch.
 
     Args:
-      f, x, v, method: as for :func:`derivative`.
+      f: as for :func:`derivative`.
+      x: as for :func:`derivative`.
+      v: as for :func:`derivative`.
+      method: as for :func:`derivative`.
       hs: a 1-D array of step sizes.
 
     Returns:
       An :class:`ErrorCurve`.
 
-    Example:
+    Examples:
       >>> with jax.enable_x64(True):
       ...     c = fd_error_curve(jnp.exp, jnp.array(1.0), jnp.array([1e-1, 1e-3]))
       ...     print(bool(c.error[1] < c.error[0] / 1000))  # central: error ~ h**2

@@ -190,8 +190,9 @@ def gradcheck(
       full: check every coordinate instead of random directions.
       eps: the finite-difference step (None: the balancing step of
         :func:`derivative` for Richardson differences in float64).
-      atol, rtol: a value passes if ``|AD - FD| <= atol + rtol * max(|AD|, |FD|)``
-        (None: 1e-8 and 1e-6).
+      atol: a value passes if ``|AD - FD| <= atol + rtol * max(|AD|, |FD|)``
+        (None: 1e-8).
+      rtol: see ``atol`` (None: 1e-6).
       key: PRNG key for the probes (default ``jax.random.key(0)``: the check is
         deterministic unless a key is given).
       raise_on_failure: raise :class:`GradcheckError` instead of returning a
@@ -200,7 +201,7 @@ def gradcheck(
     Returns:
       A :class:`GradcheckReport`.
 
-    Example:
+    Examples:
       >>> gradcheck(lambda x: jnp.sum(jnp.sin(x) ** 2), jnp.array([0.1, 0.7])).passed
       True
 
@@ -354,7 +355,7 @@ def taylor_test(
     Returns:
       A :class:`TaylorTest`.
 
-    Example:
+    Examples:
       >>> taylor_test(lambda x: jnp.sum(jnp.exp(x)), jnp.array([0.5, -1.0])).passed
       True
 

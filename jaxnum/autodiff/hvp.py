@@ -43,7 +43,7 @@ def hvp(f: Callable[..., Any], x: Any, v: Any, *args: Any, mode: str = "fwd-rev"
     Returns:
       ``H v`` with the structure of ``x``.
 
-    Example:
+    Examples:
       >>> f = lambda x: jnp.sum(x**3)
       >>> hvp(f, jnp.array([1.0, 2.0]), jnp.array([1.0, 0.0]))
       Array([6., 0.], dtype=float32)
@@ -98,7 +98,7 @@ def hvp_fn(f: Callable[..., Any], x: Any, *args: Any) -> Callable[[Any], Any]:
     Returns:
       A function ``v -> H v`` (``v`` a pytree like ``x``).
 
-    Example:
+    Examples:
       >>> hv = hvp_fn(lambda x: jnp.sum(x**3), jnp.array([1.0, 2.0]))
       >>> hv(jnp.array([0.0, 1.0]))
       Array([ 0., 12.], dtype=float32)
@@ -137,12 +137,14 @@ def gnvp_fn(
     Args:
       model_fn: ``model_fn(params, inputs) -> outputs`` (a pytree).
       loss_fn: ``loss_fn(outputs, targets) -> scalar``.
-      params, inputs, targets: the point and the data.
+      params: the point (a pytree).
+      inputs: the model's inputs.
+      targets: the loss's targets.
 
     Returns:
       A function ``v -> G v`` with ``v`` and the result pytrees like ``params``.
 
-    Example:
+    Examples:
       >>> model = lambda w, x: x @ w
       >>> loss = lambda y, t: 0.5 * jnp.sum((y - t) ** 2)
       >>> x = jnp.array([[1.0, 2.0], [3.0, 4.0]])

@@ -2,7 +2,7 @@
 
 Each module is a pure function of a config and a key returning a
 :class:`ClaimResult` row (and a figure where a picture says more); the tour
-(``python -m jaxnum tour``, coming) runs them all. Nothing in the library
+(``python -m jaxnum tour``) runs them all. Nothing in the library
 imports this package.
 """
 

@@ -138,7 +138,7 @@ def token_table(embedding: str, dim: int | None, key) -> jax.Array:
 def windows(tokens, start: int, n: int, k: int):
     """Contexts (n, k), column j the token j+1 back, and next tokens (n,).
 
-    Example:
+    Examples:
       >>> ctx, nxt = windows(jnp.arange(6), 2, 3, 2)
       >>> ctx.tolist(), nxt.tolist()
       ([[1, 0], [2, 1], [3, 2]], [2, 3, 4])

@@ -116,7 +116,7 @@ def spectrum(n: int, decay: float) -> np.ndarray:
 def hmt_bound(s, k: int, p: int, q: int) -> float:
     """HMT's expected spectral error of the range finder (Thm. 10.6 at q=0, Cor. 10.10).
 
-    Example:
+    Examples:
       >>> round(hmt_bound([1.0, 0.5, 0.0, 0.0], 2, 2, 0), 6)  # no tail: no error
       0.0
     """

@@ -64,8 +64,10 @@ def fisher_gram_fn(
     Args:
       model: a linen Module or a function ``model(params, inputs)``.
       loss: one of :data:`jaxnum.kfac.LOSSES`.
-      params, inputs: the point and the batch.
-      key, examples: use ``examples`` random examples of the batch (cheaper).
+      params: the point.
+      inputs: the batch.
+      key: PRNG key choosing the ``examples`` (needed with ``examples``).
+      examples: use this many random examples of the batch (cheaper); None: all.
     """
     if loss not in LOSSES:
         raise ValueError(f"fisher_gram_fn: loss must be one of {LOSSES}, got {loss!r}")
@@ -133,7 +135,9 @@ def scale_by_adaptive_kfac(
     Args:
       damping: the factors' Tikhonov damping, and the initial lambda of the
         quadratic model.
-      decay, inverse_every, layers: as in :func:`scale_by_kfac`.
+      decay: as in :func:`scale_by_kfac`.
+      inverse_every: as in :func:`scale_by_kfac`.
+      layers: as in :func:`scale_by_kfac`.
       weight_decay: eta; adds ``eta * params`` to the gradient and eta to lambda.
       adapt_damping_every: every T1 steps, evaluate ``value_fn`` at the new
         point, the reduction ratio rho = (h(new) - h) / (M(delta) - M(0)), and

@@ -26,6 +26,7 @@ from jaxnum.kfac.factors import KroneckerFactors, dense_factors
 Layer = tuple[Any, ...]
 
 LOSSES = ("softmax_cross_entropy", "sigmoid_cross_entropy", "squared_error")
+"""The losses K-FAC knows the Fisher of (the ``loss`` argument of its transformations)."""
 FISHERS = ("true", "empirical")
 
 

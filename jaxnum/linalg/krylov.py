@@ -65,7 +65,7 @@ def cg(
     Returns:
       A :class:`CGResult`.
 
-    Example:
+    Examples:
       >>> r = cg(jnp.array([[4.0, 1.0], [1.0, 3.0]]), jnp.array([1.0, 2.0]))
       >>> bool(r.converged), bool(jnp.allclose(r.x, jnp.array([1 / 11, 7 / 11]), atol=1e-5))
       (True, True)
@@ -134,7 +134,7 @@ def lanczos(A: Any, v0: jax.Array, num_iters: int) -> LanczosResult:
     Returns:
       A :class:`LanczosResult`.
 
-    Example:
+    Examples:
       >>> res = lanczos(jnp.diag(jnp.arange(1.0, 5.0)), jnp.ones(4), 4)
       >>> T = jnp.diag(res.alphas) + jnp.diag(res.betas[:-1], 1) + jnp.diag(res.betas[:-1], -1)
       >>> bool(jnp.allclose(jnp.linalg.eigvalsh(T), jnp.arange(1.0, 5.0), atol=1e-4))
@@ -193,7 +193,7 @@ def top_eigenvalues(
     Returns:
       ``(eigenvalues, vectors)``: (k,) descending and (n, k).
 
-    Example:
+    Examples:
       >>> w, _ = top_eigenvalues(jnp.diag(jnp.arange(10.0)), 2, key=jax.random.key(0))
       >>> bool(jnp.allclose(w, jnp.array([9.0, 8.0]), atol=1e-4))
       True

@@ -58,7 +58,7 @@ def lstsq(
     Returns:
       b of shape (n,) or (n, k).
 
-    Example:
+    Examples:
       >>> X = jnp.array([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])
       >>> b = lstsq(X, X @ jnp.array([1.0, -1.0]), method="qr")
       >>> bool(jnp.allclose(b, jnp.array([1.0, -1.0]), atol=1e-5))
@@ -94,7 +94,7 @@ def lstsq(
 def condition_number(X: jax.Array) -> jax.Array:
     """The 2-norm condition number ``s_max / s_min`` of a matrix (inf if singular).
 
-    Example:
+    Examples:
       >>> float(condition_number(jnp.diag(jnp.array([10.0, 0.1]))))
       100.0
     """

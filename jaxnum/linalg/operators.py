@@ -25,7 +25,7 @@ class LinearOperator:
       matmat: ``V (n, k) -> A V (m, k)``; by default ``matvec`` vmapped over columns.
       rmatmat: ``U (m, k) -> A^T U (n, k)``; by default ``rmatvec`` vmapped.
 
-    Example:
+    Examples:
       >>> op = LinearOperator.from_matrix(jnp.arange(6.0).reshape(2, 3))
       >>> op.matvec(jnp.ones(3)), op.shape
       (Array([ 3., 12.], dtype=float32), (2, 3))
@@ -104,7 +104,7 @@ def jacobian_operator(f: Callable[[Any], Any], x: Any) -> LinearOperator:
     Never materialised: ``matvec`` costs one forward-mode pass, ``rmatvec`` one
     reverse-mode pass (the forward pass is linearized once).
 
-    Example:
+    Examples:
       >>> J = jacobian_operator(lambda x: jnp.sin(x) * 2, jnp.zeros(3))
       >>> J.matvec(jnp.ones(3))
       Array([2., 2., 2.], dtype=float32)

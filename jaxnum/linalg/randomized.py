@@ -96,7 +96,7 @@ def randomized_range_finder(
     Returns:
       Q with orthonormal columns, in float32 for half-precision input.
 
-    Example:
+    Examples:
       >>> Q = randomized_range_finder(jnp.eye(4), 2, key=jax.random.key(0))
       >>> Q.shape
       (4, 2)
@@ -168,7 +168,7 @@ def randomized_svd(
       ``(U, S, Vt)`` of shapes (m, rank), (rank,), (rank, n) (with the batch
       axes in front), float32 for half-precision input, S descending.
 
-    Example:
+    Examples:
       >>> A = jnp.outer(jnp.arange(1.0, 5.0), jnp.ones(3))
       >>> U, S, Vt = randomized_svd(A, 1, key=jax.random.key(0))
       >>> bool(jnp.allclose(U * S @ Vt, A, atol=1e-5))
@@ -233,7 +233,7 @@ def randomized_eigh(
         diagonal (A is not PSD). Under jit the check cannot run and a non-PSD
         input gives nan eigenvalues.
 
-    Example:
+    Examples:
       >>> w, V = randomized_eigh(jnp.diag(jnp.array([3.0, 2.0, 1.0])), 2, key=jax.random.key(0))
       >>> bool(jnp.allclose(w, jnp.array([3.0, 2.0]), atol=1e-4))
       True

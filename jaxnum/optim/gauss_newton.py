@@ -193,7 +193,7 @@ def gauss_newton(
       not an error: LM's damping keeps the step finite; GN takes the
       minimum-norm step.
 
-    Example:
+    Examples:
       >>> t = jnp.linspace(0.0, 1.0, 8)
       >>> fit = gauss_newton(lambda p: p["a"] * jnp.exp(-p["b"] * t) - 2.0 * jnp.exp(-3.0 * t),
       ...                    {"a": jnp.array(1.0), "b": jnp.array(1.0)})

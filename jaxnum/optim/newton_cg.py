@@ -177,8 +177,10 @@ def scale_by_newton_cg(
         adapted quantity is then mu = ``damping``); lambda vanishes with the
         gradient, so the damped steps keep Newton's quadratic convergence
         (Li, Fukushima, Qi and Yamashita 2004).
-      boost, drop: lambda factors for poor (rho < 1/4) and good (rho > 3/4) steps.
-      min_damping, max_damping: bounds of the adapted quantity.
+      boost: lambda's factor after a poor step (rho < 1/4).
+      drop: lambda's factor after a good step (rho > 3/4).
+      min_damping: lower bound of the adapted quantity.
+      max_damping: upper bound of the adapted quantity.
       min_ratio: smallest rho for which a step is taken.
       max_backtracks: when the full step is refused, try ``0.5^k p`` for k = 1
         .. max_backtracks and take the first meeting Armijo's condition

@@ -35,7 +35,7 @@ def global_norm(tree: Any) -> jax.Array:
     Raises:
       TypeError: if the tree has no floating-point leaf.
 
-    Example:
+    Examples:
       >>> global_norm({"a": jnp.full(4, 300.0, jnp.float16)})
       Array(600., dtype=float32)
     """
@@ -74,7 +74,7 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
       An ``optax.GradientTransformation`` whose state records the last ``norm``
       and whether it ``clipped``.
 
-    Example:
+    Examples:
       >>> tx = optax.chain(clip_by_global_norm(1.0), optax.adam(1e-3))
 
     References:

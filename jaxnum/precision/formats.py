@@ -44,7 +44,7 @@ def float_format(dtype) -> FloatFormat:
     Returns:
       A :class:`FloatFormat`.
 
-    Example:
+    Examples:
       >>> float_format("float16").max
       65504.0
     """
@@ -72,7 +72,7 @@ def float_formats() -> list[FloatFormat]:
     Returns:
       A list of :class:`FloatFormat` rows in the order of ``FORMAT_NAMES``.
 
-    Example:
+    Examples:
       >>> [f.name for f in float_formats()][:3]
       ['float32', 'float16', 'bfloat16']
 
@@ -92,7 +92,7 @@ def format_table(rows: list[FloatFormat] | None = None) -> str:
     Returns:
       The table as one string, a header line, a rule and one line per format.
 
-    Example:
+    Examples:
       >>> print(format_table()[:4])
       name
     """

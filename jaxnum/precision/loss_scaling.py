@@ -47,7 +47,7 @@ def all_finite(tree: Any) -> jax.Array:
     is switched on), and a sum of zeros cannot overflow, so the answer is exact.
     A float sum vectorises better than a boolean and-reduction of ``isfinite``.
 
-    Example:
+    Examples:
       >>> all_finite({"a": jnp.ones(3), "b": jnp.array([1.0, jnp.inf])})
       Array(False, dtype=bool)
     """
@@ -123,7 +123,7 @@ def loss_scaling(
       An ``optax.GradientTransformationExtraArgs``; extra keyword arguments are
       passed to ``inner``. Its state is a :class:`LossScalingState`.
 
-    Example:
+    Examples:
       >>> tx = loss_scaling(optax.chain(clip_by_global_norm(1.0), optax.adam(1e-3)))
       >>> state = tx.init({"w": jnp.zeros(3)})
       >>> float(current_loss_scale(state))
@@ -223,7 +223,7 @@ def current_loss_scale(opt_state: Any) -> jax.Array:
     Raises:
       ValueError: if the tree holds no loss-scaling state, or more than one.
 
-    Example:
+    Examples:
       >>> current_loss_scale(loss_scaling(optax.sgd(0.1)).init(jnp.zeros(2)))
       Array(32768., dtype=float32)
     """
@@ -253,7 +253,7 @@ def scaled_value_and_grad(
       loss (``(loss, aux)`` when has_aux) and the gradients of ``scale * loss``,
       ready for the update of a :func:`loss_scaling` transformation in ``opt_state``.
 
-    Example:
+    Examples:
       >>> tx = loss_scaling(optax.sgd(0.1))
       >>> state = tx.init(jnp.ones(2))
       >>> loss, g = scaled_value_and_grad(lambda p: jnp.sum(p**2))(state, jnp.ones(2))

@@ -22,7 +22,9 @@ class NonfiniteReport:
 
     Attributes:
       paths: the leaves' pytree paths, e.g. ``"['params']['Dense_0']['kernel']"``.
-      nan, posinf, neginf: int32 arrays, one count per leaf.
+      nan: int32 array, the nan count of each leaf.
+      posinf: int32 array, the +inf count of each leaf.
+      neginf: int32 array, the -inf count of each leaf.
     """
 
     paths: tuple[str, ...]
@@ -75,7 +77,7 @@ def nonfinite_report(tree: Any) -> NonfiniteReport:
     Returns:
       A :class:`NonfiniteReport`; ``print(report)`` lists the offending leaves.
 
-    Example:
+    Examples:
       >>> r = nonfinite_report({"w": jnp.array([1.0, jnp.nan, -jnp.inf])})
       >>> r.bad_leaves()
       [("['w']", 1, 0, 1)]
@@ -128,7 +130,7 @@ def underflow_fraction(tree: Any, dtype: Any) -> jax.Array:
     Returns:
       A float32 scalar in [0, 1] (0 when there is no non-zero entry).
 
-    Example:
+    Examples:
       >>> underflow_fraction(jnp.array([1.0, 1e-9, 0.0]), jnp.float16)
       Array(0.5, dtype=float32)
     """
@@ -148,7 +150,7 @@ def overflow_fraction(tree: Any, dtype: Any) -> jax.Array:
     Returns:
       A float32 scalar in [0, 1].
 
-    Example:
+    Examples:
       >>> overflow_fraction(jnp.array([1.0, 7e4]), jnp.float16)
       Array(0.5, dtype=float32)
     """
@@ -162,10 +164,14 @@ class NonfiniteOp(NamedTuple):
       primitive: the jax primitive, e.g. ``"log"`` or ``"div"``.
       source: the user's source line as ``file:line (function)``, where jax keeps it.
       context: enclosing calls, outermost first, e.g. ``("jit(step)", "scan[3]")``.
-      input_shapes / input_dtypes, output_shapes / output_dtypes: of that op.
+      input_shapes: of that op's inputs.
+      input_dtypes: of that op's inputs.
+      output_shapes: of that op's outputs.
+      output_dtypes: of that op's outputs.
       inputs_finite: False if the op merely passed on a non-finite input
         (then the arguments of the function were already non-finite).
-      nan_count, inf_count: non-finite entries in the op's outputs.
+      nan_count: nan entries in the op's outputs.
+      inf_count: inf entries in the op's outputs.
     """
 
     primitive: str
@@ -348,7 +354,7 @@ def first_nonfinite(fn: Callable[..., Any], *args: Any) -> NonfiniteOp | None:
       A :class:`NonfiniteOp` naming the primitive, the user's source line, the
       enclosing calls and the shapes; or None if every intermediate is finite.
 
-    Example:
+    Examples:
       >>> op = first_nonfinite(lambda x: jnp.exp(jnp.log(x) * 2), jnp.array([-1.0]))
       >>> op.primitive
       'log'

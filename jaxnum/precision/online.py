@@ -35,7 +35,7 @@ def online_logsumexp(x: jax.Array, *, axis: int = -1, block_size: int = 128) -> 
     Returns:
       ``x`` reduced over ``axis``.
 
-    Example:
+    Examples:
       >>> x = jnp.array([1000.0, 1000.0, 999.0])
       >>> bool(jnp.isinf(jnp.log(jnp.sum(jnp.exp(x)))))  # the naive formula
       True
@@ -100,7 +100,7 @@ def online_softmax(x: jax.Array, *, axis: int = -1, block_size: int = 128) -> ja
     Returns:
       An array of ``x``'s shape and dtype whose entries along ``axis`` sum to 1.
 
-    Example:
+    Examples:
       >>> online_softmax(jnp.array([1000.0, 1000.0]))
       Array([0.5, 0.5], dtype=float32)
 

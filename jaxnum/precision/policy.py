@@ -76,7 +76,7 @@ class Policy:
       compute_dtype: dtype of the forward and backward computation.
       output_dtype: dtype of the model outputs.
 
-    Example:
+    Examples:
       >>> p = Policy.parse("params=float32,compute=bfloat16,output=float32")
       >>> p.cast_to_compute({"w": jnp.ones(2), "ids": jnp.arange(2)})["w"].dtype
       dtype(bfloat16)
@@ -147,7 +147,7 @@ class Policy:
     def flax_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for Flax layers: ``dtype`` (compute) and ``param_dtype``.
 
-        Example:
+        Examples:
           >>> import flax.linen as nn
           >>> nn.Dense(8, **Policy.parse("p=f32,c=bf16").flax_kwargs()).dtype
           dtype(bfloat16)
