@@ -129,20 +129,21 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
             "optimum": float(best.fun),
         },
     )
-    return result, _figure(curves, sizes)
+    return result, _figure(curves, sizes, floor)
 
 
-def _figure(curves, sizes):
+def _figure(curves, sizes, floor):
     plt = pyplot()
     if plt is None:
         return None
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for s in sizes:
         label = "full batch" if s == sizes[-1] else f"batch {s}"
-        ax.semilogy([max(v, 1e-12) for v in curves[s]], label=label)
+        ax.semilogy([max(v, floor) for v in curves[s]], label=label)
+    ax.axhline(floor, color="gray", ls=":", label="float32 resolution of f* (floor)")
     ax.set_xlabel("L-BFGS step")
     ax.set_ylabel("f(x) - f* (full-batch loss)")
     ax.set_title("L-BFGS with mini-batch noise")
-    ax.legend()
+    ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

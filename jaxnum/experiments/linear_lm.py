@@ -477,13 +477,18 @@ def _figure(curves, best, study):
     for name, curve in curves.items():
         ax0.loglog(np.arange(1, len(curve) + 1), [max(v - best, 1e-9) for v in curve], label=name)
     ax0.set_xlabel("step")
-    ax0.set_ylabel("train loss - closed-form loss")
+    ax0.set_ylabel("train loss - closed-form loss (nats)")
     ax0.set_title("gradient steps vs one solve")
     ax0.legend()
     cells = [c for c in study["cells"] if c["design"] != "onehot"]
     cond = np.array([c["cond_x"] for c in cells])
     for m, marker in zip(METHODS, "os^v", strict=True):
-        ax1.loglog(cond, [c["errors"][m] for c in cells], marker, label=m, alpha=0.7)
+        kept = [i for i, c in enumerate(cells) if m != "svd" or not c["svd_dropped"]]
+        errors = np.array([c["errors"][m] for c in cells])
+        ax1.loglog(cond[kept], errors[kept], marker, label=m, alpha=0.7)
+    cut = [i for i, c in enumerate(cells) if c["svd_dropped"]]
+    if cut:  # the default rcond = eps max(m, n) dropped a singular direction: not rounding
+        ax1.loglog(cond[cut], errors[cut], "v", mfc="none", label="svd, a direction cut by rcond")
     grid = np.geomspace(cond.min(), cond.max(), 20)
     eps = float(np.finfo(np.float32).eps)
     ax1.loglog(grid, grid * eps, "k:", label="cond eps")

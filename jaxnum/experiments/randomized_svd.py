@@ -314,6 +314,10 @@ def _figure(config, study, seconds):
             fontsize=8,
         )
     bx.set_yscale("log")
+    bx.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+    bx.yaxis.set_minor_formatter(  # label 2x and 5x between the decades
+        plt.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else "")
+    )
     bx.set_ylabel("time per call (ms, log scale)")
     m, n = config.time_shape
     bx.set_title(f"Time, {m}x{n}, k={config.rank} (speedup on the bars)")
