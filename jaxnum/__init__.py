@@ -3,7 +3,8 @@
 ``import jaxnum as jn``; the subpackages hold the rest (``jaxnum.precision``...).
 """
 
-from jaxnum import autodiff, kfac, linalg, lora, optim, precision
+from jaxnum import autodiff, kfac, linalg, lora, optim, precision, serialization
+from jaxnum.kfac import scale_by_kfac
 from jaxnum.optim import (
     lbfgs,
     minimize,
@@ -63,9 +64,11 @@ __all__ = [
     "optim",
     "overflow_fraction",
     "precision",
+    "scale_by_kfac",
     "scale_by_lbfgs",
     "scale_by_newton_cg",
     "scale_by_strong_wolfe",
     "scaled_value_and_grad",
+    "serialization",
     "underflow_fraction",
 ]

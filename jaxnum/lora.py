@@ -63,6 +63,8 @@ def init_from_svd(
     W = jnp.asarray(W)
     if W.ndim != 2:
         raise ValueError(f"init_from_svd: W must be 2-D, got shape {W.shape}")
+    if not jnp.issubdtype(W.dtype, jnp.floating):
+        raise TypeError(f"init_from_svd: W must be floating point, got dtype {W.dtype}")
     if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(W.shape):
         raise ValueError(f"init_from_svd: rank must be an int in 1..{min(W.shape)}, got {rank!r}")
     if key is None:
@@ -133,7 +135,8 @@ def merge(frozen: Any, adapters: dict[str, Adapter]) -> Any:
     """``frozen + A @ B`` at every adapted path: the full parameters to run the model with.
 
     Raises:
-      ValueError: if an adapter's path is not in ``frozen`` (mismatched trees).
+      ValueError: if an adapter's path is not in ``frozen`` (mismatched trees), or its
+        ``A @ B`` does not have the shape of the leaf there.
     """
     seen = set()
 
@@ -143,6 +146,12 @@ def merge(frozen: Any, adapters: dict[str, Adapter]) -> Any:
             return leaf
         seen.add(name)
         ad = adapters[name]
+        update_shape = (jnp.shape(ad.A)[0], jnp.shape(ad.B)[-1])
+        if jnp.ndim(ad.A) != 2 or jnp.ndim(ad.B) != 2 or update_shape != jnp.shape(leaf):
+            raise ValueError(
+                f"merge: the adapter at {name} has A {jnp.shape(ad.A)} and B {jnp.shape(ad.B)}; "
+                f"A @ B must have the leaf's shape {jnp.shape(leaf)}"
+            )
         return leaf + (ad.A @ ad.B).astype(jnp.result_type(leaf))
 
     merged = jax.tree_util.tree_map_with_path(visit, frozen)
@@ -165,6 +174,10 @@ def count(frozen: Any, adapters: dict[str, Adapter]) -> LoRACount:
       >>> count(shapes, ad).reduction
       1536.0
     """
+    if not isinstance(adapters, dict):
+        raise TypeError(
+            f"count: adapters must be a dict of path -> Adapter, got {type(adapters).__name__}"
+        )
     total = sum(int(np.prod(jnp.shape(x))) for x in jax.tree.leaves(frozen))
     trainable = sum(int(np.prod(jnp.shape(x))) for ad in adapters.values() for x in ad)
     return LoRACount(trainable, total, total / trainable if trainable else float("inf"))

@@ -20,6 +20,7 @@ API_PAGES = {
     "jaxnum.optim": "optim",
     "jaxnum.kfac": "kfac",
     "jaxnum.kfac.nnx": "kfac_nnx",
+    "jaxnum.serialization": "serialization",
     "jaxnum.experiments": "experiments",
 }
 

@@ -16,6 +16,7 @@ import jaxnum.linalg
 import jaxnum.lora
 import jaxnum.optim
 import jaxnum.precision
+import jaxnum.serialization
 
 
 @pytest.mark.parametrize(
@@ -30,6 +31,7 @@ import jaxnum.precision
         jaxnum.experiments,
         jaxnum.kfac,
         jaxnum.kfac.nnx,
+        jaxnum.serialization,
     ],
     ids=lambda m: m.__name__,
 )

@@ -22,11 +22,13 @@ def check_floating_tree(x: Any, fn: str, arg: str) -> None:
             )
 
 
-def check_like(x: Any, v: Any, fn: str, arg: str = "v") -> None:
-    """Raises unless ``v`` has ``x``'s tree structure and leaf shapes."""
+def check_like(x: Any, v: Any, fn: str, arg: str = "v", ref: str = "x") -> None:
+    """Raises unless ``v`` (named ``arg``) has ``x``'s (named ``ref``) structure and leaf shapes."""
     sx, sv = jax.tree.structure(x), jax.tree.structure(v)
     if sx != sv:
-        raise ValueError(f"{fn}: {arg} must have the tree structure of x: expected {sx}, got {sv}")
+        raise ValueError(
+            f"{fn}: {arg} must have the tree structure of {ref}: expected {sx}, got {sv}"
+        )
     for path, a, b in zip(
         (p for p, _ in jax.tree_util.tree_flatten_with_path(x)[0]),
         jax.tree.leaves(x),
@@ -36,13 +38,19 @@ def check_like(x: Any, v: Any, fn: str, arg: str = "v") -> None:
         if jnp.shape(a) != jnp.shape(b):
             raise ValueError(
                 f"{fn}: {arg}{jax.tree_util.keystr(path)} has shape {jnp.shape(b)}, "
-                f"expected {jnp.shape(a)} (the shape of x there)"
+                f"expected {jnp.shape(a)} (the shape of {ref} there)"
             )
 
 
 def tree_vdot(a: Any, b: Any) -> jax.Array:
-    """Sum over leaves of ``vdot(a_leaf, b_leaf)``."""
-    return sum(jnp.vdot(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
+    """Sum over leaves of ``vdot(a_leaf, b_leaf)``.
+
+    Written as an elementwise product and a sum (not ``jnp.vdot``, which
+    flattens), so leaves sharded over a mesh with explicit axes need no
+    resharding.
+    """
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return sum(jnp.sum(jnp.conj(x) * y) for x, y in pairs)
 
 
 def tree_axpy(alpha: Any, x: Any, y: Any) -> Any:

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from jaxnum.autodiff._trees import check_floating_tree
+from jaxnum.autodiff._trees import check_floating_tree, check_like
 from jaxnum.autodiff.hvp import hvp_fn
 
 TRACE_METHODS = ("hutchinson", "hutch++", "xtrace")
@@ -36,15 +36,38 @@ def _check_samples(num_samples: Any, minimum: int, fn: str) -> None:
         raise ValueError(f"{fn}: num_samples must be >= {minimum}, got {num_samples}")
 
 
-def _flat_operator(matvec: Callable[[Any], Any], x_like: Any, chunk_size: int | None):
+def _check_options(
+    fn: str, num_samples: Any, method: str | None, chunk_size: Any, x_like: Any
+) -> None:
+    """Checks the estimators' options by name (``method=None`` for the diagonal)."""
+    if method is not None and method not in TRACE_METHODS:
+        raise ValueError(f"{fn}: method={method!r} unknown; expected one of {TRACE_METHODS}")
+    dtype = jnp.result_type(*jax.tree.leaves(x_like))
+    if method in ("hutch++", "xtrace") and jnp.finfo(dtype).bits < 32:
+        raise TypeError(
+            f"{fn}: method={method!r} takes a QR, which has no {dtype} kernel; use float32 "
+            "or float64 inputs, or method='hutchinson'"
+        )
+    minimum = {"hutchinson": 1, "hutch++": 3, "xtrace": 4}.get(method, 1)
+    _check_samples(num_samples, minimum, fn)
+    if chunk_size is not None and (
+        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
+    ):
+        raise ValueError(f"{fn}: chunk_size must be an int >= 1 or None, got {chunk_size!r}")
+
+
+def _flat_operator(matvec: Callable[[Any], Any], x_like: Any, chunk_size: int | None, fn: str):
     """``(flat x_like, unravel, columns)``: ``columns(Z)`` is ``A Z`` for an (n, k) block
     of flat probes, vmapped in chunks of ``chunk_size``."""
     flat, unravel = ravel_pytree(x_like)
+    check_like(x_like, jax.eval_shape(matvec, x_like), fn, "matvec(x_like)", "x_like")
 
     def single(z):
         return ravel_pytree(matvec(unravel(z)))[0].astype(z.dtype)
 
     def columns(Z):  # Z: (n, k) -> A Z, probes in chunks of chunk_size
+        if chunk_size is None:  # all probes in one vmapped batch
+            return jax.vmap(single, in_axes=1, out_axes=1)(Z)
         return jax.lax.map(single, Z.T, batch_size=chunk_size).T
 
     return flat, unravel, columns
@@ -108,11 +131,9 @@ def trace_estimate(
       the formulas below are derived here for the k-by-k form).
     """
     fn = "trace_estimate"
-    if method not in TRACE_METHODS:
-        raise ValueError(f"{fn}: method={method!r} unknown; expected one of {TRACE_METHODS}")
     check_floating_tree(x_like, fn, "x_like")
-    _check_samples(num_samples, {"hutchinson": 1, "hutch++": 3, "xtrace": 4}[method], fn)
-    flat, _, columns = _flat_operator(matvec, x_like, chunk_size)
+    _check_options(fn, num_samples, method, chunk_size, x_like)
+    flat, _, columns = _flat_operator(matvec, x_like, chunk_size, fn)
     n, dtype = flat.size, flat.dtype
     if method == "hutchinson":
         Z = jax.random.rademacher(key, (n, num_samples), dtype)
@@ -194,8 +215,8 @@ def diagonal_estimate(
     """
     fn = "diagonal_estimate"
     check_floating_tree(x_like, fn, "x_like")
-    _check_samples(num_samples, 1, fn)
-    flat, unravel, columns = _flat_operator(matvec, x_like, chunk_size)
+    _check_options(fn, num_samples, None, chunk_size, x_like)
+    flat, unravel, columns = _flat_operator(matvec, x_like, chunk_size, fn)
     Z = jax.random.rademacher(key, (flat.size, num_samples), flat.dtype)
     return unravel(jnp.mean(Z * columns(Z), axis=1))
 
@@ -223,6 +244,7 @@ def hessian_trace(
       See :func:`trace_estimate`.
     """
     check_floating_tree(x, "hessian_trace", "x")
+    _check_options("hessian_trace", num_samples, method, chunk_size, x)
     return trace_estimate(
         hvp_fn(f, x, *args),
         x,
@@ -252,6 +274,7 @@ def hessian_diag(
       See :func:`diagonal_estimate`.
     """
     check_floating_tree(x, "hessian_diag", "x")
+    _check_options("hessian_diag", num_samples, None, chunk_size, x)
     return diagonal_estimate(
         hvp_fn(f, x, *args), x, key=key, num_samples=num_samples, chunk_size=chunk_size
     )

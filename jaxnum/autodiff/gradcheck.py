@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnum.autodiff._trees import check_floating_tree, tree_vdot
+from jaxnum.autodiff._trees import check_floating_tree, check_like, tree_vdot
 from jaxnum.autodiff.finite_differences import derivative
 
 MODES = ("fwd", "rev")
@@ -223,6 +223,9 @@ def gradcheck(
     check_floating_tree(args[argnum], fn, f"args[{argnum}]")
     if eps is not None and not eps > 0:
         raise ValueError(f"{fn}: eps (the finite-difference step) must be > 0, got {eps!r}")
+    for name, tol in (("atol", atol), ("rtol", rtol)):
+        if tol is not None and not tol >= 0:
+            raise ValueError(f"{fn}: {name} must be >= 0, got {tol!r}")
     atol = 1e-8 if atol is None else atol
     rtol = 1e-6 if rtol is None else rtol
     key = jax.random.key(0) if key is None else key
@@ -260,7 +263,7 @@ def _gradcheck64(f, args, order, modes, argnum, num_probes, full, eps, atol, rto
             err = abs(ad - fd)
             scale = max(abs(ad), abs(fd))
             rel = err / scale if scale else err
-            failed = err > atol + rtol * scale
+            failed = not err <= atol + rtol * scale  # a nan AD or FD value fails
             results.append(_Comparison(err, rel, failed, mode, leaf, index, ad, fd))
 
     if full:
@@ -365,8 +368,11 @@ def taylor_test(
       Sec. 5 (the Taylor remainder convergence test).
     """
     check_floating_tree(x, "taylor_test", "x")
+    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 3:
+        raise ValueError(f"taylor_test: num_steps must be an int >= 3 (a fit), got {num_steps!r}")
     if v is None:
         v = _random_like(jax.random.key(0) if key is None else key, x)
+    check_like(x, v, "taylor_test")
     value, grad = jax.value_and_grad(f)(x)
     slope_dir = float(tree_vdot(grad, v))
     dtype = jnp.result_type(*jax.tree.leaves(x))

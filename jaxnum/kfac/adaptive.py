@@ -24,7 +24,7 @@ import optax
 
 from jaxnum.kfac.statistics import LOSSES
 from jaxnum.kfac.transform import ScaleByKFACState, scale_by_kfac
-from jaxnum.precision._checks import check_positive, check_positive_int
+from jaxnum.precision._checks import check_nonnegative, check_positive, check_positive_int
 
 
 def _apply_fn(model) -> Callable:
@@ -155,8 +155,7 @@ def scale_by_adaptive_kfac(
       (alpha*, mu* in the 2-D subspace).
     """
     check_positive(damping, "scale_by_adaptive_kfac", "damping")
-    if weight_decay < 0:
-        raise ValueError(f"scale_by_adaptive_kfac: weight_decay must be >= 0, got {weight_decay}")
+    check_nonnegative(weight_decay, "scale_by_adaptive_kfac", "weight_decay")
     if adapt_damping_every is not None:
         check_positive_int(adapt_damping_every, "scale_by_adaptive_kfac", "adapt_damping_every")
     omega = (19.0 / 20.0) ** (adapt_damping_every or 1)
@@ -216,7 +215,10 @@ def scale_by_adaptive_kfac(
         mu = jnp.where(use_2d, mu_2, 0.0)
         ok = jnp.isfinite(alpha) & jnp.isfinite(mu) & (M[0, 0] > 0)
         alpha, mu = jnp.where(ok, alpha, 0.0), jnp.where(ok, mu, 0.0)
-        step = jax.tree.map(lambda d, p: (alpha * d + mu * p).astype(d.dtype), direction, previous)
+        # A rejected step is an exact zero, also when the direction is not finite.
+        step = jax.tree.map(
+            lambda d, p: jnp.where(ok, alpha * d + mu * p, 0).astype(d.dtype), direction, previous
+        )
         lam, rho = state.damping, state.rho
         if adapt_damping_every is not None:
             coeffs = jnp.stack([alpha, mu])

@@ -170,6 +170,11 @@ def value_grad_and_stats(
     """
     check_loss_and_fisher("value_grad_and_stats", loss, fisher, curvature_batch)
     if not isinstance(model, nn.Module):
+        if not callable(model):
+            raise TypeError(
+                "value_grad_and_stats: model must be a linen Module or a function "
+                f"model(params, inputs), got {type(model).__name__}"
+            )
         if _is_nnx(model):
             raise TypeError(
                 "value_grad_and_stats: this is an NNX module; use "

@@ -19,7 +19,9 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxnum._sharding import explicit_mesh, replicated_output
 from jaxnum.precision._checks import check_open_interval, check_positive
 
 
@@ -54,18 +56,41 @@ def dense_factors(inputs: jax.Array, output_grads: jax.Array, *, bias: bool = Tr
             "dense_factors: expected inputs (batch, d_in) and output_grads (batch, d_out) "
             f"with the same batch, got {inputs.shape} and {output_grads.shape}"
         )
+    if inputs.shape[0] == 0:
+        raise ValueError("dense_factors: the batch is empty (no example to average over)")
     dtype = _factor_dtype(jnp.result_type(inputs, output_grads))
-    a = inputs.astype(dtype)
+    a = _batch_sharded_only(inputs).astype(dtype)
     if bias:
         a = jnp.concatenate([a, jnp.ones((a.shape[0], 1), dtype)], axis=1)
     g = output_grads.astype(dtype)
     n = a.shape[0]
-    return KroneckerFactors(A=a.T @ a / n, G=g.T @ g / n)
+    return KroneckerFactors(A=_gram(a) / n, G=_gram(g) / n)
+
+
+def _batch_sharded_only(x: jax.Array) -> jax.Array:
+    """``x`` with its feature axes gathered (explicit meshes), so a bias column can be appended."""
+    mesh = explicit_mesh(x)
+    if mesh is None or x.ndim < 2:
+        return x
+    spec = jax.typeof(x).sharding.spec
+    batch = spec[0] if len(spec) else None
+    return jax.sharding.reshard(x, NamedSharding(mesh, PartitionSpec(batch, None)))
+
+
+def _gram(x: jax.Array) -> jax.Array:
+    """``x^T x``, replicated when ``x``'s batch is sharded over a mesh with explicit axes."""
+    return jnp.matmul(x.T, x, out_sharding=replicated_output(x))
 
 
 def update_moving_average(old: KroneckerFactors, new: KroneckerFactors, decay) -> KroneckerFactors:
     """``decay * old + (1 - decay) * new`` factor by factor (an exponential moving average)."""
     check_open_interval(decay, -1e-12, 1.0, "update_moving_average", "decay")
+    for name, o, n in zip("AG", old, new, strict=True):
+        if jnp.shape(o) != jnp.shape(n):
+            raise ValueError(
+                f"update_moving_average: new.{name} has shape {jnp.shape(n)}, "
+                f"old.{name} {jnp.shape(o)}"
+            )
     return jax.tree.map(lambda o, n: decay * o + (1.0 - decay) * n, old, new)
 
 
@@ -74,13 +99,18 @@ def factored_damping(factors: KroneckerFactors, damping) -> KroneckerFactors:
 
     ``A + pi sqrt(damping) I`` and ``G + sqrt(damping) / pi I`` with
     ``pi = sqrt((tr(A) / dim A) / (tr(G) / dim G))``, so the damping is shared
-    between the factors in proportion to their average eigenvalues.
+    between the factors in proportion to their average eigenvalues. When a
+    factor's trace is zero (a layer whose inputs were all zero) or not finite,
+    pi = 1: both factors get sqrt(damping), so neither stays singular.
     """
     check_positive(damping, "factored_damping", "damping")
     A, G = factors
-    tiny = jnp.finfo(A.dtype).tiny
-    pi = jnp.sqrt(
-        jnp.maximum(jnp.trace(A) / A.shape[0], tiny) / jnp.maximum(jnp.trace(G) / G.shape[0], tiny)
+    mean_a, mean_g = jnp.trace(A) / A.shape[0], jnp.trace(G) / G.shape[0]
+    usable = (mean_a > 0) & (mean_g > 0) & jnp.isfinite(mean_a) & jnp.isfinite(mean_g)
+    # the square roots are taken apart: their quotient stays normal where the
+    # quotient of the traces would underflow (XLA on CPU flushes subnormals to 0)
+    pi = jnp.where(
+        usable, jnp.sqrt(jnp.where(usable, mean_a, 1)) / jnp.sqrt(jnp.where(usable, mean_g, 1)), 1
     )
     root = jnp.sqrt(jnp.asarray(damping, A.dtype))
     return KroneckerFactors(
@@ -102,6 +132,10 @@ def kronecker_precondition(grad_w: jax.Array, factors: KroneckerFactors) -> jax.
     ``(d_in, d_out)`` without bias); the result has grad_w's dtype.
     """
     A, G = factors
+    if not jnp.issubdtype(grad_w.dtype, jnp.floating):
+        raise TypeError(
+            f"kronecker_precondition: grad_w must be floating point, got dtype {grad_w.dtype}"
+        )
     if grad_w.shape != (A.shape[0], G.shape[0]):
         raise ValueError(
             f"kronecker_precondition: grad_w has shape {grad_w.shape}, the factors expect "

@@ -131,7 +131,8 @@ def value_grad_and_stats(
     def f(model, inputs, targets, key):
         if not isinstance(model, nnx.Module):
             raise TypeError(
-                f"kfac.nnx.value_grad_and_stats: model must be an nnx.Module, got {type(model)}"
+                "kfac.nnx.value_grad_and_stats: model must be an nnx.Module, got "
+                f"{type(model).__name__}"
             )
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
@@ -157,6 +158,7 @@ def value_grad_and_stats(
             fisher=fisher,
             axis_name=axis_name,
             curvature_batch=curvature_batch,
+            fn="kfac.nnx.value_grad_and_stats",
         )
         nnx.update(model, new_rest)
         return value, grads, stats

@@ -45,6 +45,21 @@ def check_loss_and_fisher(fn: str, loss: str, fisher: str, curvature_batch=None)
         raise ValueError(f"{fn}: fisher must be 'true' or 'empirical', got {fisher!r}")
 
 
+def check_targets(fn: str, loss: str, outputs, targets) -> None:
+    """Trace-time check that ``targets`` fit ``outputs`` for ``loss`` (no silent broadcasting)."""
+    shape, dtype = jnp.shape(targets), jnp.result_type(targets)
+    if loss == "softmax_cross_entropy":
+        if shape != outputs.shape[:-1] or not jnp.issubdtype(dtype, jnp.integer):
+            raise ValueError(
+                f"{fn}: softmax_cross_entropy needs integer class labels of shape "
+                f"{outputs.shape[:-1]} (outputs {outputs.shape}), got {dtype} {shape}"
+            )
+    elif shape != outputs.shape:
+        raise ValueError(
+            f"{fn}: {loss} needs targets of the outputs' shape {outputs.shape}, got {shape}"
+        )
+
+
 def loss_value(name: str, outputs, targets):
     """Mean over the batch of the per-example loss (targets: labels, 0/1, or values)."""
     if name == "softmax_cross_entropy":
@@ -116,6 +131,7 @@ def value_grads_and_stats(
     fisher: str,
     axis_name: str | None = None,
     curvature_batch: int | None = None,
+    fn: str = "value_grad_and_stats",
 ):
     """The passes described in the module docstring; returns ``(value, grads, stats, aux)``.
 
@@ -143,6 +159,7 @@ def value_grads_and_stats(
         outputs, vjp, (recorded, aux) = jax.vjp(
             lambda p, q: forward(p, q, inputs), params, perturbations, has_aux=True
         )
+        check_targets(fn, loss, outputs, targets)
         value, d_outputs = jax.value_and_grad(lambda o: loss_value(loss, o, targets))(outputs)
         grads = perturbation_grads = None
         if need_grads or fisher == "empirical":
@@ -166,6 +183,7 @@ def value_grads_and_stats(
             if axis_name is not None:
                 p = _varying(p, axis_name)
             outputs, (_, aux) = forward(p, None, inputs)
+            check_targets(fn, loss, outputs, targets)
             return loss_value(loss, outputs, targets), aux
 
         (value, aux), grads = jax.value_and_grad(mean_loss, has_aux=True)(params)

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxnum.autodiff._trees import tree_vdot
 from jaxnum.kfac.capture import conv_kernel_matrix, kernel_from_matrix
 from jaxnum.kfac.factors import (
     KroneckerFactors,
@@ -27,17 +28,28 @@ from jaxnum.kfac.factors import (
     spd_inverse,
     update_moving_average,
 )
-from jaxnum.precision._checks import check_open_interval, check_positive, check_positive_int
+from jaxnum.precision._checks import (
+    check_nonnegative,
+    check_open_interval,
+    check_positive,
+    check_positive_int,
+)
+from jaxnum.precision.loss_scaling import all_finite
 
 Layer = tuple[str, ...]
 
 
 class ScaleByKFACState(NamedTuple):
-    """Step count, the factors' moving averages and their damped inverses, per layer."""
+    """Step count, the factors' moving averages and their damped inverses, per layer.
+
+    ``num_skipped`` counts the steps whose curvature statistics held a NaN or an
+    inf: those were not averaged in (the factors stayed as they were).
+    """
 
     count: jax.Array
     factors: dict[Layer, KroneckerFactors]
     inverses: dict[Layer, KroneckerFactors]
+    num_skipped: jax.Array
 
 
 def _dense_layers(params: Any) -> list[Layer]:
@@ -89,6 +101,9 @@ def scale_by_kfac(
 ) -> optax.GradientTransformationExtraArgs:
     """K-FAC preconditioner: ``update(grads, state, params, *, curvature)``.
 
+    Statistics holding a NaN or an inf (a bad batch) are not averaged in: the
+    factors stay as they were and ``state.num_skipped`` counts the step.
+
     Args:
       damping: Tikhonov damping lambda, split between the factors by the pi
         heuristic.
@@ -108,6 +123,7 @@ def scale_by_kfac(
     check_positive_int(inverse_every, fn, "inverse_every")
     if kl_clip is not None:
         check_positive(kl_clip, fn, "kl_clip")
+    check_positive(learning_rate, fn, "learning_rate")
 
     def registered(params):
         return [tuple(layer) for layer in layers] if layers is not None else _dense_layers(params)
@@ -126,11 +142,12 @@ def scale_by_kfac(
             inverses[layer] = KroneckerFactors(
                 jnp.eye(d_in, dtype=dtype), jnp.eye(d_out, dtype=dtype)
             )
-        return ScaleByKFACState(jnp.zeros((), jnp.int32), factors, inverses)
+        zero = jnp.zeros((), jnp.int32)
+        return ScaleByKFACState(zero, factors, inverses, zero)
 
     def update_fn(updates, state, params=None, *, curvature, **extra_args):
         del params, extra_args
-        factors = {}
+        batch_factors = {}
         for layer, old in state.factors.items():
             if layer not in curvature:
                 raise ValueError(
@@ -144,9 +161,17 @@ def scale_by_kfac(
                     f"{new.A.shape}, {new.G.shape}; its parameters need "
                     f"{old.A.shape}, {old.G.shape}"
                 )
-            new = jax.tree.map(lambda x, o: x.astype(o.dtype), new, old)
+            batch_factors[layer] = jax.tree.map(lambda x, o: x.astype(o.dtype), new, old)
+        # Statistics with a NaN or inf are not averaged in: they would stay in the
+        # moving average, and in every inverse after it, for good.
+        finite = all_finite(batch_factors)
+        first = state.count == state.num_skipped  # no finite statistics yet
+        factors = {}
+        for layer, new in batch_factors.items():
+            old = state.factors[layer]
             avg = update_moving_average(old, new, decay)
-            factors[layer] = jax.tree.map(lambda a, n: jnp.where(state.count == 0, n, a), avg, new)
+            avg = jax.tree.map(lambda a, n: jnp.where(first, n, a), avg, new)
+            factors[layer] = jax.tree.map(lambda a, o: jnp.where(finite, a, o), avg, old)
 
         def recompute(_):
             return {
@@ -181,13 +206,11 @@ def scale_by_kfac(
             lambda path, leaf: replaced.get(_keys(path), leaf), updates
         )
         if kl_clip is not None:
-            vg = sum(
-                jnp.vdot(v, g).astype(jnp.float32)
-                for v, g in zip(jax.tree.leaves(out), jax.tree.leaves(updates), strict=True)
-            )
+            vg = tree_vdot(out, updates).astype(jnp.float32)
             scale = jnp.minimum(1.0, jnp.sqrt(kl_clip / (learning_rate**2 * jnp.abs(vg) + 1e-30)))
             out = jax.tree.map(lambda v: (scale * v).astype(v.dtype), out)
-        return out, ScaleByKFACState(state.count + 1, factors, inverses)
+        skipped = state.num_skipped + (~finite).astype(jnp.int32)
+        return out, ScaleByKFACState(state.count + 1, factors, inverses, skipped)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -216,6 +239,11 @@ def optimizer(
     ``value`` (the loss) and ``value_fn`` (the loss of other parameters on
     the same batch) for the Levenberg-Marquardt adaptation of lambda.
     """
+    fn = "kfac.optimizer"
+    check_nonnegative(weight_decay, fn, "weight_decay")
+    if learning_rate is not None:
+        check_positive(learning_rate, fn, "learning_rate")
+        check_open_interval(momentum, -1e-12, 1.0, fn, "momentum")
     if learning_rate is None:
         from jaxnum.kfac.adaptive import scale_by_adaptive_kfac
 

@@ -9,20 +9,44 @@ import jax
 import jax.numpy as jnp
 
 from jaxnum.linalg.operators import LinearOperator
+from jaxnum.linalg.randomized import _check_int
 
 
-def _symmetric_matvec(A: Any, n: int, fn: str) -> Callable[[jax.Array], jax.Array]:
+def _as_matrix(A: Any, fn: str, arg: str) -> jax.Array:
+    try:
+        return jnp.asarray(A)
+    except TypeError as e:
+        raise TypeError(
+            f"{fn}: {arg} must be a matrix, a LinearOperator or a matvec callable, "
+            f"got {type(A).__name__}"
+        ) from e
+
+
+def _symmetric_matvec(A: Any, n: int, fn: str, arg: str = "A") -> Callable[[jax.Array], jax.Array]:
     """``v -> A v`` for a matrix, a LinearOperator or a plain (symmetric) matvec callable."""
     if isinstance(A, LinearOperator):
         if A.shape != (n, n):
-            raise ValueError(f"{fn}: A has shape {A.shape}, expected ({n}, {n})")
+            raise ValueError(f"{fn}: {arg} has shape {A.shape}, expected ({n}, {n})")
         return A.matvec
     if callable(A):
         return A
-    A = jnp.asarray(A)
+    A = _as_matrix(A, fn, arg)
     if A.shape != (n, n):
-        raise ValueError(f"{fn}: A has shape {A.shape}, expected ({n}, {n})")
+        raise ValueError(f"{fn}: {arg} has shape {A.shape}, expected ({n}, {n})")
     return lambda v: A @ v
+
+
+def _dimension(A: Any, n: int | None, fn: str) -> int:
+    """n of a square A (matrix or LinearOperator); a plain callable needs ``n`` given."""
+    if n is not None:
+        _check_int(n, "n", 1, fn)
+        return n
+    if callable(A) and not isinstance(A, LinearOperator):
+        raise ValueError(f"{fn}: give n (the dimension) when A is a plain callable")
+    shape = A.shape if isinstance(A, LinearOperator) else _as_matrix(A, fn, "A").shape
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise ValueError(f"{fn}: A must be a square matrix or LinearOperator, got shape {shape}")
+    return shape[1]
 
 
 class CGResult(NamedTuple):
@@ -78,12 +102,18 @@ def cg(
     b = jnp.asarray(b)
     if b.ndim != 1:
         raise ValueError(f"{fn}: b must be a vector, got shape {b.shape}")
+    if not jnp.issubdtype(b.dtype, jnp.inexact):
+        raise TypeError(f"{fn}: b must be floating point, got dtype {b.dtype}")
     n = b.shape[0]
     matvec = _symmetric_matvec(A, n, fn)
-    precond = (lambda r: r) if M is None else _symmetric_matvec(M, n, fn)
+    precond = (lambda r: r) if M is None else _symmetric_matvec(M, n, fn, "M")
     maxiter = 10 * n if maxiter is None else maxiter
     if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter < 0:
         raise ValueError(f"{fn}: maxiter must be a Python int >= 0, got {maxiter!r}")
+    if not isinstance(tol, jax.core.Tracer) and not float(tol) >= 0:
+        raise ValueError(f"{fn}: tol must be >= 0, got {tol!r}")
+    if x0 is not None and jnp.shape(x0) != b.shape:
+        raise ValueError(f"{fn}: x0 has shape {jnp.shape(x0)}, expected {b.shape} (that of b)")
     x = jnp.zeros_like(b) if x0 is None else jnp.asarray(x0, b.dtype)
     r = b - matvec(x)
     z = precond(r)
@@ -152,6 +182,8 @@ def lanczos(A: Any, v0: jax.Array, num_iters: int) -> LanczosResult:
     if isinstance(num_iters, bool) or not isinstance(num_iters, int) or not 1 <= num_iters <= n:
         raise ValueError(f"{fn}: num_iters must be a Python int in 1..{n}, got {num_iters!r}")
     matvec = _symmetric_matvec(A, n, fn)
+    if not isinstance(v0, jax.core.Tracer) and not bool(jnp.any(v0 != 0)):
+        raise ValueError(f"{fn}: v0 must be non-zero (it is normalised to start the basis)")
     dtype = jnp.promote_types(v0.dtype, jnp.float32)
     V = jnp.zeros((num_iters, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
 
@@ -203,13 +235,16 @@ def top_eigenvalues(
       Sec. 10.1 (Lanczos with full reorthogonalisation, Ritz values).
     """
     fn = "top_eigenvalues"
-    if n is None:
-        if callable(A) and not isinstance(A, LinearOperator):
-            raise ValueError(f"{fn}: give n (the dimension) when A is a plain callable")
-        n = A.shape[1]
+    n = _dimension(A, n, fn)
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
         raise ValueError(f"{fn}: k must be a Python int in 1..{n}, got {k!r}")
-    num_iters = min(n, max(2 * k + 20, 40)) if num_iters is None else num_iters
+    if num_iters is None:
+        num_iters = min(n, max(2 * k + 20, 40))
+    elif isinstance(num_iters, bool) or not isinstance(num_iters, int) or not k <= num_iters <= n:
+        raise ValueError(
+            f"{fn}: num_iters must be a Python int in k..n = {k}..{n} (k Ritz values need "
+            f"k steps), got {num_iters!r}"
+        )
     res = lanczos(A, jax.random.normal(key, (n,)), num_iters)
     theta, S = _ritz(res)
     order = jnp.argsort(theta)[::-1][:k]
@@ -259,12 +294,14 @@ def spectral_density(
       matrices", SIAM Review 2016.
     """
     fn = "spectral_density"
-    if n is None:
-        if callable(A) and not isinstance(A, LinearOperator):
-            raise ValueError(f"{fn}: give n (the dimension) when A is a plain callable")
-        n = A.shape[1]
+    n = _dimension(A, n, fn)
     if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
         raise ValueError(f"{fn}: num_probes must be a Python int >= 1, got {num_probes!r}")
+    if isinstance(num_iters, bool) or not isinstance(num_iters, int) or not 1 <= num_iters <= n:
+        raise ValueError(f"{fn}: num_iters must be a Python int in 1..{n}, got {num_iters!r}")
+    _check_int(num_points, "num_points", 1, fn)
+    if sigma is not None and not isinstance(sigma, jax.core.Tracer) and not float(sigma) > 0:
+        raise ValueError(f"{fn}: sigma (the kernel width) must be > 0, got {sigma!r}")
     dtype = getattr(A, "dtype", None) if not callable(A) or isinstance(A, LinearOperator) else None
     dtype = jnp.promote_types(jnp.float32, dtype) if dtype is not None else jnp.float32
     probes = jax.random.rademacher(key, (num_probes, n), dtype)

@@ -9,7 +9,18 @@ import jax.scipy.linalg as jsl
 METHODS = ("svd", "qr", "cholesky", "normal")
 
 
-def _check(X, y, method, ridge, fn):
+def _check_nonnegative(value, name: str, fn: str) -> None:
+    if isinstance(value, jax.core.Tracer):
+        return
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{fn}: {name} must be a real scalar, got {value!r}") from e
+    if not v >= 0:
+        raise ValueError(f"{fn}: {name} must be >= 0, got {value!r}")
+
+
+def _check(X, y, method, ridge, rcond, fn):
     X, y = jnp.asarray(X), jnp.asarray(y)
     if method not in METHODS:
         raise ValueError(f"{fn}: method={method!r} unknown; expected one of {METHODS}")
@@ -19,8 +30,9 @@ def _check(X, y, method, ridge, fn):
         raise ValueError(
             f"{fn}: y must have shape ({X.shape[0]},) or ({X.shape[0]}, k), got {y.shape}"
         )
-    if not isinstance(ridge, jax.core.Tracer) and not float(ridge) >= 0:
-        raise ValueError(f"{fn}: ridge must be >= 0, got {ridge!r}")
+    _check_nonnegative(ridge, "ridge", fn)
+    if rcond is not None:
+        _check_nonnegative(rcond, "rcond", fn)
     dtype = jnp.promote_types(jnp.result_type(X, y), jnp.float32)
     return X.astype(dtype), y.astype(dtype)
 
@@ -69,7 +81,7 @@ def lstsq(
       equations, QR) and 5.5 (SVD); Trefethen and Bau, Lecture 11.
     """
     fn = "lstsq"
-    X, y = _check(X, y, method, ridge, fn)
+    X, y = _check(X, y, method, ridge, rcond, fn)
     m, n = X.shape
     if method in ("normal", "cholesky"):
         G = X.T @ X + ridge * jnp.eye(n, dtype=X.dtype)
@@ -101,5 +113,9 @@ def condition_number(X: jax.Array) -> jax.Array:
     X = jnp.asarray(X)
     if X.ndim != 2:
         raise ValueError(f"condition_number: X must be 2-D, got shape {X.shape}")
-    s = jnp.linalg.svd(X, compute_uv=False)
-    return jnp.where(s[-1] > 0, s[0] / s[-1], jnp.inf)
+    if X.size == 0:
+        raise ValueError(f"condition_number: X has no entries (shape {X.shape})")
+    # In float32 at least: there is no half-precision SVD.
+    s = jnp.linalg.svd(X.astype(jnp.promote_types(X.dtype, jnp.float32)), compute_uv=False)
+    # A NaN in X gives NaN (not inf, which would claim X is singular).
+    return jnp.where(s[-1] == 0, jnp.inf, s[0] / s[-1])

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from jaxnum.autodiff._trees import check_floating_tree
 from jaxnum.autodiff.hvp import hvp_fn
 
 
@@ -79,9 +80,21 @@ class LinearOperator:
           fn: a linear function ``x -> y`` (pytrees).
           x_example: an input with the right structure, shapes and dtypes.
         """
+        fn_name = "LinearOperator.from_function"
+        if not callable(fn):
+            raise TypeError(f"{fn_name}: fn must be callable, got {fn!r}")
+        check_floating_tree(x_example, fn_name, "x_example")
         y_example = jax.eval_shape(fn, x_example)
         y_zero = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), y_example)
-        return _flat_operator(fn, jax.linear_transpose(fn, x_example), x_example, y_zero)
+        transpose = jax.linear_transpose(fn, x_example)
+        try:  # traced now, so a non-linear fn fails here rather than at the first rmatvec
+            jax.eval_shape(transpose, y_zero)
+        except Exception as e:
+            raise ValueError(
+                f"{fn_name}: fn must be linear in x (jax.linear_transpose cannot transpose it: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})"
+            ) from e
+        return _flat_operator(fn, transpose, x_example, y_zero)
 
 
 def _flat_operator(forward, transpose, x_example, y_example) -> LinearOperator:
@@ -109,12 +122,14 @@ def jacobian_operator(f: Callable[[Any], Any], x: Any) -> LinearOperator:
       >>> J.matvec(jnp.ones(3))
       Array([2., 2., 2.], dtype=float32)
     """
+    check_floating_tree(x, "jacobian_operator", "x")
     y, jvp_fn = jax.linearize(f, x)
     return _flat_operator(jvp_fn, jax.linear_transpose(jvp_fn, x), x, y)
 
 
 def hessian_operator(f: Callable[..., Any], x: Any, *args: Any) -> LinearOperator:
     """The (symmetric) Hessian of ``f(x, *args)`` at ``x``, by :func:`jaxnum.autodiff.hvp_fn`."""
+    check_floating_tree(x, "hessian_operator", "x")
     x_flat, unravel = ravel_pytree(x)
     product = hvp_fn(f, x, *args)
 

@@ -215,6 +215,11 @@ def gauss_newton(
         raise ValueError(f"{fn}: x0 is empty")
     if not jnp.issubdtype(flat0.dtype, jnp.floating):
         raise TypeError(f"{fn}: x0 must be floating point, got {flat0.dtype}")
+    if jnp.finfo(flat0.dtype).bits < 32:
+        raise TypeError(
+            f"{fn}: x0 is {flat0.dtype}; the least-squares steps need float32 or float64 "
+            "(LAPACK has no half precision): cast x0"
+        )
     out = jax.eval_shape(lambda x: ravel_pytree(residual_fn(x, *args))[0], x0)
     if out.shape[0] == 0:
         raise ValueError(f"{fn}: residual_fn returns no residuals")

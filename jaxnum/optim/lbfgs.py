@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxnum.autodiff._trees import tree_vdot
+from jaxnum._sharding import replicated, sharded_like
+from jaxnum.autodiff._trees import check_like, tree_vdot
 from jaxnum.optim.linesearch import scale_by_strong_wolfe
 from jaxnum.precision._checks import check_positive, check_positive_int, floating_leaves
 
@@ -31,7 +32,9 @@ class ScaleByLBFGSState(NamedTuple):
     pair never overwrites a kept one; the ``num_pairs`` slots before ``head``
     are valid. ``sy[i, j] = s_i^T y_j`` and ``yy[i, j] = y_i^T
     y_j`` are their inner products, kept up to date one row and column per
-    step. ``prev_params``/``prev_grad`` give the next pair. Every scalar has a
+    step. ``prev_params``/``prev_grad`` give the next pair; an update whose
+    gradient is not finite leaves them (and ``count``, the updates with a finite
+    gradient) as they were, so the next pair spans it. Every scalar has a
     fixed dtype (the parameters' float type, int32 counters), so the state's
     dtypes do not change from step to step, with or without x64.
     """
@@ -52,6 +55,17 @@ def _float_dtype(params: Any, fn: str):
     return jnp.result_type(*floating_leaves(params, fn, "params"))
 
 
+def _flat(x: jax.Array) -> jax.Array:
+    """``x.reshape(-1)``; on a mesh with explicit axes, gathered first (the memory is
+    replicated there)."""
+    return replicated(x).reshape(-1)
+
+
+def _unflat(flat: jax.Array, like: jax.Array) -> jax.Array:
+    """``flat`` shaped (and, on a mesh with explicit axes, sharded) like ``like``."""
+    return sharded_like(flat.reshape(like.shape), like)
+
+
 def _pairs_times(pairs: Any, v: Any, dtype) -> jax.Array:
     """``[s_0, y_0, s_1, y_1, ...]^T v``, one matrix-vector product per leaf.
 
@@ -59,7 +73,7 @@ def _pairs_times(pairs: Any, v: Any, dtype) -> jax.Array:
     several times three (2m x n)(n) ones.
     """
     out = [
-        (p @ x.reshape(-1)).astype(dtype)
+        (p @ _flat(x)).astype(dtype)
         for p, x in zip(jax.tree.leaves(pairs), jax.tree.leaves(v), strict=True)
     ]
     return sum(out[1:], out[0])
@@ -69,9 +83,7 @@ def _pairs_combine(pairs: Any, coef: jax.Array, like: Any) -> Any:
     """``sum_i coef_i row_i`` of the interleaved memory, shaped like ``like``."""
     flat = [(coef.astype(p.dtype) @ p) for p in jax.tree.leaves(pairs)]
     leaves, treedef = jax.tree.flatten(like)
-    return jax.tree.unflatten(
-        treedef, [f.reshape(x.shape) for f, x in zip(flat, leaves, strict=True)]
-    )
+    return jax.tree.unflatten(treedef, [_unflat(f, x) for f, x in zip(flat, leaves, strict=True)])
 
 
 def _solve_upper(R: jax.Array, b: jax.Array) -> jax.Array:
@@ -106,6 +118,7 @@ def inverse_hessian_product(grad: Any, state: ScaleByLBFGSState, pairs_grad=None
     ``pairs_grad`` is the memory times g (interleaved: s_0^T g, y_0^T g, ...)
     when the caller has it already.
     """
+    check_like(state.prev_params, grad, "inverse_hessian_product", "grad", "the parameters")
     dtype = state.sy.dtype
     memory = state.sy.shape[0]
     if pairs_grad is None:
@@ -135,6 +148,7 @@ def two_loop(grad: Any, state: ScaleByLBFGSState) -> Any:
     The reference for :func:`inverse_hessian_product` (same result to
     rounding); 4 m vector operations, so slower on small problems.
     """
+    check_like(state.prev_params, grad, "two_loop", "grad", "the parameters")
     dtype = state.sy.dtype
     order, valid = _chronological(state)
     rho = 1 / jnp.where(valid, jnp.diagonal(state.sy)[order], 1)
@@ -190,7 +204,8 @@ def scale_by_lbfgs(
     def init_fn(params):
         dtype = _float_dtype(params, fn)
         slots = memory_size + 1  # one spare slot for the incoming pair
-        ring = lambda p: jnp.zeros((2 * slots, jnp.size(p)), p.dtype)  # noqa: E731
+        # zeros from the leaf itself, so on a mesh with explicit axes the ring is on that mesh
+        ring = lambda p: jnp.broadcast_to(jnp.zeros_like(_flat(p)), (2 * slots, jnp.size(p)))  # noqa: E731
         return ScaleByLBFGSState(
             count=jnp.zeros((), jnp.int32),
             prev_params=optax.tree.zeros_like(params),
@@ -207,6 +222,7 @@ def scale_by_lbfgs(
     def update_fn(updates, state, params=None):
         if params is None:
             raise ValueError(f"{fn}: update needs params (the pairs are differences of iterates)")
+        state = jax.tree.map(jnp.asarray, state)  # e.g. numpy leaves from flax's from_bytes
         dtype = state.sy.dtype
         eps = curvature_rtol if curvature_rtol is not None else float(jnp.finfo(dtype).eps)
         s = jax.tree.map(lambda a, b: a - b, params, state.prev_params)
@@ -225,7 +241,7 @@ def scale_by_lbfgs(
         slots = state.sy.shape[0]
 
         def write(ring, a, b):
-            block = jnp.stack([a.reshape(-1), b.reshape(-1)]).astype(ring.dtype)
+            block = jnp.stack([_flat(a), _flat(b)]).astype(ring.dtype)
             block = jnp.where(accept, block, 0)  # a refused pair leaves zeros, never NaN
             return jax.lax.dynamic_update_slice(ring, block, (2 * head, jnp.zeros((), head.dtype)))
 
@@ -253,7 +269,14 @@ def scale_by_lbfgs(
             first = 1 / jnp.where((gnorm > 0) & jnp.isfinite(gnorm), gnorm, 1)
             state = state._replace(gamma=jnp.where(state.num_pairs == 0, first, state.gamma))
         direction = inverse_hessian_product(updates, state, pairs_grad)
-        state = state._replace(count=state.count + 1, prev_params=params, prev_grad=updates)
+        # A non-finite gradient is no end point of a later pair: keep the last finite one.
+        finite = jnp.isfinite(gg)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        state = state._replace(
+            count=state.count + finite.astype(jnp.int32),
+            prev_params=keep(params, state.prev_params),
+            prev_grad=keep(updates, state.prev_grad),
+        )
         return direction, state
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -283,6 +306,8 @@ def lbfgs(
         )
     if linesearch is None and learning_rate is None:
         raise ValueError("lbfgs: without a line search a learning_rate is needed")
+    if learning_rate is not None and not callable(learning_rate):  # a schedule is callable
+        check_positive(learning_rate, "lbfgs", "learning_rate")
     step = (
         optax.scale(-1.0) if learning_rate is None else optax.scale_by_learning_rate(learning_rate)
     )

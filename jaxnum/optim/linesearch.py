@@ -195,6 +195,19 @@ class _Search(NamedTuple):
     num_nonfinite: jax.Array
 
 
+def _check_options(
+    fn, max_evaluations, slope_rtol, curv_rtol, xtol, max_stepsize, approx_rtol
+) -> None:
+    """The line search's options, checked by name (a traced value is not checked)."""
+    check_positive_int(max_evaluations, fn, "max_evaluations")
+    check_open_interval(slope_rtol, 0.0, 0.5, fn, "slope_rtol")
+    check_open_interval(curv_rtol, slope_rtol, 1.0, fn, "curv_rtol")
+    check_open_interval(xtol, 0.0, 1.0, fn, "xtol")
+    check_positive(max_stepsize, fn, "max_stepsize")
+    if approx_rtol is not None:
+        check_positive(approx_rtol, fn, "approx_rtol")
+
+
 def strong_wolfe_search(
     value_and_grad_fn: Callable[[Any], tuple[tuple[jax.Array, Any], Any]],
     params: Any,
@@ -224,6 +237,11 @@ def strong_wolfe_search(
     Returns ``(step, value, grad, aux, status, num_evaluations, num_nonfinite)``
     with value/grad/aux at the accepted point (at ``params`` when the step is 0).
     """
+    # (initial_stepsize may be a step computed at run time: clipped to [0, max_stepsize].)
+    _check_options(
+        "strong_wolfe_search", max_evaluations, slope_rtol, curv_rtol, xtol, max_stepsize,
+        approx_rtol,
+    )  # fmt: skip
     dtype = jnp.result_type(value)
     f0 = value
     slope0 = tree_vdot(grad, direction).astype(dtype)
@@ -419,14 +437,8 @@ def scale_by_strong_wolfe(
       has_aux: ``value_fn`` returns ``(value, aux)``.
     """
     fn = "scale_by_strong_wolfe"
-    check_positive_int(max_evaluations, fn, "max_evaluations")
-    check_open_interval(slope_rtol, 0.0, 0.5, fn, "slope_rtol")
-    check_open_interval(curv_rtol, slope_rtol, 1.0, fn, "curv_rtol")
-    check_open_interval(xtol, 0.0, 1.0, fn, "xtol")
+    _check_options(fn, max_evaluations, slope_rtol, curv_rtol, xtol, max_stepsize, approx_rtol)
     check_positive(initial_stepsize, fn, "initial_stepsize")
-    check_positive(max_stepsize, fn, "max_stepsize")
-    if approx_rtol is not None:
-        check_positive(approx_rtol, fn, "approx_rtol")
 
     def init_fn(params):
         leaves = jax.tree.leaves(params)
@@ -467,7 +479,10 @@ def scale_by_strong_wolfe(
             approx_rtol=approx_rtol, xtol=xtol, max_stepsize=max_stepsize,
             max_evaluations=max_evaluations,
         )  # fmt: skip
-        new_updates = jax.tree.map(lambda d: step.astype(d.dtype) * d, direction)
+        # A zero step is an exact zero update, also when the direction is not finite.
+        new_updates = jax.tree.map(
+            lambda d: jnp.where(step > 0, step.astype(d.dtype) * d, jnp.zeros_like(d)), direction
+        )
         failed = status >= BEST_POINT
         new_state = StrongWolfeState(
             value=new_value.astype(dtype),

@@ -347,6 +347,11 @@ def minimize(
     check_positive(damping, name, "damping")
     check_positive_int(max_cg_iterations, name, "max_cg_iterations")
     dtype = jnp.result_type(*jax.tree.leaves(x0))
+    if method == "newton" and jnp.finfo(dtype).bits < 32:
+        raise TypeError(
+            f"{name}: method='newton' takes a Cholesky factor, which has no {dtype} kernel; "
+            "use a float32 or float64 x0, or method='newton-cg'"
+        )
     if method in ("newton-cg", "newton"):
         return _solve_newton(
             x0,

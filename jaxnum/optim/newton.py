@@ -19,9 +19,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jaxnum.precision._checks import check_positive
+
 ROOT_CONVERGED = 0
 ROOT_MAXITER = 1
 ROOT_NO_DECREASE = 2
+ROOT_NONFINITE_START = 3
 
 ROOT_MESSAGES = {
     ROOT_CONVERGED: "converged: ||F|| <= tol",
@@ -30,6 +33,7 @@ ROOT_MESSAGES = {
         "stopped: the Newton step does not reduce ||F|| (a singular Jacobian at a "
         "stationary point of ||F||^2, or a local minimum of ||F|| that is not a root)"
     ),
+    ROOT_NONFINITE_START: "stopped: F is not finite at x0",
 }
 
 
@@ -112,20 +116,34 @@ def newton_root(
     Returns:
       :class:`NewtonRootResult`. A step that cannot reduce ``||F||`` (e.g. a singular
       Jacobian whose least-squares step is zero) leaves x unchanged and the loop
-      stops with ``converged=False``; nothing becomes NaN.
+      stops with ``converged=False``; nothing becomes NaN. An F that is not finite
+      at x0 stops at once (status ``ROOT_NONFINITE_START``).
 
     The Jacobian is formed by forward mode when n <= m, reverse mode otherwise.
 
     References:
       J. Nocedal and S. Wright, Numerical Optimization, 2nd ed., Sec. 11.1-11.2.
     """
-    for name, value in (("maxiter", maxiter), ("multiplicity", multiplicity)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"newton_root: {name} must be a positive int, got {value!r}")
-    if not tol > 0:
-        raise ValueError(f"newton_root: tol must be > 0, got {tol!r}")
-    if not jnp.issubdtype(ravel_pytree(x0)[0].dtype, jnp.floating):
-        raise TypeError(f"newton_root: x0 must be floating point, got {ravel_pytree(x0)[0].dtype}")
+    if not callable(f):
+        raise TypeError(f"newton_root: f must be callable, got {type(f).__name__}")
+    for name, value, low in (
+        ("maxiter", maxiter, 1),
+        ("multiplicity", multiplicity, 1),
+        ("max_backtracks", max_backtracks, 0),
+    ):
+        if not isinstance(value, int) or isinstance(value, bool) or value < low:
+            raise ValueError(f"newton_root: {name} must be an int >= {low}, got {value!r}")
+    check_positive(tol, "newton_root", "tol")
+    if not jax.tree.leaves(x0):
+        raise ValueError("newton_root: x0 is an empty pytree")
+    dtype = ravel_pytree(x0)[0].dtype
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"newton_root: x0 must be floating point, got {dtype}")
+    if jnp.finfo(dtype).bits < 32:
+        raise TypeError(
+            f"newton_root: x0 is {dtype}; the least-squares steps need float32 or float64 "
+            "(LAPACK has no half precision): cast x0"
+        )
     flat0, unravel, residual, jacobian, m = flat_residual(f, x0, args)
     n = flat0.size
     if m == 0:
@@ -160,8 +178,10 @@ def newton_root(
     )
     norm = jnp.linalg.norm(r)
     converged = norm <= tol
-    status = jnp.where(
-        converged, ROOT_CONVERGED, jnp.where(stuck, ROOT_NO_DECREASE, ROOT_MAXITER)
+    status = jnp.select(
+        [converged, ~jnp.isfinite(norms0[0]), stuck],
+        [ROOT_CONVERGED, ROOT_NONFINITE_START, ROOT_NO_DECREASE],
+        ROOT_MAXITER,
     ).astype(jnp.int32)
     return NewtonRootResult(
         unravel(x), f(unravel(x), *args), norm, norms, k, converged, status, singular
@@ -188,7 +208,10 @@ def convergence_order(errors, *, floor: float = 0.0) -> ConvergenceOrder:
       J. Nocedal and S. Wright, Numerical Optimization, Sec. 2.2 (rates of
       convergence).
     """
-    e = np.asarray(errors, dtype=np.float64).ravel()
+    try:
+        e = np.asarray(errors, dtype=np.float64).ravel()
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"convergence_order: errors must be real numbers, got {errors!r}") from err
     keep = np.isfinite(e) & (e > floor)
     pairs = keep[:-1] & keep[1:]
     if pairs.sum() < 2:

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxnum.autodiff._trees import tree_vdot
+from jaxnum.autodiff._trees import check_like, tree_vdot
 from jaxnum.autodiff.hvp import gnvp_fn
 from jaxnum.precision._checks import check_positive, check_positive_int
 
@@ -74,6 +74,8 @@ def truncated_cg(
     The model value is tracked without extra products: each CG step lowers it
     by ``alpha ||r||^2 / 2``.
     """
+    check_positive_int(maxiter, "truncated_cg", "maxiter")
+    check_like(g, jax.eval_shape(matvec, g), "truncated_cg", "matvec(g)", "g")
     rr0 = tree_vdot(g, g)
     dtype = rr0.dtype
 
@@ -214,7 +216,13 @@ def scale_by_newton_cg(
             f"{fn}: need 0 <= min_damping < max_damping, got {min_damping!r}, {max_damping!r}"
         )
 
-    if not isinstance(max_backtracks, int) or max_backtracks < 0:
+    if not 0 <= min_ratio < 1:
+        raise ValueError(f"{fn}: min_ratio must lie in [0, 1), got {min_ratio!r}")
+    if (
+        isinstance(max_backtracks, bool)
+        or not isinstance(max_backtracks, int)
+        or max_backtracks < 0
+    ):
         raise ValueError(f"{fn}: max_backtracks must be an int >= 0, got {max_backtracks!r}")
 
     def init_fn(params):
@@ -222,6 +230,11 @@ def scale_by_newton_cg(
         if not leaves or not all(jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in leaves):
             raise TypeError(f"{fn}: params must be a non-empty pytree of floating arrays")
         dtype = jnp.result_type(*leaves)
+        if linear_solver == "dense" and jnp.finfo(dtype).bits < 32:
+            raise TypeError(
+                f"{fn}: linear_solver='dense' takes a Cholesky factor, which has no {dtype} "
+                "kernel; use float32 or float64 params, or linear_solver='cg'"
+            )
         return ScaleByNewtonCGState(
             damping=jnp.asarray(damping, dtype),
             rho=jnp.asarray(jnp.nan, dtype),

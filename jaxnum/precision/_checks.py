@@ -39,6 +39,13 @@ def check_positive(value: Any, fn: str, arg: str) -> None:
         raise ValueError(f"{fn}: {arg} must be > 0, got {value!r}")
 
 
+def check_nonnegative(value: Any, fn: str, arg: str) -> None:
+    """Raises ValueError unless ``value`` >= 0 (NaN fails; skipped when ``value`` is traced)."""
+    v = _scalar_or_raise(value, fn, arg)
+    if v is not None and not v >= 0:
+        raise ValueError(f"{fn}: {arg} must be >= 0, got {value!r}")
+
+
 def check_greater(value: Any, bound: float, fn: str, arg: str) -> None:
     """Raises ValueError unless ``value`` > ``bound`` (skipped when traced)."""
     v = _scalar_or_raise(value, fn, arg)

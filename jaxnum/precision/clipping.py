@@ -46,6 +46,14 @@ def global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(total)
 
 
+def sharded_global_norm(tree: Any, axis_name: str | tuple[str, ...] | None) -> jax.Array:
+    """:func:`global_norm` with the squares also summed over ``axis_name`` (inside shard_map)."""
+    norm = global_norm(tree)
+    if axis_name is None:
+        return norm
+    return jnp.sqrt(jax.lax.psum(jnp.square(norm), axis_name))
+
+
 class ClipByGlobalNormState(NamedTuple):
     """State of :func:`clip_by_global_norm`.
 
@@ -58,17 +66,29 @@ class ClipByGlobalNormState(NamedTuple):
     clipped: jax.Array
 
 
-def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+def clip_by_global_norm(
+    max_norm: float, *, axis_name: str | tuple[str, ...] | None = None
+) -> optax.GradientTransformation:
     """Scales updates down so that their global norm is at most ``max_norm``.
 
     ``updates * min(1, max_norm / norm)`` with the norm of :func:`global_norm`
-    (float32 accumulation). A non-finite norm gives non-finite updates, which a
+    (float32 accumulation). A non-finite norm gives nan updates, which a
     surrounding :func:`jaxnum.loss_scaling` then skips; they are never silently
-    turned into zeros. Put it inside ``loss_scaling`` so it sees unscaled
-    gradients. ``max_norm`` may be traced (``optax.inject_hyperparams``).
+    turned into zeros. That includes finite float32 gradients whose norm
+    overflows float32 (beyond about 1.8e19). Put it inside ``loss_scaling`` so
+    it sees unscaled gradients. ``max_norm`` may be traced
+    (``optax.inject_hyperparams``).
+
+    Under ``jit`` with sharded arrays the norm is the global one as it is.
+    Under ``shard_map``, when each shard holds a different slice of the
+    gradient (parameters split over a mesh axis), pass that axis as
+    ``axis_name`` so the squares are summed over it; gradients replicated over
+    an axis (after a ``pmean``) need no ``axis_name``.
 
     Args:
       max_norm: positive bound on the global norm.
+      axis_name: ``shard_map`` axis (or axes) over which the gradient leaves are
+        split; None when each shard holds whole leaves.
 
     Returns:
       An ``optax.GradientTransformation`` whose state records the last ``norm``
@@ -89,11 +109,16 @@ def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del params, state
-        norm = global_norm(updates)
+        floating_leaves(updates, "clip_by_global_norm", "updates")
+        norm = sharded_global_norm(updates, axis_name)
         clipped = norm > max_norm
-        # Written so that a nan or inf norm propagates into the updates (the
-        # comparison is False for nan): the finiteness check downstream sees it.
-        factor = jnp.where(norm <= max_norm, jnp.ones_like(norm), max_norm / norm)
+        # A nan or inf norm gives nan updates (the comparison is False for nan,
+        # and max_norm / inf would be a silent 0): the finiteness check downstream sees it.
+        factor = jnp.where(
+            norm <= max_norm,
+            jnp.ones_like(norm),
+            jnp.where(jnp.isfinite(norm), max_norm / norm, jnp.nan),
+        )
 
         def scale(g):
             if not jnp.issubdtype(g.dtype, jnp.inexact):

@@ -97,6 +97,11 @@ def format_table(rows: list[FloatFormat] | None = None) -> str:
       name
     """
     rows = float_formats() if rows is None else rows
+    for row in rows:
+        if not isinstance(row, FloatFormat):
+            raise TypeError(
+                f"format_table: rows must be FloatFormat rows (from float_formats()), got {row!r}"
+            )
     header = FloatFormat._fields
     cells = [list(header)]
     for row in rows:

@@ -17,7 +17,7 @@ from jaxnum.precision._checks import (
     concrete_value,
     floating_leaves,
 )
-from jaxnum.precision.clipping import global_norm
+from jaxnum.precision.clipping import sharded_global_norm
 
 
 class LossScalingState(NamedTuple):
@@ -51,7 +51,8 @@ def all_finite(tree: Any) -> jax.Array:
       >>> all_finite({"a": jnp.ones(3), "b": jnp.array([1.0, jnp.inf])})
       Array(False, dtype=bool)
     """
-    leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(x.dtype, jnp.inexact)]
+    leaves = [jnp.asarray(x) for x in jax.tree.leaves(tree)]  # Python floats too
+    leaves = [x for x in leaves if jnp.issubdtype(x.dtype, jnp.inexact)]
     if not leaves:
         return jnp.array(True)
     real = [jnp.abs(x) if jnp.iscomplexobj(x) else x for x in leaves]
@@ -83,6 +84,7 @@ def loss_scaling(
     min_scale: float = 1.0,
     max_scale: float | None = None,
     dynamic: bool = True,
+    axis_name: str | tuple[str, ...] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Wraps ``inner`` with loss scaling: unscale, check finiteness, skip bad steps.
 
@@ -118,6 +120,10 @@ def loss_scaling(
       min_scale: lower bound of the scale, > 0 (1; large models use less).
       max_scale: optional upper bound of the scale; None means float32's range.
       dynamic: adjust the scale (True) or keep it fixed (False).
+      axis_name: inside ``shard_map``, the axis (or axes) over which the
+        gradient leaves are split: the finiteness check then covers every shard,
+        so all skip a step together. Not needed under ``jit`` with sharded
+        arrays, nor for gradients replicated by a ``pmean``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; extra keyword arguments are
@@ -188,7 +194,7 @@ def loss_scaling(
         # float32 (which would turn a second-moment state such as adam's nu into
         # inf for good). It is the very sum jn.clip_by_global_norm computes, so
         # with that clip inside, XLA computes it once (CSE).
-        finite = jnp.isfinite(global_norm(grads))
+        finite = jnp.isfinite(sharded_global_norm(grads, axis_name))
         inner_updates, inner_state = inner.update(grads, state.inner_state, params, **extra_args)
         new_updates = jax.tree.map(lambda u: jnp.where(finite, u, jnp.zeros_like(u)), inner_updates)
         new_inner_state = _select_tree(finite, inner_state, state.inner_state)
@@ -261,11 +267,20 @@ def scaled_value_and_grad(
       Array([65536., 65536.], dtype=float32)
     """
 
+    if not callable(loss_fn):
+        raise TypeError(f"scaled_value_and_grad: loss_fn must be callable, got {loss_fn!r}")
+
     def fn(opt_state, params, *args):
         scale = current_loss_scale(opt_state)
 
         def scaled_loss(p, *a):
             out = loss_fn(p, *a)
+            if has_aux and not (isinstance(out, tuple | list) and len(out) == 2):
+                got = f"shape {out.shape}" if hasattr(out, "shape") else type(out).__name__
+                raise TypeError(
+                    "scaled_value_and_grad: has_aux=True needs loss_fn to return a pair "
+                    f"(loss, aux), got {got}"
+                )
             loss, aux = out if has_aux else (out, None)
             loss = jnp.asarray(loss)
             if loss.shape != ():

@@ -116,11 +116,13 @@ def test_nonfinite_gradient_never_enters_the_memory():
     state = tx.init(x)
     _, state = tx.update(jnp.ones(4), state, x)
     _, state = tx.update(jnp.full(4, jnp.nan), state, x + 1.0)
+    # The NaN step's pair is refused; the next pair spans it (from the last finite point).
     _, state = tx.update(2 * jnp.ones(4), state, x + 2.0)
-    assert int(state.num_pairs) == 0 and int(state.num_skipped) == 2
+    assert int(state.num_pairs) == 1 and int(state.num_skipped) == 1
     assert bool(jnp.all(jnp.isfinite(state.sy))) and bool(jnp.all(jnp.isfinite(state.yy)))
+    assert bool(jnp.all(jnp.isfinite(state.prev_grad)))
     d, state = tx.update(3 * jnp.ones(4), state, x + 3.0)
-    assert bool(jnp.all(jnp.isfinite(d))) and int(state.num_pairs) == 1
+    assert bool(jnp.all(jnp.isfinite(d))) and int(state.num_pairs) == 2
 
 
 def test_state_dtypes_stay_fixed_under_x64_for_float32_params(x64):

@@ -1,0 +1,422 @@
+"""Checkpoint and resume: jaxnum states through bytes.
+
+Every state type (loss scaling, clipping, L-BFGS and its line search,
+Newton-CG, K-FAC in its fixed-step and adaptive forms) inside chains with
+optax survives ``jaxnum.serialization.to_bytes``/``from_bytes`` (flax's msgpack
+format, every leaf checked against the template) with its tree structure,
+values, dtypes and jit signature; a run stopped at step k, written to bytes
+(params and optimizer state) and restored into a freshly ``init``-ed template
+continues bit-for-bit as the uninterrupted run; restoring into a mismatched
+structure, shape or dtype raises ``CheckpointMismatchError`` naming the paths.
+The project does not use orbax (no import anywhere).
+"""
+
+from typing import Any, NamedTuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import serialization
+
+import jaxnum as jn
+from jaxnum import kfac
+from jaxnum import serialization as checked
+from jaxnum.serialization import CheckpointMismatchError
+
+
+def _round_trip(state, template):
+    return checked.from_bytes(template, checked.to_bytes(state))
+
+
+def _checkpoint_and_restore(params, state, template_params, template_state):
+    blob = checked.to_bytes({"params": params, "opt_state": state})
+    template = {"params": template_params, "opt_state": template_state}
+    restored = checked.from_bytes(template, blob)
+    return restored["params"], restored["opt_state"]
+
+
+def _assert_identical(a, b):
+    """Same tree structure (container types, field names, keys) and, per leaf, the
+    same abstract value (shape, dtype, weak type: the same jit signature) and bits."""
+    assert jax.tree.structure(a) == jax.tree.structure(b)
+    leaves_a = jax.tree_util.tree_leaves_with_path(a)
+    for (path, x), y in zip(leaves_a, jax.tree.leaves(b), strict=True):
+        where = jax.tree_util.keystr(path)
+        assert jax.typeof(x) == jax.typeof(y), (where, jax.typeof(x), jax.typeof(y))
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=where)
+
+
+def _differs(a, b) -> bool:
+    return any(
+        not np.array_equal(np.asarray(x), np.asarray(y), equal_nan=True)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+def _state_types(tree) -> set[type]:
+    """The NamedTuple types anywhere in a state tree."""
+    found, stack = set(), [tree]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, tuple | list):
+            if hasattr(node, "_fields"):
+                found.add(type(node))
+            stack.extend(node)
+        elif isinstance(node, dict):
+            stack.extend(node.values())
+    return found
+
+
+class Run(NamedTuple):
+    """A training run: ``step(params, state, inputs[i])`` jitted, checkpointed after ``k``."""
+
+    tx: Any
+    params0: Any
+    step: Any
+    inputs: list
+    k: int
+
+    def go(self, params, state, inputs):
+        for x in inputs:
+            params, state = self.step(params, state, x)
+        return params, state
+
+    def full(self):
+        return self.go(self.params0, self.tx.init(self.params0), self.inputs)
+
+    def until_k(self):
+        return self.go(self.params0, self.tx.init(self.params0), self.inputs[: self.k])
+
+
+# The runs (each compiled once per module).
+
+POLICY = jn.Policy.parse("params=float32,compute=float16,output=float32")
+
+
+class _HalfMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        kw = POLICY.flax_kwargs()
+        x = jnp.tanh(nn.Dense(16, **kw)(x))
+        return POLICY.cast_to_output(nn.Dense(1, **kw)(x))
+
+
+def _loss_scaling_run():
+    # float16 compute: initial_scale 2**18 overflows in the backward pass, so
+    # steps are skipped and the scale backs off; then it grows every 3 finite
+    # steps and overflows again. At k = 10 skips lie behind and ahead, and
+    # finite_steps (1 there) decides when the scale grows next.
+    x = jax.random.normal(jax.random.key(0), (32, 4))
+    y = jnp.sin(jnp.sum(x, axis=1, keepdims=True))
+    model = _HalfMLP()
+    inner = optax.chain(jn.clip_by_global_norm(0.5), optax.adam(1e-2))
+    tx = jn.loss_scaling(inner, initial_scale=2.0**18, growth_interval=3)
+
+    def loss_fn(p):
+        return jnp.mean((model.apply(p, x) - y) ** 2)
+
+    @jax.jit
+    def step(p, s, _):
+        _, grads = jn.scaled_value_and_grad(loss_fn)(s, p)
+        updates, s = tx.update(grads, s, p)
+        return optax.apply_updates(p, updates), s
+
+    return Run(tx, model.init(jax.random.key(1), x), step, [None] * 16, 10)
+
+
+def _rosenbrock(p):
+    z = jnp.concatenate([p["a"].ravel(), p["b"]])
+    return jnp.sum(100.0 * (z[1:] - z[:-1] ** 2) ** 2 + (1.0 - z[:-1]) ** 2)
+
+
+def _lbfgs_run():
+    tx = jn.lbfgs(memory_size=3)
+    value_and_grad = optax.value_and_grad_from_state(_rosenbrock)
+
+    @jax.jit
+    def step(p, s, _):
+        value, grad = value_and_grad(p, state=s)
+        updates, s = tx.update(grad, s, p, value=value, grad=grad, value_fn=_rosenbrock)
+        return optax.apply_updates(p, updates), s
+
+    params0 = {"a": jnp.zeros((2, 2)), "b": jnp.full(3, -0.5, jnp.float32)}
+    return Run(tx, params0, step, [None] * 12, 5)  # k > memory_size: the ring has wrapped
+
+
+def _newton_cg_run():
+    tx = jn.scale_by_newton_cg(max_backtracks=2)
+
+    @jax.jit
+    def step(p, s, _):
+        value, grad = jax.value_and_grad(_rosenbrock)(p)
+        updates, s = tx.update(grad, s, p, value=value, value_fn=_rosenbrock)
+        return optax.apply_updates(p, updates), s
+
+    params0 = {"a": jnp.zeros((2, 2)), "b": jnp.full(3, -0.5, jnp.float32)}
+    return Run(tx, params0, step, [None] * 8, 3)
+
+
+class _MLP(nn.Module):
+    width: int = 6
+
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.tanh(kfac.Dense(self.width, name="hidden")(x))
+        return kfac.Dense(2, name="out")(x)
+
+
+def _kfac_problem(width=6, dtype=jnp.float32):
+    x = jax.random.normal(jax.random.key(0), (32, 3), dtype)
+    y = jnp.stack([jnp.sin(x[:, 0]), x[:, 1] * x[:, 2]], axis=1)
+    model = _MLP(width)
+    params = jax.tree.map(lambda a: a.astype(dtype), model.init(jax.random.key(1), x)["params"])
+
+    def loss(p):  # the "squared_error" loss of the statistics
+        return 0.5 * jnp.mean(jnp.sum((model.apply({"params": p}, x) - y) ** 2, axis=1))
+
+    return model, params, x, y, loss
+
+
+def _kfac_run(adaptive):
+    # True Fisher: the statistics depend on the step's key. inverse_every=3 and
+    # k=4: the steps after the checkpoint reuse inverses computed before it.
+    model, params0, x, y, loss = _kfac_problem()
+    stats_fn = kfac.value_grad_and_stats(model, "squared_error", fisher="true")
+    tx = kfac.optimizer(None if adaptive else 0.1, damping=1e-2, inverse_every=3)
+
+    @jax.jit
+    def step(p, s, key):
+        value, grads, stats = stats_fn(p, x, y, key)
+        extra = {"curvature": stats}
+        if adaptive:
+            gram = kfac.fisher_gram_fn(model, "squared_error", p, x)
+            extra |= {"fisher_gram": gram, "value": value, "value_fn": loss}
+        updates, s = tx.update(grads, s, p, **extra)
+        return optax.apply_updates(p, updates), s
+
+    return Run(tx, params0, step, list(jax.random.split(jax.random.key(3), 7)), 4)
+
+
+BUILDERS = {
+    "loss_scaling(chain(clip, adam)) float16": _loss_scaling_run,
+    "lbfgs": _lbfgs_run,
+    "scale_by_newton_cg": _newton_cg_run,
+    "kfac.optimizer(0.1)": lambda: _kfac_run(adaptive=False),
+    "kfac.optimizer(None) adaptive": lambda: _kfac_run(adaptive=True),
+}
+
+
+class Result(NamedTuple):
+    run: Run
+    at_k: tuple  # (params, state) after k steps
+    at_end: tuple  # (params, state) after all steps, uninterrupted
+
+
+_RESULTS: dict[str, Result] = {}
+
+
+def _result(name) -> Result:
+    if name not in _RESULTS:
+        run = BUILDERS[name]()
+        _RESULTS[name] = Result(run, run.until_k(), run.full())
+    return _RESULTS[name]
+
+
+@pytest.fixture(scope="module", params=list(BUILDERS))
+def result(request):
+    return _result(request.param)
+
+
+def test_every_state_type_survives_to_bytes_and_from_bytes(result):
+    tx, params0 = result.run.tx, result.run.params0
+    for _, state in (result.at_k, result.at_end):
+        template = tx.init(params0)
+        assert _differs(state, template), "the state should hold more than its init values"
+        _assert_identical(state, _round_trip(state, template))
+
+
+def test_a_run_resumed_from_bytes_continues_bit_for_bit(result):
+    run = result.run
+    params_k, state_k = result.at_k
+    params_r, state_r = _checkpoint_and_restore(
+        params_k, state_k, run.params0, run.tx.init(run.params0)
+    )
+    params_end, state_end = run.go(params_r, state_r, run.inputs[run.k :])
+    assert _differs(result.at_end[1], state_k)  # the steps after k do something
+    _assert_identical(result.at_end[0], params_end)
+    _assert_identical(result.at_end[1], state_end)
+
+
+def test_the_runs_cover_every_jaxnum_state_type():
+    found = set().union(*(_state_types(_result(name).at_k[1]) for name in BUILDERS))
+    found |= _state_types(_mixed_chain_state())
+    expected = {
+        jn.LossScalingState,
+        jn.ClipByGlobalNormState,
+        jn.optim.ScaleByLBFGSState,
+        jn.optim.StrongWolfeState,
+        jn.optim.ScaleByNewtonCGState,
+        kfac.ScaleByKFACState,
+        kfac.ScaleByAdaptiveKFACState,
+    }
+    assert expected <= found, expected - found
+
+
+def test_loss_scale_counters_at_the_checkpoint_decide_the_continuation():
+    run, (params_k, state_k), (_, state_end) = _result("loss_scaling(chain(clip, adam)) float16")
+    assert int(state_k.total_skipped) >= 2 and int(state_k.finite_steps) >= 1
+    assert int(state_end.total_skipped) > int(state_k.total_skipped)  # skips after k too
+    # A checkpoint that lost the finite-step counter continues differently.
+    lost = state_k._replace(finite_steps=jnp.zeros((), jnp.int32))
+    _, state_lost = run.go(params_k, lost, run.inputs[run.k :])
+    assert _differs(state_lost, state_end)
+
+
+# Chains with optax beyond the runs, and dtypes (eager: no while loops or conds).
+
+
+def _quartic(p):
+    return sum(
+        jnp.sum((x - 1.5) ** 2) + 0.1 * jnp.sum(x.astype(jnp.float32) ** 4)
+        for x in jax.tree.leaves(p)
+    )
+
+
+def _drive(tx, params, steps, nonfinite_at):
+    """``steps`` updates on the gradients of :func:`_quartic`, the one at index
+    ``nonfinite_at`` made non-finite; one compiled scan."""
+
+    def body(carry, i):
+        params, state = carry
+        grads = jax.grad(_quartic)(params)
+        poison = lambda g: g.at[0].set(jnp.where(i == nonfinite_at, jnp.inf, g[0]))  # noqa: E731
+        grads = jax.tree.map(poison, grads)
+        updates, state = tx.update(grads, state, params)
+        return (optax.apply_updates(params, updates), state), None
+
+    run = jax.jit(lambda p: jax.lax.scan(body, (p, tx.init(p)), jnp.arange(steps))[0][1])
+    return run(params)
+
+
+def _mixed_chain():
+    clip = optax.inject_hyperparams(jn.clip_by_global_norm, hyperparam_dtype=jnp.float32)(
+        max_norm=1.0
+    )
+    return jn.loss_scaling(optax.chain(clip, jn.scale_by_lbfgs(2), optax.adam(1e-2)))
+
+
+HALF = {"w": jnp.linspace(-1.0, 1.0, 5, dtype=jnp.bfloat16), "b": jnp.ones(2, jnp.float16)}
+_MIXED: list = []
+
+
+def _mixed_chain_state():
+    if not _MIXED:
+        _MIXED.append(_drive(_mixed_chain(), HALF, 4, nonfinite_at=1))
+    return _MIXED[0]
+
+
+def test_a_mixed_chain_with_half_precision_params_keeps_its_dtypes():
+    # inject_hyperparams(clip), L-BFGS and adam inside loss scaling, over
+    # bfloat16 and float16 parameters: adam's moments and the L-BFGS ring in those dtypes.
+    state = _mixed_chain_state()
+    assert int(state.total_skipped) == 1 and int(state.inner_state[1].count) == 3
+    dtypes = {x.dtype for x in jax.tree.leaves(state)}
+    assert {jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16), jnp.dtype(bool)} <= dtypes
+    _assert_identical(state, _round_trip(state, _mixed_chain().init(HALF)))
+
+
+def test_float64_states_keep_float64(x64):
+    # The states' float dtype follows the parameters' (init is enough: the
+    # runs above check that updates keep every leaf's dtype).
+    params = {
+        "hidden": {"kernel": jnp.ones((3, 6)), "bias": jnp.zeros(6)},
+        "out": {"kernel": jnp.ones((6, 2)), "bias": jnp.zeros(2)},
+    }
+    for tx in (jn.lbfgs(), jn.scale_by_newton_cg(), kfac.optimizer(0.1), kfac.optimizer(None)):
+        state = tx.init(params)
+        assert jnp.dtype(jnp.float64) in {x.dtype for x in jax.tree.leaves(state)}
+        _assert_identical(state, _round_trip(state, tx.init(params)))
+
+
+# Restoring into a mismatched structure: jaxnum.serialization.from_bytes checks every leaf.
+# (flax's own from_bytes checks containers only: a different memory size, other
+# parameter shapes, other dtypes and checkpoint entries the template lacks all
+# restore silently there; the tests below are those cases.)
+
+
+def test_a_different_chain_is_refused_with_a_clear_error():
+    run, (_, state) = _result("lbfgs")[:2]
+    shorter = optax.chain(jn.scale_by_lbfgs(3), optax.scale(-1.0))  # no line search
+    with pytest.raises(CheckpointMismatchError, match=r"unexpected 2/"):
+        _round_trip(state, shorter.init(run.params0))
+    run, (_, state) = _result("loss_scaling(chain(clip, adam)) float16")[:2]
+    other = jn.loss_scaling(optax.chain(optax.scale_by_rms(), optax.adam(1e-2)))
+    with pytest.raises(CheckpointMismatchError, match=r"missing inner_state/0/nu/"):
+        _round_trip(state, other.init(run.params0))  # ClipByGlobalNormState vs ScaleByRmsState
+    unscaled = optax.chain(jn.clip_by_global_norm(0.5), optax.adam(1e-2))
+    with pytest.raises(CheckpointMismatchError, match="unexpected finite_steps"):
+        _round_trip(state, unscaled.init(run.params0))
+
+
+def test_a_reordered_chain_is_refused_naming_the_paths():
+    run, (_, state) = _result("loss_scaling(chain(clip, adam)) float16")[:2]
+    reordered = jn.loss_scaling(optax.chain(optax.adam(1e-2), jn.clip_by_global_norm(0.5)))
+    with pytest.raises(CheckpointMismatchError, match=r"missing inner_state/0/0/count"):
+        _round_trip(state, reordered.init(run.params0))
+
+
+def test_a_template_with_a_layer_the_checkpoint_lacks_is_refused():
+    run, (params, state) = _result("kfac.optimizer(0.1)")[:2]
+    bigger = dict(params, extra={"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)})
+    with pytest.raises(CheckpointMismatchError, match="missing params/extra/kernel"):
+        _checkpoint_and_restore(params, state, bigger, run.tx.init(bigger))
+
+
+def test_a_different_memory_size_is_refused():
+    run, (_, state) = _result("lbfgs")[:2]
+    template = jn.lbfgs(memory_size=5).init(run.params0)
+    with pytest.raises(CheckpointMismatchError, match=r"0/sy: checkpoint float32\[4, 4\]"):
+        _round_trip(state, template)
+
+
+def test_scale_by_lbfgs_updates_a_state_restored_by_flax_outside_jit():
+    # flax's from_bytes returns numpy leaves; the update must accept them too.
+    run, (params, state) = _result("lbfgs")[:2]
+    restored = serialization.from_bytes(run.tx.init(run.params0), serialization.to_bytes(state))
+    direction, _ = jn.scale_by_lbfgs(3).update(jax.grad(_rosenbrock)(params), restored[0], params)
+    assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(direction))
+
+
+def test_different_param_shapes_are_refused():
+    run, (params, state) = _result("kfac.optimizer(0.1)")[:2]
+    narrow = {
+        "hidden": {"kernel": jnp.zeros((3, 4)), "bias": jnp.zeros(4)},
+        "out": {"kernel": jnp.zeros((4, 2)), "bias": jnp.zeros(2)},
+    }
+    with pytest.raises(CheckpointMismatchError, match=r"params/hidden/kernel: checkpoint"):
+        _checkpoint_and_restore(params, state, narrow, run.tx.init(narrow))
+
+
+def test_a_different_dtype_is_refused(x64):
+    run, (_, state) = _result("lbfgs")[:2]
+    template = run.tx.init(jax.tree.map(lambda x: x.astype(jnp.float64), run.params0))
+    with pytest.raises(CheckpointMismatchError, match=r"checkpoint float32.*template float64"):
+        _round_trip(state, template)
+
+
+def test_entries_the_template_lacks_are_refused():
+    run, (params, state) = _result("loss_scaling(chain(clip, adam)) float16")[:2]
+    smaller = {"params": {"Dense_0": run.params0["params"]["Dense_0"]}}
+    with pytest.raises(CheckpointMismatchError, match="unexpected params/params/Dense_1"):
+        _checkpoint_and_restore(params, state, smaller, run.tx.init(smaller))
+
+
+def test_transformations_with_the_same_state_fields_cannot_be_told_apart():
+    # A documented limit (optax's states, not jaxnum's): adam's and adamax's states
+    # are both ScaleByAdamState(count, mu, nu) of the same shapes.
+    run, (_, state) = _result("loss_scaling(chain(clip, adam)) float16")[:2]
+    adamax = jn.loss_scaling(optax.chain(jn.clip_by_global_norm(0.5), optax.adamax(1e-2)))
+    _assert_identical(state, _round_trip(state, adamax.init(run.params0)))
