@@ -21,7 +21,8 @@ class TraceEstimate(NamedTuple):
     Attributes:
       value: the estimate of ``tr(A)``.
       std_error: its estimated standard error (from the spread of the probes).
-      num_matvecs: products with ``A`` used (a Python int).
+      num_matvecs: products with ``A`` used (a Python int; an int32 array when the
+        estimate is returned from a jitted function).
     """
 
     value: jax.Array
