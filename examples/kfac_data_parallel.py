@@ -16,8 +16,8 @@ the loss of two 100-step float32 runs every 20 steps (their rounding
 differences grow slowly, as between any two float32 runs that sum in different
 orders) and their held-out accuracy.
 
-Run as a script it simulates 4 CPU devices (``XLA_FLAGS=
---xla_force_host_platform_device_count=4``, set before jax is imported unless
+Run as a script it simulates 2 CPU devices (``XLA_FLAGS=
+--xla_force_host_platform_device_count=2``, set before jax is imported unless
 you set a device count yourself); on a machine with accelerators it uses them.
 
 Going multi-host
@@ -50,12 +50,13 @@ just calls ``train(mesh=...)``.
 
 import os
 
-# One OpenBLAS thread: its spinning workers starve the simulated devices' threads
-# on a small machine, and an all-reduce waiting for a starved device aborts.
+# One OpenBLAS thread, and no more simulated devices than a small machine's cores:
+# an all-reduce waiting for a simulated device whose thread is starved aborts the
+# process after 40 s (XLA's collective timeout; seen with 4 devices on 2 cores).
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 _FLAG = "--xla_force_host_platform_device_count"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}=4".strip()
+    os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {_FLAG}=2".strip()
 
 import flax.linen as nn  # noqa: E402
 import jax  # noqa: E402

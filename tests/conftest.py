@@ -13,6 +13,11 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 _FLAG = "--xla_force_host_platform_device_count=4"
 if _FLAG not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FLAG).strip()
+# 4 simulated devices share 2 cores: a collective may wait long for a device whose
+# thread is busy, and XLA aborts the process after 40 s by default.
+_TIMEOUT = "--xla_cpu_collective_call_terminate_timeout_seconds"
+if _TIMEOUT not in os.environ["XLA_FLAGS"]:
+    os.environ["XLA_FLAGS"] += f" {_TIMEOUT}=300"
 
 import sys  # noqa: E402
 
