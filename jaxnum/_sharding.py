@@ -25,6 +25,16 @@ def replicated(x: jax.Array) -> jax.Array:
     return x if mesh is None else jax.sharding.reshard(x, NamedSharding(mesh, PartitionSpec()))
 
 
+def sharded_on_first_axis_only(x: jax.Array) -> jax.Array:
+    """``x`` with every axis but the first gathered on its explicit mesh (unchanged otherwise)."""
+    mesh = explicit_mesh(x)
+    if mesh is None or x.ndim < 2:
+        return x
+    spec = jax.typeof(x).sharding.spec
+    first = spec[0] if len(spec) else None
+    return jax.sharding.reshard(x, NamedSharding(mesh, PartitionSpec(first)))
+
+
 def sharded_like(x: jax.Array, like: jax.Array) -> jax.Array:
     """``x`` with ``like``'s sharding on an explicit mesh (unchanged otherwise)."""
     mesh = explicit_mesh(like)

@@ -95,7 +95,8 @@ def from_bytes(template: Any, data: bytes) -> Any:
     """
     if not isinstance(data, bytes | bytearray):
         raise TypeError(f"from_bytes: data must be bytes, got {type(data).__name__}")
-    saved = _flat(flax.serialization.msgpack_restore(bytes(data)))
+    saved_tree = flax.serialization.msgpack_restore(bytes(data))
+    saved = _flat(saved_tree)
     expected = _flat(flax.serialization.to_state_dict(template))
     problems = [
         f"missing {path} ({_describe(expected[path])})" for path in expected if path not in saved
@@ -117,9 +118,7 @@ def from_bytes(template: Any, data: bytes) -> Any:
         raise CheckpointMismatchError(
             f"from_bytes: the checkpoint does not match the template: {shown}{more}"
         )
-    restored = flax.serialization.from_state_dict(
-        template, flax.serialization.msgpack_restore(bytes(data))
-    )
+    restored = flax.serialization.from_state_dict(template, saved_tree)
     return jax.tree.map(
         lambda new, old: jnp.asarray(new, dtype=jnp.asarray(old).dtype), restored, template
     )

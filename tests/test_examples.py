@@ -1,22 +1,11 @@
 """The newer examples run, shortened, and print what their docstrings claim."""
 
-import pathlib
 import re
-import subprocess
-import sys
+from functools import partial
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from tests.test_docs_run import run_example
 
-
-def _run_example(name: str, *args: str) -> str:
-    """Runs examples/<name> as a user would and returns what it printed."""
-    return subprocess.run(
-        [sys.executable, str(ROOT / "examples" / name), *args],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=180,
-    ).stdout
+_run_example = partial(run_example, timeout=180)  # the transformer compiles four models
 
 
 def _number(pattern: str, text: str) -> float:

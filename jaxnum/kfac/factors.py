@@ -19,9 +19,8 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax.sharding import NamedSharding, PartitionSpec
 
-from jaxnum._sharding import explicit_mesh, replicated_output
+from jaxnum._sharding import replicated_output, sharded_on_first_axis_only
 from jaxnum.precision._checks import check_open_interval, check_positive
 
 
@@ -59,22 +58,12 @@ def dense_factors(inputs: jax.Array, output_grads: jax.Array, *, bias: bool = Tr
     if inputs.shape[0] == 0:
         raise ValueError("dense_factors: the batch is empty (no example to average over)")
     dtype = _factor_dtype(jnp.result_type(inputs, output_grads))
-    a = _batch_sharded_only(inputs).astype(dtype)
+    a = sharded_on_first_axis_only(inputs).astype(dtype)  # room for the bias column
     if bias:
         a = jnp.concatenate([a, jnp.ones((a.shape[0], 1), dtype)], axis=1)
     g = output_grads.astype(dtype)
     n = a.shape[0]
     return KroneckerFactors(A=_gram(a) / n, G=_gram(g) / n)
-
-
-def _batch_sharded_only(x: jax.Array) -> jax.Array:
-    """``x`` with its feature axes gathered (explicit meshes), so a bias column can be appended."""
-    mesh = explicit_mesh(x)
-    if mesh is None or x.ndim < 2:
-        return x
-    spec = jax.typeof(x).sharding.spec
-    batch = spec[0] if len(spec) else None
-    return jax.sharding.reshard(x, NamedSharding(mesh, PartitionSpec(batch, None)))
 
 
 def _gram(x: jax.Array) -> jax.Array:
