@@ -31,8 +31,11 @@ compiled loop, numpy's (f, grad) at 1 BLAS thread) is given beside the solvers' 
 evaluation, to part objective cost from solver overhead. Times are medians
 over interleaved rounds (every solver once per round, the order rotating each
 round, a 0.3 s pause before each call so OpenBLAS's spinning worker threads do
-not slow the next solver), after a first call that compiles the jax solvers;
-compile time is not included.
+not slow the next solver, then one untimed call of the same solver so that each
+is timed in steady state: after the pause, a cold CPU and parked XLA worker
+threads made a 4 ms jax solve take 7 ms, a handicap that falls hardest on the
+shortest runs), after a first call that compiles the jax solvers; compile time
+is not included.
 """
 
 from __future__ import annotations
@@ -353,6 +356,7 @@ def _interleaved(calls: dict[str, Callable], rounds: int) -> dict[str, tuple[flo
     The order rotates every round and each call waits PAUSE_S first: OpenBLAS's
     worker threads busy-wait for about 0.1 s after a call, and on 2 cores they
     made whichever solver ran right after scipy (2 BLAS threads) twice slower.
+    Each timed call follows an untimed one of the same solver (steady state).
     """
     results = {name: jax.block_until_ready(call()) for name, call in calls.items()}  # compiles
     samples = {name: [] for name in calls}
@@ -360,6 +364,7 @@ def _interleaved(calls: dict[str, Callable], rounds: int) -> dict[str, tuple[flo
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
             time.sleep(PAUSE_S)
+            jax.block_until_ready(calls[name]())  # untimed: wakes the CPU and thread pools
             start = time.perf_counter()
             results[name] = jax.block_until_ready(calls[name]())
             samples[name].append(time.perf_counter() - start)
@@ -456,9 +461,16 @@ def _summary(p, dtype, rows, floor):
     if failed:
         text += "; not converged: " + "; ".join(failed)
     t_jax, t_np = floor
+    alone = ours.out.nfev * t_jax / sp.time_s
     return text + (
         f". One evaluation alone: jax {t_jax * 1e6:.1f} us (in a compiled loop), numpy "
-        f"{t_np * 1e6:.1f} us"
+        f"{t_np * 1e6:.1f} us; jaxnum's {ours.out.nfev} evaluations alone, with no solver, "
+        f"take {alone:.3f}x scipy's time"
+        + (
+            " (so no solver using as many evaluations of this objective can reach 0.25x)"
+            if alone > 0.25
+            else ""
+        )
     )
 
 
@@ -518,7 +530,9 @@ def run(quick: bool = False) -> None:
             f'{", ".join(count)} only in --quick). "us per evaluation" is median time / '
             "evaluations: objective plus solver overhead; each summary line gives the objective "
             "alone. "
-            f"Median of {rounds} interleaved rounds after a compiling call. scipy runs a numpy "
+            f"Median of {rounds} interleaved rounds after a compiling call; each timed call "
+            "follows a 0.3 s pause (OpenBLAS's spinning threads) and an untimed call of the "
+            "same solver (steady state). scipy runs a numpy "
             "float64 objective with BLAS at 1 and 2 threads (threadpoolctl), the faster shown "
             "and named; it has no float32 mode, so the float32 rows compare with scipy in "
             "float64 stopped at 1e-4. OPENBLAS_* variables are not set here. Targets (issue): "
