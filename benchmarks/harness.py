@@ -145,6 +145,38 @@ def machine_summary(packages: Sequence[str] = ("jax", "jaxlib", "optax", "flax")
     )
 
 
+def blas_setup() -> str:
+    """One sentence on numpy's BLAS as this run found it: OPENBLAS_* variables and kernel.
+
+    Some machines set OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE (older OpenBLAS builds
+    needed them); they slow a current numpy, so a benchmark against numpy, scipy
+    or scikit-learn is run with both unset, for that command alone:
+    ``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks NAME``.
+    """
+    import numpy as np  # noqa: F401  (loads numpy's BLAS for threadpoolctl)
+
+    variables = sorted(k for k in os.environ if k.startswith("OPENBLAS_"))
+    setting = (
+        "OPENBLAS_* variables set: " + ", ".join(f"{k}={os.environ[k]}" for k in variables)
+        if variables
+        else "no OPENBLAS_* variable set"
+    )
+    try:
+        from threadpoolctl import threadpool_info
+
+        kernels = sorted(
+            {
+                f"{i.get('internal_api')} {i.get('version')} ({i.get('architecture')} kernel)"
+                for i in threadpool_info()
+                if i.get("user_api") == "blas"
+            }
+        )
+        found = "; BLAS: " + ", ".join(kernels) if kernels else ""
+    except ImportError:
+        found = "; threadpoolctl not installed, BLAS kernel unknown"
+    return f"{setting}{found}."
+
+
 def ratio_table(timings: dict[str, Timing], baseline: str) -> str:
     """A markdown table of each variant's time, compile time and ratio to ``baseline``."""
     base = timings[baseline].median_s
