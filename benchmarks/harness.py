@@ -128,7 +128,7 @@ def _version(package: str) -> str:
 
 
 def machine_summary(packages: Sequence[str] = ("jax", "jaxlib", "optax", "flax")) -> str:
-    """One markdown paragraph: CPU, cores, Python, package versions, date."""
+    """One markdown paragraph: CPU, cores, Python, package versions, date, BLAS setup."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -141,7 +141,7 @@ def machine_summary(packages: Sequence[str] = ("jax", "jaxlib", "optax", "flax")
     devices = ", ".join(sorted({d.platform for d in jax.devices()}))
     return (
         f"Machine: {cpu}, {os.cpu_count()} cores, {devices}; Python {platform.python_version()}; "
-        f"{versions}; {datetime.date.today().isoformat()}."
+        f"{versions}; {datetime.date.today().isoformat()}. {blas_setup()}"
     )
 
 

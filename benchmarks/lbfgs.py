@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.harness import blas_setup, machine_summary, write_section
+from benchmarks.harness import machine_summary, write_section
 from jaxnum.optim import minimize
 
 MEMORY, MAXITER, MAXFUN, LAMBDA = 10, 20000, 10**6, 1e-3
@@ -535,7 +535,7 @@ def run(quick: bool = False) -> None:
             "same solver (steady state). scipy runs a numpy "
             "float64 objective with BLAS at 1 and 2 threads (threadpoolctl), the faster shown "
             "and named; it has no float32 mode, so the float32 rows compare with scipy in "
-            f"float64 stopped at 1e-4. {blas_setup()} Targets (issue): "
+            "float64 stopped at 1e-4. Targets (issue): "
             "evaluations <= 1.1x scipy on every problem; time <= 0.25x scipy and <= optax; in "
             "float32, converge wherever a peer converges. Run: `python -m benchmarks lbfgs`.",
             machine_summary(

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.harness import blas_setup, compile_jitted, machine_summary, write_section
+from benchmarks.harness import compile_jitted, machine_summary, write_section
 from jaxnum.linalg import randomized_svd
 
 RANK, OVERSAMPLE, POWER_ITERS = 50, 10, 4
@@ -246,7 +246,7 @@ def run(quick: bool = False) -> None:
             f"Rank {RANK}, oversample {OVERSAMPLE}, {POWER_ITERS} power iterations for both; "
             "median of timed calls after warm-up (jax compiled before timing). scikit-learn's "
             "default normaliser; BLAS threads 1 and 2 tried, the faster shown. "
-            f"{blas_setup()} {_torch_setup()} Run: `python -m benchmarks rsvd`.",
+            f"{_torch_setup()} Run: `python -m benchmarks rsvd`.",
             machine_summary(("jax", "jaxlib", "numpy", "scikit-learn", "threadpoolctl")),
             "\n".join(lines),
             "\n".join(f"- {s}" for s in summary),
