@@ -55,6 +55,7 @@ def compare(
     rounds: int = 21,
     calls_per_round: int = 20,
     warmup: int = 3,
+    chained: bool = False,
 ) -> dict[str, Timing]:
     """Times jitted variants side by side in interleaved rounds.
 
@@ -65,12 +66,20 @@ def compare(
       calls_per_round: calls per variant per round, averaged within the round
         (a single step can be shorter than the timer's resolution matters).
       warmup: untimed calls per variant before the first round.
+      chained: each function takes one argument and returns a value of the
+        same structure (a training step's carry); within a round each call gets
+        the last call's result, so calls depend on each other as in a training
+        loop and cannot overlap (unchained calls on the same arguments can run
+        concurrently on a multi-core CPU). Every round starts from the given
+        arguments.
 
     Returns:
       name -> :class:`Timing`.
     """
     if rounds < 5:
         raise ValueError(f"compare: rounds must be >= 5, got {rounds}")
+    if chained and any(len(args) != 1 for _, args in variants.values()):
+        raise ValueError("compare: chained variants take exactly one argument (the carry)")
     compiled = {}
     for name, (fn, args) in variants.items():
         exe, seconds = compile_jitted(fn, *args)
@@ -81,8 +90,11 @@ def compare(
     for _ in range(rounds):
         for name, (exe, args, _) in compiled.items():
             start = time.perf_counter()
+            call_args = args
             for _ in range(calls_per_round):
-                out = exe(*args)
+                out = exe(*call_args)
+                if chained:
+                    call_args = (out,)
             _block(out)
             samples[name].append((time.perf_counter() - start) / calls_per_round)
     return {

@@ -17,7 +17,10 @@ cross-entropy, float32 compute so that only the machinery differs), four ways:
   (no array selected): the least any exact skip must add, and a measure of how
   much XLA:CPU's scheduling moves a step for a scalar change.
 
-The overhead of a wrapper is its time over the baseline's, minus one. It is a
+Steps are timed as a dependent chain, each step's parameters and state
+feeding the next as in training: independent calls on the same arguments can
+overlap on a multi-core CPU and hide part of a step's cost. The overhead of a
+wrapper is its time over the baseline's, minus one. It is a
 fixed cost per parameter (a few elementwise passes), so its share of a step
 shrinks as the batch grows; both batch sizes are reported.
 """
@@ -53,27 +56,33 @@ def _variants(batch):
     ours = jn.loss_scaling(optax.chain(jn.clip_by_global_norm(MAX_NORM), optax.adam(1e-3)))
     scaled_grad = jn.scaled_value_and_grad(loss_fn)
 
-    def optax_step(p, s, tx=adam):
+    # Every step maps its carry (params, state..., loss) to the next one, so the
+    # timed calls form a dependent chain like a training loop.
+    def optax_step(carry, tx=adam):
+        p, s, _ = carry
         loss, g = jax.value_and_grad(loss_fn)(p)
         u, s = tx.update(g, s, p)
         return optax.apply_updates(p, u), s, loss
 
-    def optax_clip_step(p, s):
-        return optax_step(p, s, clipped)
+    def optax_clip_step(carry):
+        return optax_step(carry, clipped)
 
-    def scaled_loss_step(p, s, scale):
+    def scaled_loss_step(carry):
+        p, s, scale, _ = carry
         loss, g = jax.value_and_grad(lambda q: loss_fn(q) * scale)(p)
         u, s = clipped.update(jax.tree.map(lambda x: x / scale, g), s, p)
-        return optax.apply_updates(p, u), s, loss / scale
+        return optax.apply_updates(p, u), s, scale, loss / scale
 
-    def jaxnum_step(p, s):
+    def jaxnum_step(carry):
+        p, s, _ = carry
         loss, g = scaled_grad(s, p)
         u, s = ours.update(g, s, p)
         return optax.apply_updates(p, u), s, loss
 
-    def jmp_step(p, s, scale, counter):
+    def jmp_step(carry):
         # jmp's DynamicLossScale cannot be an argument of jit(...).lower() (its
         # unflatten runs a check on placeholder objects), so its arrays travel alone.
+        p, s, scale, counter, _ = carry
         ls = jmp.DynamicLossScale(scale, counter)
         loss, g = jax.value_and_grad(lambda q: ls.scale(loss_fn(q)))(p)
         g = ls.unscale(g)
@@ -84,24 +93,26 @@ def _variants(batch):
         ls = ls.adjust(finite)
         return p, s, ls.loss_scale, ls.counter, ls.unscale(loss)
 
-    def count_selected_step(p, s):
+    def count_selected_step(carry):
+        p, s, _ = carry
         loss, g = jax.value_and_grad(loss_fn)(p)
         u, new_s = adam.update(g, s, p)
         finite = jnp.isfinite(jn.global_norm(g))
         count = jnp.where(finite, new_s[0].count, s[0].count)
         return optax.apply_updates(p, u), (new_s[0]._replace(count=count), *new_s[1:]), loss
 
+    zero = jnp.zeros([], jnp.float32)
     jmp_scale = (jnp.float32(2.0**15), jnp.zeros([], jnp.int32))
     return {
-        "optax": (optax_step, (params, adam.init(params))),
-        "optax+clip": (optax_clip_step, (params, clipped.init(params))),
+        "optax": (optax_step, ((params, adam.init(params), zero),)),
+        "optax+clip": (optax_clip_step, ((params, clipped.init(params), zero),)),
         "optax+clip, scaled loss": (
             scaled_loss_step,
-            (params, clipped.init(params), jnp.float32(2.0**15)),
+            ((params, clipped.init(params), jnp.float32(2.0**15), zero),),
         ),
-        "jaxnum": (jaxnum_step, (params, ours.init(params))),
-        "jmp": (jmp_step, (params, clipped.init(params), *jmp_scale)),
-        "optax, count selected": (count_selected_step, (params, adam.init(params))),
+        "jaxnum": (jaxnum_step, ((params, ours.init(params), zero),)),
+        "jmp": (jmp_step, ((params, clipped.init(params), *jmp_scale, zero),)),
+        "optax, count selected": (count_selected_step, ((params, adam.init(params), zero),)),
     }
 
 
@@ -129,7 +140,9 @@ def run(quick: bool = False) -> dict:
     parts = [
         "## loss_scaling: training-step overhead of loss scaling + clipping",
         f"MLP {IN}-{WIDTH}-{WIDTH}-{OUT}, float32 compute, adam, softmax cross-entropy; "
-        "interleaved rounds after warm-up, median per call, compile time apart. XLA CPU "
+        "interleaved rounds after warm-up, each round a chain of dependent steps (each "
+        "step's parameters and state feed the next, as in training), median per step, "
+        "compile time apart. XLA CPU "
         "with its default thread pool (all cores) for every variant; no buffer donation "
         "for any. Run: `python -m benchmarks loss_scaling`.",
         machine_summary(("jax", "jaxlib", "optax", "flax", "jmp")),
@@ -138,7 +151,10 @@ def run(quick: bool = False) -> dict:
     for batch in BATCHES:
         calls = 20 if batch <= 128 else 5
         timings = compare(
-            _variants(batch), rounds=5 if quick else 41, calls_per_round=2 if quick else calls
+            _variants(batch),
+            rounds=5 if quick else 41,
+            calls_per_round=2 if quick else calls,
+            chained=True,
         )
         results[batch] = timings
         parts += [

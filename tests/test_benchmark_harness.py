@@ -1,5 +1,6 @@
 """The benchmark harness: timing protocol and BENCHMARKS.md sections."""
 
+import jax
 import jax.numpy as jnp
 import pytest
 
@@ -25,6 +26,29 @@ def test_compare_times_every_variant_with_compile_time_apart():
 def test_compare_refuses_fewer_than_five_rounds():
     with pytest.raises(ValueError, match="rounds must be >= 5"):
         compare({"f": (lambda a: a, (jnp.ones(2),))}, rounds=3)
+
+
+def test_compare_chained_feeds_each_result_to_the_next_call():
+    seen = []
+
+    def step(carry):
+        x, n = carry
+        jax.debug.callback(lambda v: seen.append(int(v)), n, ordered=True)
+        return x * 2.0, n + 1
+
+    timings = compare(
+        {"doubling": (step, ((jnp.ones(3), jnp.zeros((), jnp.int32)),))},
+        rounds=5,
+        calls_per_round=3,
+        warmup=1,
+        chained=True,
+    )
+    jax.effects_barrier()
+    assert len(timings["doubling"].samples_s) == 5
+    # the warm-up call, then each round a chain 0, 1, 2 restarted from the arguments
+    assert seen == [0] + [0, 1, 2] * 5
+    with pytest.raises(ValueError, match="exactly one argument"):
+        compare({"two": (lambda a, b: a, (jnp.ones(2), jnp.ones(2)))}, rounds=5, chained=True)
 
 
 def test_write_section_replaces_its_own_section_and_keeps_others(tmp_path):
