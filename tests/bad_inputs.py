@@ -1642,9 +1642,11 @@ KFAC = [
 
     C("jn.kfac.optimizer", "non-finite", "a NaN gradient",
       lambda: _kfac_optimizer_nan_grads(wrapped=False),
-      check=lambda r: not finite(r[1]) and not finite(r[2][1].trace),
-      outcome="not skipped: the NaN update goes out and stays in the momentum "
-      "(optax.trace); inside jn.loss_scaling the step is skipped (next row)"),
+      check=lambda r: finite(r[1]) and finite(r[2][1].trace)
+      and tree_equal(r[2][0].factors, r[0][0].factors) and int(r[2][0].num_skipped) == 1,
+      outcome="zero K-FAC update, factors unchanged, num_skipped=1; the momentum "
+      "(optax.trace) carries on and stays finite; inside jn.loss_scaling the whole step "
+      "is skipped (next row)"),
     C("jn.kfac.optimizer", "non-finite", "a NaN gradient, the chain inside "
       "jn.loss_scaling(dynamic=False, initial_scale=1)",
       lambda: _kfac_optimizer_nan_grads(wrapped=True),

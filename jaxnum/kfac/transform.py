@@ -42,8 +42,9 @@ Layer = tuple[str, ...]
 class ScaleByKFACState(NamedTuple):
     """Step count, the factors' moving averages and their damped inverses, per layer.
 
-    ``num_skipped`` counts the steps whose curvature statistics held a NaN or an
-    inf: those were not averaged in (the factors stayed as they were).
+    ``num_skipped`` counts the steps whose curvature statistics or gradients held
+    a NaN or an inf: their statistics were not averaged in (the factors stayed as
+    they were).
     """
 
     count: jax.Array
@@ -102,7 +103,12 @@ def scale_by_kfac(
     """K-FAC preconditioner: ``update(grads, state, params, *, curvature)``.
 
     Statistics holding a NaN or an inf (a bad batch) are not averaged in: the
-    factors stay as they were and ``state.num_skipped`` counts the step.
+    factors stay as they were and ``state.num_skipped`` counts the step. A
+    gradient holding one is a bad batch too: its statistics are not averaged
+    in either, and the update is exactly zero instead of NaN, so a momentum or
+    any state after it in a chain stays finite (for a step skipped whole, with
+    the rest of the chain's state unchanged, wrap the chain in
+    ``jn.loss_scaling(dynamic=False, initial_scale=1)``).
 
     Args:
       damping: Tikhonov damping lambda, split between the factors by the pi
@@ -164,7 +170,8 @@ def scale_by_kfac(
             batch_factors[layer] = jax.tree.map(lambda x, o: x.astype(o.dtype), new, old)
         # Statistics with a NaN or inf are not averaged in: they would stay in the
         # moving average, and in every inverse after it, for good.
-        finite = all_finite(batch_factors)
+        grads_finite = all_finite(updates)
+        finite = all_finite(batch_factors) & grads_finite
         first = state.count == state.num_skipped  # no finite statistics yet
         factors = {}
         for layer, new in batch_factors.items():
@@ -209,6 +216,8 @@ def scale_by_kfac(
             vg = tree_vdot(out, updates).astype(jnp.float32)
             scale = jnp.minimum(1.0, jnp.sqrt(kl_clip / (learning_rate**2 * jnp.abs(vg) + 1e-30)))
             out = jax.tree.map(lambda v: (scale * v).astype(v.dtype), out)
+        # A bad gradient gives an exact zero, never a NaN that a momentum would keep.
+        out = jax.tree.map(lambda v: jnp.where(grads_finite, v, jnp.zeros_like(v)), out)
         skipped = state.num_skipped + (~finite).astype(jnp.int32)
         return out, ScaleByKFACState(state.count + 1, factors, inverses, skipped)
 
@@ -230,6 +239,11 @@ def optimizer(
 
     ``update(grads, state, params, *, curvature=stats)``; composes with
     ``jn.clip_by_global_norm`` and ``jn.loss_scaling`` like any optax chain.
+    A NaN or inf gradient gets a zero preconditioned update and leaves the
+    factors as they were (counted in ``num_skipped``); the momentum carries on
+    with what it holds, so the state stays finite. To skip such a step whole
+    (no movement, every state unchanged), wrap the optimizer in
+    ``jn.loss_scaling(dynamic=False, initial_scale=1)``.
 
     With ``learning_rate=None`` the step size and momentum are chosen every
     step by the exact quadratic model (Martens and Grosse 2015, Sec. 7;

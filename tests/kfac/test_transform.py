@@ -150,3 +150,26 @@ def test_conv_layers_are_preconditioned_and_train():
         first = float(value) if first is None else first
     assert jax.tree.map(jnp.shape, p) == jax.tree.map(jnp.shape, params)
     assert float(value) < 0.5 * first, (first, float(value))
+
+
+def test_a_nan_gradient_gives_a_zero_update_and_keeps_the_factors():
+    """A bad batch's gradient: exact zeros out (never a NaN a momentum would keep), the
+    factors as they were, the step counted; the optimizer's momentum stays finite."""
+    model, params, x, y = _problem()
+    _, grads, stats = value_grad_and_stats(model, "squared_error")(params, x, y, jax.random.key(0))
+    nan_grads = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads)
+    tx = scale_by_kfac(damping=0.1, inverse_every=1)
+    _, state = tx.update(grads, tx.init(params), params, curvature=stats)
+    out, new = jax.jit(lambda g, s: tx.update(g, s, params, curvature=stats))(nan_grads, state)
+    assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(out))
+    for a, b in zip(jax.tree.leaves(new.factors), jax.tree.leaves(state.factors), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert int(new.num_skipped) == 1 and int(new.count) == 2
+    # finite statistics with a finite gradient are still averaged in afterwards
+    _, after = tx.update(grads, new, params, curvature=stats)
+    assert int(after.num_skipped) == 1 and int(after.count) == 3
+
+    opt = optimizer(0.1, momentum=0.9)
+    _, s = opt.update(grads, opt.init(params), params, curvature=stats)
+    updates, s = opt.update(nan_grads, s, params, curvature=stats)
+    assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves((updates, s)))
