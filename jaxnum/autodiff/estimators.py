@@ -11,6 +11,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxnum.autodiff._trees import check_floating_tree, check_like
 from jaxnum.autodiff.hvp import hvp_fn
+from jaxnum.precision._checks import check_lapack_dtype
 
 TRACE_METHODS = ("hutchinson", "hutch++", "xtrace")
 
@@ -44,11 +45,11 @@ def _check_options(
     if method is not None and method not in TRACE_METHODS:
         raise ValueError(f"{fn}: method={method!r} unknown; expected one of {TRACE_METHODS}")
     dtype = jnp.result_type(*jax.tree.leaves(x_like))
-    if method in ("hutch++", "xtrace") and jnp.finfo(dtype).bits < 32:
-        raise TypeError(
-            f"{fn}: method={method!r} takes a QR, which has no {dtype} kernel; use float32 "
-            "or float64 inputs, or method='hutchinson'"
-        )
+    if method in ("hutch++", "xtrace"):
+        check_lapack_dtype(
+            dtype, fn, f"method={method!r} takes a QR",
+            "use float32 or float64 inputs, or method='hutchinson'",
+        )  # fmt: skip
     minimum = {"hutchinson": 1, "hutch++": 3, "xtrace": 4}.get(method, 1)
     _check_samples(num_samples, minimum, fn)
     if chunk_size is not None and (

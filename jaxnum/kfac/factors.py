@@ -98,9 +98,7 @@ def factored_damping(factors: KroneckerFactors, damping) -> KroneckerFactors:
     usable = (mean_a > 0) & (mean_g > 0) & jnp.isfinite(mean_a) & jnp.isfinite(mean_g)
     # the square roots are taken apart: their quotient stays normal where the
     # quotient of the traces would underflow (XLA on CPU flushes subnormals to 0)
-    pi = jnp.where(
-        usable, jnp.sqrt(jnp.where(usable, mean_a, 1)) / jnp.sqrt(jnp.where(usable, mean_g, 1)), 1
-    )
+    pi = jnp.sqrt(jnp.where(usable, mean_a, 1)) / jnp.sqrt(jnp.where(usable, mean_g, 1))
     root = jnp.sqrt(jnp.asarray(damping, A.dtype))
     return KroneckerFactors(
         A=A + pi * root * jnp.eye(A.shape[0], dtype=A.dtype),

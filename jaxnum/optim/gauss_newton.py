@@ -28,7 +28,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxnum.optim.newton import backtrack, flat_residual
-from jaxnum.precision._checks import check_positive, check_positive_int
+from jaxnum.precision._checks import check_lapack_dtype, check_positive, check_positive_int
 
 METHODS = ("lm", "gn")
 GN_MAX_HALVINGS = 30  # of the Gauss-Newton step before no decrease is declared
@@ -215,11 +215,9 @@ def gauss_newton(
         raise ValueError(f"{fn}: x0 is empty")
     if not jnp.issubdtype(flat0.dtype, jnp.floating):
         raise TypeError(f"{fn}: x0 must be floating point, got {flat0.dtype}")
-    if jnp.finfo(flat0.dtype).bits < 32:
-        raise TypeError(
-            f"{fn}: x0 is {flat0.dtype}; the least-squares steps need float32 or float64 "
-            "(LAPACK has no half precision): cast x0"
-        )
+    check_lapack_dtype(
+        flat0.dtype, fn, "the least-squares steps take an SVD", "cast x0 to float32 or float64"
+    )
     out = jax.eval_shape(lambda x: ravel_pytree(residual_fn(x, *args))[0], x0)
     if out.shape[0] == 0:
         raise ValueError(f"{fn}: residual_fn returns no residuals")

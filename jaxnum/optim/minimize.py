@@ -15,7 +15,7 @@ from jaxnum.autodiff._trees import check_floating_tree, tree_vdot
 from jaxnum.optim import linesearch as ls
 from jaxnum.optim.lbfgs import lbfgs
 from jaxnum.optim.newton_cg import scale_by_newton_cg
-from jaxnum.precision._checks import check_positive, check_positive_int
+from jaxnum.precision._checks import check_lapack_dtype, check_positive, check_positive_int
 
 # Status codes of MinimizeResult.status.
 CONVERGED_GRAD = 0
@@ -347,11 +347,11 @@ def minimize(
     check_positive(damping, name, "damping")
     check_positive_int(max_cg_iterations, name, "max_cg_iterations")
     dtype = jnp.result_type(*jax.tree.leaves(x0))
-    if method == "newton" and jnp.finfo(dtype).bits < 32:
-        raise TypeError(
-            f"{name}: method='newton' takes a Cholesky factor, which has no {dtype} kernel; "
-            "use a float32 or float64 x0, or method='newton-cg'"
-        )
+    if method == "newton":
+        check_lapack_dtype(
+            dtype, name, "method='newton' takes a Cholesky factor",
+            "use a float32 or float64 x0, or method='newton-cg'",
+        )  # fmt: skip
     if method in ("newton-cg", "newton"):
         return _solve_newton(
             x0,

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxnum.precision._checks import check_positive
+from jaxnum.precision._checks import check_lapack_dtype, check_positive
 
 ROOT_CONVERGED = 0
 ROOT_MAXITER = 1
@@ -139,11 +139,9 @@ def newton_root(
     dtype = ravel_pytree(x0)[0].dtype
     if not jnp.issubdtype(dtype, jnp.floating):
         raise TypeError(f"newton_root: x0 must be floating point, got {dtype}")
-    if jnp.finfo(dtype).bits < 32:
-        raise TypeError(
-            f"newton_root: x0 is {dtype}; the least-squares steps need float32 or float64 "
-            "(LAPACK has no half precision): cast x0"
-        )
+    check_lapack_dtype(
+        dtype, "newton_root", "the least-squares steps take an SVD", "cast x0 to float32 or float64"
+    )
     flat0, unravel, residual, jacobian, m = flat_residual(f, x0, args)
     n = flat0.size
     if m == 0:

@@ -23,7 +23,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxnum.autodiff._trees import check_like, tree_vdot
 from jaxnum.autodiff.hvp import gnvp_fn
-from jaxnum.precision._checks import check_positive, check_positive_int
+from jaxnum.precision._checks import check_lapack_dtype, check_positive, check_positive_int
 
 CURVATURES = ("hessian", "gauss-newton")
 LINEAR_SOLVERS = ("cg", "dense")
@@ -230,11 +230,11 @@ def scale_by_newton_cg(
         if not leaves or not all(jnp.issubdtype(jnp.result_type(x), jnp.floating) for x in leaves):
             raise TypeError(f"{fn}: params must be a non-empty pytree of floating arrays")
         dtype = jnp.result_type(*leaves)
-        if linear_solver == "dense" and jnp.finfo(dtype).bits < 32:
-            raise TypeError(
-                f"{fn}: linear_solver='dense' takes a Cholesky factor, which has no {dtype} "
-                "kernel; use float32 or float64 params, or linear_solver='cg'"
-            )
+        if linear_solver == "dense":
+            check_lapack_dtype(
+                dtype, fn, "linear_solver='dense' takes a Cholesky factor",
+                "use float32 or float64 params, or linear_solver='cg'",
+            )  # fmt: skip
         return ScaleByNewtonCGState(
             damping=jnp.asarray(damping, dtype),
             rho=jnp.asarray(jnp.nan, dtype),

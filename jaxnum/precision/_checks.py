@@ -46,6 +46,16 @@ def check_nonnegative(value: Any, fn: str, arg: str) -> None:
         raise ValueError(f"{fn}: {arg} must be >= 0, got {value!r}")
 
 
+def check_lapack_dtype(dtype: Any, fn: str, needs: str, remedy: str) -> None:
+    """Raises TypeError for a half-precision ``dtype`` where a LAPACK factorisation
+    (QR, Cholesky, SVD) is taken: LAPACK has no float16/bfloat16 kernel.
+
+    The message reads ``"{fn}: {needs}, which has no {dtype} kernel; {remedy}"``.
+    """
+    if jnp.finfo(dtype).bits < 32:
+        raise TypeError(f"{fn}: {needs}, which has no {jnp.dtype(dtype).name} kernel; {remedy}")
+
+
 def check_greater(value: Any, bound: float, fn: str, arg: str) -> None:
     """Raises ValueError unless ``value`` > ``bound`` (skipped when traced)."""
     v = _scalar_or_raise(value, fn, arg)
