@@ -25,6 +25,7 @@ import jaxnum as jn
 from jaxnum import kfac
 from jaxnum import serialization as checked
 from jaxnum.serialization import CheckpointMismatchError
+from tests.scale._models import HalfMLP
 
 
 def _round_trip(state, template):
@@ -93,16 +94,6 @@ class Run(NamedTuple):
 
 # The runs (each compiled once per module).
 
-POLICY = jn.Policy.parse("params=float32,compute=float16,output=float32")
-
-
-class _HalfMLP(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        kw = POLICY.flax_kwargs()
-        x = jnp.tanh(nn.Dense(16, **kw)(x))
-        return POLICY.cast_to_output(nn.Dense(1, **kw)(x))
-
 
 def _loss_scaling_run():
     # float16 compute: initial_scale 2**18 overflows in the backward pass, so
@@ -111,7 +102,7 @@ def _loss_scaling_run():
     # finite_steps (1 there) decides when the scale grows next.
     x = jax.random.normal(jax.random.key(0), (32, 4))
     y = jnp.sin(jnp.sum(x, axis=1, keepdims=True))
-    model = _HalfMLP()
+    model = HalfMLP()
     inner = optax.chain(jn.clip_by_global_norm(0.5), optax.adam(1e-2))
     tx = jn.loss_scaling(inner, initial_scale=2.0**18, growth_interval=3)
 

@@ -30,6 +30,7 @@ import jaxnum as jn
 from jaxnum import kfac
 from jaxnum.autodiff import hessian_trace
 from jaxnum.linalg import randomized_eigh, randomized_svd, spectral_density
+from tests.scale._models import HalfMLP
 
 
 def _assert_bits_equal(a, b):
@@ -158,21 +159,10 @@ def test_minimize_lbfgs():
     assert float(jnp.linalg.norm(plain.x - under_jit.x)) <= bound
 
 
-POLICY = jn.Policy.parse("params=float32,compute=float16,output=float32")
-
-
-class _HalfMLP(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        kw = POLICY.flax_kwargs()
-        x = jnp.tanh(nn.Dense(16, **kw)(x))
-        return POLICY.cast_to_output(nn.Dense(1, **kw)(x))
-
-
 def test_loss_scaling_training_step():
     x = jax.random.normal(jax.random.key(0), (32, 4))
     y = jnp.sin(jnp.sum(x, axis=1, keepdims=True))
-    model = _HalfMLP()
+    model = HalfMLP()
     params = model.init(jax.random.key(1), x)
     inner = optax.chain(jn.clip_by_global_norm(1.0), optax.sgd(0.1, momentum=0.9))
     tx = jn.loss_scaling(inner, initial_scale=2.0**10)
