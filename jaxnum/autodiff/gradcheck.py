@@ -11,6 +11,7 @@ import numpy as np
 
 from jaxnum.autodiff._trees import check_floating_tree, check_like, tree_vdot
 from jaxnum.autodiff.finite_differences import derivative
+from jaxnum.precision._checks import check_int
 
 MODES = ("fwd", "rev")
 LOCALIZE_MAX_ENTRIES = 4096
@@ -368,8 +369,7 @@ def taylor_test(
       Sec. 5 (the Taylor remainder convergence test).
     """
     check_floating_tree(x, "taylor_test", "x")
-    if isinstance(num_steps, bool) or not isinstance(num_steps, int) or num_steps < 3:
-        raise ValueError(f"taylor_test: num_steps must be an int >= 3 (a fit), got {num_steps!r}")
+    check_int(num_steps, "taylor_test", "num_steps", 3)  # three points at least for a fit
     if v is None:
         v = _random_like(jax.random.key(0) if key is None else key, x)
     check_like(x, v, "taylor_test")

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxnum.precision._checks import check_lapack_dtype, check_positive
+from jaxnum.precision._checks import check_int, check_lapack_dtype, check_positive
 
 ROOT_CONVERGED = 0
 ROOT_MAXITER = 1
@@ -126,13 +126,9 @@ def newton_root(
     """
     if not callable(f):
         raise TypeError(f"newton_root: f must be callable, got {type(f).__name__}")
-    for name, value, low in (
-        ("maxiter", maxiter, 1),
-        ("multiplicity", multiplicity, 1),
-        ("max_backtracks", max_backtracks, 0),
-    ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < low:
-            raise ValueError(f"newton_root: {name} must be an int >= {low}, got {value!r}")
+    check_int(maxiter, "newton_root", "maxiter", 1)
+    check_int(multiplicity, "newton_root", "multiplicity", 1)
+    check_int(max_backtracks, "newton_root", "max_backtracks", 0)
     check_positive(tol, "newton_root", "tol")
     if not jax.tree.leaves(x0):
         raise ValueError("newton_root: x0 is an empty pytree")

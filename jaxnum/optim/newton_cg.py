@@ -23,7 +23,12 @@ from jax.flatten_util import ravel_pytree
 
 from jaxnum.autodiff._trees import check_like, tree_vdot
 from jaxnum.autodiff.hvp import gnvp_fn
-from jaxnum.precision._checks import check_lapack_dtype, check_positive, check_positive_int
+from jaxnum.precision._checks import (
+    check_int,
+    check_lapack_dtype,
+    check_positive,
+    check_positive_int,
+)
 
 CURVATURES = ("hessian", "gauss-newton")
 LINEAR_SOLVERS = ("cg", "dense")
@@ -218,12 +223,7 @@ def scale_by_newton_cg(
 
     if not 0 <= min_ratio < 1:
         raise ValueError(f"{fn}: min_ratio must lie in [0, 1), got {min_ratio!r}")
-    if (
-        isinstance(max_backtracks, bool)
-        or not isinstance(max_backtracks, int)
-        or max_backtracks < 0
-    ):
-        raise ValueError(f"{fn}: max_backtracks must be an int >= 0, got {max_backtracks!r}")
+    check_int(max_backtracks, fn, "max_backtracks", 0)
 
     def init_fn(params):
         leaves = jax.tree.leaves(params)

@@ -70,6 +70,12 @@ def check_open_interval(value: Any, low: float, high: float, fn: str, arg: str) 
         raise ValueError(f"{fn}: {arg} must lie in ({low}, {high}), got {value!r}")
 
 
+def check_int(value: Any, fn: str, arg: str, minimum: int) -> None:
+    """Raises ValueError unless ``value`` is a Python int (not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        raise ValueError(f"{fn}: {arg} must be an int >= {minimum}, got {value!r}")
+
+
 def check_positive_int(value: Any, fn: str, arg: str) -> None:
     """Raises unless ``value`` is a Python int >= 1 (sizes and counts are static)."""
     if isinstance(value, bool) or not isinstance(value, int | np.integer):
