@@ -11,7 +11,7 @@ import numpy as np
 
 from jaxnum.autodiff._trees import check_floating_tree, check_like, tree_vdot
 from jaxnum.autodiff.finite_differences import derivative
-from jaxnum.precision._checks import check_int
+from jaxnum.precision._checks import check_int, check_nonnegative
 
 MODES = ("fwd", "rev")
 LOCALIZE_MAX_ENTRIES = 4096
@@ -225,8 +225,8 @@ def gradcheck(
     if eps is not None and not eps > 0:
         raise ValueError(f"{fn}: eps (the finite-difference step) must be > 0, got {eps!r}")
     for name, tol in (("atol", atol), ("rtol", rtol)):
-        if tol is not None and not tol >= 0:
-            raise ValueError(f"{fn}: {name} must be >= 0, got {tol!r}")
+        if tol is not None:
+            check_nonnegative(tol, fn, name)
     atol = 1e-8 if atol is None else atol
     rtol = 1e-6 if rtol is None else rtol
     key = jax.random.key(0) if key is None else key

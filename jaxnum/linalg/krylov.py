@@ -10,6 +10,7 @@ import jax.numpy as jnp
 
 from jaxnum.linalg.operators import LinearOperator
 from jaxnum.linalg.randomized import _check_int
+from jaxnum.precision._checks import check_nonnegative
 
 
 def _as_matrix(A: Any, fn: str, arg: str) -> jax.Array:
@@ -110,8 +111,7 @@ def cg(
     maxiter = 10 * n if maxiter is None else maxiter
     if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter < 0:
         raise ValueError(f"{fn}: maxiter must be a Python int >= 0, got {maxiter!r}")
-    if not isinstance(tol, jax.core.Tracer) and not float(tol) >= 0:
-        raise ValueError(f"{fn}: tol must be >= 0, got {tol!r}")
+    check_nonnegative(tol, fn, "tol")
     if x0 is not None and jnp.shape(x0) != b.shape:
         raise ValueError(f"{fn}: x0 has shape {jnp.shape(x0)}, expected {b.shape} (that of b)")
     x = jnp.zeros_like(b) if x0 is None else jnp.asarray(x0, b.dtype)

@@ -6,18 +6,9 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
+from jaxnum.precision._checks import check_nonnegative
+
 METHODS = ("svd", "qr", "cholesky", "normal")
-
-
-def _check_nonnegative(value, name: str, fn: str) -> None:
-    if isinstance(value, jax.core.Tracer):
-        return
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{fn}: {name} must be a real scalar, got {value!r}") from e
-    if not v >= 0:
-        raise ValueError(f"{fn}: {name} must be >= 0, got {value!r}")
 
 
 def _check(X, y, method, ridge, rcond, fn):
@@ -30,9 +21,9 @@ def _check(X, y, method, ridge, rcond, fn):
         raise ValueError(
             f"{fn}: y must have shape ({X.shape[0]},) or ({X.shape[0]}, k), got {y.shape}"
         )
-    _check_nonnegative(ridge, "ridge", fn)
+    check_nonnegative(ridge, fn, "ridge")
     if rcond is not None:
-        _check_nonnegative(rcond, "rcond", fn)
+        check_nonnegative(rcond, fn, "rcond")
     dtype = jnp.promote_types(jnp.result_type(X, y), jnp.float32)
     return X.astype(dtype), y.astype(dtype)
 
