@@ -327,12 +327,12 @@ def run_task(task: Task, batch: int | None, rounds: int, adam_steps: int, kfac_s
     fixed_tx = kfac.optimizer(**task.kfac_config)
     adaptive_tx = kfac.optimizer(**task.adaptive_config)
     entries = {
-        "Adam": (first_order(adam_tx), adam_tx, f"lr {best_adam:g}, {layers}", adam[best_adam]),
+        "Adam": (first_order(adam_tx), adam_tx, f"lr {best_adam:g}, {layers}", [adam[best_adam]]),
         "SGD-momentum": (
             first_order(sgd_tx),
             sgd_tx,
             f"lr {best_sgd:g}, momentum 0.9, {layers}",
-            sgd[best_sgd],
+            [sgd[best_sgd]],
         ),
     }
     for name, method, tx, setting in (
@@ -351,8 +351,7 @@ def run_task(task: Task, batch: int | None, rounds: int, adam_steps: int, kfac_s
     )
     adam_wall = adam_steps * times["Adam"]
     rows = []
-    for name, (_, _, setting, losses) in entries.items():
-        runs = losses if isinstance(losses, list) else [losses]
+    for name, (_, _, setting, runs) in entries.items():  # runs: one loss curve per key
         steps = median_steps(runs, target)
         each = [first_reaching(r, target) for r in runs]
         t = times[name]
