@@ -42,10 +42,16 @@ def _block(out: Any) -> Any:
     return jax.block_until_ready(out)
 
 
-def compile_jitted(fn: Callable, *args: Any) -> tuple[Callable, float]:
-    """Lowers and compiles ``jax.jit(fn)`` for ``args``; returns (compiled, seconds)."""
+def compile_jitted(
+    fn: Callable, *args: Any, compiler_options: dict[str, Any] | None = None
+) -> tuple[Callable, float]:
+    """Lowers and compiles ``jax.jit(fn)`` for ``args``; returns (compiled, seconds).
+
+    ``compiler_options`` go to ``Lowered.compile`` (XLA options for this one
+    executable, e.g. ``{"xla_cpu_enable_concurrency_optimized_scheduler": False}``).
+    """
     start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
+    compiled = jax.jit(fn).lower(*args).compile(compiler_options=compiler_options)
     return compiled, time.perf_counter() - start
 
 
@@ -56,6 +62,7 @@ def compare(
     calls_per_round: int = 20,
     warmup: int = 3,
     chained: bool = False,
+    compiler_options: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Timing]:
     """Times jitted variants side by side in interleaved rounds.
 
@@ -72,6 +79,8 @@ def compare(
         loop and cannot overlap (unchained calls on the same arguments can run
         concurrently on a multi-core CPU). Every round starts from the given
         arguments.
+      compiler_options: name -> XLA options for that variant's compilation
+        (see :func:`compile_jitted`); variants not named compile with defaults.
 
     Returns:
       name -> :class:`Timing`.
@@ -80,9 +89,13 @@ def compare(
         raise ValueError(f"compare: rounds must be >= 5, got {rounds}")
     if chained and any(len(args) != 1 for _, args in variants.values()):
         raise ValueError("compare: chained variants take exactly one argument (the carry)")
+    unknown = sorted(set(compiler_options or {}) - set(variants))
+    if unknown:
+        raise ValueError(f"compare: compiler_options name unknown variants {unknown}")
     compiled = {}
     for name, (fn, args) in variants.items():
-        exe, seconds = compile_jitted(fn, *args)
+        options = (compiler_options or {}).get(name)
+        exe, seconds = compile_jitted(fn, *args, compiler_options=options)
         compiled[name] = (exe, tuple(args), seconds)
         for _ in range(warmup):
             _block(exe(*args))

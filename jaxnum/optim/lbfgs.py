@@ -30,9 +30,10 @@ class ScaleByLBFGSState(NamedTuple):
     buffer: each step writes its pair to the spare slot
     ``head`` and advances ``head`` only if the pair is accepted, so a refused
     pair never overwrites a kept one; the ``num_pairs`` slots before ``head``
-    are valid. ``sy[i, j] = s_i^T y_j`` and ``yy[i, j] = y_i^T
-    y_j`` are their inner products, kept up to date one row and column per
-    step. ``prev_params``/``prev_grad`` give the next pair; an update whose
+    are valid. ``yy[i, j] = y_i^T y_j`` and, where pair i is not newer
+    than pair j, ``sy[i, j] = s_i^T y_j`` (the rest of ``sy`` is 0: the
+    recursion reads only that triangle) are their inner products, kept up to
+    date one row and column per step. ``prev_params``/``prev_grad`` give the next pair; an update whose
     gradient is not finite leaves them (and ``count``, the updates with a finite
     gradient) as they were, so the next pair spans it. Every scalar has a
     fixed dtype (the parameters' float type, int32 counters), so the state's
@@ -251,11 +252,13 @@ def scale_by_lbfgs(
         pairs = jax.tree.map(write, state.pairs, s, y)
         pairs_grad = _pairs_times(pairs, updates, dtype)  # s_i^T g, y_i^T g
         with_y = jnp.where(accept, _pairs_times(pairs, y, dtype), 0)  # s_i^T y, y_i^T y
-        with_s = jnp.where(accept, _pairs_times(pairs, s, dtype), 0)  # y_i^T s at odd rows
-        # Row and column `head` of S^T Y and Y^T Y describe the new pair.
+        # Column `head` of S^T Y (s_i^T y for every kept s_i and the new s) and row
+        # and column `head` of Y^T Y describe the new pair. Row `head` of S^T Y
+        # (s^T y_i of older pairs) is never read, so it is zeroed, not computed:
+        # one pass over the memory less per step.
         state = state._replace(
             pairs=pairs,
-            sy=state.sy.at[head, :].set(with_s[1::2]).at[:, head].set(with_y[0::2]),
+            sy=state.sy.at[head, :].set(0).at[:, head].set(with_y[0::2]),
             yy=state.yy.at[head, :].set(with_y[1::2]).at[:, head].set(with_y[1::2]),
             gamma=jnp.where(accept, sy / jnp.where(accept, yy, 1), state.gamma),
             head=jnp.where(accept, (head + 1) % slots, head).astype(jnp.int32),

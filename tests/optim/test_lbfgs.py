@@ -51,6 +51,25 @@ def test_direction_equals_dense_bfgs_including_ring_wraparound(x64, steps):
     assert int(state.num_skipped) == 0
 
 
+def test_kept_inner_products_are_the_chronological_upper_triangle(x64):
+    """sy holds s_i^T y_j for pair i not newer than j (0 elsewhere), yy all of Y^T Y."""
+    n, memory = 5, 3
+    A, b = _quadratic(n, seed=7)
+    rng = np.random.default_rng(4)
+    points = [rng.normal(size=n) for _ in range(8)]  # 7 pairs through a ring of 4 slots
+    grads = [A @ x - b for x in points]
+    _, state = _feed(scale_by_lbfgs(memory), points, grads)
+    pairs = [(points[i + 1] - points[i], grads[i + 1] - grads[i]) for i in range(len(points) - 1)]
+    S = np.stack([s for s, _ in pairs[-memory:]])
+    Y = np.stack([y for _, y in pairs[-memory:]])
+    slots = memory + 1
+    order = [(int(state.head) + k) % slots for k in range(1, slots)]  # oldest to newest kept
+    sy = np.asarray(state.sy)[np.ix_(order, order)]
+    yy = np.asarray(state.yy)[np.ix_(order, order)]
+    np.testing.assert_allclose(sy, np.triu(S @ Y.T), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(yy, Y @ Y.T, rtol=1e-12, atol=1e-12)
+
+
 def test_matrix_form_equals_the_two_loops_of_algorithm_7_4(x64):
     n = 6
     A, b = _quadratic(n, seed=3)
