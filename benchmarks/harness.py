@@ -9,10 +9,13 @@ figure is the median over rounds; results are ratios to a named baseline.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import re
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -42,16 +45,10 @@ def _block(out: Any) -> Any:
     return jax.block_until_ready(out)
 
 
-def compile_jitted(
-    fn: Callable, *args: Any, compiler_options: dict[str, Any] | None = None
-) -> tuple[Callable, float]:
-    """Lowers and compiles ``jax.jit(fn)`` for ``args``; returns (compiled, seconds).
-
-    ``compiler_options`` go to ``Lowered.compile`` (XLA options for this one
-    executable, e.g. ``{"xla_cpu_enable_concurrency_optimized_scheduler": False}``).
-    """
+def compile_jitted(fn: Callable, *args: Any) -> tuple[Callable, float]:
+    """Lowers and compiles ``jax.jit(fn)`` for ``args``; returns (compiled, seconds)."""
     start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile(compiler_options=compiler_options)
+    compiled = jax.jit(fn).lower(*args).compile()
     return compiled, time.perf_counter() - start
 
 
@@ -62,7 +59,6 @@ def compare(
     calls_per_round: int = 20,
     warmup: int = 3,
     chained: bool = False,
-    compiler_options: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Timing]:
     """Times jitted variants side by side in interleaved rounds.
 
@@ -79,8 +75,6 @@ def compare(
         loop and cannot overlap (unchained calls on the same arguments can run
         concurrently on a multi-core CPU). Every round starts from the given
         arguments.
-      compiler_options: name -> XLA options for that variant's compilation
-        (see :func:`compile_jitted`); variants not named compile with defaults.
 
     Returns:
       name -> :class:`Timing`.
@@ -89,13 +83,9 @@ def compare(
         raise ValueError(f"compare: rounds must be >= 5, got {rounds}")
     if chained and any(len(args) != 1 for _, args in variants.values()):
         raise ValueError("compare: chained variants take exactly one argument (the carry)")
-    unknown = sorted(set(compiler_options or {}) - set(variants))
-    if unknown:
-        raise ValueError(f"compare: compiler_options name unknown variants {unknown}")
     compiled = {}
     for name, (fn, args) in variants.items():
-        options = (compiler_options or {}).get(name)
-        exe, seconds = compile_jitted(fn, *args, compiler_options=options)
+        exe, seconds = compile_jitted(fn, *args)
         compiled[name] = (exe, tuple(args), seconds)
         for _ in range(warmup):
             _block(exe(*args))
@@ -143,6 +133,54 @@ def compare_python(
             _block(fn())
             samples[name].append(time.perf_counter() - start)
     return {name: statistics.median(s) for name, s in samples.items()}
+
+
+_RESULT_MARK = "@@one-core-result@@"
+
+
+def one_core() -> int | None:
+    """The core a pinned run uses (the lowest this process may run on), or None where
+    there is no second core to leave or no affinity API (only Linux has one)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cores = sorted(os.sched_getaffinity(0))
+    return cores[0] if len(cores) > 1 else None
+
+
+def affinity() -> list[int]:
+    """The cores this process may run on (what a pinned child reports)."""
+    return sorted(os.sched_getaffinity(0))
+
+
+def run_on_one_core(target: str, *args: Any) -> Any:
+    """``module:function(*args)`` in a fresh Python process pinned to :func:`one_core`.
+
+    The child pins itself before it imports anything, so every thread it starts
+    (XLA's pools, OpenBLAS's) inherits the single core. Arguments and the result
+    travel as JSON. On 2 cores, XLA:CPU spreads a loop of small operations over
+    both (the second core spins while waiting for work) and some processes run
+    such loops up to 2x slower than others; on one core they do not. Benchmarks
+    of small problems time every peer both ways and keep each one's faster.
+    """
+    core = one_core()
+    if core is None:
+        raise RuntimeError("run_on_one_core: needs os.sched_setaffinity and two or more cores")
+    module, function = target.split(":")
+    code = (
+        f"import os; os.sched_setaffinity(0, {{{core}}})\n"
+        "import importlib, json, sys\n"
+        f"fn = getattr(importlib.import_module({module!r}), {function!r})\n"
+        f"print({_RESULT_MARK!r} + json.dumps(fn(*json.loads(sys.argv[1]))))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(list(args))],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        check=True,
+    )
+    results = [line for line in done.stdout.splitlines() if line.startswith(_RESULT_MARK)]
+    return json.loads(results[-1][len(_RESULT_MARK) :])
 
 
 def _version(package: str) -> str:

@@ -4,7 +4,14 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from benchmarks.harness import compare, ratio_table, write_section
+from benchmarks.harness import (
+    affinity,
+    compare,
+    one_core,
+    ratio_table,
+    run_on_one_core,
+    write_section,
+)
 
 
 def test_compare_times_every_variant_with_compile_time_apart():
@@ -59,3 +66,9 @@ def test_write_section_replaces_its_own_section_and_keeps_others(tmp_path):
     text = path.read_text()
     assert "second A" in text and "first A" not in text and "only B" in text
     assert text.count("<!-- benchmark:a -->") == 1
+
+
+@pytest.mark.skipif(one_core() is None, reason="needs Linux affinity and two or more cores")
+def test_run_on_one_core_runs_the_function_in_a_child_pinned_to_one_core():
+    assert run_on_one_core("benchmarks.harness:affinity") == [one_core()]
+    assert len(affinity()) > 1  # the parent itself stays unpinned
