@@ -243,6 +243,8 @@ def strong_wolfe_search(
         approx_rtol,
     )  # fmt: skip
     dtype = jnp.result_type(value)
+    # The bound in the search's dtype: 1e10 is inf in float16, whose largest is 65504.
+    max_stepsize = min(max_stepsize, float(jnp.finfo(dtype).max))
     f0 = value
     slope0 = tree_vdot(grad, direction).astype(dtype)
     gtest = slope_rtol * slope0

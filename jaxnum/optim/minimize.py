@@ -130,6 +130,7 @@ def _status(old_value, value, grad_norm, nit, *, tol, ftol, maxiter, failed, fai
     ``decreased`` that the step taken is a real one, so the relative-decrease
     test applies (ftol = 0 turns it off).
     """
+    old_value, value = old_value.astype(ftol.dtype), value.astype(ftol.dtype)
     rel_decrease = (old_value - value) / jnp.maximum(
         jnp.maximum(jnp.abs(old_value), jnp.abs(value)), 1
     )
@@ -232,6 +233,7 @@ def _solve_newton(
         return fun(x, *args)[0] if has_aux else fun(x, *args)
 
     value_and_grad = _value_and_grad_fn(fun, args, has_aux)
+    top_damping = min(MAX_DAMPING, float(jnp.finfo(dtype).max))  # as scale_by_newton_cg clips
     opt = scale_by_newton_cg(
         damping, linear_solver=linear_solver, max_cg_iterations=max_cg_iterations,
         boost=2.0, drop=0.5, max_damping=MAX_DAMPING, max_backtracks=MAX_BACKTRACKS,
@@ -258,7 +260,7 @@ def _solve_newton(
         nit = c.nit + 1
         status = _status(
             c.value, value, _norm(grad, dtype), nit, tol=tol, ftol=ftol, maxiter=maxiter,
-            failed=~accepted & (opt_state.damping >= MAX_DAMPING), failure=NO_DECREASE,
+            failed=~accepted & (opt_state.damping >= top_damping), failure=NO_DECREASE,
             decreased=accepted,
         )  # fmt: skip
         return c._replace(
@@ -347,6 +349,8 @@ def minimize(
     check_positive(damping, name, "damping")
     check_positive_int(max_cg_iterations, name, "max_cg_iterations")
     dtype = jnp.result_type(*jax.tree.leaves(x0))
+    # The tolerances in at least float32: the default ftol (2.2e-9) is 0 in float16.
+    tol_dtype = jnp.promote_types(dtype, jnp.float32)
     if method == "newton":
         check_lapack_dtype(
             dtype, name, "method='newton' takes a Cholesky factor",
@@ -356,8 +360,8 @@ def minimize(
         return _solve_newton(
             x0,
             tuple(args),
-            np.asarray(tol, dtype),
-            np.asarray(ftol, dtype),
+            np.asarray(tol, tol_dtype),
+            np.asarray(ftol, tol_dtype),
             np.asarray(damping, dtype),
             fun=fun,
             has_aux=has_aux,
@@ -368,8 +372,8 @@ def minimize(
     return _solve(
         x0,
         tuple(args),
-        np.asarray(tol, dtype),
-        np.asarray(ftol, dtype),
+        np.asarray(tol, tol_dtype),
+        np.asarray(ftol, tol_dtype),
         fun=fun,
         has_aux=has_aux,
         memory_size=memory_size,

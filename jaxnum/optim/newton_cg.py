@@ -319,7 +319,9 @@ def scale_by_newton_cg(
             step = jax.tree.map(lambda s: jnp.where(searched, a * s, s), step)
             accept = accept | searched
         factor = jnp.where(~(rho >= 0.25), boost, jnp.where(rho > 0.75, drop, 1.0))
-        new_damping = jnp.clip(state.damping * factor, min_damping, max_damping)
+        # max_damping is a float64 bound; float16 holds at most 65504 (1e10 would be inf).
+        top = min(max_damping, float(jnp.finfo(dtype).max))
+        new_damping = jnp.clip(state.damping * factor, min_damping, top)
         new_damping = jnp.where(jnp.isfinite(grad_norm), new_damping, state.damping)
         out = jax.tree.map(
             lambda s, p: jnp.where(accept, s, jnp.zeros_like(s)).astype(jnp.result_type(p)),

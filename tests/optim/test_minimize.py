@@ -1,5 +1,7 @@
 """minimize: scipy-like stopping, pytrees, aux, bad input, NaN back-off, failure."""
 
+import warnings
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -130,3 +132,24 @@ def test_bad_input_fails_clearly():
         minimize(f, jnp.ones(2), has_aux=True)
     with pytest.raises(ValueError, match="ftol"):
         minimize(f, jnp.ones(2), ftol=-1.0)
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "newton-cg"])
+def test_float16_solve_keeps_the_default_ftol_and_warns_of_no_overflow(method):
+    """2.2e-9 is 0 in float16 and 1e10 (step and damping bounds) is inf: neither may be
+    lost to the cast; the relative-decrease rule still stops the solve."""
+    rng = np.random.default_rng(0)
+    A = rng.normal(size=(8, 8))
+    A = A @ A.T / 8 + np.eye(8)
+    b = rng.normal(size=8)
+
+    def f(x):
+        return 0.5 * x @ (jnp.asarray(A, x.dtype) @ x) - jnp.asarray(b, x.dtype) @ x
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        r = minimize(f, jnp.zeros(8, jnp.float16), method=method, tol=1e-7)
+    assert int(r.status) == CONVERGED_F and bool(r.converged)
+    assert r.x.dtype == jnp.float16
+    exact = np.linalg.solve(A, b)
+    np.testing.assert_allclose(np.asarray(r.x, np.float64), exact, rtol=0, atol=0.02)

@@ -208,6 +208,22 @@ def test_nonfinite_gradient_is_refused_without_corrupting_state():
     assert np.all(np.asarray(step) == 0) and int(new.num_rejected) == 2
 
 
+def test_float16_damping_tops_out_at_the_largest_float16_not_inf():
+    """Every step refused (the claimed value is below any trial): the damping doubles up to
+    max_damping, which float16 holds only as its largest finite value, 65504."""
+    tx = scale_by_newton_cg(1.0, boost=2.0, max_damping=1e10, max_backtracks=0)
+    params = jnp.ones(3, jnp.float16)
+    state = tx.init(params)
+    f = lambda w: jnp.sum(w**2)  # noqa: E731
+    for _ in range(20):  # 2**20 > 65504
+        step, state = tx.update(
+            jnp.full(3, 2.0, jnp.float16), state, params, value=-1.0, value_fn=f
+        )
+    assert state.damping.dtype == jnp.float16
+    assert float(state.damping) == float(jnp.finfo(jnp.float16).max)
+    assert np.all(np.asarray(step) == 0) and int(state.num_rejected) == 20
+
+
 def test_minimize_newton_on_pytrees_and_statuses(x64):
     def f(p):
         return jnp.sum((p["a"] - 1.0) ** 4) + jnp.sum((p["b"] + 2.0) ** 2)
