@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from jaxnum.precision._checks import (
@@ -72,6 +73,22 @@ def _unscale(tree: Any, inverse_scale: jax.Array) -> Any:
 
 def _select_tree(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), on_true, on_false)
+
+
+def _check_float32_scale(value: Any, fn: str, arg: str) -> None:
+    """The scale is held in float32: a bound that rounds to 0 or inf there is refused
+    (a minimum of 1e-50 would let the scale reach 0, and 1/0 unscale to inf)."""
+    v = concrete_value(value)
+    if v is None or not v > 0:
+        return
+    with np.errstate(over="ignore"):
+        held = float(np.float32(v))
+    if not 0 < held < np.inf:
+        raise ValueError(
+            f"{fn}: {arg}={value!r} is {held} in float32, the scale's dtype; "
+            f"use a value in [{float(np.finfo(np.float32).smallest_subnormal):.3g}, "
+            f"{float(np.finfo(np.float32).max):.3g}]"
+        )
 
 
 def loss_scaling(
@@ -145,6 +162,10 @@ def loss_scaling(
         raise TypeError(f"{name}: inner must be an optax.GradientTransformation, got {inner!r}")
     check_positive(initial_scale, name, "initial_scale")
     check_positive(min_scale, name, "min_scale")
+    for arg, value in (("initial_scale", initial_scale), ("min_scale", min_scale)):
+        _check_float32_scale(value, name, arg)
+    if max_scale is not None:
+        _check_float32_scale(max_scale, name, "max_scale")
     check_greater(growth_factor, 1.0, name, "growth_factor")
     check_open_interval(backoff_factor, 0.0, 1.0, name, "backoff_factor")
     if not isinstance(growth_interval, jax.core.Tracer):
