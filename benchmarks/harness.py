@@ -8,6 +8,7 @@ figure is the median over rounds; results are ratios to a named baseline.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import json
 import os
@@ -152,23 +153,28 @@ def affinity() -> list[int]:
     return sorted(os.sched_getaffinity(0))
 
 
-def run_on_one_core(target: str, *args: Any) -> Any:
-    """``module:function(*args)`` in a fresh Python process pinned to :func:`one_core`.
+def run_in_child(target: str, *args: Any, pin_one_core: bool = False) -> Any:
+    """``module:function(*args)`` in a fresh Python process; its JSON result.
 
-    The child pins itself before it imports anything, so every thread it starts
-    (XLA's pools, OpenBLAS's) inherits the single core. Arguments and the result
-    travel as JSON. On 2 cores, XLA:CPU spreads a loop of small operations over
-    both (the second core spins while waiting for work) and some processes run
-    such loops up to 2x slower than others; on one core they do not. Benchmarks
-    of small problems time every peer both ways and keep each one's faster.
+    Arguments and the result travel as JSON. A fresh process is a fresh draw of
+    whatever a process fixes once (thread placement, buffer addresses): on these
+    2-core machines the same compiled step ran up to 2x slower in some processes
+    than in others, so benchmarks that must not hang on one draw take the median
+    over several children. With ``pin_one_core`` the child pins itself to
+    :func:`one_core` before it imports anything, so every thread it starts (XLA's
+    pools, OpenBLAS's) inherits the single core: XLA:CPU spreads a loop of small
+    operations over both cores, the second spinning while it waits, and pinned
+    such loops ran faster in every process.
     """
-    core = one_core()
-    if core is None:
-        raise RuntimeError("run_on_one_core: needs os.sched_setaffinity and two or more cores")
+    pin = ""
+    if pin_one_core:
+        core = one_core()
+        if core is None:
+            raise RuntimeError("run_in_child: pinning needs os.sched_setaffinity and 2+ cores")
+        pin = f"import os; os.sched_setaffinity(0, {{{core}}})\n"
     module, function = target.split(":")
     code = (
-        f"import os; os.sched_setaffinity(0, {{{core}}})\n"
-        "import importlib, json, sys\n"
+        pin + "import importlib, json, sys\n"
         f"fn = getattr(importlib.import_module({module!r}), {function!r})\n"
         f"print({_RESULT_MARK!r} + json.dumps(fn(*json.loads(sys.argv[1]))))\n"
     )
@@ -181,6 +187,28 @@ def run_on_one_core(target: str, *args: Any) -> Any:
     )
     results = [line for line in done.stdout.splitlines() if line.startswith(_RESULT_MARK)]
     return json.loads(results[-1][len(_RESULT_MARK) :])
+
+
+def timings_to_json(timings: dict[str, Timing]) -> dict[str, dict]:
+    """``compare``'s result as plain data (for :func:`run_in_child`)."""
+    return {name: dataclasses.asdict(t) for name, t in timings.items()}
+
+
+def median_timings(runs: Sequence[dict[str, dict]]) -> dict[str, Timing]:
+    """Per variant, the median over several processes' :func:`timings_to_json` results:
+    median of their medians and compile times, every round's sample kept."""
+    out = {}
+    for name in runs[0]:
+        ts = [Timing(**{**run[name], "samples_s": tuple(run[name]["samples_s"])}) for run in runs]
+        out[name] = Timing(
+            name=name,
+            median_s=statistics.median(t.median_s for t in ts),
+            compile_s=statistics.median(t.compile_s for t in ts),
+            rounds=sum(t.rounds for t in ts),
+            calls_per_round=ts[0].calls_per_round,
+            samples_s=tuple(x for t in ts for x in t.samples_s),
+        )
+    return out
 
 
 def _version(package: str) -> str:

@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.harness import machine_summary, one_core, run_on_one_core, write_section
+from benchmarks.harness import machine_summary, one_core, run_in_child, write_section
 from jaxnum.optim import minimize
 
 MEMORY, MAXITER, MAXFUN, LAMBDA = 10, 20000, 10**6, 1e-3
@@ -410,7 +410,7 @@ def _key(p: Problem, dtype, solver: str) -> str:
 def one_core_times(rounds: int) -> dict[str, float]:
     """Median seconds per solve of every problem, dtype and solver, timed in this process.
 
-    Run by :func:`benchmarks.harness.run_on_one_core` in a child pinned to one
+    Run by :func:`benchmarks.harness.run_in_child` in a child pinned to one
     core. scipy at 1 BLAS thread only: two threads on one core just take turns.
     """
     times = {}
@@ -546,7 +546,7 @@ def run(quick: bool = False) -> None:
     ]
     summary, observations = [], []
     pinned = (
-        run_on_one_core("benchmarks.lbfgs:one_core_times", rounds)
+        run_in_child("benchmarks.lbfgs:one_core_times", rounds, pin_one_core=True)
         if one_core() is not None
         else None
     )
@@ -575,7 +575,7 @@ def run(quick: bool = False) -> None:
             "and named; it has no float32 mode, so the float32 rows compare with scipy in "
             "float64 stopped at 1e-4. Every solver is timed twice, the faster kept and named "
             '("run on"): in this process on both cores, and in a child process pinned to one '
-            "core (all its threads included; `harness.run_on_one_core`, scipy at 1 BLAS "
+            "core (all its threads included; `harness.run_in_child`, scipy at 1 BLAS "
             "thread there). On 2 cores XLA:CPU spreads a loop of small operations over both "
             "cores (the second spins, waiting for work) and some processes ran the same solve "
             "up to 2x slower than others (Rosenbrock n=1000: 74 or 120 ms, n=100: 3.7 or 7 ms); "

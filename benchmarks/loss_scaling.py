@@ -33,7 +33,15 @@ import jax.numpy as jnp
 import optax
 
 import jaxnum as jn
-from benchmarks.harness import compare, machine_summary, ratio_table, write_section
+from benchmarks.harness import (
+    compare,
+    machine_summary,
+    median_timings,
+    ratio_table,
+    run_in_child,
+    timings_to_json,
+    write_section,
+)
 from benchmarks.problems import CLASSES as OUT
 from benchmarks.problems import IN_FEATURES as IN
 from benchmarks.problems import mlp_classification
@@ -41,6 +49,7 @@ from benchmarks.problems import mlp_classification
 BATCHES = (128, 1024)
 WIDTH = 512
 MAX_NORM = 1.0
+PROCESSES, ROUNDS = 3, 21  # fresh processes, and interleaved rounds in each
 
 
 def _problem(batch):
@@ -135,33 +144,49 @@ def _summary(timings) -> str:
     )
 
 
+def timings_in_this_process(batch: int, quick: bool) -> dict:
+    """Every variant at ``batch``, timed in this process (run in a child by :func:`run`)."""
+    calls = 20 if batch <= 128 else 5
+    timings = compare(
+        _variants(batch),
+        rounds=5 if quick else ROUNDS,
+        calls_per_round=2 if quick else calls,
+        chained=True,
+    )
+    return timings_to_json(timings)
+
+
 def run(quick: bool = False) -> dict:
-    """Runs the comparison for each batch size, prints it and (unless quick) writes it."""
+    """Runs the comparison for each batch size in fresh processes, prints it and (unless
+    quick) writes it."""
+    processes = 1 if quick else PROCESSES
     parts = [
         "## loss_scaling: training-step overhead of loss scaling + clipping",
         f"MLP {IN}-{WIDTH}-{WIDTH}-{OUT}, float32 compute, adam, softmax cross-entropy; "
         "interleaved rounds after warm-up, each round a chain of dependent steps (each "
         "step's parameters and state feed the next, as in training), median per step, "
-        "compile time apart. XLA CPU "
+        f"compile time apart; all of it in {processes} fresh processes, each variant's "
+        "figure the median of the processes' medians (a step's time moves from one "
+        "process to the next; each process's overhead is listed). XLA CPU "
         "with its default thread pool (all cores) for every variant; no buffer donation "
         "for any. Run: `python -m benchmarks loss_scaling`.",
         machine_summary(("jax", "jaxlib", "optax", "flax", "jmp")),
     ]
     results = {}
     for batch in BATCHES:
-        calls = 20 if batch <= 128 else 5
-        timings = compare(
-            _variants(batch),
-            rounds=5 if quick else 41,
-            calls_per_round=2 if quick else calls,
-            chained=True,
-        )
+        runs = [
+            run_in_child("benchmarks.loss_scaling:timings_in_this_process", batch, quick)
+            for _ in range(processes)
+        ]
+        timings = median_timings(runs)
         results[batch] = timings
+        over = [r["jaxnum"]["median_s"] / r["optax+clip, scaled loss"]["median_s"] for r in runs]
+        each = ", ".join(f"{100 * (x - 1):+.1f}%" for x in over)
         parts += [
-            f"### batch {batch} ({timings['optax'].rounds} rounds of "
-            f"{timings['optax'].calls_per_round} calls)",
+            f"### batch {batch} ({processes} processes x {runs[0]['optax']['rounds']} rounds "
+            f"of {runs[0]['optax']['calls_per_round']} calls)",
             ratio_table(timings, "optax"),
-            _summary(timings),
+            _summary(timings) + f" Per process, jaxnum over the scaled-loss step: {each}.",
         ]
     body = "\n\n".join(parts)
     print(body)

@@ -5,11 +5,14 @@ import jax.numpy as jnp
 import pytest
 
 from benchmarks.harness import (
+    Timing,
     affinity,
     compare,
+    median_timings,
     one_core,
     ratio_table,
-    run_on_one_core,
+    run_in_child,
+    timings_to_json,
     write_section,
 )
 
@@ -69,6 +72,16 @@ def test_write_section_replaces_its_own_section_and_keeps_others(tmp_path):
 
 
 @pytest.mark.skipif(one_core() is None, reason="needs Linux affinity and two or more cores")
-def test_run_on_one_core_runs_the_function_in_a_child_pinned_to_one_core():
-    assert run_on_one_core("benchmarks.harness:affinity") == [one_core()]
+def test_run_in_child_runs_the_function_in_a_fresh_process_pinned_if_asked():
+    assert run_in_child("benchmarks.harness:affinity", pin_one_core=True) == [one_core()]
+    assert run_in_child("benchmarks.harness:affinity") == affinity()
     assert len(affinity()) > 1  # the parent itself stays unpinned
+
+
+def test_median_timings_takes_the_median_over_processes():
+    def run(median):
+        t = Timing("a", median, 1.0, 5, 2, (median,) * 5)
+        return timings_to_json({"a": t})
+
+    merged = median_timings([run(3.0), run(1.0), run(2.0)])["a"]
+    assert merged.median_s == 2.0 and merged.rounds == 15 and len(merged.samples_s) == 15
