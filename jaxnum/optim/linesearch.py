@@ -244,7 +244,9 @@ def strong_wolfe_search(
     )  # fmt: skip
     dtype = jnp.result_type(value)
     # The bound in the search's dtype: 1e10 is inf in float16, whose largest is 65504.
-    max_stepsize = min(max_stepsize, float(jnp.finfo(dtype).max))
+    top = float(jnp.finfo(dtype).max)
+    max_stepsize = jnp.minimum(jnp.asarray(max_stepsize, jnp.promote_types(dtype, "float32")), top)
+    max_stepsize = max_stepsize.astype(dtype)
     f0 = value
     slope0 = tree_vdot(grad, direction).astype(dtype)
     gtest = slope_rtol * slope0

@@ -173,3 +173,18 @@ def test_float32_steps_below_rounding_of_x_still_find_the_minimiser():
     # The exact More-Thuente test alone reads the flat values as "too long" and gives up.
     step_exact, _, _, _, status, _, _ = strong_wolfe_search(_vg(f), x, d, f(x), g, approx_rtol=None)
     assert int(status) == NO_DECREASE and float(step_exact) == 0.0
+
+
+def test_max_stepsize_may_be_traced_and_caps_the_step():
+    f = lambda x: jnp.sum((x - 0.3) ** 2)  # noqa: E731
+
+    @jax.jit
+    def first_step(max_stepsize):
+        tx = scale_by_strong_wolfe(max_stepsize=max_stepsize)
+        x = jnp.ones(3)
+        value, grad = jax.value_and_grad(f)(x)
+        updates, _ = tx.update(-grad, tx.init(x), x, value=value, grad=grad, value_fn=f)
+        return x + updates
+
+    np.testing.assert_allclose(first_step(5.0), 0.3, rtol=1e-6)  # the exact minimiser, step 0.5
+    np.testing.assert_allclose(first_step(0.1), 1.0 - 0.1 * 1.4, rtol=1e-6)  # capped at 0.1
