@@ -136,7 +136,7 @@ def compare_python(
     return {name: statistics.median(s) for name, s in samples.items()}
 
 
-_RESULT_MARK = "@@one-core-result@@"
+_RESULT_MARK = "@@child-result@@"
 
 
 def one_core() -> int | None:
@@ -176,7 +176,8 @@ def run_in_child(target: str, *args: Any, pin_one_core: bool = False) -> Any:
     code = (
         pin + "import importlib, json, sys\n"
         f"fn = getattr(importlib.import_module({module!r}), {function!r})\n"
-        f"print({_RESULT_MARK!r} + json.dumps(fn(*json.loads(sys.argv[1]))))\n"
+        f"result = json.dumps(fn(*json.loads(sys.argv[1])))\n"
+        f"print('\\n' + {_RESULT_MARK!r} + result)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code, json.dumps(list(args))],
@@ -184,6 +185,7 @@ def run_in_child(target: str, *args: Any, pin_one_core: bool = False) -> Any:
         stdout=subprocess.PIPE,
         text=True,
         check=True,
+        timeout=3 * 3600,  # a hung child must not stall the benchmark for ever
     )
     results = [line for line in done.stdout.splitlines() if line.startswith(_RESULT_MARK)]
     return json.loads(results[-1][len(_RESULT_MARK) :])

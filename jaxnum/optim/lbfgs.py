@@ -33,7 +33,8 @@ class ScaleByLBFGSState(NamedTuple):
     are valid. ``yy[i, j] = y_i^T y_j`` and, where pair i is not newer
     than pair j, ``sy[i, j] = s_i^T y_j`` (the rest of ``sy`` is 0: the
     recursion reads only that triangle) are their inner products, kept up to
-    date one row and column per step. ``prev_params``/``prev_grad`` give the
+    date per step: row and column ``head`` of ``yy``, column ``head`` of ``sy``
+    (its row zeroed). ``prev_params``/``prev_grad`` give the
     next pair; an update whose gradient is not finite leaves them (and
     ``count``, the updates with a finite gradient) as they were, so the next
     pair spans it. Every scalar has a

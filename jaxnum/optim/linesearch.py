@@ -437,7 +437,8 @@ def scale_by_strong_wolfe(
         Wolfe test off.
       xtol: relative width below which the bracket counts as collapsed.
       initial_stepsize: first trial step (1 for quasi-Newton directions).
-      max_stepsize: upper bound on the step.
+      max_stepsize: upper bound on the step (clipped to the largest value of the
+        value's dtype: 65504 in float16).
       has_aux: ``value_fn`` returns ``(value, aux)``.
     """
     fn = "scale_by_strong_wolfe"

@@ -36,7 +36,9 @@ STATUS_MESSAGES = {
 
 METHODS = ("lbfgs", "newton-cg", "newton")
 MAX_BACKTRACKS = 10  # of the Newton methods' step, before it is refused
-MAX_DAMPING = 1e10  # the Newton methods stop (NO_DECREASE) when a step is refused at it
+# The Newton methods stop (NO_DECREASE) when a step is refused at this damping (or at
+# the dtype's largest value, if smaller: 65504 in float16).
+MAX_DAMPING = 1e10
 
 
 class MinimizeResult(NamedTuple):
@@ -312,9 +314,9 @@ def minimize(
     relative decrease ``(f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1) <= ftol``
     (scipy's default ``factr * eps``; 0 turns it off), when ``maxiter``
     iterations are done, or when no decrease is found (the line search fails
-    even with the memory reset; the Newton damping reached MAX_DAMPING = 1e10). Compiled once
-    per ``fun`` object and static option set; callable inside the user's own
-    ``jit``.
+    even with the memory reset; the Newton damping reached MAX_DAMPING = 1e10,
+    or the dtype's largest value). Compiled once per ``fun`` object and static
+    option set; callable inside the user's own ``jit``.
 
     Args:
       fun: scalar objective (``(value, aux)`` with ``has_aux``).

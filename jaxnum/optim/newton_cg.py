@@ -187,7 +187,8 @@ def scale_by_newton_cg(
       boost: lambda's factor after a poor step (rho < 1/4).
       drop: lambda's factor after a good step (rho > 3/4).
       min_damping: lower bound of the adapted quantity.
-      max_damping: upper bound of the adapted quantity.
+      max_damping: upper bound of the adapted quantity (clipped to the largest
+        value of the parameters' dtype: 65504 in float16).
       min_ratio: smallest rho for which a step is taken.
       max_backtracks: when the full step is refused, try ``0.5^k p`` for k = 1
         .. max_backtracks and take the first meeting Armijo's condition

@@ -76,18 +76,20 @@ def _select_tree(pred: jax.Array, on_true: Any, on_false: Any) -> Any:
 
 
 def _check_float32_scale(value: Any, fn: str, arg: str) -> None:
-    """The scale is held in float32: a bound that rounds to 0 or inf there is refused
-    (a minimum of 1e-50 would let the scale reach 0, and 1/0 unscale to inf)."""
+    """The scale S is float32 and the update multiplies by 1/S: a bound that is inf
+    there, or subnormal (XLA on CPU flushes subnormals to 0, so 1/S is inf and every
+    step would be skipped once the scale reached it; 1e-40 did), is refused."""
     v = concrete_value(value)
     if v is None or not v > 0:
         return
+    low, high = np.finfo(np.float32).tiny, np.finfo(np.float32).max
     with np.errstate(over="ignore"):
-        held = float(np.float32(v))
-    if not 0 < held < np.inf:
+        held = np.float32(v)
+    if not low <= held <= high:
         raise ValueError(
-            f"{fn}: {arg}={value!r} is {held} in float32, the scale's dtype; "
-            f"use a value in [{float(np.finfo(np.float32).smallest_subnormal):.3g}, "
-            f"{float(np.finfo(np.float32).max):.3g}]"
+            f"{fn}: {arg}={value!r} is {float(held):.3g} in float32, the scale's dtype, "
+            f"where 1/S must be finite and S not subnormal; use a value in "
+            f"[{float(low):.3g}, {float(high):.3g}]"
         )
 
 
