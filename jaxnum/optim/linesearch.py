@@ -33,7 +33,12 @@ import jax.numpy as jnp
 import optax
 
 from jaxnum.autodiff._trees import tree_vdot
-from jaxnum.precision._checks import check_open_interval, check_positive, check_positive_int
+from jaxnum.precision._checks import (
+    bound_in_dtype,
+    check_open_interval,
+    check_positive,
+    check_positive_int,
+)
 
 # Status codes of one search (``StrongWolfeState.status``).
 WOLFE = 0  #: the accepted step satisfies the strong Wolfe conditions
@@ -243,10 +248,7 @@ def strong_wolfe_search(
         approx_rtol,
     )  # fmt: skip
     dtype = jnp.result_type(value)
-    # The bound in the search's dtype: 1e10 is inf in float16, whose largest is 65504.
-    top = float(jnp.finfo(dtype).max)
-    max_stepsize = jnp.minimum(jnp.asarray(max_stepsize, jnp.promote_types(dtype, "float32")), top)
-    max_stepsize = max_stepsize.astype(dtype)
+    max_stepsize = bound_in_dtype(max_stepsize, dtype)  # the default 1e10 is inf in float16
     f0 = value
     slope0 = tree_vdot(grad, direction).astype(dtype)
     gtest = slope_rtol * slope0

@@ -15,7 +15,12 @@ from jaxnum.autodiff._trees import check_floating_tree, tree_vdot
 from jaxnum.optim import linesearch as ls
 from jaxnum.optim.lbfgs import lbfgs
 from jaxnum.optim.newton_cg import scale_by_newton_cg
-from jaxnum.precision._checks import check_lapack_dtype, check_positive, check_positive_int
+from jaxnum.precision._checks import (
+    bound_in_dtype,
+    check_lapack_dtype,
+    check_positive,
+    check_positive_int,
+)
 
 # Status codes of MinimizeResult.status.
 CONVERGED_GRAD = 0
@@ -235,7 +240,6 @@ def _solve_newton(
         return fun(x, *args)[0] if has_aux else fun(x, *args)
 
     value_and_grad = _value_and_grad_fn(fun, args, has_aux)
-    top_damping = min(MAX_DAMPING, float(jnp.finfo(dtype).max))  # as scale_by_newton_cg clips
     opt = scale_by_newton_cg(
         damping, linear_solver=linear_solver, max_cg_iterations=max_cg_iterations,
         boost=2.0, drop=0.5, max_damping=MAX_DAMPING, max_backtracks=MAX_BACKTRACKS,
@@ -262,7 +266,8 @@ def _solve_newton(
         nit = c.nit + 1
         status = _status(
             c.value, value, _norm(grad, dtype), nit, tol=tol, ftol=ftol, maxiter=maxiter,
-            failed=~accepted & (opt_state.damping >= top_damping), failure=NO_DECREASE,
+            failed=~accepted & (opt_state.damping >= bound_in_dtype(MAX_DAMPING, dtype)),
+            failure=NO_DECREASE,
             decreased=accepted,
         )  # fmt: skip
         return c._replace(

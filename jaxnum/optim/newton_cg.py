@@ -24,6 +24,7 @@ from jax.flatten_util import ravel_pytree
 from jaxnum.autodiff._trees import check_like, tree_vdot
 from jaxnum.autodiff.hvp import gnvp_fn
 from jaxnum.precision._checks import (
+    bound_in_dtype,
     check_int,
     check_lapack_dtype,
     check_positive,
@@ -320,9 +321,9 @@ def scale_by_newton_cg(
             step = jax.tree.map(lambda s: jnp.where(searched, a * s, s), step)
             accept = accept | searched
         factor = jnp.where(~(rho >= 0.25), boost, jnp.where(rho > 0.75, drop, 1.0))
-        # max_damping is a float64 bound; float16 holds at most 65504 (1e10 would be inf).
-        top = min(max_damping, float(jnp.finfo(dtype).max))
-        new_damping = jnp.clip(state.damping * factor, min_damping, top)
+        new_damping = jnp.clip(
+            state.damping * factor, min_damping, bound_in_dtype(max_damping, dtype)
+        )
         new_damping = jnp.where(jnp.isfinite(grad_norm), new_damping, state.damping)
         out = jax.tree.map(
             lambda s, p: jnp.where(accept, s, jnp.zeros_like(s)).astype(jnp.result_type(p)),
