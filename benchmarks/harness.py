@@ -139,18 +139,18 @@ def compare_python(
 _RESULT_MARK = "@@child-result@@"
 
 
+def affinity() -> list[int]:
+    """The cores this process may run on (what a pinned child reports)."""
+    return sorted(os.sched_getaffinity(0))
+
+
 def one_core() -> int | None:
     """The core a pinned run uses (the lowest this process may run on), or None where
     there is no second core to leave or no affinity API (only Linux has one)."""
     if not hasattr(os, "sched_setaffinity"):
         return None
-    cores = sorted(os.sched_getaffinity(0))
+    cores = affinity()
     return cores[0] if len(cores) > 1 else None
-
-
-def affinity() -> list[int]:
-    """The cores this process may run on (what a pinned child reports)."""
-    return sorted(os.sched_getaffinity(0))
 
 
 def run_in_child(target: str, *args: Any, pin_one_core: bool = False) -> Any:

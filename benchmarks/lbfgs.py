@@ -435,9 +435,9 @@ def _measure(p: Problem, dtype, rounds, count: tuple[str, ...], pinned: dict | N
         for name, (_, outcome) in solvers.items():
             out = outcome(timed[name][1])
             rows[name] = Row(name, timed[name][0], out, counted.get(name), _recheck(p, dtype, out))
-            one = (pinned or {}).get(_key(p, dtype, name))
-            if one is not None and one < rows[name].time_s:
-                rows[name].time_s, rows[name].run_on = one, "1 core"
+            pinned_s = (pinned or {}).get(_key(p, dtype, name))
+            if pinned_s is not None and pinned_s < rows[name].time_s:
+                rows[name].time_s, rows[name].run_on = pinned_s, "1 core"
     one, two = rows.pop("scipy 1"), rows.pop("scipy 2")
     best, threads = (one, 1) if one.time_s <= two.time_s else (two, 2)
     best.solver = f"scipy L-BFGS-B (float64, {threads} BLAS thread{'s' * (threads > 1)})"
