@@ -5,9 +5,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from jaxnum.autodiff import gnvp_fn, hvp, hvp_fn
+from jaxnum.autodiff._dot_layout import _is_leading_contraction, _plain_dot
+from jaxnum.autodiff.hvp import _apply_program, _linear_program, _linearize, _shape_key
 
 
 class TinyMLP(nn.Module):
@@ -68,6 +71,50 @@ def test_hvp_fn_gives_the_same_products_and_vmaps(mlp_problem):
     vs = jax.random.normal(jax.random.key(3), (4, H.shape[0]), jnp.float64)
     batched = jax.vmap(lambda z: ravel_pytree(product(unravel(z)))[0])(vs)
     np.testing.assert_allclose(batched, vs @ H.T, rtol=1e-10, atol=1e-12)
+
+
+def test_hvp_fn_stores_dense_layer_residuals_transposed_without_changing_products(mlp_problem):
+    # On CPU the weight-gradient dots X^T Y read a transposed copy of X; the products
+    # must equal those of the unrewritten program and the dense Hessian's.
+    params, x, t, _, loss = mlp_problem
+    H, unravel = _dense_hessian(loss, params, x, t)
+    keys = (_shape_key(params), _shape_key((x, t)))
+    rewritten, plain = (_linear_program(loss, *keys, rewrite) for rewrite in (True, False))
+    assert rewritten.rewrites and rewritten.transposed and not plain.rewrites
+    v = unravel(jax.random.normal(jax.random.key(4), (H.shape[0],), jnp.float64))
+    for program in (rewritten, plain):
+        residuals, transposed = _linearize(loss, params, (x, t), program)
+        got = ravel_pytree(_apply_program(program, residuals, transposed, v))[0]
+        np.testing.assert_allclose(got, H @ ravel_pytree(v)[0], rtol=1e-10, atol=1e-12)
+
+
+def test_plain_dot_computes_both_transposed_products(x64):
+    a = jax.random.normal(jax.random.key(0), (6, 4), jnp.float64)
+    b = jax.random.normal(jax.random.key(1), (6, 3), jnp.float64)
+    closed = jax.make_jaxpr(lambda p, q: lax.dot_general(p, q, (((0,), (0,)), ((), ()))))(a, b)
+    (eqn,) = closed.jaxpr.eqns
+    assert _is_leading_contraction(eqn)
+    np.testing.assert_allclose(_plain_dot(eqn, a.T, b, 0), np.asarray(a).T @ np.asarray(b))
+    np.testing.assert_allclose(_plain_dot(eqn, a.T, b, 1), np.asarray(b).T @ np.asarray(a))
+
+
+def test_hvp_fn_under_jit_vmap_and_differentiation(x64):
+    def f(w, x):
+        return jnp.sum(jnp.tanh(x @ w))
+
+    w = jax.random.normal(jax.random.key(1), (4, 3), jnp.float64)
+    v = jax.random.normal(jax.random.key(2), (4, 3), jnp.float64)
+    xs = jax.random.normal(jax.random.key(3), (3, 6, 4), jnp.float64)
+    dense = [np.asarray(jax.hessian(f)(w, xi)).reshape(12, 12) for xi in xs]
+    expected = np.stack([(h @ np.ravel(v)).reshape(4, 3) for h in dense])
+    per_point = jax.vmap(lambda xi: hvp_fn(f, w, xi)(v))(xs)
+    np.testing.assert_allclose(per_point, expected, rtol=1e-12, atol=1e-13)
+    traced = jax.jit(lambda p: hvp_fn(f, p, xs[0])(v))(w)
+    np.testing.assert_allclose(traced, expected[0], rtol=1e-12, atol=1e-13)
+    # The product is linear in v: the gradient of |H v|^2 is 2 H^T H v.
+    product = hvp_fn(f, w, xs[0])
+    grad = jax.grad(lambda d: jnp.sum(product(d) ** 2))(v)
+    np.testing.assert_allclose(np.ravel(grad), 2 * dense[0].T @ dense[0] @ np.ravel(v), rtol=1e-10)
 
 
 def test_per_example_hvps_under_vmap(x64):
