@@ -153,7 +153,9 @@ def one_core() -> int | None:
     return cores[0] if len(cores) > 1 else None
 
 
-def run_in_child(target: str, *args: Any, pin_one_core: bool = False) -> Any:
+def run_in_child(
+    target: str, *args: Any, pin_one_core: bool = False, env: dict[str, str] | None = None
+) -> Any:
     """``module:function(*args)`` in a fresh Python process; its JSON result.
 
     Arguments and the result travel as JSON. A fresh process is a fresh draw of
@@ -164,7 +166,8 @@ def run_in_child(target: str, *args: Any, pin_one_core: bool = False) -> Any:
     :func:`one_core` before it imports anything, so every thread it starts (XLA's
     pools, OpenBLAS's) inherits the single core: XLA:CPU spreads a loop of small
     operations over both cores, the second spinning while it waits, and pinned
-    such loops ran faster in every process.
+    such loops ran faster in every process. ``env`` adds environment variables
+    to the child's (this process's environment otherwise).
     """
     pin = ""
     if pin_one_core:
@@ -182,6 +185,7 @@ def run_in_child(target: str, *args: Any, pin_one_core: bool = False) -> Any:
     done = subprocess.run(
         [sys.executable, "-c", code, json.dumps(list(args))],
         cwd=ROOT,
+        env={**os.environ, **(env or {})},
         stdout=subprocess.PIPE,
         text=True,
         check=True,

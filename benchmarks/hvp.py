@@ -9,7 +9,9 @@ the loop) against ``hvp`` called in the loop body.
 Part 2b: 10 products driven from Python, each a compiled call: ``hvp`` each
 time against ``hvp_fn`` (one compiled linearization, then one compiled linear
 product each time), the linearization included in the time; for independent
-directions and for chained ones (each result the next direction); the
+directions (every result kept, or each dropped once computed) and for chained
+ones (each result the next direction), in fresh processes, with glibc's malloc
+as it comes and told to keep freed memory; the
 speed-up XLA's flop counts of the three programs allow at equal speed per flop,
 and how many dots of each program XLA:CPU leaves to its slower unfused kernel.
 Part 3: one hvp against the explicit ``jax.hessian`` of
@@ -19,6 +21,7 @@ Part 3: one hvp against the explicit ``jax.hessian`` of
 from __future__ import annotations
 
 import re
+import statistics
 
 import jax
 import jax.numpy as jnp
@@ -28,6 +31,7 @@ from benchmarks.harness import (
     compare_python,
     machine_summary,
     ratio_table,
+    run_in_child,
     write_section,
 )
 from benchmarks.problems import CLASSES as OUT
@@ -43,6 +47,23 @@ from jaxnum.autodiff.hvp import (  # hvp_fn's two compiled programs
 
 BATCH, HIDDEN = 128, (1024, 256)
 NUM_PRODUCTS = 10
+PROCESSES = 3  # fresh processes per allocator setting in part 2b
+# glibc's malloc told to keep freed memory rather than return it to the OS
+# (other allocators ignore these variables).
+ALLOCATORS = {
+    "default": {},
+    "keep freed memory": {
+        "MALLOC_MMAP_THRESHOLD_": "2000000000",
+        "MALLOC_TRIM_THRESHOLD_": "4000000000",
+        "MALLOC_TOP_PAD_": "200000000",
+    },
+}
+ALLOCATOR_NOTE = " ".join(f"{k}={v}" for k, v in ALLOCATORS["keep freed memory"].items())
+PATTERNS = {  # part 2b's ways to drive 10 products: name -> (hvp's key, hvp_fn's key)
+    "independent, results kept": ("hvp kept", "hvp_fn kept"),
+    "independent, each result dropped": ("hvp dropped", "hvp_fn dropped"),
+    "chained": ("hvp chained", "hvp_fn chained"),
+}
 SIZES = (64, 128, 256, 512, 1024)
 
 
@@ -107,39 +128,48 @@ def _unfused_dots(jitted, *args) -> int:
     return len(re.findall(r"= \S+ dot\(", entry))
 
 
-def _part2b(rounds):
-    """10 products driven from Python: independent directions, and chained ones (each
-    product's result the next direction, as in power iteration, CG or Lanczos, so no two
-    calls overlap on the cores); plus the speed-up XLA's flop counts allow."""
+def part2b(rounds: int) -> dict:
+    """10 products driven from Python (run in a child by :func:`run`), three ways: for
+    independent directions keeping every result (a list comprehension) or dropping each
+    once computed (an accumulation), and chained (each product's result the next
+    direction, as in power iteration, CG or Lanczos); plus XLA's flop counts."""
     loss, params, v = _mlp_problem()
     vs = [jax.tree.map(lambda a, i=i: a * (1.0 + i), v) for i in range(NUM_PRODUCTS)]
     hvp_jit = jax.jit(lambda p, d: hvp(loss, p, d))
 
-    def with_hvp_fn():
-        product = hvp_fn(loss, params)  # linearization included in the time
-        return [product(d) for d in vs]
+    def hvp_product():
+        return lambda d: hvp_jit(params, d)
 
-    def chained_hvp():
-        d = v
-        for _ in range(NUM_PRODUCTS):
-            d = hvp_jit(params, d)
-        return d
+    def hvp_fn_product():
+        return hvp_fn(loss, params)  # linearization included in the time
 
-    def chained_hvp_fn():
-        product, d = hvp_fn(loss, params), v
-        for _ in range(NUM_PRODUCTS):
-            d = product(d)
-        return d
+    def kept(make):
+        product = make()
+        return lambda: [product(d) for d in vs]
 
-    times = compare_python(
-        {
-            "hvp calls": lambda: [hvp_jit(params, d) for d in vs],
-            "hvp_fn": with_hvp_fn,
-            "hvp chained": chained_hvp,
-            "hvp_fn chained": chained_hvp_fn,
-        },
-        rounds=max(rounds // 2, 5),
-    )
+    def dropped(make):
+        def run():
+            product = make()
+            for d in vs:
+                out = jax.block_until_ready(product(d))
+            return out
+
+        return run
+
+    def chained(make):
+        def run():
+            product, d = make(), v
+            for _ in range(NUM_PRODUCTS):
+                d = product(d)
+            return d
+
+        return run
+
+    variants = {}
+    for pattern in (kept, dropped, chained):
+        for name, make in (("hvp", hvp_product), ("hvp_fn", hvp_fn_product)):
+            variants[f"{name} {pattern.__name__}"] = lambda p=pattern, m=make: p(m)()
+    times = compare_python(variants, rounds=max(rounds // 2, 5))
     # The very programs timed above: hvp's, and hvp_fn's linearization and product.
     program = _linear_program(
         loss, _shape_key(params), _shape_key(()), jax.default_backend() == "cpu"
@@ -155,7 +185,7 @@ def _part2b(rounds):
             _apply_program, program, *_linearize(loss, params, (), program), v
         ),
     }
-    return times, flops, transposed
+    return {"times": times, "flops": flops, "unfused_dots": transposed}
 
 
 def _part3(rounds):
@@ -178,11 +208,38 @@ def _part3(rounds):
     return "\n".join(lines)
 
 
+def _kept_cost_ms(processes: list[dict], name: str) -> str:
+    """Median per-call cost of keeping each result (kept minus dropped), in ms."""
+    kept = statistics.median(r["times"][f"{name} kept"] for r in processes)
+    dropped = statistics.median(r["times"][f"{name} dropped"] for r in processes)
+    return f"{(kept - dropped) / NUM_PRODUCTS * 1e3:.2f}"
+
+
+def _part2b_table(runs: dict[str, list[dict]]) -> str:
+    lines = [
+        "| allocator | products | 10 x hvp (ms) | hvp_fn + 10 products (ms) | speed-up |",
+        "|---|---|---:|---:|---:|",
+    ]
+    for allocator, processes in runs.items():
+        for pattern, (base, ours) in PATTERNS.items():
+            a = statistics.median(r["times"][base] for r in processes)
+            b = statistics.median(r["times"][ours] for r in processes)
+            lines.append(
+                f"| {allocator} | {pattern} | {a * 1e3:.1f} | {b * 1e3:.1f} | {a / b:.2f}x |"
+            )
+    return "\n".join(lines)
+
+
 def run(quick: bool = False) -> None:
     rounds = 5 if quick else 21
     n, t1 = _part1(rounds)
     t2 = _part2(rounds)
-    t2b, flops, transposed = _part2b(rounds)
+    part2b_runs = {
+        name: [run_in_child("benchmarks.hvp:part2b", rounds, env=env) for _ in range(PROCESSES)]
+        for name, env in ALLOCATORS.items()
+    }
+    flops = part2b_runs["default"][0]["flops"]
+    transposed = part2b_runs["default"][0]["unfused_dots"]
     ceiling = (
         NUM_PRODUCTS * flops["hvp"] / (flops["linearization"] + NUM_PRODUCTS * flops["product"])
     )
@@ -208,12 +265,17 @@ def run(quick: bool = False) -> None:
             f"hvp_fn speed-up for {NUM_PRODUCTS} products inside one jit: {speedup:.2f}x "
             "(target >= 1.3): XLA hoists the primal part of hvp out of the loop by itself.",
             f"Driven from Python, {NUM_PRODUCTS} products, each a compiled call, hvp_fn's "
-            "linearization included in its time: independent directions, hvp "
-            f"{t2b['hvp calls'] * 1e3:.1f} ms, hvp_fn {t2b['hvp_fn'] * 1e3:.1f} ms: "
-            f"{t2b['hvp calls'] / t2b['hvp_fn']:.2f}x; chained (each product the next "
-            f"direction, as in power iteration or CG), hvp {t2b['hvp chained'] * 1e3:.1f} ms, "
-            f"hvp_fn {t2b['hvp_fn chained'] * 1e3:.1f} ms: "
-            f"{t2b['hvp chained'] / t2b['hvp_fn chained']:.2f}x (target >= 1.3). XLA's flop "
+            "linearization included in its time; median of "
+            f"{PROCESSES} fresh processes per allocator setting:",
+            _part2b_table(part2b_runs),
+            "Kept results each need memory of their own (4.3 MB a result), which glibc's "
+            "malloc takes from the operating system and gives back when the round's results "
+            "are freed, so every call that keeps its result faults in fresh pages: "
+            f"{_kept_cost_ms(part2b_runs['default'], 'hvp_fn')} ms a call for hvp_fn, "
+            f"{_kept_cost_ms(part2b_runs['default'], 'hvp')} ms for hvp, measured as kept "
+            "minus dropped. Both pay it, so it weighs more on the faster one. With "
+            f"`{ALLOCATOR_NOTE}` glibc keeps freed memory and the difference goes. "
+            f"XLA's flop "
             f"counts: hvp {flops['hvp'] / 1e6:.0f} M, linearization "
             f"{flops['linearization'] / 1e6:.0f} M, one linear product "
             f"{flops['product'] / 1e6:.0f} M, so at equal speed per flop {NUM_PRODUCTS} products "

@@ -71,6 +71,11 @@ def test_write_section_replaces_its_own_section_and_keeps_others(tmp_path):
     assert text.count("<!-- benchmark:a -->") == 1
 
 
+def test_run_in_child_adds_environment_variables():
+    assert run_in_child("os:getenv", "JAXNUM_CHILD", env={"JAXNUM_CHILD": "set"}) == "set"
+    assert run_in_child("os:getenv", "JAXNUM_CHILD") is None
+
+
 @pytest.mark.skipif(one_core() is None, reason="needs Linux affinity and two or more cores")
 def test_run_in_child_runs_the_function_in_a_fresh_process_pinned_if_asked():
     assert run_in_child("benchmarks.harness:affinity", pin_one_core=True) == [one_core()]
