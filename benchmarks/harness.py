@@ -46,10 +46,12 @@ def _block(out: Any) -> Any:
     return jax.block_until_ready(out)
 
 
-def compile_jitted(fn: Callable, *args: Any) -> tuple[Callable, float]:
-    """Lowers and compiles ``jax.jit(fn)`` for ``args``; returns (compiled, seconds)."""
+def compile_jitted(fn: Callable, *args: Any, donate: bool = False) -> tuple[Callable, float]:
+    """Lowers and compiles ``jax.jit(fn)`` for ``args`` (donating them if ``donate``);
+    returns (compiled, seconds)."""
     start = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
+    donate_argnums = tuple(range(len(args))) if donate else ()
+    compiled = jax.jit(fn, donate_argnums=donate_argnums).lower(*args).compile()
     return compiled, time.perf_counter() - start
 
 
@@ -60,6 +62,7 @@ def compare(
     calls_per_round: int = 20,
     warmup: int = 3,
     chained: bool = False,
+    donate: bool = False,
 ) -> dict[str, Timing]:
     """Times jitted variants side by side in interleaved rounds.
 
@@ -76,6 +79,10 @@ def compare(
         loop and cannot overlap (unchained calls on the same arguments can run
         concurrently on a multi-core CPU). Every round starts from the given
         arguments.
+      donate: (chained only) each call donates its argument's buffers to its
+        result, as a training loop's ``jax.jit(step, donate_argnums=0)`` does, so
+        updates can be written in place; every round starts from a fresh copy of
+        the given arguments, made before the clock starts.
 
     Returns:
       name -> :class:`Timing`.
@@ -84,17 +91,23 @@ def compare(
         raise ValueError(f"compare: rounds must be >= 5, got {rounds}")
     if chained and any(len(args) != 1 for _, args in variants.values()):
         raise ValueError("compare: chained variants take exactly one argument (the carry)")
+    if donate and not chained:
+        raise ValueError("compare: donate=True needs chained=True (a donated argument is gone)")
+
+    def fresh(args):  # donated buffers are consumed: each use gets its own copy
+        return tuple(jax.tree.map(lambda a: a.copy(), args)) if donate else args
+
     compiled = {}
     for name, (fn, args) in variants.items():
-        exe, seconds = compile_jitted(fn, *args)
+        exe, seconds = compile_jitted(fn, *args, donate=donate)
         compiled[name] = (exe, tuple(args), seconds)
         for _ in range(warmup):
-            _block(exe(*args))
+            _block(exe(*fresh(args)))
     samples: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(rounds):
         for name, (exe, args, _) in compiled.items():
+            call_args = _block(fresh(args))
             start = time.perf_counter()
-            call_args = args
             for _ in range(calls_per_round):
                 out = exe(*call_args)
                 if chained:

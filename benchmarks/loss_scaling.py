@@ -50,6 +50,7 @@ BATCHES = (128, 1024)
 WIDTH = 512
 MAX_NORM = 1.0
 PROCESSES, ROUNDS = 3, 21  # fresh processes, and interleaved rounds in each
+DONATION = {"no donation": False, "donated": True}  # how each step is jitted
 
 
 def _problem(batch):
@@ -145,15 +146,21 @@ def _summary(timings) -> str:
 
 
 def timings_in_this_process(batch: int, quick: bool) -> dict:
-    """Every variant at ``batch``, timed in this process (run in a child by :func:`run`)."""
+    """Every variant at ``batch``, timed in this process (run in a child by :func:`run`),
+    without and with buffer donation."""
     calls = 20 if batch <= 128 else 5
-    timings = compare(
-        _variants(batch),
-        rounds=5 if quick else ROUNDS,
-        calls_per_round=2 if quick else calls,
-        chained=True,
-    )
-    return timings_to_json(timings)
+    return {
+        setting: timings_to_json(
+            compare(
+                _variants(batch),
+                rounds=5 if quick else ROUNDS,
+                calls_per_round=2 if quick else calls,
+                chained=True,
+                donate=donate,
+            )
+        )
+        for setting, donate in DONATION.items()
+    }
 
 
 def run(quick: bool = False) -> dict:
@@ -168,8 +175,10 @@ def run(quick: bool = False) -> dict:
         f"compile time apart; all of it in {processes} fresh processes, each variant's "
         "figure the median of the processes' medians (a step's time moves from one "
         "process to the next; each process's overhead is listed). XLA CPU "
-        "with its default thread pool (all cores) for every variant; no buffer donation "
-        "for any. Run: `python -m benchmarks loss_scaling`.",
+        "with its default thread pool (all cores) for every variant. Each batch size is "
+        "timed twice: with no buffer donation, and with every step jitted with "
+        "`donate_argnums=0` as training loops do (updates written in place; each round "
+        "starts from a fresh copy). Run: `python -m benchmarks loss_scaling`.",
         machine_summary(("jax", "jaxlib", "optax", "flax", "jmp")),
     ]
     results = {}
@@ -178,16 +187,22 @@ def run(quick: bool = False) -> dict:
             run_in_child("benchmarks.loss_scaling:timings_in_this_process", batch, quick)
             for _ in range(processes)
         ]
-        timings = median_timings(runs)
-        results[batch] = timings
-        over = [r["jaxnum"]["median_s"] / r["optax+clip, scaled loss"]["median_s"] for r in runs]
-        each = ", ".join(f"{100 * (x - 1):+.1f}%" for x in over)
-        parts += [
-            f"### batch {batch} ({processes} processes x {runs[0]['optax']['rounds']} rounds "
-            f"of {runs[0]['optax']['calls_per_round']} calls)",
-            ratio_table(timings, "optax"),
-            _summary(timings) + f" Per process, jaxnum over the scaled-loss step: {each}.",
-        ]
+        for setting in DONATION:
+            per_process = [r[setting] for r in runs]
+            timings = median_timings(per_process)
+            results[(batch, setting)] = timings
+            over = [
+                r["jaxnum"]["median_s"] / r["optax+clip, scaled loss"]["median_s"]
+                for r in per_process
+            ]
+            each = ", ".join(f"{100 * (x - 1):+.1f}%" for x in over)
+            first = per_process[0]["optax"]
+            parts += [
+                f"### batch {batch}, {setting} ({processes} processes x {first['rounds']} "
+                f"rounds of {first['calls_per_round']} calls)",
+                ratio_table(timings, "optax"),
+                _summary(timings) + f" Per process, jaxnum over the scaled-loss step: {each}.",
+            ]
     body = "\n\n".join(parts)
     print(body)
     if not quick:

@@ -2,6 +2,7 @@
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from benchmarks.harness import (
@@ -59,6 +60,25 @@ def test_compare_chained_feeds_each_result_to_the_next_call():
     assert seen == [0] + [0, 1, 2] * 5
     with pytest.raises(ValueError, match="exactly one argument"):
         compare({"two": (lambda a, b: a, (jnp.ones(2), jnp.ones(2)))}, rounds=5, chained=True)
+
+
+def test_compare_donated_chain_consumes_copies_not_the_given_arguments():
+    seen = []
+
+    def step(carry):
+        x, n = carry
+        jax.debug.callback(lambda v: seen.append(int(v)), n, ordered=True)
+        return x * 2.0, n + 1
+
+    given = (jnp.ones(3), jnp.zeros((), jnp.int32))
+    compare({"doubling": (step, (given,))}, rounds=5, calls_per_round=3, warmup=1, donate=True,
+            chained=True)  # fmt: skip
+    jax.effects_barrier()
+    assert seen == [0] + [0, 1, 2] * 5
+    assert not any(a.is_deleted() for a in given)
+    np.testing.assert_array_equal(given[0], np.ones(3))
+    with pytest.raises(ValueError, match="needs chained=True"):
+        compare({"one": (lambda a: a, (jnp.ones(2),))}, rounds=5, donate=True)
 
 
 def test_write_section_replaces_its_own_section_and_keeps_others(tmp_path):
