@@ -17,7 +17,9 @@ every product, storing ``A^T`` once makes every later product a plain one:
 The product itself is the linear function's jaxpr, evaluated equation by
 equation with those dots replaced; every other equation is bound unchanged, so
 the result is the same function (rounding of a reassociated sum aside). Only
-top-level 2-D dots without batch axes are rewritten: the dense-layer case.
+top-level 2-D dots without batch axes are rewritten: the dense-layer case of a
+loss written with jnp/flax. Dots inside a nested ``jax.jit``, ``lax.scan`` or
+``jax.checkpoint`` of the loss, and batched (3-D) ones, run as before.
 """
 
 from __future__ import annotations
@@ -74,55 +76,61 @@ class LinearProgram:
 
 
 def _bind(eqn, invals) -> list[Any]:
+    """Runs one equation as ``jax.core.eval_jaxpr`` does (in its context: name stack,
+    compute placement)."""
     params = eqn.primitive.get_bind_params(eqn.params)
     subfuns = ()
-    if isinstance(params, tuple):  # (subfuns, params) for call-like primitives
+    if isinstance(params, tuple):  # older jax: (subfuns, params)
         subfuns, params = params
-    out = eqn.primitive.bind(*subfuns, *invals, **params)
+    with eqn.ctx.manager:
+        out = eqn.primitive.bind(*subfuns, *invals, **params)
     return list(out) if eqn.primitive.multiple_results else [out]
 
 
 def _plain_dot(eqn, residual_t: jax.Array, other: jax.Array, position: int) -> jax.Array:
     """``A^T B`` (position 0) or ``B^T A`` (position 1) from ``A_t = A^T`` as a plain dot."""
+    precision = eqn.params.get("precision")
+    if position == 1 and isinstance(precision, tuple):  # (lhs, rhs): the operands swap
+        precision = precision[::-1]
     product = lax.dot_general(
         residual_t,
         other,
         (((1,), (0,)), ((), ())),
-        precision=eqn.params.get("precision"),
+        precision=precision,
         preferred_element_type=eqn.params.get("preferred_element_type"),
     )
     return product if position == 0 else lax.optimization_barrier(product).T
 
 
 def _is_leading_contraction(eqn) -> bool:
-    """A 2-D dot ``X^T Y``: no batch axes, both operands contracted over axis 0."""
-    if eqn.primitive.name != "dot_general":
+    """A 2-D dot ``X^T Y``: no batch axes, both operands contracted over axis 0, and no
+    output sharding asked for."""
+    if eqn.primitive.name != "dot_general" or eqn.params.get("out_sharding") is not None:
         return False
     (lhs_c, rhs_c), (lhs_b, rhs_b) = eqn.params["dimension_numbers"]
     shapes_2d = all(getattr(v.aval, "ndim", None) == 2 for v in eqn.invars)
     return shapes_2d and not lhs_b and not rhs_b and tuple(lhs_c) == (0,) == tuple(rhs_c)
 
 
-def plan(linear_shape: Any, v_shape: Any, *, rewrite: bool) -> LinearProgram:
-    """Traces ``linear(v)[0]`` (a vjp pullback, as shapes) and picks the dots to rewrite.
+def plan(linear: Any, v: Any) -> LinearProgram:
+    """Traces ``linear(v)[0]`` (a vjp pullback) and picks the dots to rewrite.
 
     Args:
-      linear_shape: the pullback as returned by ``jax.eval_shape`` (a pytree of shapes).
-      v_shape: shapes of the vector ``v``.
-      rewrite: False gives the jaxpr with no rewrites.
+      linear: the pullback (a ``jax.tree_util.Partial``), or one with the same tree
+        whose leaves have the same types (arrays or ``jax.ShapeDtypeStruct``).
+      v: an example of the vector (arrays or shapes).
     """
-    residuals, tree = jax.tree.flatten(linear_shape)
-    closed = jax.make_jaxpr(lambda r, v: tree.unflatten(r)(v)[0])(residuals, v_shape)
-    out_tree = jax.tree.structure(v_shape)  # H v is shaped like v
+    residuals, tree = jax.tree.flatten(linear)
+    closed = jax.make_jaxpr(lambda r, d: tree.unflatten(r)(d)[0])(residuals, v)
     index_of = {var: i for i, var in enumerate(closed.jaxpr.invars[: len(residuals)])}
     rewrites = {}
-    if rewrite:
-        for k, eqn in enumerate(closed.jaxpr.eqns):
-            if not _is_leading_contraction(eqn):
-                continue
-            for position, var in enumerate(eqn.invars):
-                if not isinstance(var, jax.extend.core.Literal) and var in index_of:
-                    rewrites[k] = (position, index_of[var])
-                    break
+    for k, eqn in enumerate(closed.jaxpr.eqns):
+        if not _is_leading_contraction(eqn):
+            continue
+        for position, var in enumerate(eqn.invars):
+            if not isinstance(var, jax.extend.core.Literal) and var in index_of:
+                rewrites[k] = (position, index_of[var])
+                break
     transposed = tuple(sorted({index for _, index in rewrites.values()}))
+    out_tree = jax.tree.structure(v)  # H v is shaped like v
     return LinearProgram(closed, len(residuals), rewrites, transposed, out_tree)

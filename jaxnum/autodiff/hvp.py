@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -74,33 +75,77 @@ def _gradient_vjp(f, x, args):
     return jax.vjp(lambda y: jax.grad(f)(y, *args), x)[1]
 
 
-def _shape_key(tree: Any) -> tuple:
-    leaves, treedef = jax.tree.flatten(tree)
-    return treedef, tuple((jnp.shape(a), jnp.result_type(a)) for a in leaves)
+@jax.jit
+def _apply_linear(linear, v):
+    return linear(v)[0]
 
 
-def _shapes(key: tuple) -> Any:
-    treedef, leaves = key
-    return treedef.unflatten([jax.ShapeDtypeStruct(s, d) for s, d in leaves])
+_PROGRAMS: collections.OrderedDict = collections.OrderedDict()  # plan key -> LinearProgram
+_MAX_PROGRAMS = 64
 
 
-@functools.lru_cache(maxsize=64)
-def _linear_program(f, x_key, args_key, rewrite) -> LinearProgram:
-    """The product's program for ``f`` at points shaped like ``x_key`` (traced once)."""
-    x, args = _shapes(x_key), _shapes(args_key)
-    return plan(jax.eval_shape(_gradient_vjp, f, x, args), x, rewrite=rewrite)
+def _rewrite_pays(x: Any, args: Any, residuals: list) -> bool:
+    """Whether to store transposed residuals: on CPU (the dots it avoids are slow in
+    XLA:CPU), outside a trace (inside one jit XLA sees copies and products together)
+    and on one device without a mesh (no sharded dots to rewrite)."""
+    arrays = jax.tree.leaves((x, args, residuals))
+    return (
+        jax.default_backend() == "cpu"
+        and not any(isinstance(a, jax.core.Tracer) for a in arrays)
+        and jax.sharding.get_abstract_mesh().empty
+        and all(len(r.sharding.device_set) == 1 for r in residuals if hasattr(r, "sharding"))
+    )
 
 
-@functools.partial(jax.jit, static_argnums=(0, 3))
-def _linearize(f, x, args, program):
-    """Residuals of ``grad f``'s vjp at ``x``, and the copies ``program`` reads transposed."""
-    residuals = jax.tree.leaves(_gradient_vjp(f, x, args))
-    return residuals, program.transposed_residuals(residuals)
+def _program_for(linear: Any, x: Any) -> LinearProgram:
+    """The rewritten product for this linearization, traced once per key (the pullback's
+    tree, which identifies its jaxpr, the exact types of residuals and x, and x64)."""
+    residuals, linear_tree = jax.tree.flatten(linear)
+    x_leaves, x_tree = jax.tree.flatten(x)
+    key = (
+        linear_tree,
+        tuple(jax.typeof(r) for r in residuals),
+        x_tree,
+        tuple(jax.typeof(a) for a in x_leaves),
+        jax.config.jax_enable_x64,
+    )
+    program = _PROGRAMS.get(key)
+    if program is None:
+        program = plan(linear, x)
+        _PROGRAMS[key] = program
+        if len(_PROGRAMS) > _MAX_PROGRAMS:
+            _PROGRAMS.popitem(last=False)
+    else:
+        _PROGRAMS.move_to_end(key)
+    return program
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _transposed_copies(program, residuals):
+    return program.transposed_residuals(residuals)
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _apply_program(program, residuals, transposed, v):
     return program(residuals, transposed, v)
+
+
+def _dtype_checker(x: Any) -> Callable[[Any], None]:
+    """A check that ``v``'s leaves have ``x``'s dtypes (cheap: run on every product)."""
+    paths_leaves = jax.tree_util.tree_flatten_with_path(x)[0]
+    expected = [jnp.result_type(a) for _, a in paths_leaves]
+
+    def check(v: Any) -> None:
+        for i, b in enumerate(jax.tree.leaves(v)):
+            dtype = getattr(b, "dtype", None)
+            if dtype != expected[i] and jnp.result_type(b) != expected[i]:
+                path = jax.tree_util.keystr(paths_leaves[i][0])
+                raise TypeError(
+                    f"hvp_fn: v{path} has dtype {jnp.result_type(b)}, "
+                    f"expected {expected[i]} (the dtype of x there)"
+                )
+
+    return check
 
 
 def hvp_fn(f: Callable[..., Any], x: Any, *args: Any) -> Callable[[Any], Any]:
@@ -116,11 +161,12 @@ def hvp_fn(f: Callable[..., Any], x: Any, *args: Any) -> Callable[[Any], Any]:
     ``jax.jit`` XLA already hoists the repeated primal work of ``hvp`` out of a
     loop, and the two cost the same.
 
-    On CPU, and when called outside a trace, residuals that enter a dense
+    On CPU, outside a trace and on one device, the residuals that enter a dense
     layer's weight-gradient product ``X^T Y`` are also stored transposed (one
-    copy each, made once), so every
-    product runs those dots in the row-major form XLA:CPU multiplies fastest
-    (the transposed-operand form measured 1.3-2x slower); see
+    copy each, made once), so each product runs those dots in the row-major
+    form XLA:CPU multiplies fastest (the transposed-operand form measured
+    1.3-2x slower). Only dots written at the top level of ``f`` are rewritten,
+    not those inside a nested ``jax.jit``, ``scan`` or ``checkpoint``; see
     ``jaxnum/autodiff/_dot_layout.py``. The products are the same function.
 
     Args:
@@ -141,15 +187,19 @@ def hvp_fn(f: Callable[..., Any], x: Any, *args: Any) -> Callable[[Any], Any]:
       Ch. 5 (second-order adjoints).
     """
     check_floating_tree(x, "hvp_fn", "x")
-    # Dense layers' weight-gradient dots are rewritten on CPU only, where they pay,
-    # and not under a trace: inside one jit XLA sees the copies and the products together.
-    traced = any(isinstance(a, jax.core.Tracer) for a in jax.tree.leaves((x, args)))
-    rewrite = jax.default_backend() == "cpu" and not traced
-    program = _linear_program(f, _shape_key(x), _shape_key(args), rewrite)
-    residuals, transposed = _linearize(f, x, args, program)
+    linear = _gradient_vjp(f, x, args)
+    residuals = jax.tree.leaves(linear)
+    program = _program_for(linear, x) if _rewrite_pays(x, args, residuals) else None
+    if program is not None and not program.rewrites:
+        program = None  # nothing to rewrite: jax's own pullback
+    transposed = _transposed_copies(program, residuals) if program is not None else None
+    check_dtypes = _dtype_checker(x)
 
     def product(v):
         check_like(x, v, "hvp_fn")
+        check_dtypes(v)
+        if program is None:
+            return _apply_linear(linear, v)
         return _apply_program(program, residuals, transposed, v)
 
     return product

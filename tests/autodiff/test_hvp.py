@@ -9,8 +9,14 @@ from jax import lax
 from jax.flatten_util import ravel_pytree
 
 from jaxnum.autodiff import gnvp_fn, hvp, hvp_fn
-from jaxnum.autodiff._dot_layout import _is_leading_contraction, _plain_dot
-from jaxnum.autodiff.hvp import _apply_program, _linear_program, _linearize, _shape_key
+from jaxnum.autodiff._dot_layout import _is_leading_contraction, _plain_dot, plan
+from jaxnum.autodiff.hvp import (
+    _apply_linear,
+    _apply_program,
+    _gradient_vjp,
+    _program_for,
+    _transposed_copies,
+)
 
 
 class TinyMLP(nn.Module):
@@ -75,17 +81,72 @@ def test_hvp_fn_gives_the_same_products_and_vmaps(mlp_problem):
 
 def test_hvp_fn_stores_dense_layer_residuals_transposed_without_changing_products(mlp_problem):
     # On CPU the weight-gradient dots X^T Y read a transposed copy of X; the products
-    # must equal those of the unrewritten program and the dense Hessian's.
+    # must equal jax's own pullback's and the dense Hessian's.
     params, x, t, _, loss = mlp_problem
     H, unravel = _dense_hessian(loss, params, x, t)
-    keys = (_shape_key(params), _shape_key((x, t)))
-    rewritten, plain = (_linear_program(loss, *keys, rewrite) for rewrite in (True, False))
-    assert rewritten.rewrites and rewritten.transposed and not plain.rewrites
+    linear = _gradient_vjp(loss, params, (x, t))
+    program = plan(linear, params)
+    assert program.rewrites and program.transposed
+    residuals = jax.tree.leaves(linear)
     v = unravel(jax.random.normal(jax.random.key(4), (H.shape[0],), jnp.float64))
-    for program in (rewritten, plain):
-        residuals, transposed = _linearize(loss, params, (x, t), program)
-        got = ravel_pytree(_apply_program(program, residuals, transposed, v))[0]
-        np.testing.assert_allclose(got, H @ ravel_pytree(v)[0], rtol=1e-10, atol=1e-12)
+    got = _apply_program(program, residuals, _transposed_copies(program, residuals), v)
+    expected = H @ ravel_pytree(v)[0]
+    np.testing.assert_allclose(ravel_pytree(got)[0], expected, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(ravel_pytree(_apply_linear(linear, v))[0], expected, rtol=1e-10)
+    # hvp_fn uses the same plan (cached) and gives the same products
+    assert _program_for(linear, params) is _program_for(linear, params)
+    np.testing.assert_allclose(
+        ravel_pytree(hvp_fn(loss, params, x, t)(v))[0], expected, rtol=1e-10, atol=1e-12
+    )
+
+
+def test_hvp_fn_with_python_scalar_args_and_half_precision_x(x64):
+    # A weakly typed scalar argument must not change the residuals' types.
+    def f(w, s):
+        return jnp.sum((w * s) ** 3)  # H = diag(6 s^3 w)
+
+    for dtype in (jnp.bfloat16, jnp.float16, jnp.float32):
+        w = jnp.arange(1.0, 4.0, dtype=dtype)
+        got = hvp_fn(f, w, 2.0)(jnp.ones(3, dtype))
+        assert got.dtype == dtype
+        np.testing.assert_allclose(np.asarray(got, np.float64), [48.0, 96.0, 144.0])
+
+
+def test_hvp_fn_follows_the_x64_setting_for_the_same_function():
+    data = np.random.default_rng(0).normal(size=(6, 4))  # float64 numpy, closed over
+
+    def f(w):
+        return jnp.sum(jnp.tanh(data @ w) ** 2)
+
+    w, v = np.full((4, 3), 0.2, np.float32), np.ones((4, 3), np.float32)
+    # H v in float64 numpy: with z = D w, d2f/dz2 = 2 sech^4 z - 4 tanh^2 z sech^2 z.
+    z = data @ w.astype(np.float64)
+    sech2 = 1.0 / np.cosh(z) ** 2
+    expected = data.T @ ((2 * sech2**2 - 4 * np.tanh(z) ** 2 * sech2) * (data @ v))
+    for enabled in (True, False, True):
+        with jax.enable_x64(enabled):
+            got = hvp_fn(f, jnp.asarray(w))(jnp.asarray(v))
+            assert got.dtype == jnp.float32
+            np.testing.assert_allclose(got, expected, rtol=2e-5)
+
+
+def test_hvp_fn_rewrites_only_top_level_dots_and_stays_exact_through_control_flow(x64):
+    def layer(w, x):
+        return jnp.tanh(x @ w)
+
+    def f(w, x):
+        h = jax.jit(layer)(w, x)  # a nested jit: its dots are not rewritten
+        h, _ = jax.lax.scan(lambda c, _: (jnp.tanh(c @ w[:3, :3]), None), h, length=2)
+        h = jax.lax.cond(jnp.sum(h) > 0, jnp.sin, jnp.cos, h)
+        return jnp.sum(jnp.tanh(x @ w) * h) + jnp.sum(jax.checkpoint(layer)(w, x) ** 2)
+
+    w = jax.random.normal(jax.random.key(1), (3, 3), jnp.float64)
+    x = jax.random.normal(jax.random.key(2), (5, 3), jnp.float64)
+    v = jax.random.normal(jax.random.key(3), (3, 3), jnp.float64)
+    dense = np.asarray(jax.hessian(f)(w, x)).reshape(9, 9)
+    assert plan(_gradient_vjp(f, w, (x,)), w).rewrites  # the top-level x @ w
+    np.testing.assert_allclose(np.ravel(hvp_fn(f, w, x)(v)), dense @ np.ravel(v), rtol=1e-10)
+    assert not plan(_gradient_vjp(jax.jit(f), w, (x,)), w).rewrites
 
 
 def test_plain_dot_computes_both_transposed_products(x64):
@@ -111,10 +172,12 @@ def test_hvp_fn_under_jit_vmap_and_differentiation(x64):
     np.testing.assert_allclose(per_point, expected, rtol=1e-12, atol=1e-13)
     traced = jax.jit(lambda p: hvp_fn(f, p, xs[0])(v))(w)
     np.testing.assert_allclose(traced, expected[0], rtol=1e-12, atol=1e-13)
-    # The product is linear in v: the gradient of |H v|^2 is 2 H^T H v.
+    # The product is linear in v: the gradient of |H v|^2 is 2 H^T H v, its jvp H v.
     product = hvp_fn(f, w, xs[0])
     grad = jax.grad(lambda d: jnp.sum(product(d) ** 2))(v)
     np.testing.assert_allclose(np.ravel(grad), 2 * dense[0].T @ dense[0] @ np.ravel(v), rtol=1e-10)
+    tangent = jax.jvp(product, (v,), (v,))[1]
+    np.testing.assert_allclose(tangent, expected[0], rtol=1e-12, atol=1e-13)
 
 
 def test_per_example_hvps_under_vmap(x64):
@@ -164,6 +227,11 @@ def test_gnvp_matches_jacobian_formula_and_is_psd(mlp_problem):
             "mode='fwd-fwd' unknown",
         ),
         (lambda: hvp_fn(jnp.sum, jnp.ones(3))(jnp.ones(2)), ValueError, r"v has shape \(2,\)"),
+        (
+            lambda: hvp_fn(jnp.sum, jnp.ones(3))(jnp.ones(3, jnp.int32)),
+            TypeError,
+            r"hvp_fn: v has dtype int32, expected float32",
+        ),
     ],
 )
 def test_bad_input_is_refused_by_name(call, error, match):
