@@ -472,3 +472,14 @@ def test_shard_map_split_optimizer_checks_finiteness_and_norm_over_the_axis(x64)
     np.testing.assert_array_equal(np.asarray(updates), 0.0)
     _assert_shards_equal(skipped.inner_state, new_state.inner_state)
     assert float(skipped.scale) == float(new_state.scale) / 2
+
+
+@pytest.mark.parametrize("kind", ["auto", "explicit"])
+def test_hvp_fn_with_sharded_params_and_batch_equals_one_device(x64, kind):
+    """hvp_fn keeps jax's own pullback for sharded arrays (no residual stored transposed)."""
+    (params, x, y), (s_params, s_x, s_y) = _sharded_problem(kind)
+    v = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size, dtype=p.dtype)).reshape(p.shape), params)
+    s_v = jax.tree.map(lambda a, p: jax.device_put(a, p.sharding), v, s_params)
+    with jax.set_mesh(_mesh(kind)):
+        sharded = jn.autodiff.hvp_fn(loss, s_params, s_x, s_y)(s_v)
+    _assert_close(sharded, jn.autodiff.hvp_fn(loss, params, x, y)(v), rtol=1e-10, atol=1e-12)
