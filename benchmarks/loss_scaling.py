@@ -12,6 +12,9 @@ cross-entropy, float32 compute so that only the machinery differs), four ways:
   ``jn.loss_scaling(chain(jn.clip_by_global_norm, adam))``;
 - ``jmp``: ``DynamicLossScale.scale`` / ``unscale`` + ``all_finite`` + the optax+clip
   update + ``select_tree`` over params and state + ``adjust`` (jmp's README recipe);
+- ``optax.apply_if_finite``: optax's own exact skip of non-finite steps around
+  optax+clip (no loss scale, a select of every update and state leaf): what an
+  exact skip costs when written by optax;
 - ``optax, count selected``: the plain optax step plus the finiteness reduction,
   with only adam's scalar step count going through ``where(finite, new, old)``
   (no array selected): the least any exact skip must add, and a measure of how
@@ -103,6 +106,11 @@ def _variants(batch):
         ls = ls.adjust(finite)
         return p, s, ls.loss_scale, ls.counter, ls.unscale(loss)
 
+    if_finite = optax.apply_if_finite(clipped, max_consecutive_errors=2**30)
+
+    def if_finite_step(carry):
+        return optax_step(carry, if_finite)
+
     def count_selected_step(carry):
         p, s, _ = carry
         loss, g = jax.value_and_grad(loss_fn)(p)
@@ -122,6 +130,7 @@ def _variants(batch):
         ),
         "jaxnum": (jaxnum_step, ((params, ours.init(params), zero),)),
         "jmp": (jmp_step, ((params, clipped.init(params), *jmp_scale, zero),)),
+        "optax.apply_if_finite": (if_finite_step, ((params, if_finite.init(params), zero),)),
         "optax, count selected": (count_selected_step, ((params, adam.init(params), zero),)),
     }
 
@@ -131,6 +140,7 @@ def _summary(timings) -> str:
     scaled = timings["optax+clip, scaled loss"].median_s
     ours, jmp_t = timings["jaxnum"].median_s, timings["jmp"].median_s
     floor = timings["optax, count selected"].median_s
+    if_finite = timings["optax.apply_if_finite"].median_s
 
     def pct(a, b):
         return f"{100 * (a / b - 1):+.1f}%"
@@ -140,7 +150,9 @@ def _summary(timings) -> str:
         f"(optax's clipping alone {pct(clip, base)}, scaling the loss alone "
         f"{pct(scaled, clip)} over optax+clip). The wrappers' own cost (check, skip, "
         f"schedule) over the scaled-loss step: jaxnum {pct(ours, scaled)}, jmp "
-        f"{pct(jmp_t, scaled)}. jaxnum / jmp = {ours / jmp_t:.3f}. The finiteness reduction "
+        f"{pct(jmp_t, scaled)}. jaxnum / jmp = {ours / jmp_t:.3f}. optax's own exact skip "
+        f"(apply_if_finite around optax+clip, no scaling): {pct(if_finite, base)}. "
+        "The finiteness reduction "
         f"plus a select of adam's scalar count alone: {pct(floor, base)}."
     )
 
