@@ -113,26 +113,40 @@ def _part2(rounds):
     )
 
 
-def _flops(jitted, *args) -> float:
-    """XLA's flop count for the compiled ``jitted(*args)``."""
-    cost = jitted.lower(*args).compile().cost_analysis()
-    return float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))  # 0: copies only
+def _compiled_stats(jitted, *args) -> tuple[float, int]:
+    """XLA's flop count for the compiled ``jitted(*args)``, and its dots left outside
+    XLA:CPU's fused dot kernels: on this jaxlib the transposed-operand products such as
+    a weight gradient's X^T Y, which run 1.3-2x slower than a fused row-major dot."""
+    compiled = jitted.lower(*args).compile()
+    cost = compiled.cost_analysis()
+    flops = float((cost[0] if isinstance(cost, list) else cost).get("flops", 0.0))  # 0: copies
+    text = compiled.as_text()
+    return flops, len(re.findall(r"= \S+ dot\(", text[text.index("ENTRY") :]))
 
 
-def _unfused_dots(jitted, *args) -> int:
-    """Dots of the compiled ``jitted(*args)`` left outside XLA:CPU's fused dot kernels:
-    on this jaxlib the transposed-operand products such as a weight gradient's X^T Y,
-    which run 1.3-2x slower than a fused row-major dot of the same size."""
-    text = jitted.lower(*args).compile().as_text()
-    entry = text[text.index("ENTRY") :]
-    return len(re.findall(r"= \S+ dot\(", entry))
+def _program_stats() -> tuple[dict[str, float], dict[str, int]]:
+    """Flops and unfused dots of the very programs part 2b times: hvp's, and hvp_fn's
+    linearization (with its transposed copies) and product."""
+    loss, params, v = _mlp_problem()
+    linear = _gradient_vjp(loss, params, ())
+    program = _program_for(linear, params)
+    residuals = jax.tree.leaves(linear)
+    transposed = _transposed_copies(program, residuals)
+    hvp_flops, hvp_dots = _compiled_stats(jax.jit(lambda p, d: hvp(loss, p, d)), params, v)
+    product_flops, product_dots = _compiled_stats(_apply_program, program, residuals, transposed, v)
+    linearization = (
+        _compiled_stats(_gradient_vjp, loss, params, ())[0]
+        + _compiled_stats(_transposed_copies, program, residuals)[0]
+    )
+    flops = {"hvp": hvp_flops, "linearization": linearization, "product": product_flops}
+    return flops, {"hvp": hvp_dots, "product": product_dots}
 
 
 def part2b(rounds: int) -> dict:
     """10 products driven from Python (run in a child by :func:`run`), three ways: for
     independent directions keeping every result (a list comprehension) or dropping each
     once computed (an accumulation), and chained (each product's result the next
-    direction, as in power iteration, CG or Lanczos); plus XLA's flop counts."""
+    direction, as in power iteration, CG or Lanczos): name -> median seconds."""
     loss, params, v = _mlp_problem()
     vs = [jax.tree.map(lambda a, i=i: a * (1.0 + i), v) for i in range(NUM_PRODUCTS)]
     hvp_jit = jax.jit(lambda p, d: hvp(loss, p, d))
@@ -169,23 +183,7 @@ def part2b(rounds: int) -> dict:
     for pattern in (kept, dropped, chained):
         for name, make in (("hvp", hvp_product), ("hvp_fn", hvp_fn_product)):
             variants[f"{name} {pattern.__name__}"] = lambda p=pattern, m=make: p(m)()
-    times = compare_python(variants, rounds=max(rounds // 2, 5))
-    # The very programs timed above: hvp's, and hvp_fn's linearization and product.
-    linear = _gradient_vjp(loss, params, ())
-    program = _program_for(linear, params)
-    residuals = jax.tree.leaves(linear)
-    transposed = _transposed_copies(program, residuals)
-    flops = {
-        "hvp": _flops(hvp_jit, params, v),
-        "linearization": _flops(_gradient_vjp, loss, params, ())
-        + _flops(_transposed_copies, program, residuals),
-        "product": _flops(_apply_program, program, residuals, transposed, v),
-    }
-    unfused = {
-        "hvp": _unfused_dots(hvp_jit, params, v),
-        "product": _unfused_dots(_apply_program, program, residuals, transposed, v),
-    }
-    return {"times": times, "flops": flops, "unfused_dots": unfused}
+    return compare_python(variants, rounds=max(rounds // 2, 5))
 
 
 def _part3(rounds):
@@ -210,8 +208,8 @@ def _part3(rounds):
 
 def _kept_cost_ms(processes: list[dict], name: str) -> str:
     """Median per-call cost of keeping each result (kept minus dropped), in ms."""
-    kept = statistics.median(r["times"][f"{name} kept"] for r in processes)
-    dropped = statistics.median(r["times"][f"{name} dropped"] for r in processes)
+    kept = statistics.median(r[f"{name} kept"] for r in processes)
+    dropped = statistics.median(r[f"{name} dropped"] for r in processes)
     return f"{(kept - dropped) / NUM_PRODUCTS * 1e3:.2f}"
 
 
@@ -222,8 +220,8 @@ def _part2b_table(runs: dict[str, list[dict]]) -> str:
     ]
     for allocator, processes in runs.items():
         for pattern, (base, ours) in PATTERNS.items():
-            a = statistics.median(r["times"][base] for r in processes)
-            b = statistics.median(r["times"][ours] for r in processes)
+            a = statistics.median(r[base] for r in processes)
+            b = statistics.median(r[ours] for r in processes)
             lines.append(
                 f"| {allocator} | {pattern} | {a * 1e3:.1f} | {b * 1e3:.1f} | {a / b:.2f}x |"
             )
@@ -238,8 +236,7 @@ def run(quick: bool = False) -> None:
         name: [run_in_child("benchmarks.hvp:part2b", rounds, env=env) for _ in range(PROCESSES)]
         for name, env in ALLOCATORS.items()
     }
-    flops = part2b_runs["default"][0]["flops"]
-    transposed = part2b_runs["default"][0]["unfused_dots"]
+    flops, transposed = _program_stats()
     ceiling = (
         NUM_PRODUCTS * flops["hvp"] / (flops["linearization"] + NUM_PRODUCTS * flops["product"])
     )

@@ -1,7 +1,7 @@
 """Cost of loss scaling + clipping in a training step: jaxnum vs plain optax vs jmp.
 
 One step of a small MLP (784-512-512-10, batch 128 and 1024, softmax
-cross-entropy, float32 compute so that only the machinery differs), four ways:
+cross-entropy, float32 compute so that only the machinery differs), these ways:
 
 - ``optax``: grad, adam, apply (the baseline);
 - ``optax+clip``: the same with ``optax.clip_by_global_norm`` before adam;

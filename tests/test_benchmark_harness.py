@@ -39,16 +39,21 @@ def test_compare_refuses_fewer_than_five_rounds():
         compare({"f": (lambda a: a, (jnp.ones(2),))}, rounds=3)
 
 
-def test_compare_chained_feeds_each_result_to_the_next_call():
-    seen = []
+def _counting_step(seen: list[int]):
+    """A chained step that doubles x and records its call number n (the carry's)."""
 
     def step(carry):
         x, n = carry
         jax.debug.callback(lambda v: seen.append(int(v)), n, ordered=True)
         return x * 2.0, n + 1
 
+    return step
+
+
+def test_compare_chained_feeds_each_result_to_the_next_call():
+    seen = []
     timings = compare(
-        {"doubling": (step, ((jnp.ones(3), jnp.zeros((), jnp.int32)),))},
+        {"doubling": (_counting_step(seen), ((jnp.ones(3), jnp.zeros((), jnp.int32)),))},
         rounds=5,
         calls_per_round=3,
         warmup=1,
@@ -64,15 +69,9 @@ def test_compare_chained_feeds_each_result_to_the_next_call():
 
 def test_compare_donated_chain_consumes_copies_not_the_given_arguments():
     seen = []
-
-    def step(carry):
-        x, n = carry
-        jax.debug.callback(lambda v: seen.append(int(v)), n, ordered=True)
-        return x * 2.0, n + 1
-
     given = (jnp.ones(3), jnp.zeros((), jnp.int32))
-    compare({"doubling": (step, (given,))}, rounds=5, calls_per_round=3, warmup=1, donate=True,
-            chained=True)  # fmt: skip
+    compare({"doubling": (_counting_step(seen), (given,))}, rounds=5, calls_per_round=3,
+            warmup=1, donate=True, chained=True)  # fmt: skip
     jax.effects_barrier()
     assert seen == [0] + [0, 1, 2] * 5
     assert not any(a.is_deleted() for a in given)

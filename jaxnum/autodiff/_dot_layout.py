@@ -30,6 +30,8 @@ from typing import Any
 import jax
 from jax import lax
 
+from jaxnum._jaxpr import bind_equation, evaluate
+
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: a static jit argument
 class LinearProgram:
@@ -37,14 +39,12 @@ class LinearProgram:
 
     Attributes:
       closed: the jaxpr, inputs ``[*residual_leaves, *v_leaves]``.
-      num_residuals: how many inputs are residuals.
       rewrites: ``eqn index -> (operand position of the residual, residual index)``.
       transposed: the residual indices stored transposed, in order.
       out_tree: the tree structure of the output.
     """
 
     closed: Any
-    num_residuals: int
     rewrites: dict[int, tuple[int, int]]
     transposed: tuple[int, ...]
     out_tree: Any
@@ -54,37 +54,16 @@ class LinearProgram:
         return [residuals[i].T for i in self.transposed]
 
     def __call__(self, residuals: list[jax.Array], transposed: list[jax.Array], v: Any) -> Any:
-        jaxpr = self.closed.jaxpr
         stored = dict(zip(self.transposed, transposed, strict=True))
-        env = dict(zip(jaxpr.constvars, self.closed.consts, strict=True))
-        env.update(zip(jaxpr.invars, [*residuals, *jax.tree.leaves(v)], strict=True))
 
-        def read(var):
-            return var.val if isinstance(var, jax.extend.core.Literal) else env[var]
+        def run(k, eqn, invals):
+            if k not in self.rewrites:
+                return bind_equation(eqn, invals)
+            position, index = self.rewrites[k]
+            return [_plain_dot(eqn, stored[index], invals[1 - position], position)]
 
-        for k, eqn in enumerate(jaxpr.eqns):
-            invals = [read(var) for var in eqn.invars]
-            if k in self.rewrites:
-                position, index = self.rewrites[k]
-                outvals = [_plain_dot(eqn, stored[index], invals[1 - position], position)]
-            else:
-                outvals = _bind(eqn, invals)
-            for var, val in zip(eqn.outvars, outvals, strict=True):
-                if not isinstance(var, jax.extend.core.DropVar):
-                    env[var] = val
-        return self.out_tree.unflatten([read(var) for var in jaxpr.outvars])
-
-
-def _bind(eqn, invals) -> list[Any]:
-    """Runs one equation as ``jax.core.eval_jaxpr`` does (in its context: name stack,
-    compute placement)."""
-    params = eqn.primitive.get_bind_params(eqn.params)
-    subfuns = ()
-    if isinstance(params, tuple):  # older jax: (subfuns, params)
-        subfuns, params = params
-    with eqn.ctx.manager:
-        out = eqn.primitive.bind(*subfuns, *invals, **params)
-    return list(out) if eqn.primitive.multiple_results else [out]
+        args = [*residuals, *jax.tree.leaves(v)]
+        return self.out_tree.unflatten(evaluate(self.closed.jaxpr, self.closed.consts, args, run))
 
 
 def _plain_dot(eqn, residual_t: jax.Array, other: jax.Array, position: int) -> jax.Array:
@@ -133,4 +112,4 @@ def plan(linear: Any, v: Any) -> LinearProgram:
                 break
     transposed = tuple(sorted({index for _, index in rewrites.values()}))
     out_tree = jax.tree.structure(v)  # H v is shaped like v
-    return LinearProgram(closed, len(residuals), rewrites, transposed, out_tree)
+    return LinearProgram(closed, rewrites, transposed, out_tree)

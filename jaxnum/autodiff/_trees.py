@@ -22,23 +22,36 @@ def check_floating_tree(x: Any, fn: str, arg: str) -> None:
             )
 
 
-def check_like(x: Any, v: Any, fn: str, arg: str = "v", ref: str = "x") -> None:
-    """Raises unless ``v`` (named ``arg``) has ``x``'s (named ``ref``) structure and leaf shapes."""
+def _dtype(leaf: Any) -> Any:
+    """The dtype jax gives ``leaf`` (numpy float64 is float32 without x64)."""
+    if hasattr(leaf, "dtype"):
+        return jax.dtypes.canonicalize_dtype(leaf.dtype)
+    return jnp.result_type(leaf)  # Python scalars
+
+
+def check_like(
+    x: Any, v: Any, fn: str, arg: str = "v", ref: str = "x", *, same_dtype: bool = False
+) -> None:
+    """Raises unless ``v`` (named ``arg``) has ``x``'s (named ``ref``) structure and leaf
+    shapes (ValueError), and with ``same_dtype`` its leaf dtypes too (TypeError)."""
     sx, sv = jax.tree.structure(x), jax.tree.structure(v)
     if sx != sv:
         raise ValueError(
             f"{fn}: {arg} must have the tree structure of {ref}: expected {sx}, got {sv}"
         )
-    for path, a, b in zip(
-        (p for p, _ in jax.tree_util.tree_flatten_with_path(x)[0]),
-        jax.tree.leaves(x),
-        jax.tree.leaves(v),
-        strict=True,
+    for (path, a), b in zip(
+        jax.tree_util.tree_flatten_with_path(x)[0], jax.tree.leaves(v), strict=True
     ):
         if jnp.shape(a) != jnp.shape(b):
             raise ValueError(
                 f"{fn}: {arg}{jax.tree_util.keystr(path)} has shape {jnp.shape(b)}, "
                 f"expected {jnp.shape(a)} (the shape of {ref} there)"
+            )
+        raw_differ = getattr(a, "dtype", None) != getattr(b, "dtype", None)
+        if same_dtype and raw_differ and _dtype(a) != _dtype(b):
+            raise TypeError(
+                f"{fn}: {arg}{jax.tree_util.keystr(path)} has dtype {_dtype(b)}, "
+                f"expected {_dtype(a)} (the dtype of {ref} there)"
             )
 
 

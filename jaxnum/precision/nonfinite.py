@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import source_info_util
 
+from jaxnum._jaxpr import bind_equation, evaluate
 from jaxnum.precision._checks import floating_dtype, floating_leaves
 
 
@@ -249,24 +250,14 @@ class _Found(Exception):
 
 def _run_jaxpr(jaxpr, consts, args, context):
     """Evaluates ``jaxpr`` op by op; raises _Found at the first non-finite output."""
-    env = {}
 
-    def read(v):
-        return v.val if isinstance(v, jax.extend.core.Literal) else env[v]
-
-    for var, val in zip(jaxpr.constvars, consts, strict=True):
-        env[var] = val
-    for var, val in zip(jaxpr.invars, args, strict=True):
-        env[var] = val
-    for eqn in jaxpr.eqns:
-        invals = [read(v) for v in eqn.invars]
+    def run(_, eqn, invals):
         outvals = _run_eqn(eqn, invals, context)
         if _nonfinite_counts(outvals) != (0, 0):
             raise _Found(_finding(eqn, invals, outvals, context))
-        for var, val in zip(eqn.outvars, outvals, strict=True):
-            if not isinstance(var, jax.extend.core.DropVar):
-                env[var] = val
-    return [read(v) for v in jaxpr.outvars]
+        return outvals
+
+    return evaluate(jaxpr, consts, args, run)
 
 
 def _run_closed(closed, args, context):
@@ -290,12 +281,7 @@ def _run_eqn(eqn, invals, context):
         return _run_scan(params, invals, context)
     if name == "while":
         return _run_while(params, invals, context)
-    bind_params = eqn.primitive.get_bind_params(params)
-    subfuns = ()
-    if isinstance(bind_params, tuple):  # older jax: (subfuns, params)
-        subfuns, bind_params = bind_params
-    out = eqn.primitive.bind(*subfuns, *invals, **bind_params)
-    return list(out) if eqn.primitive.multiple_results else [out]
+    return bind_equation(eqn, invals)
 
 
 def _run_scan(params, invals, context):

@@ -112,6 +112,17 @@ def test_hvp_fn_with_python_scalar_args_and_half_precision_x(x64):
         np.testing.assert_allclose(np.asarray(got, np.float64), [48.0, 96.0, 144.0])
 
 
+def test_hvp_fn_takes_v_of_the_dtype_jax_gives_x():
+    # numpy float64 x is float32 in jax without x64, so a float32 v is x's dtype
+    x = np.array([1.0, 2.0])
+    got = hvp_fn(lambda w: jnp.sum(w**3), x)(jnp.ones(2, jnp.float32))
+    np.testing.assert_allclose(got, [6.0, 12.0])  # H = diag(6 x)
+    with pytest.raises(TypeError, match=r"v\['b'\] has dtype float16, expected float32"):
+        hvp_fn(lambda p: jnp.sum(p["a"] * p["b"]), {"a": x, "b": x})(
+            {"a": jnp.ones(2), "b": jnp.ones(2, jnp.float16)}
+        )
+
+
 def test_hvp_fn_follows_the_x64_setting_for_the_same_function():
     data = np.random.default_rng(0).normal(size=(6, 4))  # float64 numpy, closed over
 
