@@ -19,6 +19,15 @@ def _accumulation_dtype(leaves) -> jnp.dtype:
     return dtype
 
 
+def sum_of_squares(tree: Any, fn: str, arg: str) -> jax.Array:
+    """Sum of the squares of all floating entries of ``tree``, accumulated in float32
+    (float64 if any leaf is); ``fn`` and ``arg`` name the caller in errors."""
+    leaves = floating_leaves(tree, fn, arg)
+    acc = _accumulation_dtype(leaves)
+    # |x| is exact in the leaf's own dtype; the square is taken after the upcast.
+    return sum(jnp.sum(jnp.square(jnp.abs(x).astype(acc))) for x in leaves)
+
+
 def global_norm(tree: Any) -> jax.Array:
     """The Euclidean norm of all floating leaves of ``tree`` together, summed in float32.
 
@@ -39,11 +48,7 @@ def global_norm(tree: Any) -> jax.Array:
       >>> global_norm({"a": jnp.full(4, 300.0, jnp.float16)})
       Array(600., dtype=float32)
     """
-    leaves = floating_leaves(tree, "global_norm", "tree")
-    acc = _accumulation_dtype(leaves)
-    # |x| is exact in the leaf's own dtype; the square is taken after the upcast.
-    total = sum(jnp.sum(jnp.square(jnp.abs(x).astype(acc))) for x in leaves)
-    return jnp.sqrt(total)
+    return jnp.sqrt(sum_of_squares(tree, "global_norm", "tree"))
 
 
 def sharded_global_norm(tree: Any, axis_name: str | tuple[str, ...] | None) -> jax.Array:
