@@ -79,8 +79,7 @@ def update_or_keep(
     keep = {
         var: old
         for var, old in zip(state_vars, old_leaves, strict=True)
-        if isinstance(var, Var) and var not in constants and uses[var] == 1
-        and _same_type(var, old)
+        if isinstance(var, Var) and var not in constants and uses[var] == 1 and _same_type(var, old)
     }
 
     def select(var, value):
@@ -91,7 +90,8 @@ def update_or_keep(
 
     def run(index, eqn, invals):
         del index
-        return [select(var, v) for var, v in zip(eqn.outvars, bind_equation(eqn, invals))]
+        outvals = bind_equation(eqn, invals)
+        return [select(var, v) for var, v in zip(eqn.outvars, outvals, strict=True)]
 
     outs = evaluate(jaxpr, closed.consts, args, run)
     new_updates = [jnp.where(ok, u, jnp.zeros_like(u)) for u in outs[:num_updates]]
