@@ -308,3 +308,67 @@ def test_integer_only_gradients_are_refused_by_name():
     state = tx.init(params)
     with pytest.raises(TypeError, match="updates has no floating-point leaves"):
         tx.update({"n": jnp.arange(3)}, state, params)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float16, jnp.float32])
+@pytest.mark.parametrize("size", [0.1, 30.0])  # below and above max_norm
+def test_max_norm_clips_the_unscaled_gradients_like_a_clip_in_the_chain(dtype, size):
+    scale = 2.0**10
+    grads = {"a": jnp.linspace(-1.0, 2.0, 6).reshape(2, 3) * size, "b": jnp.full(3, size)}
+    params = jax.tree.map(jnp.zeros_like, grads)
+    scaled = jax.tree.map(lambda g: (g * scale).astype(dtype), grads)
+    fused = jn.loss_scaling(optax.sgd(1.0), initial_scale=scale, max_norm=1.0)
+    chained = jn.loss_scaling(
+        optax.chain(jn.clip_by_global_norm(1.0), optax.sgd(1.0)), initial_scale=scale
+    )
+    ours, state = jax.jit(fused.update)(scaled, fused.init(params), params)
+    theirs, _ = jax.jit(chained.update)(scaled, chained.init(params), params)
+    # float64 reference: -g * min(1, 1 / |g|) on the gradients as they arrive
+    g64 = {k: np.asarray(v, np.float64) / scale for k, v in scaled.items()}
+    norm = np.sqrt(sum(np.sum(v**2) for v in g64.values()))
+    np.testing.assert_allclose(float(state.grad_norm), norm, rtol=1e-6)
+    tol = 2e-3 if dtype == jnp.float16 else 1e-6
+    for k, v in g64.items():
+        np.testing.assert_allclose(ours[k], -v * min(1.0, 1.0 / norm), rtol=tol, atol=0)
+        np.testing.assert_allclose(ours[k], theirs[k], rtol=tol, atol=0)
+        assert ours[k].dtype == dtype
+    assert bool(state.last_finite)
+
+
+def test_max_norm_step_with_a_nan_is_skipped_and_records_a_nonfinite_norm():
+    tx = jn.loss_scaling(optax.adam(1e-2), initial_scale=4.0, max_norm=0.5)
+    params = {"w": jnp.ones(3)}
+    state = tx.init(params)
+    _, state = tx.update({"w": jnp.array([4.0, 8.0, -4.0])}, state, params)
+    updates, new_state = tx.update({"w": jnp.array([4.0, jnp.nan, 1.0])}, state, params)
+    np.testing.assert_array_equal(updates["w"], 0.0)
+    for new, old in zip(
+        jax.tree.leaves(new_state.inner_state), jax.tree.leaves(state.inner_state), strict=True
+    ):
+        assert np.asarray(new).tobytes() == np.asarray(old).tobytes()
+    assert not np.isfinite(float(new_state.grad_norm))
+    assert int(new_state.total_skipped) == 1
+
+
+def test_unscaled_squares_beyond_float32_are_skipped_with_a_scale_below_one():
+    # scale 1/4: the scaled squares (2.5e37) fit float32, the unscaled ones (4e38) do not
+    tx = jn.loss_scaling(optax.adam(1e-2), initial_scale=0.25, min_scale=2.0**-4)
+    params = {"w": jnp.zeros(2)}
+    state = tx.init(params)
+    _, new_state = tx.update({"w": jnp.array([5e18, 1.0])}, state, params)
+    assert int(new_state.total_skipped) == 1
+    _, ok_state = tx.update({"w": jnp.array([2e18, 1.0])}, state, params)
+    assert int(ok_state.total_skipped) == 0
+    np.testing.assert_allclose(float(ok_state.grad_norm), 8e18, rtol=1e-6)
+
+
+def test_max_norm_under_inject_hyperparams_and_refused_when_not_positive():
+    tx = optax.inject_hyperparams(
+        lambda max_norm: jn.loss_scaling(optax.sgd(1.0), initial_scale=2.0, max_norm=max_norm)
+    )(max_norm=0.5)
+    params = jnp.zeros(2)
+    updates, _ = jax.jit(tx.update)(jnp.array([6.0, 8.0]), tx.init(params), params)
+    np.testing.assert_allclose(updates, [-0.3, -0.4], rtol=1e-6)
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match="loss_scaling: max_norm must be > 0"):
+            jn.loss_scaling(optax.sgd(0.1), max_norm=bad)

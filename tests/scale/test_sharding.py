@@ -473,6 +473,27 @@ def test_shard_map_split_optimizer_checks_finiteness_and_norm_over_the_axis(x64)
     _assert_shards_equal(skipped.inner_state, new_state.inner_state)
     assert float(skipped.scale) == float(new_state.scale) / 2
 
+    # max_norm= clips from the finiteness check's sum, over the axis too
+    fused = jn.loss_scaling(
+        optax.adam(1e-2), initial_scale=2.0**10, max_norm=1.0, axis_name="model"
+    )
+    fused_state = fused.init(params)
+    fused_specs = jax.tree.map(lambda a: P("model") if jnp.ndim(a) else P(), fused_state)
+    fused_update = jax.jit(
+        jax.shard_map(
+            lambda g, s, p: fused.update(g, s, p),
+            mesh=mesh,
+            in_specs=(P("model"), fused_specs, P("model")),
+            out_specs=(P("model"), fused_specs),
+        )
+    )
+    updates, fused_new = fused_update(put(grads, P("model")), put(fused_state, fused_specs), split)
+    _assert_close(updates, expected_updates)
+    _assert_close(fused_new.inner_state, expected_state.inner_state[1])
+    np.testing.assert_allclose(
+        float(fused_new.grad_norm), float(expected_state.inner_state[0].norm), rtol=1e-12
+    )
+
 
 @pytest.mark.parametrize("kind", ["auto", "explicit"])
 def test_hvp_fn_with_sharded_params_and_batch_equals_one_device(x64, kind):
