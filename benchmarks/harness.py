@@ -166,6 +166,16 @@ def one_core() -> int | None:
     return cores[0] if len(cores) > 1 else None
 
 
+# glibc's malloc told to keep freed memory rather than return it to the OS, for
+# run_in_child(env=...): fresh multi-MB results then reuse pages instead of
+# faulting new ones in (other allocators ignore these variables).
+KEEP_FREED_MEMORY = {
+    "MALLOC_MMAP_THRESHOLD_": "2000000000",
+    "MALLOC_TRIM_THRESHOLD_": "4000000000",
+    "MALLOC_TOP_PAD_": "200000000",
+}
+
+
 def run_in_child(
     target: str, *args: Any, pin_one_core: bool = False, env: dict[str, str] | None = None
 ) -> Any:

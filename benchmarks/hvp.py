@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from benchmarks.harness import (
+    KEEP_FREED_MEMORY,
     compare,
     compare_python,
     machine_summary,
@@ -48,17 +49,8 @@ from jaxnum.autodiff.hvp import (  # hvp_fn's compiled programs
 BATCH, HIDDEN = 128, (1024, 256)
 NUM_PRODUCTS = 10
 PROCESSES = 3  # fresh processes per allocator setting in part 2b
-# glibc's malloc told to keep freed memory rather than return it to the OS
-# (other allocators ignore these variables).
-ALLOCATORS = {
-    "default": {},
-    "keep freed memory": {
-        "MALLOC_MMAP_THRESHOLD_": "2000000000",
-        "MALLOC_TRIM_THRESHOLD_": "4000000000",
-        "MALLOC_TOP_PAD_": "200000000",
-    },
-}
-ALLOCATOR_NOTE = " ".join(f"{k}={v}" for k, v in ALLOCATORS["keep freed memory"].items())
+ALLOCATORS = {"default": {}, "keep freed memory": KEEP_FREED_MEMORY}
+ALLOCATOR_NOTE = " ".join(f"{k}={v}" for k, v in KEEP_FREED_MEMORY.items())
 PATTERNS = {  # part 2b's ways to drive 10 products: name -> (hvp's key, hvp_fn's key)
     "independent, results kept": ("hvp kept", "hvp_fn kept"),
     "independent, each result dropped": ("hvp dropped", "hvp_fn dropped"),
