@@ -56,6 +56,8 @@ DONATION = {"no donation": False, "donated": True}  # how each step is jitted
 # A third setting: no donation, in processes whose glibc malloc keeps freed memory
 # (each step's fresh multi-MB outputs then reuse pages instead of faulting new ones in).
 KEPT_MEMORY = "no donation, malloc keeps freed memory"
+# A fourth: no donation, each process pinned to one core (no concurrent thunks).
+PINNED = "no donation, pinned to one core"
 
 
 def _problem(batch):
@@ -186,12 +188,14 @@ def run(quick: bool = False) -> dict:
         "figure the median of the processes' medians (a step's time moves from one "
         "process to the next; each process's overhead is listed). XLA CPU "
         "with its default thread pool (all cores) for every variant. Each batch size is "
-        "timed three ways: with every step jitted with `donate_argnums=0` as training "
+        "timed four ways: with every step jitted with `donate_argnums=0` as training "
         "loops do (updates written in place; each round starts from a fresh copy); with "
         "no buffer donation; and with no donation in processes whose glibc malloc keeps "
         f"freed memory (`{' '.join(f'{k}={v}' for k, v in KEEP_FREED_MEMORY.items())}`: "
         "each step's fresh multi-MB outputs reuse pages instead of faulting new ones "
-        "in). Run: `python -m benchmarks loss_scaling`.",
+        "in); and with no donation in processes pinned to one core (all their threads "
+        "included), where XLA:CPU runs no two operations at once. "
+        "Run: `python -m benchmarks loss_scaling`.",
         machine_summary(("jax", "jaxlib", "optax", "flax", "jmp")),
     ]
     results = {}
@@ -204,6 +208,11 @@ def run(quick: bool = False) -> dict:
         ]
         settings = {setting: [r[setting] for r in runs] for setting in DONATION}
         settings[KEPT_MEMORY] = [r["no donation"] for r in kept]
+        pinned = [
+            run_in_child(target, batch, quick, ["no donation"], pin_one_core=True)
+            for _ in range(processes)
+        ]
+        settings[PINNED] = [r["no donation"] for r in pinned]
         for setting, per_process in settings.items():
             timings = median_timings(per_process)
             results[(batch, setting)] = timings
