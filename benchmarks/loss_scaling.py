@@ -12,6 +12,10 @@ cross-entropy, float32 compute so that only the machinery differs), these ways:
   (clipping from the finiteness check's own reduction);
 - ``jaxnum, clip in chain``: the same with
   ``jn.loss_scaling(chain(jn.clip_by_global_norm, adam))``;
+- ``jaxnum, no loss scale``: ``jn.loss_scaling(adam, max_norm=..., initial_scale=1,
+  dynamic=False)`` on ``jax.value_and_grad`` of the plain loss: the same check,
+  clip, exact skip and state as ``jaxnum`` (the same program but for the scale
+  that multiplies the backward pass), as bf16 or float32 training would use it;
 - ``jmp``: ``DynamicLossScale.scale`` / ``unscale`` + ``all_finite`` + the optax+clip
   update + ``select_tree`` over params and state + ``adjust`` (jmp's README recipe);
 - ``optax.apply_if_finite``: optax's own exact skip of non-finite steps around
@@ -72,6 +76,9 @@ def _variants(batch):
     clipped = optax.chain(optax.clip_by_global_norm(MAX_NORM), optax.adam(1e-3))
     ours = jn.loss_scaling(optax.adam(1e-3), max_norm=MAX_NORM)
     ours_chain = jn.loss_scaling(optax.chain(jn.clip_by_global_norm(MAX_NORM), optax.adam(1e-3)))
+    unscaled = jn.loss_scaling(
+        optax.adam(1e-3), max_norm=MAX_NORM, initial_scale=1.0, dynamic=False
+    )
     scaled_grad = jn.scaled_value_and_grad(loss_fn)
 
     # Every step maps its carry (params, state..., loss) to the next one, so the
@@ -99,6 +106,9 @@ def _variants(batch):
 
     def jaxnum_chain_step(carry):
         return jaxnum_step(carry, ours_chain)
+
+    def jaxnum_unscaled_step(carry):
+        return optax_step(carry, unscaled)
 
     def jmp_step(carry):
         # jmp's DynamicLossScale cannot be an argument of jit(...).lower() (its
@@ -130,6 +140,10 @@ def _variants(batch):
         ),
         "jaxnum": (jaxnum_step, ((params, ours.init(params), zero),)),
         "jaxnum, clip in chain": (jaxnum_chain_step, ((params, ours_chain.init(params), zero),)),
+        "jaxnum, no loss scale": (
+            jaxnum_unscaled_step,
+            ((params, unscaled.init(params), zero),),
+        ),
         "jmp": (jmp_step, ((params, clipped.init(params), *jmp_scale, zero),)),
         "optax.apply_if_finite": (if_finite_step, ((params, if_finite.init(params), zero),)),
     }
@@ -140,6 +154,7 @@ def _summary(timings) -> str:
     scaled = timings["optax+clip, scaled loss"].median_s
     ours, jmp_t = timings["jaxnum"].median_s, timings["jmp"].median_s
     chained = timings["jaxnum, clip in chain"].median_s
+    unscaled = timings["jaxnum, no loss scale"].median_s
     if_finite = timings["optax.apply_if_finite"].median_s
 
     def pct(a, b):
@@ -147,13 +162,20 @@ def _summary(timings) -> str:
 
     return (
         f"Over the plain optax step: jaxnum {pct(ours, base)} (target <= +5%), with the "
-        f"clip in the chain {pct(chained, base)}, jmp {pct(jmp_t, base)} "
+        f"clip in the chain {pct(chained, base)}, with no loss scale (check, clip, skip "
+        f"alone) {pct(unscaled, base)}, jmp {pct(jmp_t, base)} "
         f"(optax's clipping alone {pct(clip, base)}, scaling the loss alone "
         f"{pct(scaled, clip)} over optax+clip). The wrappers' own cost (check, skip, "
         f"schedule) over the scaled-loss step: jaxnum {pct(ours, scaled)}, jmp "
         f"{pct(jmp_t, scaled)}. jaxnum / jmp = {ours / jmp_t:.3f}. optax's own exact skip "
         f"(apply_if_finite around optax+clip, no scaling): {pct(if_finite, base)}."
     )
+
+
+def _per_process(per_process, name) -> str:
+    """``name``'s overhead over optax in each process, as a list."""
+    ratios = [r[name]["median_s"] / r["optax"]["median_s"] for r in per_process]
+    return ", ".join(f"{100 * (x - 1):+.1f}%" for x in ratios)
 
 
 def timings_in_this_process(batch: int, quick: bool, settings=tuple(DONATION)) -> dict:
@@ -216,14 +238,14 @@ def run(quick: bool = False) -> dict:
         for setting, per_process in settings.items():
             timings = median_timings(per_process)
             results[(batch, setting)] = timings
-            over = [r["jaxnum"]["median_s"] / r["optax"]["median_s"] for r in per_process]
-            each = ", ".join(f"{100 * (x - 1):+.1f}%" for x in over)
             first = per_process[0]["optax"]
             parts += [
                 f"### batch {batch}, {setting} ({processes} processes x {first['rounds']} "
                 f"rounds of {first['calls_per_round']} calls)",
                 ratio_table(timings, "optax"),
-                _summary(timings) + f" Per process, jaxnum over optax: {each}.",
+                _summary(timings)
+                + f" Per process, over optax: jaxnum {_per_process(per_process, 'jaxnum')}; "
+                f"with no loss scale {_per_process(per_process, 'jaxnum, no loss scale')}.",
             ]
     body = "\n\n".join(parts)
     print(body)
