@@ -149,6 +149,11 @@ def _variants(batch):
     }
 
 
+def _pct(a: float, b: float) -> str:
+    """``a``'s time over ``b``'s, as a signed percentage."""
+    return f"{100 * (a / b - 1):+.1f}%"
+
+
 def _summary(timings) -> str:
     base, clip = timings["optax"].median_s, timings["optax+clip"].median_s
     scaled = timings["optax+clip, scaled loss"].median_s
@@ -157,25 +162,21 @@ def _summary(timings) -> str:
     unscaled = timings["jaxnum, no loss scale"].median_s
     if_finite = timings["optax.apply_if_finite"].median_s
 
-    def pct(a, b):
-        return f"{100 * (a / b - 1):+.1f}%"
-
     return (
-        f"Over the plain optax step: jaxnum {pct(ours, base)} (target <= +5%), with the "
-        f"clip in the chain {pct(chained, base)}, with no loss scale (check, clip, skip "
-        f"alone) {pct(unscaled, base)}, jmp {pct(jmp_t, base)} "
-        f"(optax's clipping alone {pct(clip, base)}, scaling the loss alone "
-        f"{pct(scaled, clip)} over optax+clip). The wrappers' own cost (check, skip, "
-        f"schedule) over the scaled-loss step: jaxnum {pct(ours, scaled)}, jmp "
-        f"{pct(jmp_t, scaled)}. jaxnum / jmp = {ours / jmp_t:.3f}. optax's own exact skip "
-        f"(apply_if_finite around optax+clip, no scaling): {pct(if_finite, base)}."
+        f"Over the plain optax step: jaxnum {_pct(ours, base)} (target <= +5%), with the "
+        f"clip in the chain {_pct(chained, base)}, with no loss scale (check, clip, skip "
+        f"alone) {_pct(unscaled, base)}, jmp {_pct(jmp_t, base)} "
+        f"(optax's clipping alone {_pct(clip, base)}, scaling the loss alone "
+        f"{_pct(scaled, clip)} over optax+clip). The wrappers' own cost (check, skip, "
+        f"schedule) over the scaled-loss step: jaxnum {_pct(ours, scaled)}, jmp "
+        f"{_pct(jmp_t, scaled)}. jaxnum / jmp = {ours / jmp_t:.3f}. optax's own exact skip "
+        f"(apply_if_finite around optax+clip, no scaling): {_pct(if_finite, base)}."
     )
 
 
 def _per_process(per_process, name) -> str:
     """``name``'s overhead over optax in each process, as a list."""
-    ratios = [r[name]["median_s"] / r["optax"]["median_s"] for r in per_process]
-    return ", ".join(f"{100 * (x - 1):+.1f}%" for x in ratios)
+    return ", ".join(_pct(r[name]["median_s"], r["optax"]["median_s"]) for r in per_process)
 
 
 def timings_in_this_process(batch: int, quick: bool, settings=tuple(DONATION)) -> dict:
