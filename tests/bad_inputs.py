@@ -34,12 +34,78 @@ from jaxnum import autodiff as ad
 from jaxnum import kfac, lora, optim
 from jaxnum import linalg as la
 
+if __name__ == "__main__":
+    # Run as a script, this file is a second copy of the module; tests/bad_paths.py imports
+    # the module proper, so the page is written by that one.
+    from tests import bad_inputs
+
+    bad_inputs.main()
+    raise SystemExit
+
 GN = importlib.import_module("jaxnum.optim.gauss_newton")
 LS = importlib.import_module("jaxnum.optim.linesearch")
 MIN = importlib.import_module("jaxnum.optim.minimize")
 NEWTON = importlib.import_module("jaxnum.optim.newton")
 
 KINDS = ("shape", "dtype", "non-finite", "empty tree", "hyperparameter", "method")
+
+# The paths users take (issue 21), each a class of defects with its own table on the page:
+# key -> (title, what was wrong and what is tested now). A Case with ``path=key`` is listed
+# there instead of in its subpackage's table. The cases live in tests/bad_paths.py.
+PATHS = {
+    "nnx": (
+        "Flax NNX: nnx.Optimizer and layers found by path",
+        "Parameters inside an `nnx.Optimizer` (paths ending in `.value`, `OptArray` leaves),"
+        " NNX pure dicts and linen params find the same layers.",
+    ),
+    "narrow-grads": (
+        "Gradients in another dtype than the parameters",
+        "float16/bfloat16 gradients of float32 parameters are unscaled and handed on in the"
+        " parameters' dtype (or float32), never left to underflow in half precision.",
+    ),
+    "degenerate": (
+        "Degenerate input",
+        "NaN starting points, unbounded objectives, zero and huge matrices, overflowing"
+        " norms: a status that says what happened or a clear error, never `converged`.",
+    ),
+    "traced": (
+        "Options passed traced",
+        "Float options (tolerances, damping, learning rates, loss-scale bounds) given as"
+        " tracers, under `jax.jit` or `optax.inject_hyperparams`.",
+    ),
+    "checkpoint": (
+        "Damaged and mismatched checkpoints",
+        "Flipped, truncated or junk bytes and states restored into the wrong template raise"
+        " jaxnum's own error naming what is wrong.",
+    ),
+    "optax-wrappers": (
+        "optax wrappers around and inside jaxnum",
+        "`optax.MultiSteps`, `inject_hyperparams`, `masked`, `apply_if_finite` composed with"
+        " jaxnum's transformations, in the orders users write.",
+    ),
+    "readable": (
+        "Readable errors instead of crashes",
+        "Inputs that crashed deep inside jax (empty arrays, mixed dtypes, wrong matvec"
+        " shapes, complex or integer values, models without capture layers) now fail at"
+        " trace time with jaxnum's own message, or work.",
+    ),
+    "integer-options": (
+        "Integer options",
+        "Sizes and counts: Python ints and numpy integers accepted alike; TypeError for a"
+        " wrong type, ValueError for a wrong range, everywhere.",
+    ),
+    "peer-suites": (
+        "Found by other projects' test suites",
+        "Defects found by running scikit-learn's, jmp's, optimistix's, scipy's and matfree's"
+        " tests against jaxnum: complex operators, evaluation counts, scale-free damping,"
+        " strict dtype promotion, custom_vjp residuals, step bounds.",
+    ),
+    "meshes": (
+        "Explicit and Auto meshes",
+        "Arrays sharded on meshes with Explicit axes (`jax.make_mesh`'s default) as well as"
+        " Auto axes; the full walk over the public functions is tests/scale/test_meshes.py.",
+    ),
+}
 PAGE = pathlib.Path(__file__).resolve().parents[1] / "docs" / "audit.md"
 MESSAGE_CHARS = 120
 
@@ -78,8 +144,11 @@ class Case:
     raises: tuple[type[BaseException], str] | None = None
     check: Callable[[Any], bool] | None = None
     outcome: str = ""
+    path: str = ""
 
     def __post_init__(self):
+        if self.path and self.path not in PATHS:
+            raise ValueError(f"{self.id}: path {self.path!r} is not one of {list(PATHS)}")
         if self.kind not in KINDS:
             raise ValueError(f"{self.id}: kind {self.kind!r} is not one of {KINDS}")
         if (self.raises is None) == (self.check is None):
@@ -1848,6 +1917,10 @@ SERIALIZATION = [
 CASES: list[Case] = PRECISION + AUTODIFF + LINALG + LORA + OPTIM + KFAC + KFAC_NNX
 CASES += SERIALIZATION
 
+from tests.bad_paths import PATH_CASES  # noqa: E402  (it builds Cases from this module)
+
+CASES += PATH_CASES
+
 # Public functions with no case, each with the reason.
 NOT_AUDITED = {
     "jn.float_formats": "takes no arguments: there is no input to get wrong",
@@ -1924,12 +1997,37 @@ def render() -> str:
         + ".",
     ]
     for title, _ in SECTIONS:
-        rows = [c for c in CASES if section(c.function) == title]
+        rows = [c for c in CASES if section(c.function) == title and not c.path]
         if not rows:
             continue
         lines += [
             "",
             f"## {title}",
+            "",
+            "| function | kind | input tried | what it gets |",
+            "| --- | --- | --- | --- |",
+        ]
+        for c in rows:
+            lines.append(f"| `{c.function}` | {c.kind} | {_cell(c.tried)} | {_cell(run(c))} |")
+    path_cases = [c for c in CASES if c.path]
+    lines += [
+        "",
+        "## Paths users take",
+        "",
+        f"{len(path_cases)} cases in {len({c.path for c in path_cases})} classes: the paths a new"
+        " user or a hostile tester takes beyond one function's arguments. Each class was a",
+        "defect class (a wrong answer without a word, or a crash deep inside jax); its rows",
+        "are the cases that now get jaxnum's own answer.",
+    ]
+    for key, (title, summary) in PATHS.items():
+        rows = [c for c in path_cases if c.path == key]
+        if not rows:
+            continue
+        lines += [
+            "",
+            f"### {title}",
+            "",
+            summary,
             "",
             "| function | kind | input tried | what it gets |",
             "| --- | --- | --- | --- |",
@@ -1942,7 +2040,3 @@ def render() -> str:
 def main() -> None:
     PAGE.write_text(render())
     print(f"wrote {PAGE} ({len(CASES)} cases)")
-
-
-if __name__ == "__main__":
-    main()
