@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxnum._sharding import replicated, replicated_matmul, replicated_outputs
 from jaxnum.linalg.operators import LinearOperator
 from jaxnum.linalg.randomized import _check_int
 from jaxnum.precision._checks import check_nonnegative
@@ -28,13 +29,44 @@ def _symmetric_matvec(A: Any, n: int, fn: str, arg: str = "A") -> Callable[[jax.
     if isinstance(A, LinearOperator):
         if A.shape != (n, n):
             raise ValueError(f"{fn}: {arg} has shape {A.shape}, expected ({n}, {n})")
-        return A.matvec
+        return replicated_outputs(A.matvec)  # whole vectors on a mesh: _sharding.py
     if callable(A):
-        return A
+        # A user's product may come back sharded like the user's matrix; the loops'
+        # carries are whole on every device (jaxnum/_sharding.py says why).
+        return replicated_outputs(A)
     A = _as_matrix(A, fn, arg)
     if A.shape != (n, n):
         raise ValueError(f"{fn}: {arg} has shape {A.shape}, expected ({n}, {n})")
-    return lambda v: A @ v
+    return lambda v: replicated_matmul(A, v)
+
+
+def _promote(fn: str, named: dict[str, Any]) -> Any:
+    """The common dtype of the named operands by jax's promotion rules; TypeError naming
+    them where ``jax_numpy_dtype_promotion='strict'`` forbids mixing them."""
+    dtypes = list(named.values())
+    out = dtypes[0]
+    try:
+        for d in dtypes[1:]:
+            out = jnp.promote_types(out, d)
+    except jax.dtypes.TypePromotionError as e:
+        listed = ", ".join(f"{k} {jnp.dtype(d).name}" for k, d in named.items())
+        raise TypeError(
+            f"{fn}: the operands have different dtypes ({listed}) and "
+            "jax_numpy_dtype_promotion='strict' forbids promoting them; cast them to one dtype"
+        ) from e
+    return out
+
+
+def _product_dtype(matvec: Callable, shape: tuple, dtype: Any, fn: str, arg: str) -> Any:
+    """The dtype of ``matvec(v)`` for v of ``shape`` and ``dtype``, traced without FLOPs
+    (``jax.eval_shape``); ValueError naming ``arg`` when it is not an array of ``shape``."""
+    out = jax.eval_shape(matvec, jax.ShapeDtypeStruct(shape, dtype))
+    if getattr(out, "shape", None) != shape or not hasattr(out, "dtype"):
+        got = f"shape {out.shape}" if hasattr(out, "shape") else type(out).__name__
+        raise ValueError(
+            f"{fn}: {arg} maps a vector of shape {shape} to {got}; expected shape {shape}"
+        )
+    return out.dtype
 
 
 def _dimension(A: Any, n: int | None, fn: str) -> int:
@@ -47,6 +79,8 @@ def _dimension(A: Any, n: int | None, fn: str) -> int:
     shape = A.shape if isinstance(A, LinearOperator) else _as_matrix(A, fn, "A").shape
     if len(shape) != 2 or shape[0] != shape[1]:
         raise ValueError(f"{fn}: A must be a square matrix or LinearOperator, got shape {shape}")
+    if shape[1] == 0:
+        raise ValueError(f"{fn}: A has shape {tuple(shape)}, no entries; expected n >= 1")
     return shape[1]
 
 
@@ -79,9 +113,15 @@ def cg(
     ``maxiter`` iterations (default 10 n). Non-convergence is reported in the
     result, not raised.
 
+    Operands of different dtypes are promoted by jax's rules: CG runs in the
+    dtype of b promoted with those of x0, ``A v`` and ``M v`` (float64 A and
+    float32 b give a float64 x; a complex Hermitian A gives a complex x), and
+    every product is cast to it. A matvec whose ``A v`` is not of b's shape
+    raises ValueError at trace time.
+
     Args:
-      A: SPD matrix, LinearOperator or matvec callable.
-      b: right-hand side, shape (n,).
+      A: SPD (or Hermitian positive definite) matrix, LinearOperator or matvec callable.
+      b: right-hand side, shape (n,); n = 0 gives an empty x, converged.
       x0: initial guess (zeros).
       M: preconditioner approximating A^-1 (matrix, operator or callable), or None.
       tol: relative residual tolerance.
@@ -100,7 +140,7 @@ def cg(
       Systems", 2nd ed., Algorithm 9.1 (preconditioned CG).
     """
     fn = "cg"
-    b = jnp.asarray(b)
+    b = replicated(jnp.asarray(b))  # CG's vectors are whole on a mesh: jaxnum/_sharding.py
     if b.ndim != 1:
         raise ValueError(f"{fn}: b must be a vector, got shape {b.shape}")
     if not jnp.issubdtype(b.dtype, jnp.inexact):
@@ -114,7 +154,18 @@ def cg(
     check_nonnegative(tol, fn, "tol")
     if x0 is not None and jnp.shape(x0) != b.shape:
         raise ValueError(f"{fn}: x0 has shape {jnp.shape(x0)}, expected {b.shape} (that of b)")
-    x = jnp.zeros_like(b) if x0 is None else jnp.asarray(x0, b.dtype)
+    # One working dtype: b's promoted with x0's and with those of the products A v and
+    # M v (traced on b, no FLOPs); every operand and product is cast to it.
+    named = {"b": b.dtype} if x0 is None else {"b": b.dtype, "x0": jnp.result_type(x0)}
+    named["A v"] = _product_dtype(matvec, b.shape, b.dtype, fn, "A (its matvec)")
+    if M is not None:
+        named["M v"] = _product_dtype(precond, b.shape, b.dtype, fn, "M (its matvec)")
+    dtype = _promote(fn, named)
+    b = b.astype(dtype)
+    matvec_in, precond_in = matvec, precond
+    matvec = lambda v: matvec_in(v).astype(dtype)  # noqa: E731
+    precond = lambda v: precond_in(v).astype(dtype)  # noqa: E731
+    x = jnp.zeros_like(b) if x0 is None else replicated(jnp.asarray(x0)).astype(dtype)
     r = b - matvec(x)
     z = precond(r)
     threshold = tol * jnp.linalg.norm(b)
@@ -148,13 +199,30 @@ class LanczosResult(NamedTuple):
     basis: jax.Array
 
 
+def _lanczos_dtype(matvec: Callable, v: jax.Array, fn: str) -> Any:
+    """The dtype Lanczos runs in: v's (at least float32) promoted with that of ``A v``,
+    after checking by tracing (no FLOPs) that ``A v`` has v's shape and is real."""
+    dtype = _promote(fn, {"v": v.dtype, "float32": jnp.float32})
+    named = {"v": dtype, "A v": _product_dtype(matvec, v.shape, dtype, fn, "A (its matvec)")}
+    for name, d in named.items():
+        if jnp.issubdtype(d, jnp.complexfloating):
+            raise TypeError(
+                f"{fn}: {name} has dtype {jnp.dtype(d).name}; only real symmetric operators "
+                "and real start vectors are supported"
+            )
+    return _promote(fn, named)
+
+
 def lanczos(A: Any, v0: jax.Array, num_iters: int) -> LanczosResult:
     """Lanczos tridiagonalisation with full reorthogonalisation.
 
     ``V A V^T = T`` with V (num_iters, n) orthonormal rows starting at
     ``v0/|v0|``; every new vector is orthogonalised twice against all previous
     ones, so the Ritz values do not duplicate in floating point. At
-    ``num_iters = n`` the eigenvalues of T are those of A.
+    ``num_iters = n`` the eigenvalues of T are those of A. It runs in v0's
+    dtype (at least float32) promoted with that of ``A v``; complex operators
+    or start vectors raise TypeError, and a matvec whose ``A v`` is not of
+    v0's shape raises ValueError, at trace time.
 
     Args:
       A: symmetric matrix, LinearOperator or matvec callable.
@@ -175,16 +243,16 @@ def lanczos(A: Any, v0: jax.Array, num_iters: int) -> LanczosResult:
       Sec. 10.3 (reorthogonalisation).
     """
     fn = "lanczos"
-    v0 = jnp.asarray(v0)
+    v0 = replicated(jnp.asarray(v0))  # the basis is whole on a mesh: jaxnum/_sharding.py
     if v0.ndim != 1:
         raise ValueError(f"{fn}: v0 must be a vector, got shape {v0.shape}")
     n = v0.shape[0]
     if isinstance(num_iters, bool) or not isinstance(num_iters, int) or not 1 <= num_iters <= n:
         raise ValueError(f"{fn}: num_iters must be a Python int in 1..{n}, got {num_iters!r}")
     matvec = _symmetric_matvec(A, n, fn)
+    dtype = _lanczos_dtype(matvec, v0, fn)
     if not isinstance(v0, jax.core.Tracer) and not bool(jnp.any(v0 != 0)):
         raise ValueError(f"{fn}: v0 must be non-zero (it is normalised to start the basis)")
-    dtype = jnp.promote_types(v0.dtype, jnp.float32)
     V = jnp.zeros((num_iters, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
 
     def body(i, state):
@@ -245,7 +313,9 @@ def top_eigenvalues(
             f"{fn}: num_iters must be a Python int in k..n = {k}..{n} (k Ritz values need "
             f"k steps), got {num_iters!r}"
         )
-    res = lanczos(A, jax.random.normal(key, (n,)), num_iters)
+    v0 = jax.ShapeDtypeStruct((n,), jax.dtypes.canonicalize_dtype(jnp.float64))
+    dtype = _lanczos_dtype(_symmetric_matvec(A, n, fn), v0, fn)
+    res = lanczos(A, jax.random.normal(key, (n,), dtype), num_iters)
     theta, S = _ritz(res)
     order = jnp.argsort(theta)[::-1][:k]
     return theta[order], res.basis.T @ S[:, order]
@@ -302,8 +372,8 @@ def spectral_density(
     _check_int(num_points, "num_points", 1, fn)
     if sigma is not None and not isinstance(sigma, jax.core.Tracer) and not float(sigma) > 0:
         raise ValueError(f"{fn}: sigma (the kernel width) must be > 0, got {sigma!r}")
-    dtype = getattr(A, "dtype", None) if not callable(A) or isinstance(A, LinearOperator) else None
-    dtype = jnp.promote_types(jnp.float32, dtype) if dtype is not None else jnp.float32
+    # float32 at least, or the dtype of A v (checked by tracing: shape of v, real)
+    dtype = _lanczos_dtype(_symmetric_matvec(A, n, fn), jax.ShapeDtypeStruct((n,), jnp.float32), fn)
     probes = jax.random.rademacher(key, (num_probes, n), dtype)
 
     def nodes_weights(v):

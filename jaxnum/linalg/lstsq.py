@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
+from jaxnum._sharding import replicated
 from jaxnum.precision._checks import check_nonnegative
 
 METHODS = ("svd", "qr", "cholesky", "normal")
@@ -52,7 +53,8 @@ def lstsq(
       a smaller ``rcond`` or use "qr" for such data.
 
     Args:
-      X: (m, n) design matrix.
+      X: (m, n) design matrix; m = 0 (no samples) or n = 0 gives the
+        minimum-norm solution, zeros of shape (n,) or (n, k).
       y: (m,) or (m, k) targets.
       method: one of ``"svd"``, ``"qr"``, ``"cholesky"``, ``"normal"``.
       ridge: Tikhonov parameter >= 0.
@@ -73,7 +75,13 @@ def lstsq(
     """
     fn = "lstsq"
     X, y = _check(X, y, method, ridge, rcond, fn)
+    # On an explicit mesh X and y are gathered (jaxnum/_sharding.py): XLA's QR and SVD
+    # take no sharded matrix, and X^T X over sharded rows would need out_sharding=,
+    # which jax.vmap cannot batch in jax 0.10.
+    X, y = replicated(X), replicated(y)
     m, n = X.shape
+    if m == 0 or n == 0:  # no equations or no unknowns: the minimum-norm solution is 0
+        return jnp.zeros((n, *y.shape[1:]), X.dtype)
     if method in ("normal", "cholesky"):
         G = X.T @ X + ridge * jnp.eye(n, dtype=X.dtype)
         rhs = X.T @ y
@@ -107,6 +115,9 @@ def condition_number(X: jax.Array) -> jax.Array:
     if X.size == 0:
         raise ValueError(f"condition_number: X has no entries (shape {X.shape})")
     # In float32 at least: there is no half-precision SVD.
-    s = jnp.linalg.svd(X.astype(jnp.promote_types(X.dtype, jnp.float32)), compute_uv=False)
+    # X gathered on an explicit mesh: XLA's SVD takes no sharded matrix.
+    s = jnp.linalg.svd(
+        replicated(X).astype(jnp.promote_types(X.dtype, jnp.float32)), compute_uv=False
+    )
     # A NaN in X gives NaN (not inf, which would claim X is singular).
     return jnp.where(s[-1] == 0, jnp.inf, s[0] / s[-1])

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from jaxnum._sharding import replicated_matmul
 from jaxnum.autodiff._trees import check_floating_tree
 from jaxnum.autodiff.hvp import hvp_fn
 
@@ -66,10 +67,12 @@ class LinearOperator:
         return cls(
             tuple(M.shape),
             M.dtype,
-            matvec=lambda v: M @ v,
-            rmatvec=lambda u: M.T @ u,
-            matmat=lambda V: M @ V,
-            rmatmat=lambda U: M.T @ U,
+            # On an explicit mesh M keeps its layout and its products come out whole
+            # on every device (jaxnum/_sharding.py says why).
+            matvec=lambda v: replicated_matmul(M, v),
+            rmatvec=lambda u: replicated_matmul(M.T, u),
+            matmat=lambda V: replicated_matmul(M, V),
+            rmatmat=lambda U: replicated_matmul(M.T, U),
         )
 
     @classmethod
@@ -140,7 +143,7 @@ def hessian_operator(f: Callable[..., Any], x: Any, *args: Any) -> LinearOperato
 
 
 def as_operator(A: Any, fn: str = "as_operator") -> LinearOperator:
-    """A LinearOperator for a 2-D array or a LinearOperator; a clear error otherwise."""
+    """A LinearOperator for a non-empty 2-D array or a LinearOperator; a clear error otherwise."""
     if isinstance(A, LinearOperator):
         return A
     if hasattr(A, "ndim") or isinstance(A, list | tuple):
@@ -149,5 +152,7 @@ def as_operator(A: Any, fn: str = "as_operator") -> LinearOperator:
             raise ValueError(
                 f"{fn}: A must be a 2-D matrix or a LinearOperator, got shape {A.shape}"
             )
+        if A.size == 0:
+            raise ValueError(f"{fn}: A has shape {A.shape}, no entries; expected m, n >= 1")
         return LinearOperator.from_matrix(A)
     raise TypeError(f"{fn}: A must be a matrix or a LinearOperator, got {type(A).__name__}")

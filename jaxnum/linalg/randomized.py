@@ -19,6 +19,16 @@ def _check_int(value: Any, name: str, minimum: int, fn: str) -> None:
         raise ValueError(f"{fn}: {name} must be >= {minimum}, got {value}")
 
 
+def _check_floating(dtype, fn: str, arg: str = "A") -> None:
+    """One rule for the randomized decompositions: real floating input only (an integer
+    matrix is not silently turned into float32; complex is not supported)."""
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(
+            f"{fn}: {arg} must be floating point, got dtype {jnp.dtype(dtype).name} "
+            "(cast it, e.g. A.astype(jnp.float32); complex input is not supported)"
+        )
+
+
 def _compute_dtype(dtype) -> jnp.dtype:
     """float32 for half precision (and anything narrower), the input's dtype otherwise."""
     return jnp.promote_types(dtype, jnp.float32)
@@ -107,6 +117,7 @@ def randomized_range_finder(
     """
     fn = "randomized_range_finder"
     op = as_operator(A, fn)
+    _check_floating(op.dtype, fn)
     _check_int(size, "size", 1, fn)
     _check_int(power_iters, "power_iters", 0, fn)
     _check_normalizer(normalizer, fn)
@@ -184,17 +195,21 @@ def randomized_svd(
     _check_int(power_iters, "power_iters", 0, fn)
     _check_normalizer(normalizer, fn)
     if isinstance(A, LinearOperator):
+        _check_floating(A.dtype, fn)
         _check_rank(rank, A.shape, fn)
         return _rsvd_operator(A, rank, key, oversample, power_iters, normalizer)
     A = jnp.asarray(A)
     if A.ndim < 2:
         raise ValueError(f"{fn}: A must be a matrix (2-D) or a stack of them, got shape {A.shape}")
-    if not jnp.issubdtype(A.dtype, jnp.floating):
-        raise TypeError(f"{fn}: A must be floating point, got dtype {A.dtype}")
+    _check_floating(A.dtype, fn)
     _check_rank(rank, A.shape[-2:], fn)
     if A.ndim == 2:
         return _rsvd_matrix(A, key, rank, oversample, power_iters, normalizer)
     batch = A.shape[:-2]
+    if A.size == 0:  # an empty stack: empty factors of the right shapes
+        (m, n), dt = A.shape[-2:], _compute_dtype(A.dtype)
+        zeros = functools.partial(jnp.zeros, dtype=dt)
+        return zeros((*batch, m, rank)), zeros((*batch, rank)), zeros((*batch, rank, n))
     flat = A.reshape(-1, *A.shape[-2:])
     keys = jax.random.split(key, flat.shape[0])
     U, S, Vt = jax.vmap(lambda a, k: _rsvd_matrix(a, k, rank, oversample, power_iters, normalizer))(
@@ -228,10 +243,18 @@ def randomized_eigh(
     Returns:
       ``(eigenvalues, eigenvectors)``: (rank,) descending and (n, rank).
 
+    The products are scaled by their largest entry before any square is
+    taken, so a PSD matrix with eigenvalues near the dtype's largest (1e19 in
+    float32) does not overflow; a zero matrix gives zero eigenvalues and an
+    orthonormal basis.
+
     Raises:
-      ValueError: when A is concrete and Omega^T A Omega shows a negative
-        diagonal (A is not PSD). Under jit the check cannot run and a non-PSD
-        input gives nan eigenvalues.
+      ValueError: when the compression Omega^T A Omega is concrete and has an
+        eigenvalue below -1e3 eps times its largest (A is not PSD). Under jit
+        the check cannot raise: the same test then sets every returned
+        eigenvalue to NaN (the vectors stay finite). An indefinite A whose
+        negative directions Omega misses (size < n) cannot be detected.
+      TypeError: A_psd is not real floating point (integer or complex).
 
     Examples:
       >>> w, V = randomized_eigh(jnp.diag(jnp.array([3.0, 2.0, 1.0])), 2, key=jax.random.key(0))
@@ -251,23 +274,36 @@ def randomized_eigh(
     _check_int(rank, "rank", 1, fn)
     _check_int(oversample, "oversample", 0, fn)
     _check_rank(rank, op.shape, fn)
+    _check_floating(op.dtype, fn, "A_psd")
     dtype = _compute_dtype(op.dtype)
+    eps = jnp.finfo(dtype).eps
     size = min(rank + oversample, n)
     omega = _orthonormal(jax.random.normal(key, (n, size), dtype))
     Y = op.matmat(omega).astype(dtype)
+    # Work on A / scale with scale = max |Y| <= ||A||: no square or norm below sees A's
+    # magnitude, so eigenvalues near the dtype's largest do not overflow. A zero A
+    # (scale 0) keeps scale 1.
+    top = jnp.max(jnp.abs(Y))
+    scale = jnp.where((top > 0) & jnp.isfinite(top), top, jnp.ones_like(top))
+    Y = Y / scale
     core = omega.T @ Y
-    diag = jnp.diag(core)
-    if not isinstance(diag, jax.core.Tracer) and bool(
-        jnp.any(diag < -1e3 * jnp.finfo(dtype).eps * jnp.max(jnp.abs(diag)))
-    ):
+    d, W = jnp.linalg.eigh(0.5 * (core + core.T))  # Omega^T A Omega, ascending
+    negative = d[0] < -1e3 * eps * jnp.max(jnp.abs(d))  # beyond rounding: A is not PSD
+    if not isinstance(negative, jax.core.Tracer) and bool(negative):
         raise ValueError(
-            f"{fn}: A_psd is not positive semi-definite (a test vector w gave w^T A w = "
-            f"{float(jnp.min(diag)):.3g} < 0)"
+            f"{fn}: A_psd is not positive semi-definite (Omega^T A Omega has the eigenvalue "
+            f"{float(d[0] * scale):.3g} < 0 for an orthonormal test matrix Omega)"
         )
-    nu = jnp.sqrt(n) * jnp.finfo(dtype).eps * jnp.linalg.norm(Y)
+    # The shift nu > 0 even for a zero A (then ||Y||_F = 0 and every eigenvalue is 0).
+    nu = jnp.sqrt(n) * eps * jnp.maximum(jnp.linalg.norm(Y), 1.0)
     Y_nu = Y + nu * omega
-    C = jnp.linalg.cholesky(omega.T @ Y_nu)
-    B = jax.scipy.linalg.solve_triangular(C, Y_nu.T, lower=True).T  # Y_nu C^-T
+    # B = Y_nu (Omega^T Y_nu)^(-1/2) from the eigenvalues d + nu of Omega^T Y_nu; the
+    # Cholesky factor of Tropp et al. gives the same B B^T, but a pivot that rounding
+    # (or a traced non-PSD A) makes <= 0 would turn it into NaN. Such directions drop.
+    d_nu = d + nu
+    inv_sqrt = jnp.where(d_nu > 0, 1 / jnp.sqrt(jnp.where(d_nu > 0, d_nu, 1.0)), 0.0)
+    B = Y_nu @ (W * inv_sqrt)
     U, S, _ = jnp.linalg.svd(B, full_matrices=False)
-    eigenvalues = jnp.maximum(S**2 - nu, 0.0)
+    eigenvalues = jnp.maximum(S**2 - nu, 0.0) * jnp.where(top == 0, 0.0, scale)  # exact 0s
+    eigenvalues = jnp.where(negative, jnp.nan, eigenvalues)  # traced non-PSD A: flagged
     return eigenvalues[:rank], U[:, :rank]
