@@ -2,11 +2,15 @@
 
 ``newton_root`` solves F(x) = 0 for F: R^n -> R^m (pytrees in and out). Each
 step solves J p = -F in the least-squares sense (the minimum-norm solution, so
-m != n and singular Jacobians give a finite step), then backtracks on
-phi = ||F||^2 / 2 until the Armijo condition holds, so a poor start does not
-diverge (Nocedal and Wright, Sec. 11.1-11.2, Alg. 11.4 without the trust
-region). ``multiplicity`` m scales the step (modified Newton), which restores
-quadratic convergence at a root of multiplicity m.
+m != n and singular Jacobians give a finite step), caps its length at
+``max_step (||x|| + 1)`` (a jump into a region where F is flat, and J singular,
+is not taken in one step; Dennis and Schnabel, Sec. 6.3, "maxstep"), then
+backtracks on phi = ||F||^2 / 2 until the Armijo condition holds, so a poor
+start does not diverge (Nocedal and Wright, Sec. 11.1-11.2, Alg. 11.4 without
+the trust region). ``multiplicity`` m scales the step (modified Newton), which
+restores quadratic convergence at a root of multiplicity m. Norms are computed
+scaled by the largest entry, so residuals whose squares overflow (1e20 in
+float32) are handled.
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ ROOT_CONVERGED = 0
 ROOT_MAXITER = 1
 ROOT_NO_DECREASE = 2
 ROOT_NONFINITE_START = 3
+ROOT_CONVERGED_STEP = 4
 
 ROOT_MESSAGES = {
     ROOT_CONVERGED: "converged: ||F|| <= tol",
@@ -33,15 +38,22 @@ ROOT_MESSAGES = {
         "stopped: the Newton step does not reduce ||F|| (a singular Jacobian at a "
         "stationary point of ||F||^2, or a local minimum of ||F|| that is not a root)"
     ),
-    ROOT_NONFINITE_START: "stopped: F is not finite at x0",
+    ROOT_NONFINITE_START: "stopped: x0 or F(x0) is not finite",
+    ROOT_CONVERGED_STEP: (
+        "converged: the Newton step solves the linearised equations and is at most "
+        "xtol (||x|| + xtol)"
+    ),
 }
+
+JACOBIAN_MODES = ("auto", "fwd", "rev")
 
 
 class NewtonRootResult(NamedTuple):
     """x, F(x), ||F(x)||, the residual-norm history (nan after ``nit``), iterations,
-    whether ``||F|| <= tol`` was reached, a status (``.message`` reads it) and the
-    number of iterations whose Jacobian was rank-deficient (its least-squares
-    step is then the minimum-norm one)."""
+    whether it converged (``||F|| <= tol`` or a Newton step at the rounding level of
+    x, see :func:`newton_root`), a status (``.message`` reads it) and the number of
+    iterations whose Jacobian was rank-deficient (its least-squares step is then the
+    minimum-norm one)."""
 
     x: Any
     fun: Any
@@ -58,11 +70,35 @@ class NewtonRootResult(NamedTuple):
         return ROOT_MESSAGES[int(self.status)]
 
 
-def flat_residual(f: Callable, x0: Any, args: tuple):
+def safe_norm(v: jax.Array) -> jax.Array:
+    """``||v||_2`` scaled by ``max |v_i|``: no overflow when the squares would overflow
+    (entries ~1e20 in float32) and no underflow to 0 for tiny entries. inf/nan
+    entries give inf/nan."""
+    scale = jnp.max(jnp.abs(v))
+    ok = jnp.isfinite(scale) & (scale > 0)
+    s = jnp.where(ok, scale, jnp.ones_like(scale))
+    return jnp.where(ok, s * jnp.sqrt(jnp.sum(jnp.square(v / s))), scale)
+
+
+def check_jacobian_mode(jacobian: Any, fn: str) -> None:
+    """Raises unless ``jacobian`` is one of :data:`JACOBIAN_MODES`."""
+    if not isinstance(jacobian, str):
+        raise TypeError(f"{fn}: jacobian must be a str, one of {JACOBIAN_MODES}, got {jacobian!r}")
+    if jacobian not in JACOBIAN_MODES:
+        raise ValueError(f"{fn}: jacobian must be one of {JACOBIAN_MODES}, got {jacobian!r}")
+
+
+def flat_residual(f: Callable, x0: Any, args: tuple, mode: str = "auto"):
     """``(flat0, unravel, residual, jacobian, m)`` for ``f(x, *args)`` on flat vectors.
 
     ``residual`` stacks every output leaf (in x0's dtype); ``jacobian`` is the
-    dense m x n Jacobian by forward mode when n <= m, reverse mode otherwise.
+    dense m x n Jacobian: ``mode="fwd"`` (``jax.jacfwd``), ``"rev"``
+    (``jax.jacrev``) or ``"auto"``: forward mode when n <= m, reverse mode
+    otherwise, and the other mode when the preferred one cannot be traced (a
+    ``jax.custom_vjp`` inside f has no forward mode; a ``lax.while_loop`` no
+    reverse mode). That is found by ``jax.eval_shape`` of the Jacobian (an
+    abstract trace, nothing is computed); when neither mode traces, the
+    preferred mode's error is raised.
     """
     flat0, unravel = ravel_pytree(x0)
 
@@ -70,113 +106,184 @@ def flat_residual(f: Callable, x0: Any, args: tuple):
         return ravel_pytree(f(unravel(flat), *args))[0].astype(flat.dtype)
 
     m = jax.eval_shape(residual, flat0).shape[0]
-    jacobian = jax.jacfwd(residual) if flat0.size <= m else jax.jacrev(residual)
-    return flat0, unravel, residual, jacobian, m
+    if mode == "fwd":
+        return flat0, unravel, residual, jax.jacfwd(residual), m
+    if mode == "rev":
+        return flat0, unravel, residual, jax.jacrev(residual), m
+    preferred, other = jax.jacfwd(residual), jax.jacrev(residual)
+    if flat0.size > m:
+        preferred, other = other, preferred
+    try:
+        jax.eval_shape(preferred, flat0)
+    except (TypeError, ValueError, NotImplementedError) as err:
+        try:
+            jax.eval_shape(other, flat0)
+        except Exception:
+            raise err from None
+        preferred = other
+    return flat0, unravel, residual, preferred, m
 
 
-def backtrack(residual: Callable, x, p, phi0, slope, max_halvings: int):
+def backtrack(residual: Callable, x, p, norm0, rel_slope, max_halvings: int):
     """Armijo backtracking on ``phi(t) = ||F(x + t p)||^2 / 2``, t = 1, 1/2, ...
 
-    Returns ``(t, F(x + t p), halvings)``; the search succeeded iff halvings <
-    max_halvings, i.e. ``phi(t) <= phi0 + 1e-4 t slope`` (Nocedal and Wright,
-    Alg. 3.1).
+    ``norm0`` is ``||F(x)||`` and ``rel_slope`` the slope of phi at t = 0 divided by
+    phi(0), so the test ``phi(t) <= phi(0) + 1e-4 t slope`` (Nocedal and Wright,
+    Alg. 3.1) reads ``(||F(x + t p)|| / norm0)^2 <= 1 + 1e-4 t rel_slope``: no
+    square of a norm is formed, nothing overflows. Returns ``(t, F(x + t p),
+    halvings)``; the search succeeded iff halvings < max_halvings.
     """
 
     def too_high(state):
         t, i, r = state
-        return (i < max_halvings) & ~(0.5 * jnp.sum(r * r) <= phi0 + 1e-4 * t * slope)
+        ratio = safe_norm(r) / norm0
+        return (i < max_halvings) & ~(ratio * ratio <= 1.0 + 1e-4 * t * rel_slope)
 
     def halve(state):
         t, i, _ = state
         return 0.5 * t, i + 1, residual(x + 0.5 * t * p)
 
-    return jax.lax.while_loop(too_high, halve, (jnp.asarray(1.0, x.dtype), 0, residual(x + p)))
+    start = (jnp.ones((), x.dtype), jnp.zeros((), jnp.int32), residual(x + p))
+    return jax.lax.while_loop(too_high, halve, start)
+
+
+def _float_option(value: Any, dtype) -> jax.Array:
+    """A float option (Python number, numpy scalar or tracer) as a ``dtype`` scalar."""
+    return jnp.asarray(value).astype(dtype)
 
 
 def newton_root(
     f: Callable,
     x0: Any,
     *args,
-    tol: float = 1e-10,
+    tol: float | None = None,
+    xtol: float | None = None,
+    max_step: float = 1.0,
     maxiter: int = 50,
     multiplicity: int = 1,
     max_backtracks: int = 30,
+    jacobian: str = "auto",
 ) -> NewtonRootResult:
-    """Newton's method for ``f(x, *args) = 0`` with a backtracking line search.
+    """Newton's method for ``f(x, *args) = 0`` with a step cap and a backtracking line search.
 
     Args:
       f: ``x -> residuals`` on pytrees (a scalar works too).
       x0: the start.
-      tol: stop when ``||f(x)||_2 <= tol``.
+      tol: converged when ``||f(x)||_2 <= tol``. None (default): the smallest
+        normal number of x0's dtype (``jnp.finfo(dtype).tiny``), i.e. only a zero
+        residual: an absolute size of F has no scale, so convergence at the
+        rounding level is ``xtol``'s test. May be traced.
+      xtol: also converged when the full Newton step p solves the linearised
+        equations (``||J p + F|| <= ||F|| / 2``; a least-squares minimum of an
+        inconsistent system does not, it is not a root) and is small,
+        ``||p||_2 <= xtol (||x||_2 + xtol)``; the step is taken (when it lowers
+        ||F||) and the loop stops. None (default): ``sqrt(eps)`` of x0's dtype
+        (1.5e-8 in float64, 3.5e-4 in float32; as MINPACK's hybrd in
+        ``scipy.optimize.fsolve``): near a simple root the error after such a step
+        is O(eps ||x||), near a double root O(sqrt(eps)), the attainable accuracy.
+        May be traced.
+      max_step: the step's length is capped at ``max_step (||x||_2 + 1)`` before
+        the line search (default 1: a step at most doubles ||x|| + 1). Keeps a
+        far-reaching first step out of a flat region of F where the Jacobian is
+        singular (Dennis and Schnabel, Sec. 6.3); a root far from x0 is then
+        approached in steps that grow geometrically. May be traced.
       maxiter: iterations at most (a Python int; the history has maxiter + 1 entries).
       multiplicity: take ``multiplicity`` times the Newton step (modified Newton for a
         root of known multiplicity).
       max_backtracks: halvings of the step at most per iteration.
+      jacobian: "auto" (default): forward mode when n <= m, reverse mode otherwise,
+        and the other mode when f cannot be differentiated in the preferred one (a
+        ``jax.custom_vjp`` has no forward mode); "fwd" or "rev" force one.
 
     Returns:
       :class:`NewtonRootResult`. A step that cannot reduce ``||F||`` (e.g. a singular
       Jacobian whose least-squares step is zero) leaves x unchanged and the loop
-      stops with ``converged=False``; nothing becomes NaN. An F that is not finite
-      at x0 stops at once (status ``ROOT_NONFINITE_START``).
+      stops with ``converged=False``; nothing becomes NaN. An x0 or F(x0) that is
+      not finite stops at once (status ``ROOT_NONFINITE_START``, never converged).
+      Norms are overflow-safe (scaled by the largest entry).
 
-    The Jacobian is formed by forward mode when n <= m, reverse mode otherwise.
+    Examples:
+      >>> r = newton_root(lambda x: x**2 - 2.0, jnp.float32(1.0))
+      >>> bool(r.converged), float(r.x)
+      (True, 1.4142135381698608)
 
     References:
       J. Nocedal and S. Wright, Numerical Optimization, 2nd ed., Sec. 11.1-11.2.
+      J. E. Dennis and R. B. Schnabel, Numerical Methods for Unconstrained
+      Optimization and Nonlinear Equations, 1983, Sec. 6.3 (the maximum step
+      length) and Sec. 7.2 (stopping on a relative step).
     """
+    fn = "newton_root"
     if not callable(f):
-        raise TypeError(f"newton_root: f must be callable, got {type(f).__name__}")
-    check_int(maxiter, "newton_root", "maxiter", 1)
-    check_int(multiplicity, "newton_root", "multiplicity", 1)
-    check_int(max_backtracks, "newton_root", "max_backtracks", 0)
-    check_positive(tol, "newton_root", "tol")
+        raise TypeError(f"{fn}: f must be callable, got {type(f).__name__}")
+    check_int(maxiter, fn, "maxiter", 1)
+    check_int(multiplicity, fn, "multiplicity", 1)
+    check_int(max_backtracks, fn, "max_backtracks", 0)
+    if tol is not None:
+        check_positive(tol, fn, "tol")
+    if xtol is not None:
+        check_positive(xtol, fn, "xtol")
+    check_positive(max_step, fn, "max_step")
+    check_jacobian_mode(jacobian, fn)
     if not jax.tree.leaves(x0):
-        raise ValueError("newton_root: x0 is an empty pytree")
+        raise ValueError(f"{fn}: x0 is an empty pytree")
     dtype = ravel_pytree(x0)[0].dtype
     if not jnp.issubdtype(dtype, jnp.floating):
-        raise TypeError(f"newton_root: x0 must be floating point, got {dtype}")
+        raise TypeError(f"{fn}: x0 must be floating point, got {dtype}")
     check_lapack_dtype(
-        dtype, "newton_root", "the least-squares steps take an SVD", "cast x0 to float32 or float64"
+        dtype, fn, "the least-squares steps take an SVD", "cast x0 to float32 or float64"
     )
-    flat0, unravel, residual, jacobian, m = flat_residual(f, x0, args)
+    flat0, unravel, residual, jac, m = flat_residual(f, x0, args, jacobian)
     n = flat0.size
     if m == 0:
-        raise ValueError("newton_root: f returns no residuals")
+        raise ValueError(f"{fn}: f returns no residuals")
+    finfo = jnp.finfo(dtype)
+    tol = _float_option(finfo.tiny if tol is None else tol, dtype)
+    xtol = _float_option(np.sqrt(finfo.eps) if xtol is None else xtol, dtype)
+    max_step = _float_option(max_step, dtype)
 
     def step(carry):
         k, x, r, norms, _, singular = carry
-        J = jacobian(x)
+        J = jac(x)
         p, _, rank, _ = jnp.linalg.lstsq(J, -r)
         p = jnp.where(jnp.isfinite(p), multiplicity * p, 0.0)
-        phi0 = 0.5 * jnp.sum(r * r)
-        # Sufficient decrease (1 - 1e-4 t) phi0: the slope argument -phi0 is half
-        # phi's true slope -2 phi0 along the Newton step (a looser test).
-        t, i, r_t = backtrack(residual, x, p, phi0, -phi0, max_backtracks)
+        norm_r, norm_x, norm_p = safe_norm(r), safe_norm(x), safe_norm(p)
+        # The Newton step is at the rounding level of x and solves J p = -F: a root.
+        solves = safe_norm(J @ p / multiplicity + r) <= 0.5 * norm_r
+        small = solves & (norm_p <= xtol * (norm_x + xtol))
+        cap = max_step * (norm_x + 1.0)
+        scale = jnp.where(norm_p > cap, cap / jnp.where(norm_p > 0, norm_p, 1.0), 1.0)
+        p = scale * p
+        # Sufficient decrease (1 - 1e-4 t scale) phi0: the slope argument -phi0 scale
+        # is half phi's slope -2 phi0 scale along the capped Newton step (a looser test).
+        t, i, r_t = backtrack(residual, x, p, norm_r, -scale, max_backtracks)
         accepted = (i < max_backtracks) & jnp.any(p != 0)
         x_new = jnp.where(accepted, x + t * p, x)
         r_new = jnp.where(accepted, r_t, r)
-        norms = norms.at[k + 1].set(jnp.linalg.norm(r_new))
+        norms = norms.at[k + 1].set(safe_norm(r_new))
         singular = singular + (rank < min(n, m)).astype(jnp.int32)
-        return k + 1, x_new, r_new, norms, ~accepted, singular
+        done = jnp.where(small, ROOT_CONVERGED_STEP, jnp.where(accepted, -1, ROOT_NO_DECREASE))
+        return k + 1, x_new, r_new, norms, done.astype(jnp.int32), singular
 
     def keep_going(carry):
-        k, _, r, _, stuck, _ = carry
-        return (k < maxiter) & (jnp.linalg.norm(r) > tol) & ~stuck
+        k, _, r, _, done, _ = carry
+        return (k < maxiter) & ~(safe_norm(r) <= tol) & (done < 0)
 
     r0 = residual(flat0)
-    norms0 = jnp.full((maxiter + 1,), jnp.nan, r0.dtype).at[0].set(jnp.linalg.norm(r0))
-    k, x, r, norms, stuck, singular = jax.lax.while_loop(
+    finite0 = jnp.all(jnp.isfinite(flat0)) & jnp.all(jnp.isfinite(r0))
+    norms0 = jnp.full((maxiter + 1,), jnp.nan, r0.dtype).at[0].set(safe_norm(r0))
+    start = jnp.where(finite0, -1, ROOT_NONFINITE_START).astype(jnp.int32)
+    k, x, r, norms, done, singular = jax.lax.while_loop(
         keep_going,
         step,
-        (jnp.asarray(0), flat0, r0, norms0, jnp.asarray(False), jnp.zeros((), jnp.int32)),
+        (jnp.zeros((), jnp.int32), flat0, r0, norms0, start, jnp.zeros((), jnp.int32)),
     )
-    norm = jnp.linalg.norm(r)
-    converged = norm <= tol
-    status = jnp.select(
-        [converged, ~jnp.isfinite(norms0[0]), stuck],
-        [ROOT_CONVERGED, ROOT_NONFINITE_START, ROOT_NO_DECREASE],
-        ROOT_MAXITER,
-    ).astype(jnp.int32)
+    norm = safe_norm(r)
+    small_f = finite0 & (norm <= tol)
+    status = jnp.where(small_f, ROOT_CONVERGED, jnp.where(done >= 0, done, ROOT_MAXITER)).astype(
+        jnp.int32
+    )
+    converged = (status == ROOT_CONVERGED) | (status == ROOT_CONVERGED_STEP)
     return NewtonRootResult(
         unravel(x), f(unravel(x), *args), norm, norms, k, converged, status, singular
     )

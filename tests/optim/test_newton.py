@@ -40,22 +40,25 @@ def test_system_matches_scipy_root(x64):
 def test_double_root_is_linear_and_modified_newton_restores_quadratic(x64):
     f = lambda x: (x - 1.0) ** 2 * (x + 2.0)  # noqa: E731 - root of multiplicity 2 at 1
     plain = newton_root(f, 3.0, tol=1e-13, maxiter=100)
-    errors = [abs(x - 1.0) for x in _iterates(f, 3.0, 1, int(plain.nit))]
-    fit = convergence_order(errors[3:], floor=1e-12)
+    fit = convergence_order(_errors(plain)[3:], floor=1e-12)
     assert fit.kind == "linear" and abs(fit.order - 1.0) < 0.1
     np.testing.assert_allclose(fit.rate, 0.5, atol=0.05)  # Newton halves the error
     modified = newton_root(f, 3.0, tol=1e-13, multiplicity=2)
     assert int(modified.nit) < int(plain.nit) / 3
-    errors = [abs(x - 1.0) for x in _iterates(f, 3.0, 2, int(modified.nit))]
-    assert convergence_order(errors, floor=1e-7).order >= 1.8
+    assert convergence_order(_errors(modified), floor=1e-7).order >= 1.8
+    # Default tolerances: the double root is found to its attainable accuracy, sqrt(eps).
+    default = newton_root(f, 3.0, maxiter=100)
+    assert bool(default.converged) and abs(float(default.x) - 1.0) < 1e-7
 
 
-def _iterates(f, x0, multiplicity, n):
-    """x_0..x_n of the same method, each from newton_root with maxiter = k."""
-    xs = [x0]
-    for k in range(1, n + 1):
-        xs.append(float(newton_root(f, x0, maxiter=k, tol=1e-300, multiplicity=multiplicity).x))
-    return xs
+def _errors(result):
+    """|x_k - 1| from the history |F(x_k)| = e^2 |3 + e| of f = (x - 1)^2 (x + 2) (the
+    iterates stay in x > 1 here: the positive real root of e^3 + 3 e^2 - |F| = 0)."""
+    out = []
+    for F in _history(result):
+        e = [z.real for z in np.roots([1.0, 3.0, 0.0, -F]) if abs(z.imag) < 1e-9 and z.real >= 0]
+        out.append(max(e))
+    return out
 
 
 def test_overdetermined_consistent_system_and_poor_start(x64):
@@ -84,9 +87,12 @@ def test_singular_jacobian_is_reported_without_nan():
 def test_underdetermined_system_takes_the_minimum_norm_step(x64):
     # One equation, three unknowns: the first Newton step from 0 is the
     # minimum-norm solution of J p = -F, a multiple of the gradient direction.
-    result = newton_root(lambda v: jnp.sum(v * jnp.array([1.0, 2.0, 3.0])) - 7.0, jnp.zeros(3))
-    assert bool(result.converged) and int(result.nit) == 1
-    np.testing.assert_allclose(result.x, 7.0 / 14.0 * np.array([1.0, 2.0, 3.0]), rtol=1e-12)
+    # (||p|| = 1.87 exceeds the default cap max_step (||x|| + 1) = 1: two steps then.)
+    f = lambda v: jnp.sum(v * jnp.array([1.0, 2.0, 3.0])) - 7.0  # noqa: E731
+    for max_step, nit in ((10.0, 1), (1.0, 2)):
+        result = newton_root(f, jnp.zeros(3), tol=1e-12, max_step=max_step)
+        assert bool(result.converged) and int(result.nit) == nit
+        np.testing.assert_allclose(result.x, 7.0 / 14.0 * np.array([1.0, 2.0, 3.0]), rtol=1e-12)
     capped = newton_root(lambda x: jnp.cos(x) - x, 3.0, maxiter=1, tol=1e-15)
     assert "maximum" in capped.message
 
