@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxnum._sharding import replicated
+from jaxnum.kfac._paths import path_string
 from jaxnum.linalg.randomized import randomized_svd
 
 __all__ = ["Adapter", "LoRACount", "count", "init_from_svd", "merge", "split"]
@@ -69,7 +71,10 @@ def init_from_svd(
         raise ValueError(f"init_from_svd: rank must be an int in 1..{min(W.shape)}, got {rank!r}")
     if key is None:
         U, S, Vt = jnp.linalg.svd(
-            W.astype(jnp.promote_types(W.dtype, jnp.float32)), full_matrices=False
+            # W gathered on an explicit mesh: XLA's SVD takes no sharded matrix (the
+            # frozen part W - A @ B below keeps W's layout).
+            replicated(W).astype(jnp.promote_types(W.dtype, jnp.float32)),
+            full_matrices=False,
         )
         U, S, Vt = U[:, :rank], S[:rank], Vt[:rank]
     else:
@@ -93,11 +98,18 @@ def split(
 ) -> tuple[Any, dict[str, Adapter]]:
     """Splits every selected 2-D leaf of a params tree into a frozen residual and an adapter.
 
+    Paths are the same for every form of a Flax parameter tree: linen params,
+    an NNX pure dict (``nnx.to_pure_dict``) and an ``nnx.State`` of
+    ``nnx.Param`` (whose leaves flatten under a trailing ``.value``, left out
+    of the path string), so adapters split from one form merge into another.
+
     Args:
-      params: a (Flax) parameter tree.
+      params: a (Flax) parameter tree: linen params, an NNX pure dict or ``nnx.State``.
       rank: adapter rank.
-      where: ``where(path, leaf) -> bool`` on the leaf's path string (``jax.tree_util.keystr``,
-        e.g. ``"['params']['query']['kernel']"``); by default every 2-D leaf.
+      where: ``where(path, leaf) -> bool`` on the leaf's path string (``jax.tree_util.keystr``
+        without a Flax variable's ``.value``, e.g. ``"['params']['query']['kernel']"``;
+        ``"['query']['kernel']"`` for ``nnx.state(model, nnx.Param)``); by default every
+        2-D leaf.
       key: PRNG key for randomized SVD (one per leaf is derived); None: exact SVD.
 
     Returns:
@@ -115,7 +127,7 @@ def split(
     keys = iter(jax.random.split(key, max(len(leaves), 1))) if key is not None else None
 
     def visit(path, leaf):
-        name = jax.tree_util.keystr(path)
+        name = path_string(path)
         if not where(name, leaf):
             return leaf
         if jnp.ndim(leaf) != 2:
@@ -134,6 +146,9 @@ def split(
 def merge(frozen: Any, adapters: dict[str, Adapter]) -> Any:
     """``frozen + A @ B`` at every adapted path: the full parameters to run the model with.
 
+    ``frozen`` may be any form of the tree :func:`split` took (linen params, an NNX
+    pure dict or ``nnx.State``): paths are matched without a Flax variable's ``.value``.
+
     Raises:
       ValueError: if an adapter's path is not in ``frozen`` (mismatched trees), or its
         ``A @ B`` does not have the shape of the leaf there.
@@ -141,7 +156,7 @@ def merge(frozen: Any, adapters: dict[str, Adapter]) -> Any:
     seen = set()
 
     def visit(path, leaf):
-        name = jax.tree_util.keystr(path)
+        name = path_string(path)
         if name not in adapters:
             return leaf
         seen.add(name)

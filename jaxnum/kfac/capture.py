@@ -149,7 +149,8 @@ def value_grad_and_stats(
     one forward pass and (for the true Fisher) two backward passes.
 
     Args:
-      model: a linen Module built with :class:`Dense`/:class:`Conv`, or a plain
+      model: a linen Module built with :class:`Dense`/:class:`Conv` (a model
+        in which none runs is a ``ValueError`` when ``f`` is traced), or a plain
         function ``model(params, inputs)`` registering its layers with
         :func:`jaxnum.kfac.dense`/:func:`jaxnum.kfac.conv`. (An NNX module has
         its own form, :func:`jaxnum.kfac.nnx.value_grad_and_stats`.)
@@ -188,7 +189,8 @@ def value_grad_and_stats(
         shapes = jax.eval_shape(
             lambda p: model.apply({"params": p}, inputs, mutable=[OUTPUTS, INPUTS])[1], params
         )
-        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes[OUTPUTS])
+        # No OUTPUTS collection: no capture layer ran (value_grads_and_stats says so).
+        return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes.get(OUTPUTS, {}))
 
     def forward(p, perturbations, inputs):
         variables = (
@@ -211,6 +213,10 @@ def value_grad_and_stats(
             fisher=fisher,
             axis_name=axis_name,
             curvature_batch=curvature_batch,
+            capture_hint=(
+                "build it with jaxnum.kfac.Dense and jaxnum.kfac.Conv in place of "
+                "flax.linen.Dense and flax.linen.Conv (same parameters)"
+            ),
         )
         return value, grads, stats
 

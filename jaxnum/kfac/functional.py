@@ -184,7 +184,8 @@ def value_grad_and_stats_fn(
     """``f(params, inputs, targets, key) -> (loss_value, grads, stats)`` for a plain function.
 
     ``model(params, inputs) -> outputs`` registers its layers with :func:`dense`
-    and :func:`conv`; ``loss`` and ``fisher`` as in
+    and :func:`conv` (a model registering none is a ``ValueError`` when ``f`` is
+    traced); ``loss`` and ``fisher`` as in
     :func:`jaxnum.kfac.value_grad_and_stats`. With ``axis_name`` (inside
     ``shard_map``) the results are averaged over that axis.
     """

@@ -124,7 +124,8 @@ def value_grad_and_stats(
     as ``nnx.Optimizer.update(model, grads, curvature=stats)``. Non-parameter
     state changed by the forward pass (batch statistics, RNG counters) is
     written back to ``model``, as ``nnx.grad`` would. ``loss``, ``fisher``
-    and ``axis_name`` as in :func:`jaxnum.kfac.value_grad_and_stats`.
+    and ``axis_name`` as in :func:`jaxnum.kfac.value_grad_and_stats`. A model
+    in which no :class:`Linear`/:class:`Conv` runs is a ``ValueError``.
     """
     check_loss_and_fisher("kfac.nnx.value_grad_and_stats", loss, fisher, curvature_batch)
 
@@ -159,6 +160,10 @@ def value_grad_and_stats(
             axis_name=axis_name,
             curvature_batch=curvature_batch,
             fn="kfac.nnx.value_grad_and_stats",
+            capture_hint=(
+                "build it with jaxnum.kfac.nnx.Linear and jaxnum.kfac.nnx.Conv in place of "
+                "nnx.Linear and nnx.Conv (same parameters)"
+            ),
         )
         nnx.update(model, new_rest)
         return value, grads, stats

@@ -132,6 +132,7 @@ def value_grads_and_stats(
     axis_name: str | None = None,
     curvature_batch: int | None = None,
     fn: str = "value_grad_and_stats",
+    capture_hint: str = "register its layers with jaxnum.kfac.dense and jaxnum.kfac.conv",
 ):
     """The passes described in the module docstring; returns ``(value, grads, stats, aux)``.
 
@@ -145,6 +146,9 @@ def value_grads_and_stats(
     examples of the batch, drawn at random (with replacement), in their own
     forward and backward passes (an unbiased estimate of the same expectations
     at a fraction of the cost).
+
+    A model in which no capture layer runs is a ``ValueError`` at trace time
+    (``fn: model ...; {capture_hint}``): there would be no statistics.
     """
     batch = jax.tree.leaves(inputs)[0].shape[0]
     if axis_name is not None:
@@ -154,6 +158,11 @@ def value_grads_and_stats(
 
     def statistics_pass(params, inputs, targets, *, need_grads: bool):
         perturbations = zero_perturbations(params, inputs)
+        if not jax.tree.leaves(perturbations):
+            raise ValueError(
+                f"{fn}: model ran no K-FAC capture layer, so there are no curvature "
+                f"statistics to compute; {capture_hint}"
+            )
         if axis_name is not None:
             params, perturbations = _varying((params, perturbations), axis_name)
         outputs, vjp, (recorded, aux) = jax.vjp(

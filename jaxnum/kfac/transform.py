@@ -14,13 +14,14 @@ References:
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from jaxnum.autodiff._trees import tree_vdot
+from jaxnum.kfac._paths import describe_paths, leaves_by_path, plain_keys
 from jaxnum.kfac.capture import conv_kernel_matrix, kernel_from_matrix
 from jaxnum.kfac.factors import (
     KroneckerFactors,
@@ -54,36 +55,25 @@ class ScaleByKFACState(NamedTuple):
 
 
 def _dense_layers(params: Any) -> list[Layer]:
-    """Paths of the sub-dicts holding a 2-D (dense) or 4-D (conv) ``kernel``."""
-    layers = []
-    for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
-        keys = _keys(path)
-        if keys and keys[-1] == "kernel" and jnp.ndim(leaf) in (2, 4):
-            layers.append(keys[:-1])
-    return layers
+    """Paths of the sub-trees holding a 2-D (dense) or 4-D (conv) ``kernel``.
+
+    Paths are read through :func:`jaxnum.kfac._paths.plain_keys`, so linen
+    params, NNX pure dicts, ``nnx.State`` of ``nnx.Param`` and an
+    ``nnx.Optimizer``'s arrays give the same layers.
+    """
+    return [
+        keys[:-1]
+        for keys, leaf in leaves_by_path(params).items()
+        if keys and keys[-1] == "kernel" and jnp.ndim(leaf) in (2, 4)
+    ]
 
 
-def _keys(path) -> tuple:
-    """A pytree key path as plain keys (dict keys, sequence indices, attribute names)."""
-    out = []
-    for k in path:
-        for attr in ("key", "idx", "name"):
-            if hasattr(k, attr):
-                out.append(getattr(k, attr))
-                break
-        else:
-            out.append(str(k))
-    return tuple(out)
+def _name(layer) -> str:
+    return "/".join(map(str, layer))
 
 
 def _kernel_matrix(kernel: jax.Array) -> jax.Array:
     return conv_kernel_matrix(kernel) if kernel.ndim == 4 else kernel
-
-
-def _get(tree: Any, path: Layer) -> Any:
-    for k in path:
-        tree = tree[k]
-    return tree
 
 
 def _factor_dtype(params: Any):
@@ -136,12 +126,19 @@ def scale_by_kfac(
 
     def init_fn(params):
         dtype = _factor_dtype(params)
+        flat = leaves_by_path(params)
         factors, inverses = {}, {}
         for layer in registered(params):
-            sub = _get(params, layer)
-            rows = _kernel_matrix(sub["kernel"])
-            d_in = rows.shape[0] + (1 if "bias" in sub else 0)
-            d_out = rows.shape[1]
+            kernel = flat.get((*layer, "kernel"))
+            if kernel is None or jnp.ndim(kernel) not in (2, 4):
+                raise ValueError(
+                    f"{fn}: layers names {_name(layer)}, but the parameters hold "
+                    f"no 2-D or 4-D kernel at {_name((*layer, 'kernel'))}; "
+                    f"parameter paths: {describe_paths(flat)}"
+                )
+            shape = jnp.shape(kernel)  # (d_in, d_out) or (kh, kw, c_in, c_out)
+            d_in = math.prod(shape[:-1]) + (1 if (*layer, "bias") in flat else 0)
+            d_out = shape[-1]
             factors[layer] = KroneckerFactors(
                 jnp.zeros((d_in, d_in), dtype), jnp.zeros((d_out, d_out), dtype)
             )
@@ -152,18 +149,29 @@ def scale_by_kfac(
         return ScaleByKFACState(zero, factors, inverses, zero)
 
     def update_fn(updates, state, params=None, *, curvature, **extra_args):
-        del params, extra_args
+        del extra_args
+        flat = leaves_by_path(updates)
+        if layers is None and not state.factors and curvature:
+            # Statistics for layers, and not one layer among the parameters: the update
+            # would be the gradient itself (plain SGD), silently.
+            raise ValueError(
+                f"{fn}: curvature= holds statistics for the layers "
+                f"{describe_paths(sorted(curvature, key=str))}, but no layer was found in "
+                "the parameters given to init (a sub-tree with a 2-D or 4-D 'kernel'); "
+                f"parameter paths seen in update: {describe_paths(flat)}. Pass layers= "
+                "if the kernels have other names"
+            )
         batch_factors = {}
         for layer, old in state.factors.items():
             if layer not in curvature:
                 raise ValueError(
-                    f"{fn}: no curvature statistics for registered layer {'/'.join(layer)}; "
-                    f"statistics were given for {sorted('/'.join(k) for k in curvature)}"
+                    f"{fn}: no curvature statistics for registered layer {_name(layer)}; "
+                    f"statistics were given for {sorted(_name(k) for k in curvature)}"
                 )
             new = curvature[layer]
             if new.A.shape != old.A.shape or new.G.shape != old.G.shape:
                 raise ValueError(
-                    f"{fn}: statistics of layer {'/'.join(layer)} have shapes "
+                    f"{fn}: statistics of layer {_name(layer)} have shapes "
                     f"{new.A.shape}, {new.G.shape}; its parameters need "
                     f"{old.A.shape}, {old.G.shape}"
                 )
@@ -193,31 +201,54 @@ def scale_by_kfac(
                 state.count % inverse_every == 0, recompute, lambda _: state.inverses, None
             )
 
-        replaced = {}  # (*layer, "kernel" | "bias") -> preconditioned gradient
+        # (*layer, "kernel" | "bias") -> preconditioned gradient, in the factors' dtype
+        # (float32 at least) until the end.
+        replaced = {}
         for layer, inv in inverses.items():
-            sub = _get(updates, layer)
-            has_bias = "bias" in sub
-            grad_w = _kernel_matrix(sub["kernel"])
+            kernel_key, bias_key = (*layer, "kernel"), (*layer, "bias")
+            if kernel_key not in flat:
+                raise ValueError(
+                    f"{fn}: the gradients hold no kernel of layer {_name(layer)} "
+                    f"(registered at init); gradient paths: {describe_paths(flat)}"
+                )
+            grad_kernel = flat[kernel_key]
+            grad_w = _kernel_matrix(grad_kernel).astype(inv.A.dtype)
             n_rows = grad_w.shape[0]
-            if has_bias:
-                grad_w = jnp.concatenate([grad_w, sub["bias"][None, :]], axis=0)
-            pre = (inv.A @ grad_w.astype(inv.A.dtype) @ inv.G).astype(sub["kernel"].dtype)
+            if bias_key in flat:
+                grad_w = jnp.concatenate([grad_w, flat[bias_key][None, :].astype(inv.A.dtype)])
+            pre = inv.A @ grad_w @ inv.G
             kernel = pre[:n_rows]
-            if sub["kernel"].ndim == 4:
-                kernel = kernel_from_matrix(kernel, sub["kernel"].shape)
-            replaced[(*layer, "kernel")] = kernel
-            if has_bias:
-                replaced[(*layer, "bias")] = pre[-1].astype(sub["bias"].dtype)
+            if grad_kernel.ndim == 4:
+                kernel = kernel_from_matrix(kernel, grad_kernel.shape)
+            replaced[kernel_key] = kernel
+            if bias_key in flat:
+                replaced[bias_key] = pre[-1]
         # Rebuilt leaf by leaf so the container types (dicts, nnx.State) are kept.
         out = jax.tree_util.tree_map_with_path(
-            lambda path, leaf: replaced.get(_keys(path), leaf), updates
+            lambda path, leaf: replaced.get(plain_keys(path), leaf), updates
         )
         if kl_clip is not None:
-            vg = tree_vdot(out, updates).astype(jnp.float32)
+            vg = sum(
+                jnp.sum(v.astype(jnp.float32) * g.astype(jnp.float32))
+                for v, g in zip(jax.tree.leaves(out), jax.tree.leaves(updates), strict=True)
+            )
             scale = jnp.minimum(1.0, jnp.sqrt(kl_clip / (learning_rate**2 * jnp.abs(vg) + 1e-30)))
-            out = jax.tree.map(lambda v: (scale * v).astype(v.dtype), out)
-        # A bad gradient gives an exact zero, never a NaN that a momentum would keep.
-        out = jax.tree.map(lambda v: jnp.where(grads_finite, v, jnp.zeros_like(v)), out)
+            out = jax.tree.map(lambda v: scale.astype(jnp.result_type(v)) * v, out)
+        # Handed on in the gradient's dtype, or the parameter's when that is wider (float32
+        # parameters with bfloat16 gradients get float32 updates, as optax's adam gives).
+        param_dtypes = {}
+        if params is not None:
+            param_dtypes = {k: jnp.result_type(v) for k, v in leaves_by_path(params).items()}
+
+        def cast(path, v, g):
+            dtype = jnp.result_type(g)
+            wider = param_dtypes.get(plain_keys(path))
+            if wider is not None and jnp.issubdtype(wider, jnp.floating):
+                dtype = jnp.promote_types(dtype, wider)
+            # A bad gradient gives an exact zero, never a NaN that a momentum would keep.
+            return jnp.where(grads_finite, v.astype(dtype), jnp.zeros((), dtype))
+
+        out = jax.tree_util.tree_map_with_path(cast, out, updates)
         skipped = state.num_skipped + (~finite).astype(jnp.int32)
         return out, ScaleByKFACState(state.count + 1, factors, inverses, skipped)
 
