@@ -1,9 +1,12 @@
 """Gauss-Newton and Levenberg-Marquardt for nonlinear least squares on pytrees.
 
 Minimises ``F(x) = ||r(x)||^2 / 2`` for residuals ``r: R^n -> R^m`` (m >= n
-usually: curve fitting). The Jacobian J is formed (forward mode when n <= m,
-reverse otherwise), so this is for small n; for networks use
-:func:`scale_by_newton_cg` with ``curvature="gauss-newton"``.
+usually: curve fitting). The Jacobian J is formed (by default forward mode
+when n <= m, reverse otherwise, and the other mode when the residuals cannot be
+differentiated in that one; ``jacobian=`` chooses), so this is for small n; for
+networks use :func:`scale_by_newton_cg` with ``curvature="gauss-newton"``.
+Norms, the gain ratio and the line search are computed relative to ||r||, so
+residuals whose squares overflow (1e20 in float32) are handled.
 
 - "lm": Levenberg-Marquardt with Nielsen's damping update (Madsen, Nielsen
   and Tingleff, "Methods for non-linear least squares problems", 2004,
@@ -24,10 +27,15 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxnum.optim.newton import backtrack, flat_residual
+from jaxnum.optim.newton import (
+    _float_option,
+    backtrack,
+    check_jacobian_mode,
+    flat_residual,
+    safe_norm,
+)
 from jaxnum.precision._checks import check_lapack_dtype, check_positive, check_positive_int
 
 METHODS = ("lm", "gn")
@@ -44,7 +52,7 @@ STATUS_MESSAGES = {
     CONVERGED_STEP: "converged: step <= xtol (||x|| + xtol), accepted or not",
     MAXITER: "stopped: maximum number of iterations reached",
     NO_DECREASE: "stopped: no step reduces the cost",
-    NONFINITE_START: "stopped: the residuals or Jacobian are not finite at x0",
+    NONFINITE_START: "stopped: x0, the residuals or the Jacobian are not finite at x0",
 }
 
 
@@ -93,16 +101,26 @@ def _damped_step(J, r, mu):
     return jnp.linalg.lstsq(A, b)[0]
 
 
-@functools.partial(jax.jit, static_argnames=("residual_fn", "method", "maxiter"))
-def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter):
-    flat0, _, residual, jacobian, _ = flat_residual(residual_fn, x0, args)
+@functools.partial(jax.jit, static_argnames=("residual_fn", "method", "maxiter", "jacobian_mode"))
+def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter, jacobian_mode):
+    flat0, _, residual, jacobian, _ = flat_residual(residual_fn, x0, args, jacobian_mode)
+    dtype = flat0.dtype
+    xtol, tau = _float_option(xtol, dtype), _float_option(tau, dtype)
 
-    def cost(r):
-        return 0.5 * jnp.sum(r * r)
+    def cost(r):  # reported only (inf once ||r||^2 overflows); decisions use norms of r
+        return 0.5 * jnp.square(safe_norm(r))
+
+    def unit(r):  # (r / ||r||, ||r||), the norm 1 when r = 0
+        norm = safe_norm(r)
+        norm = jnp.where(norm > 0, norm, jnp.ones_like(norm))
+        return r / norm, norm
 
     r0, J0 = residual(flat0), jacobian(flat0)
     g0 = J0.T @ r0
-    finite = jnp.all(jnp.isfinite(r0)) & jnp.all(jnp.isfinite(J0))
+    if gtol is None:  # relative to the gradient at x0
+        gtol = jnp.finfo(dtype).eps * jnp.max(jnp.abs(g0))
+    gtol = _float_option(gtol, dtype)
+    finite = jnp.all(jnp.isfinite(flat0)) & jnp.all(jnp.isfinite(r0)) & jnp.all(jnp.isfinite(J0))
     start = _Carry(
         x=flat0, r=r0, J=J0, mu=tau * jnp.max(jnp.sum(J0 * J0, axis=0)),
         nu=jnp.asarray(2.0, flat0.dtype),
@@ -114,11 +132,15 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter):
     )  # fmt: skip
 
     def lm_step(c: _Carry):
-        g = c.J.T @ c.r
         h = _damped_step(c.J, c.r, c.mu)
         r_new = residual(c.x + h)
-        predicted = 0.5 * jnp.vdot(h, c.mu * h - g)  # L(0) - L(h), Madsen et al. eq. 3.14
-        rho = (cost(c.r) - cost(r_new)) / predicted
+        # Gain ratio, numerator and denominator divided by ||r||^2 (no overflow):
+        # L(0) - L(h) = h^T (mu h - g) / 2, Madsen et al. eq. 3.14.
+        r_unit, norm = unit(c.r)
+        h_unit = h / norm
+        predicted = 0.5 * jnp.vdot(h_unit, c.mu * h_unit - c.J.T @ r_unit)
+        ratio = safe_norm(r_new) / norm
+        rho = 0.5 * (1.0 - ratio * ratio) / predicted
         accept = jnp.isfinite(rho) & (rho > 0) & (predicted > 0)
         shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
         mu = jnp.where(accept, c.mu * shrink, c.mu * c.nu)
@@ -128,9 +150,10 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter):
     def gn_step(c: _Carry):
         h = jnp.linalg.lstsq(c.J, -c.r)[0]
         h = jnp.where(jnp.isfinite(h), h, 0.0)
-        slope = jnp.vdot(c.J.T @ c.r, h)
-        t, i, r_t = backtrack(residual, c.x, h, cost(c.r), slope, GN_MAX_HALVINGS)
-        accept = (i < GN_MAX_HALVINGS) & (slope < 0)
+        r_unit, norm = unit(c.r)
+        rel_slope = 2.0 * jnp.vdot(r_unit, c.J @ h) / norm  # phi'(0) / phi(0)
+        t, i, r_t = backtrack(residual, c.x, h, norm, rel_slope, GN_MAX_HALVINGS)
+        accept = (i < GN_MAX_HALVINGS) & (rel_slope < 0)
         return t * h, r_t, accept, c.mu, c.nu, i + 1
 
     def body(c: _Carry):
@@ -141,7 +164,7 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter):
         nit = c.nit + 1
         # Also for a refused step: LM's growing mu shrinks h until it is at the
         # rounding level of x, where nothing is left to gain (as MINPACK's xtol test).
-        small_step = jnp.linalg.norm(h) <= xtol * (jnp.linalg.norm(c.x) + xtol)
+        small_step = safe_norm(h) <= xtol * (safe_norm(c.x) + xtol)
         if method == "gn":  # the search failed: no step along h lowers the cost
             stuck = ~accept
         else:  # LM: mu has grown far past J^T J's scale and still nothing lowers the cost
@@ -169,10 +192,11 @@ def gauss_newton(
     x0: Any,
     *args: Any,
     method: str = "lm",
-    gtol: float = 1e-10,
+    gtol: float | None = None,
     xtol: float | None = None,
     maxiter: int = 100,
     tau: float = 1e-3,
+    jacobian: str = "auto",
 ) -> GaussNewtonResult:
     """Minimises ``||residual_fn(x, *args)||^2 / 2`` by Levenberg-Marquardt or Gauss-Newton.
 
@@ -181,17 +205,29 @@ def gauss_newton(
       x0: starting point, a pytree of floating arrays; the solve runs in its dtype.
       *args: extra arguments of ``residual_fn`` (data; traced).
       method: "lm" (default) or "gn" (see the module docstring).
-      gtol: stop when ``||J^T r||_inf <= gtol``.
-      xtol: stop when an accepted step ``||h|| <= xtol (||x|| + xtol)``; None
+      gtol: stop when ``||J^T r||_inf <= gtol``. None (default): ``eps *
+        ||J(x0)^T r(x0)||_inf`` with eps of x0's dtype (the gradient reduced to
+        the rounding level of its start; ``xtol`` stops at the rounding level of x).
+      xtol: stop when a step ``||h|| <= xtol (||x|| + xtol)``; None
         means 10 eps of x0's dtype (steps at the rounding level of x).
       maxiter: iterations at most (a refused LM step counts as one).
       tau: the initial mu is ``tau * max diag(J^T J)`` (Madsen et al. suggest
         1e-6 for a good x0, 1e-3 or 1 otherwise).
+      jacobian: "auto" (default): forward mode (``jax.jacfwd``) when n <= m,
+        reverse mode otherwise, and the other mode when the residuals cannot be
+        differentiated in the preferred one (found by an abstract trace: a
+        ``jax.custom_vjp`` has no forward mode, a ``lax.while_loop`` no reverse
+        mode); "fwd" or "rev" force one.
+
+      gtol, xtol and tau may be traced (e.g. arguments of a surrounding ``jax.jit``).
 
     Returns:
       :class:`GaussNewtonResult` with the cost history. A singular Jacobian is
       not an error: LM's damping keeps the step finite; GN takes the
-      minimum-norm step.
+      minimum-norm step. A non-finite x0, or residuals or Jacobian that are not
+      finite at x0, stop at once with status ``NONFINITE_START`` (never
+      converged). ``cost`` is inf when ``||r||^2`` overflows, but the decisions
+      are taken on norms scaled by ``||r||``, which do not overflow.
 
     Examples:
       >>> t = jnp.linspace(0.0, 1.0, 8)
@@ -205,11 +241,13 @@ def gauss_newton(
         raise ValueError(f"{fn}: method must be one of {METHODS}, got {method!r}")
     if not callable(residual_fn):
         raise TypeError(f"{fn}: residual_fn must be callable, got {type(residual_fn).__name__}")
-    check_positive(gtol, fn, "gtol")
+    if gtol is not None:
+        check_positive(gtol, fn, "gtol")
     if xtol is not None:
         check_positive(xtol, fn, "xtol")
     check_positive(tau, fn, "tau")
     check_positive_int(maxiter, fn, "maxiter")
+    check_jacobian_mode(jacobian, fn)
     flat0, unravel = ravel_pytree(x0)
     if flat0.size == 0:
         raise ValueError(f"{fn}: x0 is empty")
@@ -227,12 +265,13 @@ def gauss_newton(
     c = _solve(
         x0,
         tuple(args),
-        np.asarray(gtol, dtype),
-        np.asarray(xtol, dtype),
-        np.asarray(tau, dtype),
+        gtol,
+        xtol,
+        tau,
         residual_fn=residual_fn,
         method=method,
         maxiter=maxiter,
+        jacobian_mode=jacobian,
     )
     x = unravel(c.x)
     return GaussNewtonResult(
