@@ -7,10 +7,16 @@ format, every leaf checked against the template) with its tree structure,
 values, dtypes and jit signature; a run stopped at step k, written to bytes
 (params and optimizer state) and restored into a freshly ``init``-ed template
 continues bit-for-bit as the uninterrupted run; restoring into a mismatched
-structure, shape or dtype raises ``CheckpointMismatchError`` naming the paths.
-The project does not use orbax (no import anywhere).
+structure, state type, shape or dtype raises ``CheckpointMismatchError`` naming
+the paths. The bytes carry a SHA-256 of the payload in a versioned envelope:
+every flipped byte, truncation, junk or empty input raises ``CheckpointError``
+saying what is wrong (where ``flax.serialization.from_bytes`` restores a
+flipped byte as other values); checkpoints of the old format (plain flax
+msgpack) are read with a warning. The project does not use orbax (no import
+anywhere).
 """
 
+import hashlib
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -24,7 +30,7 @@ from flax import serialization
 import jaxnum as jn
 from jaxnum import kfac
 from jaxnum import serialization as checked
-from jaxnum.serialization import CheckpointMismatchError
+from jaxnum.serialization import CheckpointError, CheckpointMismatchError
 from tests.scale._models import HalfMLP
 
 
@@ -355,14 +361,21 @@ def test_a_different_chain_is_refused_with_a_clear_error():
 def test_a_reordered_chain_is_refused_naming_the_paths():
     run, (_, state) = _result("loss_scaling(chain(clip, adam)) float16")[:2]
     reordered = jn.loss_scaling(optax.chain(optax.adam(1e-2), jn.clip_by_global_norm(0.5)))
-    with pytest.raises(CheckpointMismatchError, match=r"missing inner_state/0/0/count"):
+    with pytest.raises(CheckpointMismatchError) as err:
         _round_trip(state, reordered.init(run.params0))
+    message = str(err.value)  # the state types first, then the subtrees by path
+    assert message.startswith(
+        "from_bytes: the checkpoint does not match the template: "
+        "inner_state/0: checkpoint ClipByGlobalNormState, template tuple; "
+        "inner_state/1: checkpoint tuple, template ClipByGlobalNormState; "
+    ), message
+    assert "missing inner_state/0/0/... (ScaleByAdamState: 9 arrays)" in message
 
 
 def test_a_template_with_a_layer_the_checkpoint_lacks_is_refused():
     run, (params, state) = _result("kfac.optimizer(0.1)")[:2]
     bigger = dict(params, extra={"kernel": jnp.zeros((2, 2)), "bias": jnp.zeros(2)})
-    with pytest.raises(CheckpointMismatchError, match="missing params/extra/kernel"):
+    with pytest.raises(CheckpointMismatchError, match=r"missing params/extra/\.\.\. \(2 arrays\)"):
         _checkpoint_and_restore(params, state, bigger, run.tx.init(bigger))
 
 
@@ -411,3 +424,111 @@ def test_transformations_with_the_same_state_fields_cannot_be_told_apart():
     run, (_, state) = _result("loss_scaling(chain(clip, adam)) float16")[:2]
     adamax = jn.loss_scaling(optax.chain(jn.clip_by_global_norm(0.5), optax.adamax(1e-2)))
     _assert_identical(state, _round_trip(state, adamax.init(run.params0)))
+
+
+# Damaged bytes: the envelope's checksums, lengths and magic.
+
+
+def _adam_state_blob():
+    run, (_, state) = _result("loss_scaling(chain(clip, adam)) float16")[:2]
+    return run, state, checked.to_bytes(state)
+
+
+def test_every_flipped_byte_raises_where_flax_restores_other_values():
+    run, state, blob = _adam_state_blob()
+    template = run.tx.init(run.params0)
+    header = checked.HEADER_BYTES
+    payload = blob[header:]
+    expected_regions = (
+        (range(0, 8), r"not a jaxnum checkpoint \(bad magic"),
+        (range(8, header), r"checksum mismatch: the checkpoint's header is damaged"),
+        (range(header, len(blob)), r"checksum mismatch: the checkpoint is damaged$"),
+    )
+    for positions, pattern in expected_regions:
+        for i in positions:  # every byte, one bit and all bits flipped
+            for mask in (0x01, 0xFF):
+                damaged = blob[:i] + bytes([blob[i] ^ mask]) + blob[i + 1 :]
+                with pytest.raises(CheckpointError, match=pattern):
+                    checked.from_bytes(template, damaged)
+    # The reference: the same payload without the envelope, read by flax, restores a
+    # flipped byte in an array's data as another value without a word.
+    last = jax.tree.leaves(state.inner_state[1][0].nu)[-1]  # the last array written
+    raw = np.asarray(last).tobytes()
+    at = payload.rindex(raw) + len(raw) - 1
+    damaged = payload[:at] + bytes([payload[at] ^ 0x40]) + payload[at + 1 :]
+    from_flax = serialization.msgpack_restore(damaged)["tree"]
+    flax_leaf = from_flax["inner_state"]["1"]["0"]["nu"]["params"]["Dense_1"]["kernel"]
+    assert not np.array_equal(flax_leaf, np.asarray(last))
+
+
+def test_truncated_junk_and_empty_bytes_say_what_they_are():
+    run, _, blob = _adam_state_blob()
+    template = run.tx.init(run.params0)
+    n = len(blob)
+    cases = {b"": r"from_bytes: the data is empty \(0 bytes\), not a checkpoint"}
+    for m in (1, 7, 8, 30, 59):  # inside the header
+        cases[blob[:m]] = rf"from_bytes: truncated: expected at least 60 bytes, got {m}"
+    for m in (60, 61, n // 2, n - 1):  # inside the payload
+        cases[blob[:m]] = rf"from_bytes: truncated: expected {n} bytes, got {m}$"
+    cases[blob + b"\x00"] = rf"from_bytes: expected {n} bytes, got {n + 1}: 1 extra byte"
+    rng = np.random.default_rng(0)
+    for size in (1, 5, 64, n):
+        junk = rng.integers(0, 256, size, dtype=np.uint8).tobytes()
+        cases[junk] = r"from_bytes: not a jaxnum checkpoint \(bad magic"
+    cases[b'{"params": [1, 2]}'] = r"from_bytes: not a jaxnum checkpoint \(bad magic"
+    cases[b"\x05"] = r"not a jaxnum checkpoint \(bad magic.*flax msgpack of a int"
+    for data, pattern in cases.items():
+        with pytest.raises(CheckpointError, match=pattern) as err:
+            checked.from_bytes(template, data)
+        assert not isinstance(err.value, CheckpointMismatchError)  # damage, not structure
+    # A newer format version (with a valid header check) is refused by name.
+    head = bytearray(blob[:52])
+    head[8:12] = (2).to_bytes(4, "big")
+    newer = bytes(head) + hashlib.sha256(bytes(head)).digest()[:8] + blob[60:]
+    with pytest.raises(CheckpointError, match="format version 2 is not readable here"):
+        checked.from_bytes(template, newer)
+    assert issubclass(CheckpointError, ValueError)
+    assert issubclass(CheckpointMismatchError, CheckpointError)
+
+
+def test_an_adam_state_in_an_adamw_or_adabelief_template_names_the_state_types():
+    params = {"w": jnp.ones(3)}
+    adam_state = jn.loss_scaling(optax.adam(1e-2)).init(params)
+    blob = checked.to_bytes(adam_state)
+    wrong = {
+        # adamw's chain has one state more (add_decayed_weights: an EmptyState)
+        optax.adamw(1e-2): r"matc.*template: missing inner_state/2 \(EmptyState, no arrays\)$",
+        # adabelief's ScaleByBeliefState has adam's fields, shapes and dtypes
+        optax.adabelief(1e-2): r"inner_state/0: checkpoint ScaleByAdamState, template "
+        r"ScaleByBeliefState$",
+        optax.sgd(1e-2): r"inner_state/0: checkpoint ScaleByAdamState, template EmptyState",
+    }
+    for inner, pattern in wrong.items():
+        template = jn.loss_scaling(inner).init(params)
+        with pytest.raises(CheckpointMismatchError, match=pattern):
+            checked.from_bytes(template, blob)
+    # The reference: flax's own from_bytes restores adam's state as adabelief's silently.
+    template = jn.loss_scaling(optax.adabelief(1e-2)).init(params)
+    by_flax = serialization.from_bytes(template, serialization.to_bytes(adam_state))
+    assert type(by_flax.inner_state[0]).__name__ == "ScaleByBeliefState"
+    with pytest.raises(CheckpointMismatchError, match=r"the root: checkpoint LossScalingState"):
+        checked.from_bytes(optax.adam(1e-2).init(params), blob)
+    with pytest.raises(CheckpointMismatchError, match=r"missing w \(float32\[3\]\)"):
+        checked.from_bytes(params, blob)
+    # check_types=False: a state class renamed since (same fields) restores.
+    restored = checked.from_bytes(template, blob, check_types=False)
+    assert type(restored.inner_state[0]).__name__ == "ScaleByBeliefState"
+
+
+def test_a_checkpoint_of_the_old_format_is_read_with_a_warning():
+    # jaxnum wrote plain flax msgpack before the envelope: it restores bit for bit,
+    # with a warning that it has no checksum; its structure is still checked.
+    run, state, _ = _adam_state_blob()
+    old = serialization.to_bytes(state)
+    with pytest.warns(UserWarning, match="old format.*carries no checksum") as record:
+        restored = checked.from_bytes(run.tx.init(run.params0), old)
+    assert record[0].filename == __file__  # points at the caller
+    _assert_identical(state, restored)
+    _assert_identical(state, _round_trip(state, run.tx.init(run.params0)))  # the new format
+    with pytest.warns(UserWarning), pytest.raises(CheckpointMismatchError, match="missing"):
+        checked.from_bytes(jn.loss_scaling(optax.adamw(1e-2)).init(run.params0), old)
