@@ -38,6 +38,18 @@ def _check_samples(num_samples: Any, minimum: int, fn: str) -> None:
         raise ValueError(f"{fn}: num_samples must be >= {minimum}, got {num_samples}")
 
 
+def _check_real_tree(x: Any, fn: str, arg: str) -> None:
+    """TypeError for a complex leaf: the Hessian of a real function of complex x is only
+    real-linear (jax's gradients conjugate), so its trace is not that of a complex matrix."""
+    for path, leaf in jax.tree_util.tree_flatten_with_path(x)[0]:
+        dtype = jnp.result_type(leaf)
+        if jnp.issubdtype(dtype, jnp.complexfloating):
+            raise TypeError(
+                f"{fn}: {arg}{jax.tree_util.keystr(path)} is complex ({dtype}); the Hessian "
+                "needs real inputs: pass the real and imaginary parts as separate real arrays"
+            )
+
+
 def _check_options(
     fn: str, num_samples: Any, method: str | None, chunk_size: Any, x_like: Any
 ) -> None:
@@ -62,7 +74,16 @@ def _flat_operator(matvec: Callable[[Any], Any], x_like: Any, chunk_size: int | 
     """``(flat x_like, unravel, columns)``: ``columns(Z)`` is ``A Z`` for an (n, k) block
     of flat probes, vmapped in chunks of ``chunk_size``."""
     flat, unravel = ravel_pytree(x_like)
-    check_like(x_like, jax.eval_shape(matvec, x_like), fn, "matvec(x_like)", "x_like")
+    out = jax.eval_shape(matvec, x_like)
+    check_like(x_like, out, fn, "matvec(x_like)", "x_like")
+    out_dtypes = [leaf.dtype for leaf in jax.tree.leaves(out)]
+    if not jnp.issubdtype(flat.dtype, jnp.complexfloating) and any(
+        jnp.issubdtype(d, jnp.complexfloating) for d in out_dtypes
+    ):
+        raise TypeError(
+            f"{fn}: matvec(x_like) is complex ({', '.join(sorted({str(d) for d in out_dtypes}))}) "
+            f"for a real x_like ({flat.dtype}); give a complex x_like for a complex operator"
+        )
 
     def single(z):
         return ravel_pytree(matvec(unravel(z)))[0].astype(z.dtype)
@@ -85,6 +106,12 @@ def trace_estimate(
     chunk_size: int | None = None,
 ) -> TraceEstimate:
     """Estimates ``tr(A)`` of a symmetric operator from ``num_samples`` products ``A v``.
+
+    A complex ``x_like`` makes A complex: the probes stay real (``E[z z^H] = I``)
+    and every transpose is conjugated, so "hutchinson" and "hutch++" are
+    unbiased for any complex A and "xtrace" for a Hermitian A; the value is
+    then complex, ``std_error`` real. A matvec returning complex values for a
+    real ``x_like`` raises TypeError.
 
     - ``"hutchinson"``: the mean of ``z^T A z`` over Rademacher probes ``z``;
       variance ``2 (||A||_F^2 - sum A_ii^2) / m``.
@@ -137,53 +164,61 @@ def trace_estimate(
     _check_options(fn, num_samples, method, chunk_size, x_like)
     flat, _, columns = _flat_operator(matvec, x_like, chunk_size, fn)
     n, dtype = flat.size, flat.dtype
+    real = jnp.finfo(dtype).dtype  # the standard error is real for complex A too
+    # Real Rademacher probes (E[z z^H] = I) and conjugate transposes throughout: unbiased
+    # for complex A as well (Hermitian for xtrace), the value complex then.
     if method == "hutchinson":
-        Z = jax.random.rademacher(key, (n, num_samples), dtype)
-        samples = jnp.sum(Z * columns(Z), axis=0)
+        Z = jax.random.rademacher(key, (n, num_samples), real).astype(dtype)
+        samples = jnp.sum(jnp.conj(Z) * columns(Z), axis=0)
         se = jnp.std(samples, ddof=1) / jnp.sqrt(num_samples) if num_samples > 1 else jnp.inf
-        return TraceEstimate(jnp.mean(samples), jnp.asarray(se, dtype), num_samples)
+        return TraceEstimate(jnp.mean(samples), jnp.asarray(se, real), num_samples)
     if method == "xtrace":
         return _xtrace(columns, n, dtype, key, num_samples)
     k_range = min(num_samples // 3, n)
     k_rest = num_samples - 2 * k_range
     key_s, key_g = jax.random.split(key)
-    S = jax.random.rademacher(key_s, (n, k_range), dtype)
+    S = jax.random.rademacher(key_s, (n, k_range), real).astype(dtype)
     Q, _ = jnp.linalg.qr(columns(S))
-    exact_part = jnp.trace(Q.T @ columns(Q))
-    G = jax.random.rademacher(key_g, (n, k_rest), dtype)
-    G = G - Q @ (Q.T @ G)
-    samples = jnp.sum(G * columns(G), axis=0)
+    exact_part = jnp.trace(jnp.conj(Q).T @ columns(Q))
+    G = jax.random.rademacher(key_g, (n, k_rest), real).astype(dtype)
+    G = G - Q @ (jnp.conj(Q).T @ G)
+    samples = jnp.sum(jnp.conj(G) * columns(G), axis=0)
     se = jnp.std(samples, ddof=1) / jnp.sqrt(k_rest) if k_rest > 1 else jnp.inf
-    return TraceEstimate(exact_part + jnp.mean(samples), jnp.asarray(se, dtype), num_samples)
+    return TraceEstimate(exact_part + jnp.mean(samples), jnp.asarray(se, real), num_samples)
 
 
 def _xtrace(columns, n, dtype, key, num_samples) -> TraceEstimate:
     """XTrace with Gaussian test vectors; see :func:`trace_estimate`."""
     k = min(num_samples // 2, n)
-    omega = jax.random.normal(key, (n, k), dtype)
+    real = jnp.finfo(dtype).dtype
+    omega = jax.random.normal(key, (n, k), real).astype(dtype)
     Y = columns(omega)
     Q, R = jnp.linalg.qr(Y)
+    Qh = jnp.conj(Q).T
     Z = columns(Q)
-    H = Q.T @ Z  # Q^T A Q
-    W = Q.T @ omega  # coordinates of each omega_i in range(Q)
-    omega_A_omega = jnp.sum(omega * Y, axis=0)  # omega_i^T A omega_i
-    S = jnp.linalg.solve(R.T, jnp.eye(k, dtype=dtype))  # columns of R^-T
+    H = Qh @ Z  # Q^H A Q
+    W = Qh @ omega  # coordinates of each omega_i in range(Q)
+    omega_A_omega = jnp.sum(jnp.conj(omega) * Y, axis=0)  # omega_i^H A omega_i
+    S = jnp.linalg.solve(jnp.conj(R).T, jnp.eye(k, dtype=dtype))  # columns of R^-H
     S = S / jnp.linalg.norm(S, axis=0, keepdims=True)
-    # Estimate i, with P_i = Q (I - s s^T) Q^T, w = W[:, i], r = R[:, i], c = s.w:
-    #   tr(P_i A) = tr H - s.Hs
+    # Estimate i, with P_i = Q (I - s s^H) Q^H, w = W[:, i], r = R[:, i], c = s^H w
+    # (^H is ^T for real A):
+    #   tr(P_i A) = tr H - s^H H s
     #   (I - P_i) omega = omega_perp + c Q s, omega_perp = omega - Q w, and
-    #   omega_perp^T A omega_perp = omega.A omega - 2 r.w + w.H w  (Q^T A omega_i = r, A = A^T)
-    #   (Q s)^T A omega_perp = s.(r - H w)
-    sHs = jnp.sum(S * (H @ S), axis=0)
-    c = jnp.sum(S * W, axis=0)
+    #   omega_perp^H A omega_perp = omega^H A omega - r^H w - w^H r + w^H H w
+    #     (Q^H A omega_i = r, A = A^H)
+    #   (Q s)^H A omega_perp = s^H (r - H w) =: x, omega_perp^H A Q s = conj(x)
+    sHs = jnp.sum(jnp.conj(S) * (H @ S), axis=0)
+    c = jnp.sum(jnp.conj(S) * W, axis=0)
     HW = H @ W
-    wHw = jnp.sum(W * HW, axis=0)
-    rw = jnp.sum(R * W, axis=0)
-    perp = omega_A_omega - 2 * rw + wHw
-    cross = jnp.sum(S * (R - HW), axis=0)
-    samples = jnp.trace(H) - sHs + perp + 2 * c * cross + c**2 * sHs
+    wHw = jnp.sum(jnp.conj(W) * HW, axis=0)
+    rw = jnp.sum(jnp.conj(R) * W, axis=0)
+    perp = omega_A_omega - (rw + jnp.conj(rw)) + wHw
+    cross = jnp.sum(jnp.conj(S) * (R - HW), axis=0)
+    cross = jnp.conj(c) * cross + c * jnp.conj(cross)
+    samples = jnp.trace(H) - sHs + perp + cross + jnp.conj(c) * c * sHs
     se = jnp.std(samples, ddof=1) / jnp.sqrt(k)
-    return TraceEstimate(jnp.mean(samples), se.astype(dtype), 2 * k)
+    return TraceEstimate(jnp.mean(samples), se.astype(real), 2 * k)
 
 
 def diagonal_estimate(
@@ -195,6 +230,9 @@ def diagonal_estimate(
     chunk_size: int | None = None,
 ) -> Any:
     """Estimates the diagonal of a symmetric operator: the mean of ``z * (A z)``.
+
+    The Rademacher probes z are real, which keeps the estimate unbiased for a
+    complex A (a complex ``x_like``) too.
 
     Args:
       matvec: as for :func:`trace_estimate`.
@@ -219,7 +257,9 @@ def diagonal_estimate(
     check_floating_tree(x_like, fn, "x_like")
     _check_options(fn, num_samples, None, chunk_size, x_like)
     flat, unravel, columns = _flat_operator(matvec, x_like, chunk_size, fn)
-    Z = jax.random.rademacher(key, (flat.size, num_samples), flat.dtype)
+    # real probes: E[z_i (A z)_i] = A_ii for complex A too
+    Z = jax.random.rademacher(key, (flat.size, num_samples), jnp.finfo(flat.dtype).dtype)
+    Z = Z.astype(flat.dtype)
     return unravel(jnp.mean(Z * columns(Z), axis=1))
 
 
@@ -235,6 +275,8 @@ def hessian_trace(
     """Estimates the trace of the Hessian of ``f(x, *args)`` at ``x`` from Hessian-vector products.
 
     :func:`trace_estimate` on :func:`hvp_fn` (the gradient is linearized once).
+    Complex ``x`` raises TypeError (the Hessian of a real function of complex
+    variables is not a complex-linear operator).
 
     Examples:
       >>> est = hessian_trace(lambda x: jnp.sum(x**2), jnp.ones(4), key=jax.random.key(0),
@@ -246,6 +288,7 @@ def hessian_trace(
       See :func:`trace_estimate`.
     """
     check_floating_tree(x, "hessian_trace", "x")
+    _check_real_tree(x, "hessian_trace", "x")
     _check_options("hessian_trace", num_samples, method, chunk_size, x)
     return trace_estimate(
         hvp_fn(f, x, *args),
@@ -267,6 +310,8 @@ def hessian_diag(
 ) -> Any:
     """Estimates the diagonal of the Hessian of ``f(x, *args)`` (Bekas et al. 2007).
 
+    Complex ``x`` raises TypeError, as for :func:`hessian_trace`.
+
     Examples:
       >>> hessian_diag(lambda x: jnp.sum(x**3), jnp.array([1.0, 2.0]), key=jax.random.key(0),
       ...              num_samples=2)
@@ -276,6 +321,7 @@ def hessian_diag(
       See :func:`diagonal_estimate`.
     """
     check_floating_tree(x, "hessian_diag", "x")
+    _check_real_tree(x, "hessian_diag", "x")
     _check_options("hessian_diag", num_samples, None, chunk_size, x)
     return diagonal_estimate(
         hvp_fn(f, x, *args), x, key=key, num_samples=num_samples, chunk_size=chunk_size

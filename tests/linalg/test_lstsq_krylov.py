@@ -17,6 +17,7 @@ from jaxnum.linalg import (
     spectral_density,
     top_eigenvalues,
 )
+from jaxnum.linalg.lstsq import METHODS
 
 
 @pytest.mark.parametrize("method", ["svd", "qr", "cholesky", "normal"])
@@ -143,3 +144,67 @@ def test_spectral_density_integrates_to_one_and_matches_the_histogram():
 def test_bad_input_is_refused_by_name(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_lstsq_without_rows_or_columns_matches_numpy(x64):
+    # Issue 21: 0 rows crashed (IndexError) or gave NaN. numpy returns the minimum-norm
+    # solution, zeros; so does every method, with and without ridge, jitted.
+    for shape, k in [((0, 3), ()), ((0, 3), (2,)), ((3, 0), ()), ((3, 0), (2,))]:
+        X, y = np.zeros(shape), np.ones((shape[0], *k))
+        ref = np.linalg.lstsq(X, y, rcond=None)[0]
+        for method in METHODS:
+            b = jax.jit(lambda X, y, m=method: lstsq(X, y, method=m, ridge=0.5))(X, y)
+            assert b.shape == ref.shape and b.dtype == jnp.float64
+            np.testing.assert_array_equal(b, ref)
+
+
+def test_cg_promotes_mixed_dtypes_and_checks_the_matvec(x64):
+    # Issue 21: float64 A with float32 b (and x0, M of other dtypes) failed with a
+    # while_loop carry-type error. CG now runs in the promoted dtype; the reference is
+    # numpy.linalg.solve in float64 (complex128 for a Hermitian A).
+    rng = np.random.default_rng(5)
+    B = rng.normal(size=(6, 6))
+    A = B @ B.T + 6 * np.eye(6)
+    b = rng.normal(size=6).astype(np.float32).astype(np.float64)  # the same b in float32
+    ref = np.linalg.solve(A, b)
+    M = np.diag(1 / np.diag(A)).astype(np.float32)  # Jacobi, in float32
+    for kwargs in [
+        dict(A=A, b=b.astype(np.float32)),
+        dict(A=A, b=b.astype(np.float32), x0=np.ones(6, np.float16), M=M),
+        dict(A=lambda v: jnp.asarray(A) @ v, b=jnp.asarray(b, jnp.float32), M=jnp.asarray(M)),
+    ]:
+        r = cg(tol=1e-12, **kwargs)
+        assert r.x.dtype == jnp.float64 and bool(r.converged)
+        np.testing.assert_allclose(r.x, ref, rtol=1e-9)
+    C = rng.normal(size=(6, 6)) + 1j * rng.normal(size=(6, 6))
+    H = C @ C.conj().T + 6 * np.eye(6)  # Hermitian positive definite, real b
+    r = cg(H, b, tol=1e-12)
+    assert r.x.dtype == jnp.complex128
+    np.testing.assert_allclose(r.x, np.linalg.solve(H, b), rtol=1e-9)
+    x = cg(np.zeros((0, 0)), np.zeros(0))  # nothing to solve: x = [], converged
+    assert x.x.shape == (0,) and bool(x.converged)
+    with pytest.raises(ValueError, match=r"cg: A \(its matvec\) maps a vector of shape \(6,\) "
+                                         r"to shape \(5,\); expected shape \(6,\)"):  # fmt: skip
+        cg(lambda v: v[:5], b)
+    with pytest.raises(ValueError, match=r"cg: M \(its matvec\) maps"):
+        cg(A, b, M=lambda v: v[None])
+    # Lanczos runs in the promoted dtype too: a float64 matvec from a float32 start vector
+    # gives float64 Ritz values (numpy eigvalsh), and complex operators are refused.
+    w, _ = top_eigenvalues(lambda v: jnp.asarray(A) @ v, 2, key=jax.random.key(0), n=6)
+    np.testing.assert_allclose(w, np.linalg.eigvalsh(A)[::-1][:2], rtol=1e-10)
+    res = lanczos(lambda v: jnp.asarray(A) @ v, jnp.ones(6, jnp.float32), 6)
+    assert res.alphas.dtype == jnp.float64
+    for call, error, match in [
+        (lambda: lanczos(lambda v: v[:5], jnp.ones(6), 2), ValueError,
+         r"lanczos: A \(its matvec\) maps a vector of shape \(6,\) to shape \(5,\)"),
+        (lambda: top_eigenvalues(lambda v: v[:5], 1, key=jax.random.key(0), n=6), ValueError,
+         r"top_eigenvalues: A \(its matvec\) maps"),
+        (lambda: spectral_density(lambda v: v[:5], key=jax.random.key(0), num_probes=1,
+                                  num_iters=2, n=6), ValueError, r"spectral_density: A \(its"),
+        (lambda: top_eigenvalues(H, 1, key=jax.random.key(0)), TypeError,
+         r"top_eigenvalues: A v has dtype complex128; only real symmetric operators"),
+        (lambda: top_eigenvalues(np.zeros((0, 0)), 1, key=jax.random.key(0)), ValueError,
+         r"top_eigenvalues: A has shape \(0, 0\), no entries"),
+    ]:  # fmt: skip
+        with pytest.raises(error, match=match):
+            call()

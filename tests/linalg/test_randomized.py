@@ -174,3 +174,62 @@ def test_nystrom_eigenvalues_of_a_psd_matrix(x64):
 def test_bad_input_is_refused_by_name(call, error, match):
     with pytest.raises(error, match=match):
         call()
+
+
+def test_nystrom_on_zero_huge_and_indefinite_matrices_against_numpy_eigh(x64):
+    # Issue 21: a zero matrix gave NaN, eigenvalues ~1e19 overflowed to NaN in float32, an
+    # indefinite matrix with a positive diagonal gave NaN instead of the promised error.
+    # Reference: numpy.linalg.eigh in float64. With n = 8 <= rank + oversample the test
+    # matrix spans everything, so the Nystrom factors are exact up to rounding.
+    rng = np.random.default_rng(21)
+    n, key = 8, jax.random.key(0)
+    V, _ = np.linalg.qr(rng.normal(size=(n, n)))
+    eigh = jax.jit(lambda a: randomized_eigh(a, 3, key=key))
+    for lam, dtype, rtol in [
+        (1e19 * np.linspace(1.0, 0.1, n), jnp.float32, 1e-4),
+        (1e300 * np.linspace(1.0, 0.1, n), jnp.float64, 1e-10),  # squares overflow float64
+        (np.r_[3.0, 2.0, 1.0, np.zeros(n - 3)], jnp.float64, 1e-10),  # rank 3
+    ]:
+        M = (V * lam) @ V.T
+        w, U = eigh(jnp.asarray(M, dtype))
+        w_np, U_np = np.linalg.eigh(M)
+        np.testing.assert_allclose(w, w_np[::-1][:3], rtol=rtol)
+        np.testing.assert_allclose(np.abs(np.asarray(U, np.float64).T @ U_np[:, ::-1][:, :3]),
+                                   np.eye(3), atol=10 * rtol)  # fmt: skip
+    w, U = eigh(jnp.zeros((n, n), jnp.float32))
+    np.testing.assert_array_equal(w, np.zeros(3))  # numpy: eigh(0) = 0
+    np.testing.assert_allclose(np.asarray(U).T @ np.asarray(U), np.eye(3), atol=1e-6)
+    indefinite = (V * np.r_[5.0, 4.0, 3.0, 2.0, 1.0, 1.0, 1.0, -0.5]) @ V.T
+    assert np.all(np.diag(indefinite) > 0)  # the old check (the core's diagonal) missed it
+    with pytest.raises(ValueError, match=r"not positive semi-definite .* eigenvalue -0\.5 < 0"):
+        randomized_eigh(jnp.asarray(indefinite), 3, key=key)
+    w, U = eigh(jnp.asarray(indefinite))  # traced: flagged by NaN eigenvalues, finite vectors
+    assert np.all(np.isnan(np.asarray(w))) and np.all(np.isfinite(np.asarray(U)))
+
+
+def test_integer_and_empty_inputs_one_rule_for_every_decomposition():
+    key = jax.random.key(0)
+    ints = jnp.eye(4, dtype=jnp.int32)
+    for call, arg in [
+        (lambda: randomized_svd(ints, 2, key=key), "A"),
+        (lambda: randomized_svd(LinearOperator.from_matrix(ints), 2, key=key), "A"),
+        (lambda: randomized_range_finder(ints, 2, key=key), "A"),
+        (lambda: randomized_eigh(ints, 2, key=key), "A_psd"),
+    ]:
+        with pytest.raises(TypeError, match=f": {arg} must be floating point, got dtype int32"):
+            call()
+    # An empty stack gives empty factors of the shapes numpy's SVD has (truncated to rank 2).
+    U, S, Vt = jax.jit(lambda a: randomized_svd(a, 2, key=key))(jnp.zeros((0, 3, 5, 4)))
+    U_np, S_np, Vt_np = np.linalg.svd(np.zeros((0, 3, 5, 4)), full_matrices=False)
+    assert U.shape == U_np[..., :2].shape and S.shape == S_np[..., :2].shape
+    assert Vt.shape == Vt_np[..., :2, :].shape and U.dtype == jnp.float32
+    for call, match in [
+        (lambda: randomized_range_finder(jnp.zeros((0, 3)), 1, key=key),
+         r"randomized_range_finder: A has shape \(0, 3\), no entries"),
+        (lambda: randomized_eigh(jnp.zeros((0, 0)), 1, key=key),
+         r"randomized_eigh: A has shape \(0, 0\), no entries"),
+        (lambda: randomized_svd(jnp.zeros((4, 0)), 1, key=key),
+         r"randomized_svd: rank=1 exceeds min\(m, n\) = 0"),
+    ]:  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            call()
