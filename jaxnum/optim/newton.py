@@ -15,6 +15,7 @@ float32) are handled.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -23,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jaxnum._sharding import replicated, replicated_outputs
 from jaxnum.precision._checks import check_int, check_lapack_dtype, check_positive
 
 ROOT_CONVERGED = 0
@@ -88,7 +90,7 @@ def check_jacobian_mode(jacobian: Any, fn: str) -> None:
         raise ValueError(f"{fn}: jacobian must be one of {JACOBIAN_MODES}, got {jacobian!r}")
 
 
-def flat_residual(f: Callable, x0: Any, args: tuple, mode: str = "auto"):
+def flat_residual(f: Callable, x0: Any, args: tuple, mode: str = "auto", fn: str = "newton_root"):
     """``(flat0, unravel, residual, jacobian, m)`` for ``f(x, *args)`` on flat vectors.
 
     ``residual`` stacks every output leaf (in x0's dtype); ``jacobian`` is the
@@ -97,31 +99,39 @@ def flat_residual(f: Callable, x0: Any, args: tuple, mode: str = "auto"):
     otherwise, and the other mode when the preferred one cannot be traced (a
     ``jax.custom_vjp`` inside f has no forward mode; a ``lax.while_loop`` no
     reverse mode). That is found by ``jax.eval_shape`` of the Jacobian (an
-    abstract trace, nothing is computed); when neither mode traces, the
-    preferred mode's error is raised.
+    abstract trace, nothing is computed). A forced mode that cannot be traced,
+    or "auto" when neither can, raises a TypeError naming ``jacobian``.
     """
+    # On an explicit mesh x, the residuals and the Jacobian are whole on every device:
+    # the steps solve least-squares problems by SVD, which takes no sharded matrix,
+    # and the loops' carries keep one layout (jaxnum/_sharding.py).
     flat0, unravel = ravel_pytree(x0)
+    flat0 = replicated(flat0)
 
     def residual(flat):
-        return ravel_pytree(f(unravel(flat), *args))[0].astype(flat.dtype)
+        return replicated(ravel_pytree(f(unravel(flat), *args))[0].astype(flat.dtype))
 
     m = jax.eval_shape(residual, flat0).shape[0]
-    if mode == "fwd":
-        return flat0, unravel, residual, jax.jacfwd(residual), m
-    if mode == "rev":
-        return flat0, unravel, residual, jax.jacrev(residual), m
-    preferred, other = jax.jacfwd(residual), jax.jacrev(residual)
-    if flat0.size > m:
-        preferred, other = other, preferred
-    try:
-        jax.eval_shape(preferred, flat0)
-    except (TypeError, ValueError, NotImplementedError) as err:
+    modes = {
+        "fwd": replicated_outputs(jax.jacfwd(residual)),
+        "rev": replicated_outputs(jax.jacrev(residual)),
+    }
+    if mode == "auto":
+        order = ("fwd", "rev") if flat0.size <= m else ("rev", "fwd")
+    else:
+        order = (mode,)
+    errors = []
+    for name in order:
         try:
-            jax.eval_shape(other, flat0)
-        except Exception:
-            raise err from None
-        preferred = other
-    return flat0, unravel, residual, preferred, m
+            jax.eval_shape(modes[name], flat0)
+        except (TypeError, ValueError, NotImplementedError) as err:
+            errors.append(f"{name}: {err}".splitlines()[0])
+            continue
+        return flat0, unravel, residual, modes[name], m
+    remedy = "" if mode == "auto" else "; try jacobian='auto'"
+    raise TypeError(
+        f"{fn}: jacobian={mode!r} cannot differentiate the residuals ({'; '.join(errors)}){remedy}"
+    )
 
 
 def backtrack(residual: Callable, x, p, norm0, rel_slope, max_halvings: int):
@@ -177,11 +187,13 @@ def newton_root(
         equations (``||J p + F|| <= ||F|| / 2``; a least-squares minimum of an
         inconsistent system does not, it is not a root) and is small,
         ``||p||_2 <= xtol (||x||_2 + xtol)``; the step is taken (when it lowers
-        ||F||) and the loop stops. None (default): ``sqrt(eps)`` of x0's dtype
-        (1.5e-8 in float64, 3.5e-4 in float32; as MINPACK's hybrd in
-        ``scipy.optimize.fsolve``): near a simple root the error after such a step
-        is O(eps ||x||), near a double root O(sqrt(eps)), the attainable accuracy.
-        May be traced.
+        ||F||) and the loop stops. None (default): ``eps ** (2/3)`` of x0's dtype
+        (3.7e-11 in float64, 2.4e-5 in float32; Dennis and Schnabel's steptol,
+        Sec. 7.2): near a simple root the error after such a step is at the
+        rounding level of x. (A root of multiplicity > 1 whose F loses its
+        accuracy near the root, e.g. an expanded polynomial, may stop with
+        ``ROOT_NO_DECREASE`` at about ``sqrt(eps)`` from it; pass a larger xtol
+        or a tol.) May be traced.
       max_step: the step's length is capped at ``max_step (||x||_2 + 1)`` before
         the line search (default 1: a step at most doubles ||x|| + 1). Keeps a
         far-reaching first step out of a flat region of F where the Jacobian is
@@ -216,9 +228,9 @@ def newton_root(
     fn = "newton_root"
     if not callable(f):
         raise TypeError(f"{fn}: f must be callable, got {type(f).__name__}")
-    check_int(maxiter, fn, "maxiter", 1)
-    check_int(multiplicity, fn, "multiplicity", 1)
-    check_int(max_backtracks, fn, "max_backtracks", 0)
+    maxiter = check_int(maxiter, fn, "maxiter", 1)
+    multiplicity = check_int(multiplicity, fn, "multiplicity", 1)
+    max_backtracks = check_int(max_backtracks, fn, "max_backtracks", 0)
     if tol is not None:
         check_positive(tol, fn, "tol")
     if xtol is not None:
@@ -233,13 +245,37 @@ def newton_root(
     check_lapack_dtype(
         dtype, fn, "the least-squares steps take an SVD", "cast x0 to float32 or float64"
     )
-    flat0, unravel, residual, jac, m = flat_residual(f, x0, args, jacobian)
-    n = flat0.size
-    if m == 0:
+    out = jax.eval_shape(lambda x: ravel_pytree(f(x, *args))[0], x0)
+    if out.shape[0] == 0:
         raise ValueError(f"{fn}: f returns no residuals")
+    return _newton_solve(
+        x0,
+        tuple(args),
+        tol,
+        xtol,
+        max_step,
+        f=f,
+        maxiter=maxiter,
+        multiplicity=multiplicity,
+        max_backtracks=max_backtracks,
+        jacobian=jacobian,
+    )
+
+
+@functools.partial(
+    jax.jit, static_argnames=("f", "maxiter", "multiplicity", "max_backtracks", "jacobian")
+)
+def _newton_solve(
+    x0, args, tol, xtol, max_step, *, f, maxiter, multiplicity, max_backtracks, jacobian
+):
+    """The loop of :func:`newton_root` (arguments checked), compiled once per f."""
+    fn = "newton_root"
+    flat0, unravel, residual, jac, m = flat_residual(f, x0, args, jacobian, fn)
+    n = flat0.size
+    dtype = flat0.dtype
     finfo = jnp.finfo(dtype)
     tol = _float_option(finfo.tiny if tol is None else tol, dtype)
-    xtol = _float_option(np.sqrt(finfo.eps) if xtol is None else xtol, dtype)
+    xtol = _float_option(float(finfo.eps) ** (2 / 3) if xtol is None else xtol, dtype)
     max_step = _float_option(max_step, dtype)
 
     def step(carry):

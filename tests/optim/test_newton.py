@@ -106,3 +106,105 @@ def test_bad_input():
         newton_root(lambda x: x, jnp.asarray(1))
     with pytest.raises(ValueError, match="at least 3"):
         convergence_order([1.0, 0.1])
+
+
+def _system(v):
+    x, y = v[0], v[1]
+    return jnp.stack([x**2 + y**2 - 4.0, jnp.exp(x) + y - 1.0])
+
+
+_SYSTEM_REFERENCE = scipy.optimize.fsolve(
+    lambda v: [v[0] ** 2 + v[1] ** 2 - 4.0, np.exp(v[0]) + v[1] - 1.0], [1.0, -1.0], xtol=1e-14
+)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_default_tolerances_converge_in_float32_and_float64(dtype):
+    # The issue: tol=1e-10 is below float32's rounding level of x^2 - 2 (2.4e-7), so
+    # the old default ran to maxiter. The defaults now follow the dtype's eps.
+    with jax.enable_x64(dtype == "float64"):
+        eps = float(jnp.finfo(dtype).eps)
+        root = newton_root(lambda x: x**2 - 2.0, jnp.asarray(1.0, dtype))
+        assert bool(root.converged) and root.x.dtype == dtype, root.message
+        assert int(root.nit) <= 6
+        np.testing.assert_allclose(root.x, np.sqrt(2.0), rtol=2 * eps)  # closed form
+        system = newton_root(_system, jnp.asarray([1.0, -1.0], dtype))
+        assert bool(system.converged), system.message
+        np.testing.assert_allclose(system.x, _SYSTEM_REFERENCE, rtol=20 * eps)  # scipy fsolve
+
+
+def test_step_cap_keeps_the_first_step_out_of_a_flat_region():
+    # tanh(x) = 0.9 from x0 = -2 in float32: the Newton step (+26.5) lands at x = 24.5,
+    # where tanh is exactly 1 (J = 0) and |F| = 0.1 < |F(x0)| = 1.86, so the line search
+    # accepts it and the iteration ends on a singular Jacobian. The capped step (at most
+    # ||x|| + 1 = 3) does not leave the region where the Jacobian is informative.
+    def f(x):
+        return jnp.tanh(x) - 0.9
+
+    x0 = jnp.float32(-2.0)
+    uncapped = newton_root(f, x0, max_step=1e30)
+    assert not bool(uncapped.converged) and int(uncapped.num_singular) >= 1
+    result = newton_root(f, x0)
+    reference = scipy.optimize.least_squares(lambda x: np.tanh(x) - 0.9, [-2.0], xtol=1e-15)
+    assert bool(result.converged), result.message
+    np.testing.assert_allclose(result.x, np.arctanh(0.9), rtol=1e-6)  # closed form
+    np.testing.assert_allclose(result.x, reference.x[0], rtol=1e-6)
+    # arctan from x0 = 1.5 (plain Newton diverges from |x0| > 1.39): the root 0.
+    result = newton_root(jnp.arctan, jnp.float32(1.5))
+    assert bool(result.converged) and abs(float(result.x)) < 1e-6, result.message
+
+
+def test_nonfinite_start_and_overflowing_residual_norms():
+    for x0 in (jnp.float32(np.nan), jnp.asarray([1.0, np.inf], jnp.float32)):
+        result = newton_root(lambda x: x - 1.0, x0)
+        assert int(result.status) == 3 and int(result.nit) == 0 and not bool(result.converged)
+        assert "not finite" in result.message
+    # |F(x0)| = 2.6e21: ||F||^2 overflows float32 (3.4e38) but F is finite; the root is
+    # asinh(1e20) = 46.74.
+    result = newton_root(lambda x: jnp.stack([jnp.sinh(x) - 1e20, 0.5 * jnp.sinh(x) - 5e19]), 50.0)
+    assert bool(result.converged), result.message
+    assert np.isfinite(float(result.residual_norms[0])) and float(result.residual_norms[0]) > 1e21
+    np.testing.assert_allclose(result.x, np.arcsinh(1e20), rtol=1e-6)
+
+
+def test_traced_float_options_give_the_concrete_result():
+    def solve(x0, tol, xtol, max_step):
+        return newton_root(_system, x0, tol=tol, xtol=xtol, max_step=max_step)
+
+    x0 = jnp.asarray([1.0, -1.0], jnp.float32)
+    for options in ((1e-6, 1e-5, 0.5), (1e-30, 1e-3, 2.0)):
+        concrete = solve(x0, *options)
+        traced = jax.jit(solve)(x0, *[jnp.float32(o) for o in options])
+        assert int(traced.nit) == int(concrete.nit) and int(traced.status) == int(concrete.status)
+        np.testing.assert_allclose(traced.x, concrete.x, rtol=1e-6)
+        np.testing.assert_allclose(traced.x, _SYSTEM_REFERENCE, rtol=1e-5)
+
+
+def test_strict_dtype_promotion_in_float32_and_float64():
+    with jax.numpy_dtype_promotion("strict"):
+        for dtype in ("float32", "float64"):
+            with jax.enable_x64(dtype == "float64"):
+                eps = float(jnp.finfo(dtype).eps)
+                result = newton_root(_system, jnp.asarray([1.0, -1.0], dtype), multiplicity=1)
+                assert bool(result.converged) and result.x.dtype == dtype
+                np.testing.assert_allclose(result.x, _SYSTEM_REFERENCE, rtol=20 * eps)
+
+
+@jax.custom_vjp
+def _sin(x):
+    return jnp.sin(x)
+
+
+_sin.defvjp(lambda x: (jnp.sin(x), jnp.cos(x)), lambda cos, g: (cos * g,))
+
+
+def test_jacobian_modes_and_custom_vjp(x64):
+    # A custom_vjp has no forward mode: "auto" falls back to reverse mode.
+    for mode in ("auto", "rev"):
+        result = newton_root(lambda x: _sin(x) - 0.5, 0.3, jacobian=mode)
+        assert bool(result.converged)
+        np.testing.assert_allclose(result.x, np.pi / 6, rtol=1e-14)  # asin(1/2)
+    with pytest.raises(TypeError, match=r"newton_root: jacobian='fwd' cannot differentiate"):
+        newton_root(lambda x: _sin(x) - 0.5, 0.3, jacobian="fwd")
+    with pytest.raises(ValueError, match=r"newton_root: jacobian must be one of"):
+        newton_root(lambda x: x, 0.3, jacobian="bwd")
