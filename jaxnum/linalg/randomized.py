@@ -97,7 +97,8 @@ def randomized_range_finder(
     one linear-algebra op (threadpoolctl limits only the libraries loaded then).
 
     Args:
-      A: an m-by-n matrix or a :class:`LinearOperator`.
+      A: an m-by-n real floating matrix or a :class:`LinearOperator` (m, n >= 1);
+        integer or complex input raises TypeError, as in :func:`randomized_svd`.
       size: number of columns of Q (1 <= size <= min(m, n)).
       key: PRNG key of the test matrix.
       power_iters: subspace iterations (0 is Algorithm 4.1).
@@ -166,8 +167,10 @@ def randomized_svd(
     ``min(m, n)`` the oversampling shrinks to fit.
 
     Args:
-      A: an m-by-n matrix, a stack of matrices (leading axes are batched, each
-        with its own key), or a :class:`LinearOperator` (never materialised).
+      A: an m-by-n real floating matrix, a stack of matrices (leading axes
+        are batched, each with its own key; an empty stack gives empty
+        factors), or a :class:`LinearOperator` (never materialised). Integer
+        or complex input raises TypeError.
       rank: 1 <= rank <= min(m, n), a Python int.
       key: PRNG key.
       oversample: extra columns of the test matrix (10).
@@ -235,7 +238,8 @@ def randomized_eigh(
     Omega^T Y, the SVD of Y C^-1, and the shift removed from the eigenvalues.
 
     Args:
-      A_psd: a symmetric positive semi-definite n-by-n matrix or LinearOperator.
+      A_psd: a symmetric positive semi-definite n-by-n real floating matrix or
+        LinearOperator (n >= 1).
       rank: 1 <= rank <= n.
       key: PRNG key.
       oversample: extra test vectors (10).
