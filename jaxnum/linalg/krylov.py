@@ -253,6 +253,7 @@ def lanczos(A: Any, v0: jax.Array, num_iters: int) -> LanczosResult:
     dtype = _lanczos_dtype(matvec, v0, fn)
     if not isinstance(v0, jax.core.Tracer) and not bool(jnp.any(v0 != 0)):
         raise ValueError(f"{fn}: v0 must be non-zero (it is normalised to start the basis)")
+    v0 = v0.astype(dtype)  # normalised in the working dtype: |V[0]| = 1 to its precision
     V = jnp.zeros((num_iters, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
 
     def body(i, state):
