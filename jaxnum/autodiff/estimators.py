@@ -165,6 +165,8 @@ def trace_estimate(
     flat, _, columns = _flat_operator(matvec, x_like, chunk_size, fn)
     n, dtype = flat.size, flat.dtype
     real = jnp.finfo(dtype).dtype  # the standard error is real for complex A too
+    if n == 0:  # a 0x0 operator (x_like of size 0): its trace is 0, no product needed
+        return TraceEstimate(jnp.zeros((), dtype), jnp.zeros((), real), 0)
     # Real Rademacher probes (E[z z^H] = I) and conjugate transposes throughout: unbiased
     # for complex A as well (Hermitian for xtrace), the value complex then.
     if method == "hutchinson":

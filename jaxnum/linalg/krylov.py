@@ -247,6 +247,8 @@ def lanczos(A: Any, v0: jax.Array, num_iters: int) -> LanczosResult:
     if v0.ndim != 1:
         raise ValueError(f"{fn}: v0 must be a vector, got shape {v0.shape}")
     n = v0.shape[0]
+    if n == 0:
+        raise ValueError(f"{fn}: v0 has shape (0,), no entries; expected n >= 1")
     if isinstance(num_iters, bool) or not isinstance(num_iters, int) or not 1 <= num_iters <= n:
         raise ValueError(f"{fn}: num_iters must be a Python int in 1..{n}, got {num_iters!r}")
     matvec = _symmetric_matvec(A, n, fn)

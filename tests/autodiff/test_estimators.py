@@ -127,6 +127,9 @@ def test_complex_operators_are_estimated_with_conjugate_transposes(x64):
     d = jnp.asarray(rng.normal(size=n) + 1j * rng.normal(size=n))
     diag = diagonal_estimate(lambda v: d * v, z, key=key, num_samples=1)
     np.testing.assert_allclose(diag, d, rtol=1e-14)
+    for method in ("hutchinson", "hutch++", "xtrace"):  # a 0x0 operator: trace 0 (numpy's)
+        e = trace_estimate(lambda v: v, jnp.zeros(0), key=key, num_samples=6, method=method)
+        assert float(e.value) == np.trace(np.zeros((0, 0))) and e.num_matvecs == 0
     with pytest.raises(TypeError, match=r"trace_estimate: matvec\(x_like\) is complex"):
         trace_estimate(lambda v: jnp.asarray(H) @ v, jnp.zeros(n), key=key, num_samples=6)
     with pytest.raises(TypeError, match=r"hessian_trace: x is complex \(complex128\)"):

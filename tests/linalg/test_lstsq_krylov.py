@@ -204,6 +204,8 @@ def test_cg_promotes_mixed_dtypes_and_checks_the_matvec(x64):
          r"top_eigenvalues: A v has dtype complex128; only real symmetric operators"),
         (lambda: top_eigenvalues(np.zeros((0, 0)), 1, key=jax.random.key(0)), ValueError,
          r"top_eigenvalues: A has shape \(0, 0\), no entries"),
+        (lambda: lanczos(np.zeros((0, 0)), np.zeros(0), 1), ValueError,
+         r"lanczos: v0 has shape \(0,\), no entries"),
     ]:  # fmt: skip
         with pytest.raises(error, match=match):
             call()
