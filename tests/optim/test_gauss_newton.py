@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize
+import scipy.special
 
 from jaxnum.optim import convergence_order, gauss_newton
 
@@ -107,3 +108,91 @@ def test_bad_input_is_refused_clearly():
         gauss_newton(lambda x: jnp.zeros(0), jnp.ones(2))
     fit = gauss_newton(lambda x: jnp.log(x), jnp.array([-1.0]))
     assert "not finite" in fit.message and not bool(fit.converged)
+
+
+@jax.custom_vjp
+def _softplus(z):
+    return jnp.logaddexp(z, 0.0)
+
+
+_softplus.defvjp(lambda z: (_softplus(z), jax.nn.sigmoid(z)), lambda s, g: (s * g,))
+
+
+def _softplus_data():
+    t = np.linspace(-2.0, 2.0, 12)
+    return t, np.log1p(np.exp(1.5 * t - 0.3)) + 0.01 * np.sin(5 * t)
+
+
+def test_custom_vjp_residual_in_every_jacobian_mode_matches_scipy(x64):
+    # n = 2 <= m = 12 would pick forward mode, which a custom_vjp does not have:
+    # "auto" falls back to reverse mode, "rev" asks for it, "fwd" is refused by name.
+    t, y = _softplus_data()
+
+    def residuals(p):
+        return _softplus(p[0] * t + p[1]) - y
+
+    ref = scipy.optimize.least_squares(
+        lambda p: np.log1p(np.exp(p[0] * t + p[1])) - y, [1.0, 0.0], method="lm",
+        jac=lambda p: scipy.special.expit(p[0] * t + p[1])[:, None] * np.stack([t, 1.0 + 0 * t], 1),
+        xtol=1e-15, ftol=1e-15, gtol=1e-15,
+    )  # fmt: skip
+    for method, mode in (("lm", "auto"), ("gn", "rev")):
+        fit = gauss_newton(residuals, jnp.array([1.0, 0.0]), method=method, jacobian=mode)
+        assert bool(fit.converged), fit.message
+        np.testing.assert_allclose(fit.x, ref.x, rtol=1e-10)
+        np.testing.assert_allclose(fit.cost, ref.cost, rtol=1e-10)
+    with pytest.raises(TypeError, match=r"gauss_newton: jacobian='fwd' cannot differentiate"):
+        gauss_newton(residuals, jnp.array([1.0, 0.0]), jacobian="fwd")
+    with pytest.raises(ValueError, match=r"gauss_newton: jacobian must be one of"):
+        gauss_newton(residuals, jnp.array([1.0, 0.0]), jacobian="reverse")
+
+
+def _big_linear(p):
+    # Consistent, J of order 1, residual entries ~1e20: ||r||^2 = 2.8e41 overflows float32.
+    return jnp.stack([p[0] - 3e20, p[1] - 1e20, p[0] + p[1] - 4e20, p[0] - p[1] - 2e20])
+
+
+def test_nonfinite_start_and_overflowing_residual_norms():
+    fit = gauss_newton(lambda p: p - 1.0, jnp.array([np.nan, 1.0]))  # the same start in "gn"
+    assert int(fit.status) == 4 and int(fit.nit) == 0 and not bool(fit.converged)
+    assert "not finite" in fit.message
+    for method in ("lm", "gn"):
+        fit = gauss_newton(_big_linear, jnp.zeros(2), method=method)
+        assert bool(fit.converged), (method, fit.message)
+        A = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0]])
+        b = np.array([3e20, 1e20, 4e20, 2e20])
+        np.testing.assert_allclose(fit.x, np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-6)
+
+
+def test_traced_float_options_give_the_concrete_result():
+    t = jnp.linspace(0.0, 1.0, 8)
+
+    def fit(x0, gtol, xtol, tau):
+        residuals = lambda p: p[0] * jnp.exp(-p[1] * t) - 2.0 * jnp.exp(-3.0 * t)  # noqa: E731
+        return gauss_newton(residuals, x0, gtol=gtol, xtol=xtol, tau=tau)
+
+    x0 = jnp.ones(2)
+    options = (1e-6, 1e-6, 1e-2)
+    concrete = fit(x0, *options)
+    traced = jax.jit(fit)(x0, *[jnp.float32(o) for o in options])
+    assert bool(traced.converged) and int(traced.nit) == int(concrete.nit)
+    assert int(traced.status) == int(concrete.status)
+    np.testing.assert_allclose(traced.x, concrete.x, rtol=1e-6)
+    np.testing.assert_allclose(traced.x, [2.0, 3.0], rtol=1e-5)  # the exact fit
+
+
+def test_strict_dtype_promotion_in_float32_and_float64():
+    t, y = _decay_data()
+    ref = scipy.optimize.least_squares(
+        lambda p: p[0] * np.exp(-p[1] * t) + p[2] - y, [1.0, 0.1, 0.0], method="lm",
+        xtol=1e-15, ftol=1e-15, gtol=1e-15,
+    )  # fmt: skip
+    with jax.numpy_dtype_promotion("strict"):
+        for dtype, method in (("float32", "lm"), ("float64", "gn")):
+            with jax.enable_x64(dtype == "float64"):
+                x0 = {k: jnp.asarray(v, dtype) for k, v in (("a", 1.0), ("b", 0.1), ("c", 0.0))}
+                data = (jnp.asarray(t, dtype), jnp.asarray(y, dtype))
+                fit = gauss_newton(_decay, x0, *data, method=method)
+                assert bool(fit.converged) and fit.x["a"].dtype == dtype, fit.message
+                got = [fit.x["a"], fit.x["b"], fit.x["c"]]
+                np.testing.assert_allclose(got, ref.x, rtol=1e-4 if dtype == "float32" else 1e-9)
