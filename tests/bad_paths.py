@@ -98,6 +98,215 @@ PEER_SUITES: list[Case] = []
 # Explicit and Auto meshes.
 MESHES: list[Case] = []
 
+# precision (issue 21 items 2, 4, 6 and their crashes): loss scaling, clipping, nonfinite_report.
+def _precision_narrow_adam():
+    """loss_scaling(adam) and optax.adam (float32) on a 1e-6 gradient sent in float16."""
+    import jax.numpy as jnp
+    import optax
+
+    import jaxnum as jn
+
+    params, scale = {"w": jnp.zeros(2)}, 2.0**15
+    g16 = (jnp.array([1e-6, -2e-6]) * scale).astype(jnp.float16)
+    tx = jn.loss_scaling(optax.adam(1e-2), initial_scale=scale)
+    ours, _ = tx.update({"w": g16}, tx.init(params), params)
+    ref = optax.adam(1e-2)
+    theirs, _ = ref.update({"w": g16.astype(jnp.float32) / scale}, ref.init(params), params)
+    return ours["w"], theirs["w"]
+
+
+def _precision_close(pair) -> bool:
+    import numpy as np
+
+    ours, theirs = pair
+    return ours.dtype == np.float32 and np.allclose(ours, theirs, rtol=1e-6, atol=0)
+
+
+def _precision_mixed_clip():
+    import jax.numpy as jnp
+
+    import jaxnum as jn
+
+    tree = {
+        "h": jnp.full(4, 300.0, jnp.float16),
+        "b": jnp.full(4, -300.0, jnp.bfloat16),
+        "f": jnp.zeros(1, jnp.float32),
+    }
+    updates, _ = jn.clip_by_global_norm(1.0).update(tree, None)
+    return updates
+
+
+def _precision_mixed_clip_ok(updates) -> bool:
+    import numpy as np
+
+    dtypes = {k: str(v.dtype) for k, v in updates.items()}
+    values = {k: np.asarray(v, np.float64) for k, v in updates.items()}
+    return (
+        dtypes == {"h": "float16", "b": "bfloat16", "f": "float32"}
+        and np.allclose(values["h"], 300 / np.sqrt(8 * 300**2), rtol=1e-3)
+        and np.allclose(values["b"], -300 / np.sqrt(8 * 300**2), rtol=8e-3)
+    )
+
+
+def _precision_traced(which, bad=-1.0):
+    """One jitted update with an option set out of range in inject_hyperparams' state."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import jaxnum as jn
+
+    params = {"w": jnp.zeros(2)}
+    g = {"w": jnp.array([6.0, 8.0])}
+    if which == "clip":
+        tx = optax.inject_hyperparams(jn.clip_by_global_norm)(max_norm=1.0)
+    else:
+        extra = {"max_norm": 1.0} if which == "max_norm" else {}
+        tx = optax.inject_hyperparams(jn.loss_scaling)(optax.sgd(1.0), initial_scale=2.0, **extra)
+    state = tx.init(params)
+    state.hyperparams["max_norm" if which == "clip" else which] = jnp.asarray(bad, jnp.float32)
+    if which == "initial_scale":  # only init reads it: the scale it made, traced under jit
+        init = jax.jit(lambda s: jn.loss_scaling(optax.sgd(1.0), initial_scale=s).init(params))
+        state = state._replace(inner_state=init(bad))
+    updates, new = jax.jit(tx.update)(g, state, params)
+    return updates["w"], new
+
+
+def _precision_nan_updates(out) -> bool:
+    import numpy as np
+
+    return bool(np.all(np.isnan(out[0])))
+
+
+def _precision_skipped(out) -> bool:
+    import numpy as np
+
+    updates, state = out
+    return not np.any(updates) and int(state.inner_state.total_skipped) == 1
+
+
+def _precision_growth_interval_injected():
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import jaxnum as jn
+
+    tx = optax.inject_hyperparams(jn.loss_scaling)(optax.sgd(1.0), initial_scale=2.0,
+                                                   growth_interval=1)
+    params = jnp.zeros(2)
+    _, state = jax.jit(tx.update)(jnp.ones(2), tx.init(params), params)
+    return jn.current_loss_scale(state)
+
+
+def _precision_multisteps(order):
+    """Three micro-batches (k=2), the first with a nan, in either order of wrapping."""
+    import jax.numpy as jnp
+    import optax
+
+    import jaxnum as jn
+
+    params = jnp.zeros(2)
+    if order == "inside":
+        tx = jn.loss_scaling(optax.MultiSteps(optax.sgd(1.0), 2), initial_scale=1.0)
+    else:
+        tx = optax.MultiSteps(jn.loss_scaling(optax.sgd(1.0), initial_scale=1.0), 2)
+    state, out = tx.init(params), []
+    if order == "outside":
+        return jn.current_loss_scale(state)
+    for g in ([jnp.nan, 1.0], [1.0, 1.0], [3.0, 1.0]):
+        u, state = tx.update(jnp.asarray(g), state, params)
+        out.append(u)
+    return out
+
+
+def _precision_nnx_scale():
+    """current_loss_scale of an nnx.Optimizer(loss_scaling(adam))'s opt_state."""
+    import optax
+    from flax import nnx
+
+    import jaxnum as jn
+
+    model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
+    optimizer = nnx.Optimizer(model, jn.loss_scaling(optax.adam(1e-2)), wrt=nnx.Param)
+    return jn.current_loss_scale(optimizer.opt_state)
+
+
+NARROW_GRADS += [
+    Case("jn.loss_scaling", "dtype", "float16 gradients (true 1e-6) of float32 params into adam",
+         _precision_narrow_adam, check=_precision_close, path="narrow-grads",
+         outcome="float32 updates equal to optax.adam on the float32 gradients (-0.01, not"
+         " -1.19 from adam in float16)"),
+    Case("jn.clip_by_global_norm", "dtype", "a tree of float16, bfloat16 and float32 leaves",
+         _precision_mixed_clip, check=_precision_mixed_clip_ok, path="narrow-grads",
+         outcome="each leaf keeps its dtype, scaled by 1/(norm of all leaves) computed in"
+         " float32"),
+]
+TRACED += [
+    Case("jn.clip_by_global_norm", "hyperparameter",
+         "max_norm=-1 traced (inject_hyperparams, under jit)",
+         lambda: _precision_traced("clip"), check=_precision_nan_updates, path="traced",
+         outcome="nan updates (a surrounding check skips them), not the sign-flipped ones"),
+    Case("jn.loss_scaling", "hyperparameter", "max_norm=-1 traced (inject_hyperparams, under jit)",
+         lambda: _precision_traced("max_norm"), check=_precision_skipped, path="traced",
+         outcome="the step is skipped and counted: zero updates, inner state kept"),
+    Case("jn.loss_scaling", "hyperparameter", "initial_scale=-8 traced (init under jit)",
+         lambda: _precision_traced("initial_scale", -8.0), check=_precision_skipped,
+         path="traced", outcome="the step is skipped and counted (then the scale is min_scale)"),
+]
+OPTAX_WRAPPERS += [
+    Case("jn.loss_scaling", "non-finite", "loss_scaling(MultiSteps(sgd, 2)): a nan micro-batch",
+         lambda: _precision_multisteps("inside"), path="optax-wrappers",
+         check=lambda out: not any(out[0]) and not any(out[1]) and list(out[2]) == [-2.0, -1.0],
+         outcome="the nan micro-batch is skipped; the next two are averaged and applied"),
+    Case("jn.current_loss_scale", "method", "MultiSteps(loss_scaling(sgd), 2) state",
+         lambda: _precision_multisteps("outside"), path="optax-wrappers",
+         raises=(ValueError, r"current_loss_scale: opt_state holds loss_scaling inside "
+                 r"optax\.MultiSteps.*put MultiSteps inside")),
+    Case("jn.loss_scaling", "hyperparameter",
+         "inject_hyperparams(jn.loss_scaling)(..., growth_interval=1)",
+         _precision_growth_interval_injected, path="optax-wrappers",
+         check=lambda s: float(s) == 4.0,
+         outcome="works: the int becomes an int32 array, compared with (the scale grew 2 -> 4)"),
+]
+READABLE += [
+    Case("jn.nonfinite_report", "dtype", "complex64 leaf with nan and inf parts",
+         lambda: _precision_report_complex(), path="readable",
+         check=lambda r: r.bad_leaves() == [("['z']", 1, 1, 1)],
+         outcome="counts each entry once: nan if a part is nan, else +inf, else -inf"),
+    Case("jn.scaled_value_and_grad", "dtype", "an int32 loss",
+         lambda: _precision_int_loss(), path="readable",
+         raises=(TypeError, r"scaled_value_and_grad: loss_fn must return a real floating-point "
+                 r"loss, got dtype int32")),
+]
+NNX += [
+    Case("jn.current_loss_scale", "method", "an nnx.Optimizer's opt_state (OptArray leaves)",
+         _precision_nnx_scale, path="nnx",
+         check=lambda s: type(s).__name__ == "ArrayImpl" and float(s) == 2.0**15,
+         outcome="the scale as a jax.Array (32768.0)"),
+]
+
+
+def _precision_report_complex():
+    import jax.numpy as jnp
+
+    import jaxnum as jn
+
+    z = jnp.array([complex(1, 2), complex(jnp.nan, 1), complex(0, jnp.inf), complex(-jnp.inf, 1)],
+                  jnp.complex64)
+    return jn.nonfinite_report({"z": z, "x": jnp.ones(2)})
+
+
+def _precision_int_loss():
+    import jax.numpy as jnp
+    import optax
+
+    import jaxnum as jn
+
+    state = jn.loss_scaling(optax.sgd(0.1)).init(jnp.ones(2))
+    return jn.scaled_value_and_grad(lambda p: jnp.sum(p > 0))(state, jnp.ones(2))
+
+
 def _linalg_call(name, *args, **kwargs):
     """``jn.linalg.<name>(*args, key=key(0), **kwargs)`` (``key`` only where it takes one)."""
     import jax
@@ -200,6 +409,559 @@ PEER_SUITES += [
          _linalg_complex_hessian_trace, path="peer-suites",
          raises=(TypeError, r"hessian_trace: x is complex \(complex64\); the Hessian needs "
                  r"real inputs")),
+]
+
+# optim (issue 21 items 3, 4 and the peer suites): minimize, Newton-CG, L-BFGS, line search.
+def _optim_solve(fun, x0, **kwargs):
+    import jax.numpy as jnp
+
+    import jaxnum as jn
+
+    return jn.minimize(fun, jnp.asarray(x0, kwargs.pop("dtype", None)), **kwargs)
+
+
+def _optim_shifted(x):
+    return ((x - 1.0) ** 2).sum()
+
+
+def _optim_concave(x):
+    import jax.numpy as jnp
+
+    return -jnp.exp(x).sum()
+
+
+def _optim_big(x):
+    return 1e20 * ((x - 2.0) ** 2).sum()
+
+
+def _optim_traced_tol():
+    """minimize under the user's jit with tol and ftol as arguments, and the concrete call."""
+    import jax
+
+    solve = jax.jit(lambda x0, t, ft: _optim_solve(_optim_shifted, x0, tol=t, ftol=ft).x)
+    return solve(_optim_x0(), 1e-6, 1e-12), _optim_solve(
+        _optim_shifted, _optim_x0(), tol=1e-6, ftol=1e-12
+    ).x
+
+
+def _optim_x0():
+    import jax.numpy as jnp
+
+    return jnp.array([3.0, -1.0])
+
+
+def _optim_strict(method):
+    import jax
+
+    with jax.numpy_dtype_promotion("strict"):
+        return _optim_solve(_optim_shifted, _optim_x0(), method=method)
+
+
+def _optim_status(r, name) -> bool:
+    from jaxnum.optim import minimize as m
+
+    return int(r.status) == getattr(m, name) and not bool(r.converged)
+
+
+DEGENERATE += [
+    Case("jn.minimize", "non-finite", "x0 = [1, nan]",
+         lambda: _optim_solve(_optim_shifted, [1.0, float("nan")]), path="degenerate",
+         check=lambda r: _optim_status(r, "NONFINITE_X0") and int(r.nit) == 0,
+         outcome="stops at once: status NONFINITE_X0 ('x0 has NaN or inf entries'), never "
+         "converged"),
+    Case("jn.minimize", "non-finite", "f = -sum(exp(x)) (unbounded below), method='newton-cg'",
+         lambda: _optim_solve(_optim_concave, [1.0, 0.5], method="newton-cg"),
+         path="degenerate",
+         check=lambda r: _optim_status(r, "UNBOUNDED") and bool(abs(r.fun) < float("inf")),
+         outcome="status UNBOUNDED at the first trial where f = -inf; x and fun the last finite "
+         "point (was MAXITER after 1000 steps)"),
+    Case("jn.minimize", "non-finite", "f = -sum(exp(x)) (unbounded below), method='lbfgs'",
+         lambda: _optim_solve(_optim_concave, [1.0, 0.5]), path="degenerate",
+         check=lambda r: _optim_status(r, "UNBOUNDED") and bool(abs(r.fun) < float("inf")),
+         outcome="status UNBOUNDED (the line search met f = -inf); x and fun finite"),
+    Case("jn.minimize", "non-finite", "f = 1e20 |x - 2|^2 in float32 (||g||^2 overflows)",
+         lambda: _optim_solve(_optim_big, [0.0, 0.0, 0.0], dtype="float32", tol=1e16),
+         path="degenerate",
+         check=lambda r: bool(r.converged) and bool(abs(r.x - 2.0).max() < 1e-3),
+         outcome="converged to x = 2 (overflow-safe norms; was 'not finite at x0')"),
+]
+TRACED += [
+    Case("jn.minimize", "hyperparameter", "tol and ftol as arguments of the user's jit",
+         _optim_traced_tol, path="traced",
+         check=lambda r: bool((r[0] == r[1]).all()) and bool(abs(r[0] - 1.0).max() < 1e-5),
+         outcome="works: the same x as the concrete call (was a tracer conversion error)"),
+]
+READABLE += [
+    Case("jn.minimize", "dtype", "a complex64 x0",
+         lambda: _optim_solve(lambda x: (abs(x) ** 2).sum(), [1.0, 2.0], dtype="complex64"),
+         path="readable",
+         raises=(TypeError, r"minimize: x0 has complex dtype complex64; complex x0 is not "
+                 r"supported")),
+]
+PEER_SUITES += [
+    Case("jn.minimize", "method", "(x - 1)^2 from 0, method='newton-cg' (scipy: 2 iterations)",
+         lambda: _optim_solve(_optim_shifted, [0.0], method="newton-cg"), path="peer-suites",
+         check=lambda r: bool(r.converged) and int(r.nit) <= 3,
+         outcome="converges in 2 iterations (the initial damping is 1e-3 times the curvature "
+         "along g; was 6 with lambda = 1)"),
+    Case("jn.minimize", "dtype", "under jax.numpy_dtype_promotion('strict'), lbfgs",
+         lambda: _optim_strict("lbfgs"), path="peer-suites",
+         check=lambda r: bool(r.converged) and bool(abs(r.x - 1.0).max() < 1e-4),
+         outcome="works: converges to x = 1 (was a strict-promotion TypeError)"),
+    Case("jn.minimize", "dtype", "under jax.numpy_dtype_promotion('strict'), newton-cg",
+         lambda: _optim_strict("newton-cg"), path="peer-suites",
+         check=lambda r: bool(r.converged) and bool(abs(r.x - 1.0).max() < 1e-4),
+         outcome="works: converges to x = 1"),
+]
+
+
+# meshes (issue 21, Explicit meshes): the full walk is tests/scale/test_meshes.py.
+def _meshes_sharded(fn, shapes, spec):
+    """``(fn under jit on arrays split as spec on an Explicit mesh of the devices, the
+    arrays)``; the arrays are seeded normals (a square matrix made SPD)."""
+    import jax
+    import numpy as np
+    from jax.sharding import AxisType, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    arrays = [a @ a.T + len(a) * np.eye(len(a), dtype=a.dtype) if a.ndim == 2 and
+              a.shape[0] == a.shape[1] else a for a in arrays]  # fmt: skip
+    n = min(jax.device_count(), 4)
+    names = ("rows", "cols")[: len(spec)]
+    shape = (n,) if len(spec) == 1 else (n // 2 or 1, 2 if n >= 2 else 1)
+    mesh = jax.make_mesh(shape, names, axis_types=(AxisType.Explicit,) * len(names))
+    layouts = [NamedSharding(mesh, P(*spec[: a.ndim])) for a in arrays]
+    sharded = [jax.device_put(a, s) for a, s in zip(arrays, layouts, strict=True)]
+    with jax.set_mesh(mesh):
+        out = jax.jit(fn)(*sharded)
+    return jax.device_get(out), arrays
+
+
+def _meshes_close(actual, expected):
+    """Within float32 rounding of a float64 reference: 1e-5 of its largest entry."""
+    import numpy as np
+
+    return bool(np.allclose(actual, expected, rtol=0, atol=1e-5 * np.max(np.abs(expected))))
+
+
+def _meshes_svd_ok(pair):
+    import numpy as np
+
+    (U, S, Vt), (A,) = pair
+    s = np.linalg.svd(A.astype(np.float64), compute_uv=False)
+    # rank + oversample = 6 = n columns: the sketch spans A's range, the SVD is exact
+    return _meshes_close(S, s[:2]) and _meshes_close((U * S) @ Vt, _meshes_rank2(A))
+
+
+def _meshes_rank2(A):
+    import numpy as np
+
+    U, s, Vt = np.linalg.svd(A.astype(np.float64), full_matrices=False)
+    return (U[:, :2] * s[:2]) @ Vt[:2]
+
+
+def _meshes_softmax_ok(pair):
+    import numpy as np
+
+    out, (x,) = pair
+    e = np.exp(x.astype(np.float64) - x.max(axis=-1, keepdims=True))
+    return _meshes_close(out, e / e.sum(axis=-1, keepdims=True))
+
+
+def _meshes_cg_ok(pair):
+    import numpy as np
+
+    x, (A, b) = pair
+    return _meshes_close(x, np.linalg.solve(A.astype(np.float64), b.astype(np.float64)))
+
+
+def _meshes_rsvd(A):
+    import jax
+
+    import jaxnum as jn
+
+    return jn.linalg.randomized_svd(A, 2, key=jax.random.key(0), oversample=4, power_iters=0)
+
+
+def _meshes_softmax(x):
+    import jaxnum as jn
+
+    return jn.online_softmax(x, block_size=4)
+
+
+def _meshes_cg(A, b):
+    import jaxnum as jn
+
+    return jn.linalg.cg(A, b, tol=1e-6).x
+
+
+MESHES += [
+    Case("jn.linalg.randomized_svd", "shape", "an 8x6 matrix split over its rows, Explicit mesh",
+         lambda: _meshes_sharded(_meshes_rsvd, [(8, 6)], ("rows",)),
+         check=_meshes_svd_ok, path="meshes",
+         outcome="S and U S Vt equal numpy's rank-2 SVD in float64 to 1e-5 (was: QR of a"
+         " sharded block refused)"),
+    Case("jn.online_softmax", "shape", "8x6 logits split over rows and columns, Explicit mesh",
+         lambda: _meshes_sharded(_meshes_softmax, [(8, 6)], ("rows", "cols")),
+         check=_meshes_softmax_ok, path="meshes",
+         outcome="equals numpy's softmax in float64 to 1e-5 (was: reshape of a sharded axis"
+         " refused)"),
+    Case("jn.linalg.cg", "shape", "an SPD 8x8 matrix and b split over their rows, Explicit mesh",
+         lambda: _meshes_sharded(_meshes_cg, [(8, 8), (8,)], ("rows",)),
+         check=_meshes_cg_ok, path="meshes",
+         outcome="x equals numpy.linalg.solve in float64 to 1e-5 (was: ambiguous contraction"
+         " of sharded rows refused)"),
+]
+
+# kfac and lora (issue 21 item 1 and the K-FAC crash): layers found by path in every form.
+def _kfac_nnx_net():
+    """An NNX model with one nnx.Linear(3, 4) at ``out`` (the shapes of the hidden layer of
+    tests.bad_inputs.kfac_problem), statistics for it (a fixed SPD pair) and gradients (ones,
+    as an nnx.State of nnx.Param)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxnum import kfac
+
+    class Net(nnx.Module):
+        def __init__(self):
+            self.out = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
+
+        def __call__(self, x):
+            return self.out(x)
+
+    net = Net()
+    A = jnp.array([[2.0, 0.5, 0, 0], [0.5, 1, 0, 0], [0, 0, 1, 0.2], [0, 0, 0.2, 1]])
+    stats = {("out",): kfac.KroneckerFactors(A, A[::-1, ::-1])}
+    grads = jax.tree.map(jnp.ones_like, nnx.state(net, nnx.Param))
+    return net, grads, stats
+
+
+def _kfac_nnx_optimizer():
+    """(after nnx.Optimizer(kfac.optimizer).update, the functional update, plain SGD)."""
+    import jax
+    import optax
+    from flax import nnx
+
+    from jaxnum import kfac
+
+    net, grads, stats = _kfac_nnx_net()
+    params = nnx.to_pure_dict(nnx.state(net, nnx.Param))
+    make = lambda: kfac.optimizer(0.1, inverse_every=1, kl_clip=None)  # noqa: E731
+    tx = make()
+    pure_grads = nnx.to_pure_dict(grads)
+    updates, _ = tx.update(pure_grads, tx.init(params), params, curvature=stats)
+    sgd = jax.tree.map(lambda g: -0.1 * g, pure_grads)  # the first step of sgd(0.1, 0.9)
+    nnx.Optimizer(net, make(), wrt=nnx.Param).update(net, grads, curvature=stats)
+    after = nnx.to_pure_dict(nnx.state(net, nnx.Param))
+    return after, optax.apply_updates(params, updates), optax.apply_updates(params, sgd)
+
+
+def _kfac_same_not_sgd(out) -> bool:
+    import numpy as np
+
+    after, functional, sgd = out
+    a, f, s = (np.concatenate([np.ravel(x) for x in (t["out"]["kernel"], t["out"]["bias"])])
+               for t in (after, functional, sgd))  # fmt: skip
+    return bool(np.allclose(a, f, rtol=1e-6, atol=1e-7) and np.abs(a - s).max() > 1e-2)
+
+
+def _kfac_renamed():
+    """scale_by_kfac on params whose kernels are named "w", with statistics for their layer."""
+    import jax.numpy as jnp
+
+    from jaxnum import kfac
+
+    params = {"out": {"w": jnp.ones((3, 4)), "b": jnp.zeros(4)}}
+    stats = {("out",): kfac.KroneckerFactors(jnp.eye(4), jnp.eye(4))}
+    tx = kfac.scale_by_kfac()
+    return tx.update(params, tx.init(params), params, curvature=stats)
+
+
+def _kfac_lora_nnx():
+    from flax import nnx
+
+    import jaxnum as jn
+
+    net, _, _ = _kfac_nnx_net()
+    state = nnx.state(net, nnx.Param)
+    return jn.lora.split(state, 1, where=lambda path, leaf: path.endswith("['kernel']"))[1]
+
+
+def _kfac_no_capture(form):
+    """value_grad_and_stats on a model of plain flax layers (linen nn.Dense or nnx.Linear)."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnum import kfac
+
+    x, y, key = jnp.ones((4, 3)), jnp.zeros((4, 4)), jax.random.key(0)
+    if form == "linen":
+        params = {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}
+        return kfac.value_grad_and_stats(nn.Dense(4), "squared_error")(params, x, y, key)
+    net, _, _ = _kfac_nnx_net()
+    return kfac.nnx.value_grad_and_stats("squared_error")(net, x, y, key)
+
+
+def _kfac_half_grads():
+    """scale_by_kfac on float32 params, float16 gradients of 100 whose update exceeds 65504."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnum import kfac
+
+    params = {"out": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}}
+    grads = jax.tree.map(lambda p: jnp.full(p.shape, 100, jnp.float16), params)
+    stats = {("out",): kfac.KroneckerFactors(jnp.eye(4) * 1e-4, jnp.eye(4) * 1e-4)}
+    tx = kfac.scale_by_kfac(damping=1e-3, inverse_every=1)
+    out, _ = tx.update(grads, tx.init(params), params, curvature=stats)
+    return out
+
+
+def _kfac_half_ok(out) -> bool:
+    import numpy as np
+
+    leaves = [np.asarray(out["out"]["kernel"]), np.asarray(out["out"]["bias"])]
+    return all(x.dtype == np.float32 and np.isfinite(x).all() for x in leaves) and (
+        np.abs(leaves[0]).max() > 65504
+    )
+
+
+def _kfac_masked():
+    """kfac.optimizer(0.1, kl_clip=None) inside optax.masked (the hidden layer only), against
+    kfac.optimizer alone, on two 3 -> 4 layers with the statistics of _kfac_nnx_net."""
+    import jax.numpy as jnp
+    import optax
+
+    from jaxnum import kfac
+
+    _, _, stats = _kfac_nnx_net()
+    layer = {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}
+    params = {"hidden": layer, "out": layer}
+    grads = {"hidden": {"kernel": jnp.arange(12.0).reshape(3, 4), "bias": jnp.ones(4)}}
+    grads["out"] = grads["hidden"]
+    stats = {("hidden",): stats[("out",)], ("out",): stats[("out",)]}
+    make = lambda: kfac.optimizer(0.1, inverse_every=1, kl_clip=None)  # noqa: E731
+    ref, _ = make().update(grads, make().init(params), params, curvature=stats)
+    mask = {"hidden": {"kernel": True, "bias": True}, "out": {"kernel": False, "bias": False}}
+    tx = optax.masked(make(), mask)
+    out, _ = tx.update(grads, tx.init(params), params, curvature=stats)
+    return out, grads, ref
+
+
+def _kfac_masked_ok(out) -> bool:
+    import jax
+    import numpy as np
+
+    masked, grads, ref = out
+    close = lambda a, b: all(  # noqa: E731
+        np.allclose(x, y, rtol=1e-6)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+    return close(masked["hidden"], ref["hidden"]) and close(masked["out"], grads["out"])
+
+
+NNX += [
+    Case("jn.kfac.optimizer", "method",
+         "nnx.Optimizer(model, kfac.optimizer(0.1), wrt=nnx.Param).update(.., curvature=stats)",
+         _kfac_nnx_optimizer, check=_kfac_same_not_sgd, path="nnx",
+         outcome="the functional K-FAC update on the pure dict, to rounding (was plain SGD: the"
+         " `.value` paths hid every layer)"),
+    Case("jn.kfac.scale_by_kfac", "empty tree",
+         "statistics for layer out, parameters {'out': {'w', 'b'}} (no 'kernel')",
+         _kfac_renamed, path="nnx",
+         raises=(ValueError, r"scale_by_kfac: curvature= holds statistics for the layers out, "
+                 r"but no layer was found .* parameter paths seen in update: out/b, out/w")),
+    Case("jn.lora.split", "method", "nnx.state(model, nnx.Param), where= path ends in ['kernel']",
+         _kfac_lora_nnx, path="nnx", check=lambda ads: list(ads) == ["['out']['kernel']"],
+         outcome="the adapter at ['out']['kernel'], as for the pure dict (was: no parameter"
+         " selected, paths ended in .value)"),
+]
+READABLE += [
+    Case("jn.kfac.value_grad_and_stats", "method", "a linen nn.Dense model (no capture layer)",
+         lambda: _kfac_no_capture("linen"), path="readable",
+         raises=(ValueError, r"value_grad_and_stats: model ran no K-FAC capture layer.*build it "
+                 r"with jaxnum\.kfac\.Dense and jaxnum\.kfac\.Conv")),
+    Case("jn.kfac.nnx.value_grad_and_stats", "method", "an NNX model of nnx.Linear",
+         lambda: _kfac_no_capture("nnx"), path="readable",
+         raises=(ValueError, r"kfac\.nnx\.value_grad_and_stats: model ran no K-FAC capture "
+                 r"layer.*jaxnum\.kfac\.nnx\.Linear")),
+]
+NARROW_GRADS += [
+    Case("jn.kfac.scale_by_kfac", "dtype", "float16 gradients (100) of float32 params",
+         _kfac_half_grads, check=_kfac_half_ok, path="narrow-grads",
+         outcome="float32 updates, finite beyond float16's 65504 (were float16: inf)"),
+]
+OPTAX_WRAPPERS += [
+    Case("jn.kfac.optimizer", "method", "optax.masked(kfac.optimizer(0.1), hidden only)",
+         _kfac_masked, check=_kfac_masked_ok, path="optax-wrappers",
+         outcome="hidden gets K-FAC's update, out the gradient as it is (statistics of masked"
+         " layers unused)"),
+]
+
+
+# optim-newton (issue 21): newton_root and gauss_newton.
+def _optim_newton_root(f, x0, **options):
+    import jax.numpy as jnp
+
+    import jaxnum as jn
+
+    return jn.optim.newton_root(f, jnp.asarray(x0, jnp.float32), **options)
+
+
+def _optim_newton_big(x):
+    import jax.numpy as jnp
+
+    return jnp.stack([jnp.sinh(x) - 1e20, 0.5 * jnp.sinh(x) - 5e19])
+
+
+def _optim_gn_big(p):
+    import jax.numpy as jnp
+
+    return jnp.stack([p[0] - 3e20, p[1] - 1e20, p[0] + p[1] - 4e20, p[0] - p[1] - 2e20])
+
+
+def _optim_newton_traced():
+    """(traced, concrete) newton_root on x^2 = 2 with tol, xtol and max_step as jit arguments."""
+    import jax
+    import jax.numpy as jnp
+
+    import jaxnum as jn
+
+    def solve(tol, xtol, max_step):
+        f = lambda x: x**2 - 2.0  # noqa: E731
+        return jn.optim.newton_root(f, jnp.float32(1.0), tol=tol, xtol=xtol, max_step=max_step)
+
+    return jax.jit(solve)(jnp.float32(1e-6), jnp.float32(1e-5), jnp.float32(0.5)), solve(
+        1e-6, 1e-5, 0.5
+    )
+
+
+def _optim_gn_traced():
+    """(traced, concrete) gauss_newton with gtol, xtol and tau as jit arguments."""
+    import jax
+    import jax.numpy as jnp
+
+    import jaxnum as jn
+
+    t = jnp.linspace(0.0, 1.0, 8)
+
+    def fit(gtol, xtol, tau):
+        r = lambda p: p[0] * jnp.exp(-p[1] * t) - 2.0 * jnp.exp(-3.0 * t)  # noqa: E731
+        return jn.optim.gauss_newton(r, jnp.ones(2), gtol=gtol, xtol=xtol, tau=tau)
+
+    return jax.jit(fit)(jnp.float32(1e-6), jnp.float32(1e-6), jnp.float32(1e-2)), fit(
+        1e-6, 1e-6, 1e-2
+    )
+
+
+def _optim_same(pair) -> bool:
+    import numpy as np
+
+    traced, concrete = pair
+    return (
+        bool(traced.converged)
+        and int(traced.nit) == int(concrete.nit)
+        and np.allclose(traced.x, concrete.x, rtol=1e-6, atol=0)
+    )
+
+
+def _optim_custom_vjp_fit(jacobian):
+    """gauss_newton on sin(p t) - sin(2 t) whose sin is a jax.custom_vjp (no forward mode)."""
+    import jax
+    import jax.numpy as jnp
+
+    import jaxnum as jn
+
+    @jax.custom_vjp
+    def sin(z):
+        return jnp.sin(z)
+
+    sin.defvjp(lambda z: (jnp.sin(z), jnp.cos(z)), lambda c, g: (c * g,))
+    t = jnp.linspace(0.1, 1.0, 6)
+    return jn.optim.gauss_newton(lambda p: sin(p * t) - jnp.sin(2.0 * t), jnp.ones(1),
+                                 jacobian=jacobian)
+
+
+
+def _optim_gn_nan():
+    import jax.numpy as jnp
+
+    import jaxnum as jn
+
+    return jn.optim.gauss_newton(lambda p: p - 1.0, jnp.array([jnp.nan, 1.0]))
+
+
+def _optim_gn_big_fit():
+    import jax.numpy as jnp
+
+    import jaxnum as jn
+
+    return jn.optim.gauss_newton(_optim_gn_big, jnp.zeros(2, jnp.float32))
+
+
+def _optim_tanh(x):
+    import jax.numpy as jnp
+
+    return jnp.tanh(x) - 0.9
+
+
+
+DEGENERATE += [
+    Case("jn.optim.newton_root", "non-finite", "a NaN in x0",
+         lambda: _optim_newton_root(lambda x: x - 1.0, [float("nan"), 1.0]), path="degenerate",
+         check=lambda r: int(r.status) == 3 and not bool(r.converged) and int(r.nit) == 0,
+         outcome="stops at once: status ROOT_NONFINITE_START ('x0 or F(x0) is not finite'),"
+         " converged=False"),
+    Case("jn.optim.newton_root", "non-finite", "float32 residuals ~1e21 (||F||^2 overflows)",
+         lambda: _optim_newton_root(_optim_newton_big, 50.0), path="degenerate",
+         check=lambda r: bool(r.converged) and abs(float(r.x) - 46.744849) < 1e-4,
+         outcome="converges to asinh(1e20) = 46.7448 (norms scaled by the largest entry; was"
+         " 'no decrease' at x0)"),
+    Case("jn.optim.gauss_newton", "non-finite", "a NaN in x0",
+         _optim_gn_nan, path="degenerate",
+         check=lambda r: int(r.status) == 4 and not bool(r.converged) and int(r.nit) == 0,
+         outcome="stops at once: status NONFINITE_START, converged=False"),
+    Case("jn.optim.gauss_newton", "non-finite", "float32 residuals ~1e20 (||r||^2 overflows)",
+         _optim_gn_big_fit, path="degenerate",
+         check=lambda r: bool(r.converged) and abs(float(r.x[0]) / 3e20 - 1) < 1e-6,
+         outcome="converges to the least-squares solution (3e20, 1e20) (gain ratio and line"
+         " search relative to ||r||)"),
+]
+TRACED += [
+    Case("jn.optim.newton_root", "hyperparameter", "tol, xtol, max_step traced (under jit)",
+         _optim_newton_traced, check=_optim_same, path="traced",
+         outcome="the concrete call's result (iterations and x)"),
+    Case("jn.optim.gauss_newton", "hyperparameter", "gtol, xtol, tau traced (under jit)",
+         _optim_gn_traced, check=_optim_same, path="traced",
+         outcome="the concrete call's result (iterations and x)"),
+]
+READABLE += [
+    Case("jn.optim.newton_root", "dtype", "x^2 = 2 in float32 with the default tolerances",
+         lambda: _optim_newton_root(lambda x: x**2 - 2.0, 1.0), path="readable",
+         check=lambda r: bool(r.converged) and int(r.nit) <= 6 and float(r.x) == 1.4142135,
+         outcome="converges in 4 iterations to fl32(sqrt 2) (xtol = eps^(2/3) of the dtype; was"
+         " maxiter with tol=1e-10)"),
+    Case("jn.optim.gauss_newton", "method", "jacobian='fwd' on a jax.custom_vjp residual",
+         lambda: _optim_custom_vjp_fit("fwd"), path="readable",
+         raises=(TypeError, r"gauss_newton: jacobian='fwd' cannot differentiate the residuals "
+                 r"\(fwd: can't apply forward-mode autodiff")),
+]
+PEER_SUITES += [
+    Case("jn.optim.gauss_newton", "method", "a jax.custom_vjp residual, n <= m (jacobian='auto')",
+         lambda: _optim_custom_vjp_fit("auto"), path="peer-suites",
+         check=lambda r: bool(r.converged) and abs(float(r.x[0]) - 2.0) < 1e-5,
+         outcome="falls back to reverse mode and fits p = 2 (was: forward mode, TypeError)"),
+    Case("jn.optim.newton_root", "method", "tanh(x) = 0.9 from x0 = -2 in float32",
+         lambda: _optim_newton_root(_optim_tanh, -2.0),
+         path="peer-suites",
+         check=lambda r: bool(r.converged) and abs(float(r.x) - 1.4722195) < 1e-5,
+         outcome="converges to atanh(0.9) (the step is capped at ||x|| + 1; was a jump to"
+         " x = 24.4, where tanh = 1 and J = 0: 'no decrease')"),
 ]
 
 

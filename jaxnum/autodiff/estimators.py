@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from jaxnum._sharding import replicated
 from jaxnum.autodiff._trees import check_floating_tree, check_like
 from jaxnum.autodiff.hvp import hvp_fn
 from jaxnum.precision._checks import check_lapack_dtype
@@ -86,7 +87,10 @@ def _flat_operator(matvec: Callable[[Any], Any], x_like: Any, chunk_size: int | 
         )
 
     def single(z):
-        return ravel_pytree(matvec(unravel(z)))[0].astype(z.dtype)
+        # The product is gathered on an explicit mesh (it comes back laid out as the
+        # user's operator makes it): the probe blocks meet QRs and k-by-k algebra,
+        # which take whole blocks (jaxnum/_sharding.py).
+        return replicated(ravel_pytree(matvec(unravel(z)))[0]).astype(z.dtype)
 
     def columns(Z):  # Z: (n, k) -> A Z, probes in chunks of chunk_size
         if chunk_size is None:  # all probes in one vmapped batch

@@ -9,6 +9,7 @@ from typing import Any
 
 import jax
 
+from jaxnum._sharding import sharded_like
 from jaxnum.autodiff._dot_layout import LinearProgram, plan
 from jaxnum.autodiff._trees import check_floating_tree, check_like, tree_vdot
 
@@ -176,6 +177,9 @@ def hvp_fn(f: Callable[..., Any], x: Any, *args: Any) -> Callable[[Any], Any]:
 
     def product(v):
         check_like(x, v, "hvp_fn", same_dtype=True)
+        # On an explicit mesh the pullback takes v laid out as x is (a probe made
+        # whole by a trace estimator, or a whole Krylov vector, is resharded).
+        v = jax.tree.map(sharded_like, v, x)
         if program is None:  # jax's own pullback
             return _apply_linear(linear, v)
         return _apply_program(program, residuals, transposed, v)
@@ -233,6 +237,7 @@ def gnvp_fn(
 
     def product(v):
         check_like(params, v, "gnvp_fn")
+        v = jax.tree.map(sharded_like, v, params)  # laid out as params: see hvp_fn
         (result,) = model_vjp(loss_hvp(model_jvp(v)))
         return result
 

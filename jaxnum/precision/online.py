@@ -6,14 +6,12 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnum.precision._checks import check_positive_int
+from jaxnum._sharding import gathered_along
+from jaxnum.precision._checks import check_int, check_positive_int
 
 
 def _check_axis(x: jax.Array, axis: int, fn: str) -> int:
-    if not isinstance(axis, int) or isinstance(axis, bool):
-        raise TypeError(f"{fn}: axis must be an int, got {axis!r}")
-    if not -x.ndim <= axis < x.ndim:
-        raise ValueError(f"{fn}: axis={axis} out of range for an array of shape {x.shape}")
+    axis = check_int(axis, fn, "axis", -x.ndim, x.ndim - 1)  # (of an array of x.shape)
     return axis % x.ndim
 
 
@@ -61,12 +59,15 @@ def _running_max_and_sum(x: jax.Array, axis: int, block_size: int, fn: str):
     if x.ndim == 0:
         raise ValueError(f"{fn}: x must have at least one dimension, got a scalar")
     axis = _check_axis(x, axis, fn)
-    check_positive_int(block_size, fn, "block_size")
+    block_size = check_positive_int(block_size, fn, "block_size")
     n = x.shape[axis]
     if n == 0:
         raise ValueError(f"{fn}: x has no entries along axis {axis} (shape {x.shape})")
     acc = jnp.promote_types(x.dtype, jnp.float32)
-    rows = jnp.moveaxis(x, axis, -1).astype(acc)
+    # On an explicit mesh the reduction axis is gathered (each device holds whole
+    # rows, the other axes keep their layout): the reshape into blocks and the scan
+    # over them are refused for a sharded axis.
+    rows = gathered_along(jnp.moveaxis(x, axis, -1), -1).astype(acc)
     num_blocks = -(-n // block_size)
     pad = num_blocks * block_size - n
     rows = jnp.pad(rows, [(0, 0)] * (rows.ndim - 1) + [(0, pad)], constant_values=-jnp.inf)
@@ -80,7 +81,11 @@ def _running_max_and_sum(x: jax.Array, axis: int, block_size: int, fn: str):
         s = s * jnp.exp(m - shift) + jnp.sum(jnp.exp(block - shift[..., None]), axis=-1)
         return (m_new, s), None
 
-    init = (jnp.full(rows.shape[:-1], -jnp.inf, acc), jnp.zeros(rows.shape[:-1], acc))
+    # The carries are made from a slice of the rows so that they are laid out as the
+    # block maxima and sums of the scan body are (jnp.full would be unsharded and
+    # the scan's carry types would differ on an explicit mesh).
+    first = rows[..., 0]
+    init = (jnp.full_like(first, -jnp.inf), jnp.zeros_like(first))
     (m, s), _ = lax.scan(step, init, blocks)
     return m, s
 
