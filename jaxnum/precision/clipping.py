@@ -82,7 +82,14 @@ def clip_by_global_norm(
     turned into zeros. That includes finite float32 gradients whose norm
     overflows float32 (beyond about 1.8e19). Put it inside ``loss_scaling`` so
     it sees unscaled gradients. ``max_norm`` may be traced
-    (``optax.inject_hyperparams``).
+    (``jit``, ``optax.inject_hyperparams``): a traced value that is not > 0 (or
+    nan) cannot be refused at trace time and gives nan updates too, never
+    updates with flipped signs.
+
+    Each update leaf keeps its dtype (as in optax): the factor is computed in
+    float32 (float64 if any leaf is) and each leaf is scaled in at least
+    float32, then rounded back, so a tree mixing float16, bfloat16 and float32
+    leaves is clipped by the norm of all of them together.
 
     Under ``jit`` with sharded arrays the norm is the global one as it is.
     Under ``shard_map``, when each shard holds a different slice of the
@@ -116,13 +123,16 @@ def clip_by_global_norm(
         del params, state
         floating_leaves(updates, "clip_by_global_norm", "updates")
         norm = sharded_global_norm(updates, axis_name)
-        clipped = norm > max_norm
+        bound = jnp.asarray(max_norm, norm.dtype)
+        clipped = norm > bound
         # A nan or inf norm gives nan updates (the comparison is False for nan,
-        # and max_norm / inf would be a silent 0): the finiteness check downstream sees it.
+        # and max_norm / inf would be a silent 0): the finiteness check downstream
+        # sees it. So does a traced max_norm <= 0 or nan (it would flip the signs).
+        valid = bound > 0
         factor = jnp.where(
-            norm <= max_norm,
+            valid & (norm <= bound),
             jnp.ones_like(norm),
-            jnp.where(jnp.isfinite(norm), max_norm / norm, jnp.nan),
+            jnp.where(valid & jnp.isfinite(norm), bound / norm, jnp.nan),
         )
 
         def scale(g):

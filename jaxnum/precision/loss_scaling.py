@@ -65,14 +65,85 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.isfinite(total)
 
 
-def _unscale(tree: Any, inverse_scale: jax.Array) -> Any:
-    def unscale(g):
-        if not jnp.issubdtype(g.dtype, jnp.inexact):
-            return g
-        compute = jnp.promote_types(g.dtype, jnp.float32)
-        return (g.astype(compute) * inverse_scale.astype(compute)).astype(g.dtype)
+def _wide_dtypes(updates: Any, params: Any) -> list[Any]:
+    """Per leaf of ``updates``: the dtype its unscaled value is handed on in, at least
+    float32 and as wide as the matching parameter (None for a non-floating leaf).
 
-    return jax.tree.map(unscale, tree)
+    A float16 gradient of a float32 parameter is unscaled into float32: left in
+    float16, a gradient of 1e-6 squares to 0 in adam's second moment and the update
+    comes out about 100x too large. ``params`` of another structure than ``updates``
+    (or None) give float32 (the gradient's dtype if wider)."""
+    leaves, treedef = jax.tree.flatten(updates)
+    p_leaves = [None] * len(leaves)
+    if params is not None:
+        try:
+            p_leaves = treedef.flatten_up_to(params)
+        except (ValueError, TypeError):
+            pass
+    out = []
+    for g, p in zip(leaves, p_leaves, strict=True):
+        if not jnp.issubdtype(g.dtype, jnp.inexact):
+            out.append(None)
+            continue
+        wide = jnp.promote_types(g.dtype, jnp.float32)
+        p_dtype = getattr(p, "dtype", None)
+        if p_dtype is not None and jnp.issubdtype(p_dtype, jnp.inexact):
+            # widen by the parameter's precision, keeping the gradient's kind (real/complex)
+            wide = jnp.promote_types(wide, jnp.finfo(p_dtype).dtype)
+        out.append(wide)
+    return out
+
+
+def _unscale(tree: Any, params: Any, inverse_scale: jax.Array) -> Any:
+    leaves, treedef = jax.tree.flatten(tree)
+    out = [
+        g if wide is None else g.astype(wide) * inverse_scale.astype(wide)
+        for g, wide in zip(leaves, _wide_dtypes(tree, params), strict=True)
+    ]
+    return jax.tree.unflatten(treedef, out)
+
+
+def _keeping_state_dtypes(update_fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``update_fn`` whose new state has the dtypes of the old one: float32 gradients
+    given to a state that ``init`` made in float16 (float16 parameters) would turn it
+    into float32, so its dtype would change from step to step."""
+
+    def update(updates, state, params=None, **extra_args):
+        new_updates, new_state = update_fn(updates, state, params, **extra_args)
+        if jax.tree.structure(new_state) != jax.tree.structure(state):
+            return new_updates, new_state  # update_or_keep names the mismatch
+
+        def keep(new, old):
+            new_dtype, old_dtype = getattr(new, "dtype", None), getattr(old, "dtype", None)
+            if (
+                new_dtype is None
+                or old_dtype is None
+                or new_dtype == old_dtype
+                or not jnp.issubdtype(old_dtype, jnp.inexact)
+            ):
+                return new
+            return new.astype(old_dtype)
+
+        return new_updates, jax.tree.map(keep, new_state, state)
+
+    return update
+
+
+def _check_growth_interval(value: Any, fn: str) -> None:
+    """A Python int >= 1, or an integer scalar array (what ``optax.inject_hyperparams``
+    makes of an int option; it may be traced: the interval is only compared with)."""
+    if isinstance(value, jax.Array | np.ndarray):
+        if value.shape != () or not jnp.issubdtype(value.dtype, jnp.integer):
+            raise TypeError(
+                f"{fn}: growth_interval must be a Python int >= 1 or an integer scalar "
+                f"array (as optax.inject_hyperparams passes it), got a "
+                f"{jnp.dtype(value.dtype).name}{list(value.shape)} array"
+            )
+        v = concrete_value(value)
+        if v is not None:
+            check_positive_int(int(v), fn, "growth_interval")
+        return
+    check_positive_int(value, fn, "growth_interval")
 
 
 def _check_float32_scale(value: Any, fn: str, arg: str) -> None:
@@ -116,8 +187,12 @@ def loss_scaling(
     1. checks them in one float32 reduction: the step is finite iff the sum of
        squares of the scaled gradients is, and so is that sum times 1/S**2 (no
        inf/nan, and no square of an unscaled gradient beyond float32's range),
-    2. unscales them (multiplies by 1/S in at least float32) and, with
-       ``max_norm``, clips them to that global norm,
+    2. unscales them into float32, or into the parameters' dtype where that is
+       wider (float64), whatever the gradients' dtype: float16 or bfloat16
+       gradients of float32 parameters reach ``inner`` as float32 (left in
+       float16, a gradient of 1e-6 squares to 0 in adam's second moment and
+       the update comes out about 100x too large); without ``params``, float32.
+       With ``max_norm``, clips them to that global norm,
     3. if all finite: applies ``inner`` and, after ``growth_interval`` finite
        steps in a row, multiplies S by ``growth_factor`` (unless that is not
        finite or exceeds ``max_scale``),
@@ -138,12 +213,32 @@ def loss_scaling(
     the gradients instead of two (XLA:CPU also writes the unscaled gradients
     out for a second reduction). A skipped step leaves ``inner``'s state as it
     was without copying it, also when the step donates its buffers (see
-    ``jaxnum/precision/_exact_skip.py``).
+    ``jaxnum/precision/_exact_skip.py``). ``inner``'s state keeps the dtypes its
+    ``init`` gave it (float16 parameters: a float16 state fed float32 gradients is
+    cast back), so the state's type is the same at every step.
+
+    Float options may be traced (under ``jit`` or ``optax.inject_hyperparams``);
+    ``growth_interval`` may be an integer array there too. A traced value out of
+    range is not checked at trace time; instead, a step with a scale that is not
+    > 0 or a ``max_norm`` that is not > 0 (or nan) counts as non-finite: it is
+    skipped and counted, never applied with flipped signs.
+
+    Gradient accumulation: put ``optax.MultiSteps`` INSIDE,
+    ``loss_scaling(optax.MultiSteps(inner, k))`` (the MultiSteps object or its
+    ``gradient_transformation()``): each micro-batch is checked and unscaled, a
+    non-finite one is skipped (not accumulated, not counted as a micro-step) and
+    backs the scale off. The other order, ``MultiSteps(loss_scaling(inner), k)``,
+    accumulates the raw micro-batches: one non-finite micro-batch makes the
+    accumulator nan for good (MultiSteps resets it as ``(1 - emit) * acc``), so
+    every later step is skipped. :func:`current_loss_scale` and
+    :func:`scaled_value_and_grad` refuse a state in that order.
 
     Args:
-      inner: the transformation to protect, e.g. ``optax.chain(clip, adam)``.
+      inner: the transformation to protect, e.g. ``optax.chain(clip, adam)``
+        (an ``optax.MultiSteps`` is accepted as it is).
       initial_scale: first loss scale, > 0 (2**15).
-      growth_interval: finite steps in a row before the scale grows (2000).
+      growth_interval: finite steps in a row before the scale grows, an int >= 1
+        (2000).
       growth_factor: factor of growth, > 1 (2).
       backoff_factor: factor applied on a non-finite step, in (0, 1) (0.5).
       min_scale: lower bound of the scale, > 0 (1; large models use less).
@@ -172,6 +267,8 @@ def loss_scaling(
       (dynamic loss scaling).
     """
     name = "loss_scaling"
+    if isinstance(inner, optax.MultiSteps):
+        inner = inner.gradient_transformation()
     if not isinstance(inner, optax.GradientTransformation):
         raise TypeError(f"{name}: inner must be an optax.GradientTransformation, got {inner!r}")
     check_positive(initial_scale, name, "initial_scale")
@@ -184,8 +281,7 @@ def loss_scaling(
         check_positive(max_norm, name, "max_norm")
     check_greater(growth_factor, 1.0, name, "growth_factor")
     check_open_interval(backoff_factor, 0.0, 1.0, name, "backoff_factor")
-    if not isinstance(growth_interval, jax.core.Tracer):
-        check_positive_int(growth_interval, name, "growth_interval")
+    _check_growth_interval(growth_interval, name)
     if not isinstance(dynamic, bool):
         raise TypeError(f"{name}: dynamic must be a bool, got {dynamic!r}")
     init_v, min_v = concrete_value(initial_scale), concrete_value(min_scale)
@@ -197,6 +293,7 @@ def loss_scaling(
         if init_v is not None and max_v is not None and init_v > max_v:
             raise ValueError(f"{name}: initial_scale={initial_scale} exceeds max_scale={max_scale}")
     inner = optax.with_extra_args_support(inner)
+    inner_update = _keeping_state_dtypes(inner.update)
 
     def init_fn(params):
         return LossScalingState(
@@ -235,15 +332,19 @@ def loss_scaling(
             squares = jax.lax.psum(squares, axis_name)
         grad_norm = jnp.sqrt(squares) * inverse.astype(squares.dtype)
         # inf or nan entries, or an unscaled square beyond the accumulator's range
-        # (which would turn a second-moment state such as adam's nu into inf).
-        finite = jnp.isfinite(grad_norm * grad_norm)
+        # (which would turn a second-moment state such as adam's nu into inf); and a
+        # scale that is not > 0 (a traced initial_scale or factor out of range), which
+        # would flip the gradients' signs.
+        finite = jnp.isfinite(grad_norm * grad_norm) & (state.scale > 0)
         factor = inverse
         if max_norm is not None:  # a non-finite norm: the step is skipped anyway
-            clip = jnp.minimum(1.0, max_norm / grad_norm)
+            bound = jnp.asarray(max_norm, squares.dtype)
+            clip = jnp.minimum(1.0, bound / grad_norm)
             factor = inverse.astype(clip.dtype) * clip
-        grads = _unscale(updates, factor)
+            finite &= bound > 0  # a traced max_norm <= 0 or nan: skipped, not sign-flipped
+        grads = _unscale(updates, params, factor)
         new_updates, new_inner_state = update_or_keep(
-            inner.update, finite, grads, state.inner_state, params, **extra_args
+            inner_update, finite, grads, state.inner_state, params, **extra_args
         )
         scale, finite_steps = next_scale(state.scale, state.finite_steps, finite)
         new_state = LossScalingState(
@@ -264,30 +365,57 @@ def _loss_scaling_states(opt_state: Any) -> list[LossScalingState]:
     return [x for x in jax.tree.leaves(opt_state, is_leaf=is_state) if is_state(x)]
 
 
+def _single_state(opt_state: Any, fn: str) -> LossScalingState:
+    """The one LossScalingState in ``opt_state``; ValueError naming ``fn`` if there is
+    none, more than one, or if it sits inside ``optax.MultiSteps`` (the order whose
+    accumulator one non-finite micro-batch poisons for good)."""
+    states = _loss_scaling_states(opt_state)
+    if len(states) != 1:
+        raise ValueError(
+            f"{fn}: opt_state must contain exactly one LossScalingState, found {len(states)}"
+        )
+    is_multi = lambda x: isinstance(x, optax.MultiStepsState)  # noqa: E731
+    for node in jax.tree.leaves(opt_state, is_leaf=is_multi):
+        if is_multi(node) and _loss_scaling_states(node.inner_opt_state):
+            raise ValueError(
+                f"{fn}: opt_state holds loss_scaling inside optax.MultiSteps, whose "
+                "accumulator a single non-finite micro-batch turns into nan for good "
+                "(MultiSteps resets it as (1 - emit) * acc, and nan * 0 is nan); put "
+                "MultiSteps inside instead: jn.loss_scaling(optax.MultiSteps(inner, k))"
+            )
+    return states[0]
+
+
+def _array(value: Any) -> Any:
+    """``value``, or the array an NNX variable holds (``nnx.Optimizer``'s ``OptArray``)."""
+    if isinstance(value, jax.Array):
+        return value
+    from flax import nnx
+
+    return value[...] if isinstance(value, nnx.Variable) else value
+
+
 def current_loss_scale(opt_state: Any) -> jax.Array:
     """The loss scale held by the (single) :func:`loss_scaling` state inside ``opt_state``.
 
     Args:
       opt_state: any optimizer state tree containing one ``LossScalingState``
-        (at the top, inside ``optax.chain``, ``inject_hyperparams``...).
+        (at the top, inside ``optax.chain``, ``inject_hyperparams``...), also the
+        ``opt_state`` of an ``nnx.Optimizer``, whose leaves are ``OptArray`` variables.
 
     Returns:
-      The float32 scale.
+      The float32 scale, as a ``jax.Array``.
 
     Raises:
-      ValueError: if the tree holds no loss-scaling state, or more than one.
+      ValueError: if the tree holds no loss-scaling state, or more than one, or if
+        the loss-scaling state is inside ``optax.MultiSteps`` (see :func:`loss_scaling`
+        for the order that works).
 
     Examples:
       >>> current_loss_scale(loss_scaling(optax.sgd(0.1)).init(jnp.zeros(2)))
       Array(32768., dtype=float32)
     """
-    states = _loss_scaling_states(opt_state)
-    if len(states) != 1:
-        raise ValueError(
-            "current_loss_scale: opt_state must contain exactly one LossScalingState, "
-            f"found {len(states)}"
-        )
-    return states[0].scale
+    return _array(_single_state(opt_state, "current_loss_scale").scale)
 
 
 def scaled_value_and_grad(
@@ -305,7 +433,14 @@ def scaled_value_and_grad(
     Returns:
       ``f(opt_state, params, *args) -> (loss, scaled_grads)``, with the unscaled
       loss (``(loss, aux)`` when has_aux) and the gradients of ``scale * loss``,
-      ready for the update of a :func:`loss_scaling` transformation in ``opt_state``.
+      ready for the update of a :func:`loss_scaling` transformation in ``opt_state``
+      (also an ``nnx.Optimizer``'s ``opt_state``).
+
+    Raises:
+      TypeError: at trace time, if the loss is not a real floating-point scalar
+        (an integer or bool loss has no gradient).
+      ValueError: as :func:`current_loss_scale`, for an ``opt_state`` without
+        exactly one loss-scaling state or with it inside ``optax.MultiSteps``.
 
     Examples:
       >>> tx = loss_scaling(optax.sgd(0.1))
@@ -319,7 +454,7 @@ def scaled_value_and_grad(
         raise TypeError(f"scaled_value_and_grad: loss_fn must be callable, got {loss_fn!r}")
 
     def fn(opt_state, params, *args):
-        scale = current_loss_scale(opt_state)
+        scale = _array(_single_state(opt_state, "scaled_value_and_grad").scale)
 
         def scaled_loss(p, *a):
             out = loss_fn(p, *a)
@@ -334,6 +469,12 @@ def scaled_value_and_grad(
             if loss.shape != ():
                 raise TypeError(
                     f"scaled_value_and_grad: loss must be a scalar, got shape {loss.shape}"
+                )
+            if not jnp.issubdtype(loss.dtype, jnp.floating):
+                # jax.grad refuses these; a cast to float32 here would give zero gradients
+                raise TypeError(
+                    "scaled_value_and_grad: loss_fn must return a real floating-point "
+                    f"loss, got dtype {loss.dtype}"
                 )
             acc = jnp.promote_types(loss.dtype, jnp.float32)
             return loss.astype(acc) * scale.astype(acc), (loss, aux)

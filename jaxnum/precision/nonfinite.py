@@ -71,6 +71,8 @@ def nonfinite_report(tree: Any) -> NonfiniteReport:
     """Counts nan, +inf and -inf in every floating leaf of ``tree``, named by path.
 
     Works under ``jax.jit``. Integer leaves are skipped (they cannot hold inf/nan).
+    A complex entry is counted once: as nan if its real or imaginary part is nan,
+    else as +inf if either part is +inf, else as -inf if either part is -inf.
 
     Args:
       tree: a pytree of arrays (gradients, parameters, optimizer state...).
@@ -91,9 +93,17 @@ def nonfinite_report(tree: Any) -> NonfiniteReport:
             continue
         x = jnp.asarray(x)
         paths.append(jax.tree_util.keystr(path))
-        nan.append(jnp.sum(jnp.isnan(x), dtype=jnp.int32))
-        pos.append(jnp.sum(jnp.isposinf(x), dtype=jnp.int32))
-        neg.append(jnp.sum(jnp.isneginf(x), dtype=jnp.int32))
+        if jnp.iscomplexobj(x):
+            # each entry counted once: nan if a part is nan, else +inf, else -inf
+            re, im = jnp.real(x), jnp.imag(x)
+            is_nan = jnp.isnan(re) | jnp.isnan(im)
+            is_pos = ~is_nan & (jnp.isposinf(re) | jnp.isposinf(im))
+            is_neg = ~is_nan & ~is_pos & (jnp.isneginf(re) | jnp.isneginf(im))
+        else:
+            is_nan, is_pos, is_neg = jnp.isnan(x), jnp.isposinf(x), jnp.isneginf(x)
+        nan.append(jnp.sum(is_nan, dtype=jnp.int32))
+        pos.append(jnp.sum(is_pos, dtype=jnp.int32))
+        neg.append(jnp.sum(is_neg, dtype=jnp.int32))
     return NonfiniteReport(tuple(paths), jnp.stack(nan), jnp.stack(pos), jnp.stack(neg))
 
 

@@ -90,6 +90,52 @@ def test_max_norm_can_be_traced():
     np.testing.assert_allclose(updates["w"], [0.3, 0.4], rtol=1e-6)
 
 
+def test_mixed_dtype_updates_keep_their_dtypes_and_match_float64():
+    rng = np.random.default_rng(2)
+    tree = {
+        "h": jnp.asarray(rng.normal(size=(5, 7)) * 50, jnp.float16),  # squares overflow f16
+        "b": jnp.asarray(rng.normal(size=(11,)), jnp.bfloat16),
+        "f": jnp.asarray(rng.normal(size=(3, 3)), jnp.float32),
+    }
+    norm64 = _norm64(tree)
+    tx = jn.clip_by_global_norm(1.0)
+    updates, state = jax.jit(tx.update)(tree, tx.init(None))
+    np.testing.assert_allclose(float(state.norm), norm64, rtol=1e-6)
+    for k, x in tree.items():
+        assert updates[k].dtype == x.dtype
+        expect = np.asarray(x, np.float64) / norm64
+        # half-precision leaves: one rounding to their dtype (the float32 factor's error is
+        # far below it); float32 leaves: the norm's sum, sqrt, division and product too
+        eps = float(jnp.finfo(x.dtype).eps) * (4 if x.dtype == jnp.float32 else 1)
+        np.testing.assert_allclose(np.asarray(updates[k], np.float64), expect, rtol=eps, atol=0)
+
+
+@pytest.mark.parametrize("bad", [-1.0, 0.0, np.nan])
+def test_traced_invalid_max_norm_gives_nan_or_a_skipped_step_never_a_sign_flip(bad):
+    clip = optax.inject_hyperparams(jn.clip_by_global_norm)(max_norm=2.0)
+    grads = {"w": jnp.array([3.0, 4.0])}
+    state = clip.init(grads)
+    state.hyperparams["max_norm"] = jnp.asarray(bad, jnp.float32)  # as a schedule would set it
+    updates, _ = jax.jit(clip.update)(grads, state)
+    assert np.all(np.isnan(updates["w"]))  # not [-1.2, -1.6] (a sign flip) nor zeros
+    # loss_scaling's own max_norm, traced out of range: the step is skipped and counted
+    tx = optax.inject_hyperparams(
+        lambda max_norm: jn.loss_scaling(optax.adam(0.1), initial_scale=2.0, max_norm=max_norm)
+    )(max_norm=2.0)
+    params = {"w": jnp.zeros(2)}
+    ls_state = tx.init(params)
+    ls_state.hyperparams["max_norm"] = jnp.asarray(bad, jnp.float32)
+    out, new = jax.jit(tx.update)({"w": jnp.array([6.0, 8.0])}, ls_state, params)
+    np.testing.assert_array_equal(out["w"], 0.0)
+    assert int(new.inner_state.total_skipped) == 1 and not bool(new.inner_state.last_finite)
+    for a, b in zip(
+        jax.tree.leaves(new.inner_state.inner_state),
+        jax.tree.leaves(ls_state.inner_state.inner_state),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(a, b)
+
+
 @pytest.mark.parametrize("bad", [0.0, -1.0])
 def test_non_positive_max_norm_is_refused(bad):
     with pytest.raises(ValueError, match="max_norm must be > 0"):

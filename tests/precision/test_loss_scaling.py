@@ -178,15 +178,62 @@ def test_finite_step_applies_the_inner_update_to_unscaled_gradients():
     assert int(state.finite_steps) == 1
 
 
-def test_float16_gradients_are_unscaled_in_float32():
-    tx = jn.loss_scaling(optax.sgd(1.0), initial_scale=2.0**15)
+def _adam_steps_on_narrow_gradients(grad_dtype, param_dtype, scale=2.0**15):
+    """Two steps of loss_scaling(adam) on gradients of 1e-6..1e-3 held scaled in
+    ``grad_dtype``; and optax's adam on the same gradient values unscaled in the
+    parameters' dtype (at least float32)."""
+    params = {"w": jnp.linspace(-1.0, 1.0, 4, dtype=param_dtype), "b": jnp.ones(2, param_dtype)}
+    true = {"w": jnp.array([1e-6, -3e-6, 2e-4, -1e-3]), "b": jnp.array([5e-6, -7e-5])}
+    tx = jn.loss_scaling(optax.adam(1e-2), initial_scale=scale)
+    ref = optax.adam(1e-2)
+    state, ref_state = tx.init(params), ref.init(params)
+    update = jax.jit(tx.update)
+    wide = jnp.promote_types(param_dtype, jnp.float32)
+    for _ in range(2):
+        scaled = jax.tree.map(lambda g: (g * scale).astype(grad_dtype), true)
+        # the same values: unscaling by a power of two is exact in float32
+        same = jax.tree.map(lambda g: g.astype(wide) / scale, scaled)
+        ours, state = update(scaled, state, params)
+        theirs, ref_state = ref.update(same, ref_state, params)
+    return ours, theirs, state
+
+
+@pytest.mark.parametrize("grad_dtype", [jnp.float16, jnp.bfloat16])
+def test_half_precision_gradients_of_float32_params_match_optax_adam_in_float32(grad_dtype):
+    ours, theirs, state = _adam_steps_on_narrow_gradients(grad_dtype, jnp.float32)
+    for k in ours:
+        assert ours[k].dtype == jnp.float32
+        np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-6, atol=0)
+    # adam's normalised update is about -lr * sign(g) even for g = 1e-6 (not 100x that)
+    np.testing.assert_allclose(np.abs(ours["w"]), 1e-2, rtol=0.02)
+    assert jax.tree.map(lambda x: x.dtype, state.inner_state[0].nu) == {
+        "w": jnp.float32,
+        "b": jnp.float32,
+    }
+
+
+def test_float64_params_get_float64_unscaled_gradients(x64):
+    ours, theirs, _ = _adam_steps_on_narrow_gradients(jnp.float16, jnp.float64)
+    for k in ours:
+        assert ours[k].dtype == jnp.float64
+        np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-12, atol=0)
+
+
+def test_float16_params_get_float32_updates_and_keep_a_float16_state():
+    tx = jn.loss_scaling(optax.adam(1e-2), initial_scale=2.0**15)
     params = {"w": jnp.zeros(2, jnp.float16)}
     state = tx.init(params)
     # 2**15 * 2**-20 is representable in float16; the unscaled value 2**-20 is a
     # float16 subnormal and must not be lost by dividing in float16 first.
-    updates, _ = tx.update({"w": jnp.full(2, 2.0**-5, jnp.float16)}, state, params)
-    assert updates["w"].dtype == jnp.float16
+    sgd = jn.loss_scaling(optax.sgd(1.0), initial_scale=2.0**15)
+    updates, _ = sgd.update({"w": jnp.full(2, 2.0**-5, jnp.float16)}, sgd.init(params), params)
+    assert updates["w"].dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(updates["w"], np.float64), -(2.0**-20))
+    # adam's float16 moments stay float16 (the state's type is the same at every step),
+    # on a finite step and on a skipped one
+    for g in (jnp.full(2, 2.0**-5, jnp.float16), jnp.array([jnp.nan, 1.0], jnp.float16)):
+        _, new = jax.jit(tx.update)({"w": g}, state, params)
+        assert jax.tree.map(lambda x: x.dtype, new) == jax.tree.map(lambda x: x.dtype, state)
 
 
 def test_every_state_survives_a_jit_round_trip():
@@ -285,7 +332,7 @@ def test_lowers_for_gpu_and_tpu():
         (dict(backoff_factor=1.0), ValueError, "backoff_factor must lie in"),
         (dict(backoff_factor=0.0), ValueError, "backoff_factor must lie in"),
         (dict(backoff_factor=1.5), ValueError, "backoff_factor must lie in"),
-        (dict(growth_interval=0), ValueError, "growth_interval must be >= 1"),
+        (dict(growth_interval=0), ValueError, "growth_interval must be (a Python int )?>= 1"),
         (dict(growth_interval=2.5), TypeError, "growth_interval must be a Python int"),
         (dict(initial_scale=1.0, min_scale=2.0), ValueError, "below min_scale"),
         (dict(max_scale=8.0), ValueError, "exceeds max_scale"),
@@ -327,11 +374,11 @@ def test_max_norm_clips_the_unscaled_gradients_like_a_clip_in_the_chain(dtype, s
     g64 = {k: np.asarray(v, np.float64) / scale for k, v in scaled.items()}
     norm = np.sqrt(sum(np.sum(v**2) for v in g64.values()))
     np.testing.assert_allclose(float(state.grad_norm), norm, rtol=1e-6)
-    tol = 2e-3 if dtype == jnp.float16 else 1e-6
+    # unscaled into the float32 of the params whatever the gradients' dtype: float32 rounding
     for k, v in g64.items():
-        np.testing.assert_allclose(ours[k], -v * min(1.0, 1.0 / norm), rtol=tol, atol=0)
-        np.testing.assert_allclose(ours[k], theirs[k], rtol=tol, atol=0)
-        assert ours[k].dtype == dtype
+        np.testing.assert_allclose(ours[k], -v * min(1.0, 1.0 / norm), rtol=1e-6, atol=0)
+        np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-6, atol=0)
+        assert ours[k].dtype == jnp.float32
     assert bool(state.last_finite)
 
 
@@ -372,3 +419,132 @@ def test_max_norm_under_inject_hyperparams_and_refused_when_not_positive():
     for bad in (0.0, -1.0):
         with pytest.raises(ValueError, match="loss_scaling: max_norm must be > 0"):
             jn.loss_scaling(optax.sgd(0.1), max_norm=bad)
+
+
+def test_every_float_option_and_growth_interval_work_traced_in_inject_hyperparams():
+    """optax.inject_hyperparams(jn.loss_scaling) turns every number into an array (the
+    ints too) and traces them under jit: the same scales and updates as Python numbers."""
+    options = dict(
+        initial_scale=8.0,
+        growth_interval=2,
+        growth_factor=4.0,
+        backoff_factor=0.25,
+        min_scale=2.0,
+        max_scale=64.0,
+        max_norm=1.0,
+    )
+    traced = optax.inject_hyperparams(jn.loss_scaling)(optax.sgd(1.0), **options)
+    plain = jn.loss_scaling(optax.sgd(1.0), **options)
+    params = {"w": jnp.zeros(2)}
+    pattern = [True, True, True, True, False, True, False, False, False, True, True]
+    runs = []
+    for tx in (traced, plain):
+        state, update, out = tx.init(params), jax.jit(tx.update), []
+        for finite in pattern:
+            g = jnp.array([3.0, 4.0]) * jn.current_loss_scale(state)
+            u, state = update({"w": g if finite else g.at[0].set(jnp.inf)}, state, params)
+            out.append((float(jn.current_loss_scale(state)), *np.asarray(u["w"]).tolist()))
+        runs.append(out)
+    assert runs[0] == runs[1]
+    # the schedule as documented: x4 every 2 finite steps up to 64, x0.25 down to 2
+    assert [s for s, *_ in runs[0]] == [8, 32, 32, 32, 8, 8, 2, 2, 2, 2, 8]
+    assert runs[0][0][1:] == pytest.approx([-0.6, -0.8])  # clipped to norm 1, unscaled
+    with pytest.raises(TypeError, match="growth_interval must be a Python int >= 1 or an int"):
+        optax.inject_hyperparams(jn.loss_scaling)(optax.sgd(1.0), growth_interval=2.5).init(params)
+
+
+def test_a_traced_scale_that_is_not_positive_skips_steps_instead_of_flipping_signs():
+    params = {"w": jnp.zeros(2)}
+    tx = jn.loss_scaling(optax.sgd(1.0), min_scale=4.0, initial_scale=8.0)
+    # initial_scale=-8 passed traced: not checked at trace time
+    state = jax.jit(lambda s: jn.loss_scaling(optax.sgd(1.0), initial_scale=s).init(params))(-8.0)
+    assert float(state.scale) == -8.0
+    update = jax.jit(tx.update)
+    u, state = update({"w": jnp.array([-8.0, 16.0])}, state, params)
+    np.testing.assert_array_equal(u["w"], 0.0)  # not [-1, 2]: a sign flip
+    assert int(state.total_skipped) == 1 and float(state.scale) == 4.0  # backed off to min
+    u, state = update({"w": jnp.array([-8.0, 16.0])}, state, params)
+    np.testing.assert_array_equal(u["w"], [2.0, -4.0])
+
+
+def test_multisteps_inside_loss_scaling_skips_a_nan_micro_batch_outside_is_poisoned():
+    params = {"w": jnp.ones(2)}
+    micro = [jnp.array([0.1, -0.2]), jnp.array([jnp.nan, 1.0]), jnp.array([0.3, 0.4])]
+    micro += [jnp.array([0.5, 0.1]), jnp.array([-0.2, 0.2]), jnp.array([0.1, 0.1])]
+
+    def run(tx, scale_of):
+        state, update, out = tx.init(params), jax.jit(tx.update), []
+        for g in micro:
+            u, state = update({"w": g * scale_of(state)}, state, params)
+            out.append(np.asarray(u["w"]))
+        return out, state
+
+    # the order that works: the nan micro-batch is skipped (not accumulated, not counted)
+    good = jn.loss_scaling(optax.MultiSteps(optax.sgd(1.0), 2), initial_scale=4.0)
+    ours, state = run(good, jn.current_loss_scale)
+    ref = optax.MultiSteps(optax.sgd(1.0), 2)  # float32, without the nan micro-batch
+    ref_state, theirs = ref.init(params), []
+    for g in micro[:1] + micro[2:]:
+        u, ref_state = ref.update({"w": g}, ref_state, params)
+        theirs.append(np.asarray(u["w"]))
+    assert not np.any(ours[1])  # the skipped micro-step emits zeros
+    for a, b in zip(ours[:1] + ours[2:], theirs, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert np.any(theirs[1]) and np.any(theirs[3])  # two real emits
+    assert int(state.total_skipped) == 1
+
+    # the other order: the accumulator stays nan after the emit, every later step is lost
+    bad = optax.MultiSteps(jn.loss_scaling(optax.sgd(1.0), initial_scale=4.0), 2)
+    outs, bad_state = run(bad, lambda s: s.inner_opt_state.scale)
+    assert not any(np.any(u) for u in outs)
+    assert np.isnan(bad_state.acc_grads["w"][0])  # where the nan came in, for good
+    # ... so reading the scale of a state in that order is refused, naming the fix
+    for call in (
+        lambda: jn.current_loss_scale(bad_state),
+        lambda: jn.scaled_value_and_grad(lambda p: jnp.sum(p["w"]))(bad_state, params),
+    ):
+        with pytest.raises(ValueError, match=r"inside optax\.MultiSteps.*loss_scaling\(optax"):
+            call()
+
+
+@pytest.mark.parametrize("dtype", [jnp.int32, jnp.bool_])
+def test_an_integer_or_bool_loss_is_refused_at_trace_time(dtype):
+    state = jn.loss_scaling(optax.sgd(0.1)).init(jnp.ones(2))
+    grad_fn = jn.scaled_value_and_grad(lambda p: jnp.sum(p > 0).astype(dtype))
+    with pytest.raises(TypeError, match=f"real floating-point loss, got dtype {jnp.dtype(dtype)}"):
+        jax.jit(grad_fn)(state, jnp.ones(2))
+
+
+def test_nnx_optimizer_steps_equal_the_functional_path():
+    from flax import nnx
+
+    x = jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)
+
+    def loss(model):
+        return jnp.mean((model(x) - 0.5) ** 2)
+
+    model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    tx = jn.loss_scaling(optax.adam(1e-2), initial_scale=2.0**10)
+    optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
+    state = tx.init(params)
+
+    for poison in (False, True, False):  # the nan step is skipped on both paths
+        scale = jn.current_loss_scale(optimizer.opt_state)
+        assert isinstance(scale, jax.Array) and float(scale) == float(state.scale)
+        grads = nnx.grad(lambda m, s: loss(m) * s)(model, scale)
+        _, g = jn.scaled_value_and_grad(lambda p: _linear_loss(p, x))(state, params)
+        if poison:
+            grads["kernel"][...] = grads["kernel"][...].at[0, 0].set(jnp.nan)
+            g["kernel"] = g["kernel"].at[0, 0].set(jnp.nan)
+        optimizer.update(model, grads)
+        updates, state = tx.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+        ours = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        for k in params:
+            np.testing.assert_allclose(ours[k], params[k], rtol=1e-6, atol=1e-7)
+    assert int(optimizer.opt_state.total_skipped[...]) == 1 == int(state.total_skipped)
+
+
+def _linear_loss(p, x):
+    return jnp.mean((x @ p["kernel"] + p["bias"] - 0.5) ** 2)

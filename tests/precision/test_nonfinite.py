@@ -34,6 +34,24 @@ def test_report_counts_match_numpy_and_name_the_leaf():
     assert bool(clean.all_finite) and "finite" in str(clean)
 
 
+def test_report_of_complex_leaves_counts_each_entry_once_as_numpy_does():
+    rng = np.random.default_rng(1)
+    parts = rng.normal(size=(2, 40))
+    specials = [np.nan, np.inf, -np.inf]
+    for k in range(60):  # nan, +inf, -inf in the real part, the imaginary part or both
+        parts[rng.integers(2), rng.integers(40)] = specials[k % 3]
+    z = np.empty(40, np.complex64)  # parts set directly: 1j * inf would be nan + inf j
+    z.real, z.imag = parts
+    re, im = z.real, z.imag
+    nan = np.isnan(re) | np.isnan(im)
+    pos = ~nan & (np.isposinf(re) | np.isposinf(im))
+    neg = ~nan & ~pos & (np.isneginf(re) | np.isneginf(im))
+    report = jax.jit(jn.nonfinite_report)({"z": jnp.asarray(z), "x": jnp.ones(2)})
+    assert report.bad_leaves() == [("['z']", int(nan.sum()), int(pos.sum()), int(neg.sum()))]
+    assert int(report.total) == int((~np.isfinite(z)).sum())
+    assert nan.sum() and pos.sum() and neg.sum()
+
+
 def test_first_nonfinite_names_the_op_and_the_source_line():
     def f(x):
         y = jnp.sin(x)
