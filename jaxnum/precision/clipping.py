@@ -84,7 +84,10 @@ def clip_by_global_norm(
     it sees unscaled gradients. ``max_norm`` may be traced
     (``jit``, ``optax.inject_hyperparams``): a traced value that is not > 0 (or
     nan) cannot be refused at trace time and gives nan updates too, never
-    updates with flipped signs.
+    updates with flipped signs. (A surrounding ``loss_scaling`` checks the
+    gradients it receives, so it skips non-finite gradients, but nan that this
+    clip makes from finite ones inside its ``inner`` reaches the updates; to
+    have such steps skipped, trace ``loss_scaling``'s own ``max_norm``.)
 
     Each update leaf keeps its dtype (as in optax): the factor is computed in
     float32 (float64 if any leaf is) and each leaf is scaled in at least
