@@ -965,6 +965,195 @@ PEER_SUITES += [
 ]
 
 
+# kfac and lora (issue 21 item 1 and the K-FAC crash): layers found by path in every form.
+def _kfac_nnx_net():
+    """An NNX model with one nnx.Linear(3, 4) at ``out`` (the shapes of the hidden layer of
+    tests.bad_inputs.kfac_problem), statistics for it (a fixed SPD pair) and gradients (ones,
+    as an nnx.State of nnx.Param)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxnum import kfac
+
+    class Net(nnx.Module):
+        def __init__(self):
+            self.out = nnx.Linear(3, 4, rngs=nnx.Rngs(0))
+
+        def __call__(self, x):
+            return self.out(x)
+
+    net = Net()
+    A = jnp.array([[2.0, 0.5, 0, 0], [0.5, 1, 0, 0], [0, 0, 1, 0.2], [0, 0, 0.2, 1]])
+    stats = {("out",): kfac.KroneckerFactors(A, A[::-1, ::-1])}
+    grads = jax.tree.map(jnp.ones_like, nnx.state(net, nnx.Param))
+    return net, grads, stats
+
+
+def _kfac_nnx_optimizer():
+    """(after nnx.Optimizer(kfac.optimizer).update, the functional update, plain SGD)."""
+    import jax
+    import optax
+    from flax import nnx
+
+    from jaxnum import kfac
+
+    net, grads, stats = _kfac_nnx_net()
+    params = nnx.to_pure_dict(nnx.state(net, nnx.Param))
+    make = lambda: kfac.optimizer(0.1, inverse_every=1, kl_clip=None)  # noqa: E731
+    tx = make()
+    pure_grads = nnx.to_pure_dict(grads)
+    updates, _ = tx.update(pure_grads, tx.init(params), params, curvature=stats)
+    sgd = jax.tree.map(lambda g: -0.1 * g, pure_grads)  # the first step of sgd(0.1, 0.9)
+    nnx.Optimizer(net, make(), wrt=nnx.Param).update(net, grads, curvature=stats)
+    after = nnx.to_pure_dict(nnx.state(net, nnx.Param))
+    return after, optax.apply_updates(params, updates), optax.apply_updates(params, sgd)
+
+
+def _kfac_same_not_sgd(out) -> bool:
+    import numpy as np
+
+    after, functional, sgd = out
+    a, f, s = (np.concatenate([np.ravel(x) for x in (t["out"]["kernel"], t["out"]["bias"])])
+               for t in (after, functional, sgd))  # fmt: skip
+    return bool(np.allclose(a, f, rtol=1e-6, atol=1e-7) and np.abs(a - s).max() > 1e-2)
+
+
+def _kfac_renamed():
+    """scale_by_kfac on params whose kernels are named "w", with statistics for their layer."""
+    import jax.numpy as jnp
+
+    from jaxnum import kfac
+
+    params = {"out": {"w": jnp.ones((3, 4)), "b": jnp.zeros(4)}}
+    stats = {("out",): kfac.KroneckerFactors(jnp.eye(4), jnp.eye(4))}
+    tx = kfac.scale_by_kfac()
+    return tx.update(params, tx.init(params), params, curvature=stats)
+
+
+def _kfac_lora_nnx():
+    from flax import nnx
+
+    import jaxnum as jn
+
+    net, _, _ = _kfac_nnx_net()
+    state = nnx.state(net, nnx.Param)
+    return jn.lora.split(state, 1, where=lambda path, leaf: path.endswith("['kernel']"))[1]
+
+
+def _kfac_no_capture(form):
+    """value_grad_and_stats on a model of plain flax layers (linen nn.Dense or nnx.Linear)."""
+    import flax.linen as nn
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnum import kfac
+
+    x, y, key = jnp.ones((4, 3)), jnp.zeros((4, 4)), jax.random.key(0)
+    if form == "linen":
+        params = {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}
+        return kfac.value_grad_and_stats(nn.Dense(4), "squared_error")(params, x, y, key)
+    net, _, _ = _kfac_nnx_net()
+    return kfac.nnx.value_grad_and_stats("squared_error")(net, x, y, key)
+
+
+def _kfac_half_grads():
+    """scale_by_kfac on float32 params, float16 gradients of 100 whose update exceeds 65504."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxnum import kfac
+
+    params = {"out": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}}
+    grads = jax.tree.map(lambda p: jnp.full(p.shape, 100, jnp.float16), params)
+    stats = {("out",): kfac.KroneckerFactors(jnp.eye(4) * 1e-4, jnp.eye(4) * 1e-4)}
+    tx = kfac.scale_by_kfac(damping=1e-3, inverse_every=1)
+    out, _ = tx.update(grads, tx.init(params), params, curvature=stats)
+    return out
+
+
+def _kfac_half_ok(out) -> bool:
+    import numpy as np
+
+    leaves = [np.asarray(out["out"]["kernel"]), np.asarray(out["out"]["bias"])]
+    return all(x.dtype == np.float32 and np.isfinite(x).all() for x in leaves) and (
+        np.abs(leaves[0]).max() > 65504
+    )
+
+
+def _kfac_masked():
+    """kfac.optimizer(0.1, kl_clip=None) inside optax.masked (the hidden layer only), against
+    kfac.optimizer alone, on two 3 -> 4 layers with the statistics of _kfac_nnx_net."""
+    import jax.numpy as jnp
+    import optax
+
+    from jaxnum import kfac
+
+    _, _, stats = _kfac_nnx_net()
+    layer = {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}
+    params = {"hidden": layer, "out": layer}
+    grads = {"hidden": {"kernel": jnp.arange(12.0).reshape(3, 4), "bias": jnp.ones(4)}}
+    grads["out"] = grads["hidden"]
+    stats = {("hidden",): stats[("out",)], ("out",): stats[("out",)]}
+    make = lambda: kfac.optimizer(0.1, inverse_every=1, kl_clip=None)  # noqa: E731
+    ref, _ = make().update(grads, make().init(params), params, curvature=stats)
+    mask = {"hidden": {"kernel": True, "bias": True}, "out": {"kernel": False, "bias": False}}
+    tx = optax.masked(make(), mask)
+    out, _ = tx.update(grads, tx.init(params), params, curvature=stats)
+    return out, grads, ref
+
+
+def _kfac_masked_ok(out) -> bool:
+    import jax
+    import numpy as np
+
+    masked, grads, ref = out
+    close = lambda a, b: all(  # noqa: E731
+        np.allclose(x, y, rtol=1e-6)
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+    return close(masked["hidden"], ref["hidden"]) and close(masked["out"], grads["out"])
+
+
+NNX += [
+    Case("jn.kfac.optimizer", "method",
+         "nnx.Optimizer(model, kfac.optimizer(0.1), wrt=nnx.Param).update(.., curvature=stats)",
+         _kfac_nnx_optimizer, check=_kfac_same_not_sgd, path="nnx",
+         outcome="the functional K-FAC update on the pure dict, to rounding (was plain SGD: the"
+         " `.value` paths hid every layer)"),
+    Case("jn.kfac.scale_by_kfac", "empty tree",
+         "statistics for layer out, parameters {'out': {'w', 'b'}} (no 'kernel')",
+         _kfac_renamed, path="nnx",
+         raises=(ValueError, r"scale_by_kfac: curvature= holds statistics for the layers out, "
+                 r"but no layer was found .* parameter paths seen in update: out/b, out/w")),
+    Case("jn.lora.split", "method", "nnx.state(model, nnx.Param), where= path ends in ['kernel']",
+         _kfac_lora_nnx, path="nnx", check=lambda ads: list(ads) == ["['out']['kernel']"],
+         outcome="the adapter at ['out']['kernel'], as for the pure dict (was: no parameter"
+         " selected, paths ended in .value)"),
+]
+READABLE += [
+    Case("jn.kfac.value_grad_and_stats", "method", "a linen nn.Dense model (no capture layer)",
+         lambda: _kfac_no_capture("linen"), path="readable",
+         raises=(ValueError, r"value_grad_and_stats: model ran no K-FAC capture layer.*build it "
+                 r"with jaxnum\.kfac\.Dense and jaxnum\.kfac\.Conv")),
+    Case("jn.kfac.nnx.value_grad_and_stats", "method", "an NNX model of nnx.Linear",
+         lambda: _kfac_no_capture("nnx"), path="readable",
+         raises=(ValueError, r"kfac\.nnx\.value_grad_and_stats: model ran no K-FAC capture "
+                 r"layer.*jaxnum\.kfac\.nnx\.Linear")),
+]
+NARROW_GRADS += [
+    Case("jn.kfac.scale_by_kfac", "dtype", "float16 gradients (100) of float32 params",
+         _kfac_half_grads, check=_kfac_half_ok, path="narrow-grads",
+         outcome="float32 updates, finite beyond float16's 65504 (were float16: inf)"),
+]
+OPTAX_WRAPPERS += [
+    Case("jn.kfac.optimizer", "method", "optax.masked(kfac.optimizer(0.1), hidden only)",
+         _kfac_masked, check=_kfac_masked_ok, path="optax-wrappers",
+         outcome="hidden gets K-FAC's update, out the gradient as it is (statistics of masked"
+         " layers unused)"),
+]
+
+
 PATH_CASES: list[Case] = (
     NNX
     + NARROW_GRADS

@@ -100,6 +100,20 @@ def scale_by_kfac(
     the rest of the chain's state unchanged, wrap the chain in
     ``jn.loss_scaling(dynamic=False, initial_scale=1)``).
 
+    Layers are found by path in any form of the parameters: linen params, an
+    NNX pure dict (``nnx.to_pure_dict``), an ``nnx.State`` of ``nnx.Param``
+    and what ``nnx.Optimizer`` passes (paths ending in a variable's ``.value``
+    are read without it), so ``nnx.Optimizer(model, tx, wrt=nnx.Param)
+    .update(model, grads, curvature=stats)`` preconditions the same layers as
+    the functional ``tx.update``. ``curvature`` holding statistics while no
+    layer was found (by default) is an error, never a silent plain gradient.
+
+    The preconditioned update is computed in the factors' dtype (float32 at
+    least) and handed on in the gradient's dtype, or the parameter's when that
+    is wider: bfloat16 or float16 gradients of float32 parameters give float32
+    updates (as optax's adam does), without rounding or overflowing in half
+    precision.
+
     Args:
       damping: Tikhonov damping lambda, split between the factors by the pi
         heuristic.
@@ -110,8 +124,9 @@ def scale_by_kfac(
         with ``learning_rate`` the step that follows (Ba et al. 2017).
       learning_rate: only used by ``kl_clip``.
       layers: paths (tuples of module names) of the captured layers; default
-        every sub-tree with a 2-D ``kernel``. A registered layer missing from
-        ``curvature`` is an error.
+        every sub-tree with a 2-D or 4-D ``kernel``. A registered layer missing
+        from ``curvature``, or from the parameters, is an error; statistics of
+        layers not registered are not used.
     """
     fn = "scale_by_kfac"
     check_positive(damping, fn, "damping")
@@ -157,9 +172,9 @@ def scale_by_kfac(
             raise ValueError(
                 f"{fn}: curvature= holds statistics for the layers "
                 f"{describe_paths(sorted(curvature, key=str))}, but no layer was found in "
-                "the parameters given to init (a sub-tree with a 2-D or 4-D 'kernel'); "
-                f"parameter paths seen in update: {describe_paths(flat)}. Pass layers= "
-                "if the kernels have other names"
+                "the parameters given to init (K-FAC preconditions the sub-trees holding a "
+                "2-D or 4-D 'kernel' and an optional 'bias', as Flax names them); parameter "
+                f"paths seen in update: {describe_paths(flat)}"
             )
         batch_factors = {}
         for layer, old in state.factors.items():

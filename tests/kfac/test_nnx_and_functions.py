@@ -238,3 +238,88 @@ def test_curvature_batch_estimates_the_same_statistics_from_a_subset(x64):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
     with pytest.raises(ValueError, match="curvature_batch"):
         kfac.value_grad_and_stats(plain_mlp, "squared_error", curvature_batch=0)
+
+
+def test_kfac_under_nnx_optimizer_equals_the_functional_update():
+    """nnx.Optimizer hands K-FAC paths ending in `.value` (init) and pure arrays (update):
+    it must precondition the same layers as the functional update on a pure dict."""
+    x, y = _data()
+    model = NNXNet(nnx.Rngs(0))
+    stats_fn = kfac.nnx.value_grad_and_stats("softmax_cross_entropy")
+    make = lambda: kfac.optimizer(0.5, inverse_every=1, kl_clip=None)  # noqa: E731
+    opt = nnx.Optimizer(model, make(), wrt=nnx.Param)
+    layers = {("hidden",), ("blocks", 0)}
+    assert set(opt.opt_state[0].factors) == layers
+    # Every form of the parameters finds the same layers (adaptive K-FAC and LoRA too).
+    state = nnx.state(model, nnx.Param)
+    for form in (state, nnx.to_pure_dict(state), nnx.as_pure(state)):
+        assert set(kfac.scale_by_adaptive_kfac().init(form).kfac.factors) == layers
+
+    @nnx.jit
+    def nnx_step(model, opt, key):
+        _, grads, stats = stats_fn(model, x, y, key)
+        opt.update(model, grads, curvature=stats)
+        return grads, stats
+
+    tx, sgd = make(), optax.sgd(0.5, momentum=0.9)
+
+    @jax.jit
+    def functional_step(params, tx_state, sgd_state, grads, stats):
+        updates, tx_state = tx.update(grads, tx_state, params, curvature=stats)
+        plain, sgd_state = sgd.update(grads, sgd_state, params)
+        plain = optax.apply_updates(params, plain)
+        return optax.apply_updates(params, updates), tx_state, sgd_state, plain
+
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    tx_state, sgd_state = tx.init(params), sgd.init(params)
+    for step in range(2):
+        grads, stats = nnx_step(model, opt, jax.random.key(step))
+        params, tx_state, sgd_state, plain = functional_step(
+            params, tx_state, sgd_state, nnx.to_pure_dict(grads), stats
+        )
+        got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+        for a, b, c in zip(
+            jax.tree.leaves(got), jax.tree.leaves(params), jax.tree.leaves(plain), strict=True
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+            assert np.abs(a - c).max() > 1e-2  # not the plain (momentum) gradient step
+        assert int(opt.opt_state[0].count[...]) == step + 1
+
+
+def test_models_without_capture_layers_and_parameters_without_layers_fail_clearly():
+    x, y = _data()
+
+    class LinenDense(nn.Module):
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(3)(x)
+
+    class NNXDense(nnx.Module):
+        def __init__(self, rngs):
+            self.out = nnx.Linear(4, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(x)
+
+    key = jax.random.key(0)
+    params = LinenDense().init(key, x)["params"]
+    with pytest.raises(ValueError, match=r"no K-FAC capture layer.*jaxnum\.kfac\.Dense"):
+        kfac.value_grad_and_stats(LinenDense(), "softmax_cross_entropy")(params, x, y, key)
+    with pytest.raises(ValueError, match=r"no K-FAC capture layer.*jaxnum\.kfac\.nnx\.Linear"):
+        kfac.nnx.value_grad_and_stats("softmax_cross_entropy")(NNXDense(nnx.Rngs(0)), x, y, key)
+    with pytest.raises(ValueError, match=r"no K-FAC capture layer.*jaxnum\.kfac\.dense"):
+        kfac.value_grad_and_stats(lambda p, x: x @ p["w"], "softmax_cross_entropy")(
+            {"w": params["Dense_0"]["kernel"]}, x, y, key
+        )
+    # Statistics for layers, parameters in which no layer is found (kernels named "w"):
+    # an error naming both, not the gradient returned as it is.
+    stats = {
+        ("hidden",): kfac.KroneckerFactors(jnp.eye(4), jnp.eye(5)),
+        ("out",): kfac.KroneckerFactors(jnp.eye(5), jnp.eye(3)),
+    }
+    renamed = {"hidden": {"w": jnp.ones((4, 5))}, "out": {"w": jnp.ones((5, 3))}}
+    tx = kfac.scale_by_kfac()
+    with pytest.raises(ValueError, match=r"statistics for the layers hidden, out.*hidden/w"):
+        tx.update(renamed, tx.init(renamed), renamed, curvature=stats)
+    with pytest.raises(ValueError, match=r"layers names hidden, but the parameters hold no"):
+        kfac.scale_by_kfac(layers=[("hidden",)]).init(renamed)

@@ -173,3 +173,38 @@ def test_a_nan_gradient_gives_a_zero_update_and_keeps_the_factors():
     _, s = opt.update(grads, opt.init(params), params, curvature=stats)
     updates, s = opt.update(nan_grads, s, params, curvature=stats)
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves((updates, s)))
+
+
+def test_half_precision_gradients_of_float32_params_give_float32_updates():
+    """bfloat16/float16 gradients: preconditioned in float32 and handed on in the
+    parameters' float32, equal to the float64 dense solve of the same gradient values
+    (before: rounded to the gradient's dtype, and a float16 update above 65504 was inf)."""
+    rng = np.random.default_rng(1)
+    params = {"layer": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}, "scale": jnp.ones(2)}
+    a = rng.normal(size=(10, 4)) * 1e-2
+    g = rng.normal(size=(10, 2)) * 1e-2
+    stats = {("layer",): KroneckerFactors(jnp.asarray(a.T @ a / 10), jnp.asarray(g.T @ g / 10))}
+    damped = factored_damping(stats[("layer",)], 1e-3)
+    kernel = rng.normal(size=(3, 2)) * 100
+    tx = scale_by_kfac(damping=1e-3, kl_clip=1e12)  # a clip that does not bind
+    half = [
+        {
+            "layer": {"kernel": jnp.asarray(kernel, dtype), "bias": jnp.full(2, 100, dtype)},
+            "scale": jnp.full(2, 0.1, dtype),  # not a layer: passed on, in float32
+        }
+        for dtype in (jnp.bfloat16, jnp.float16)
+    ]
+    outs = jax.jit(
+        lambda gs: [tx.update(g, tx.init(params), params, curvature=stats)[0] for g in gs]
+    )(half)
+    for grads, out in zip(half, outs, strict=True):
+        assert {leaf.dtype for leaf in jax.tree.leaves(out)} == {jnp.dtype(jnp.float32)}
+        V = np.vstack([np.asarray(grads["layer"]["kernel"], np.float64), np.full((1, 2), 100.0)])
+        dense = np.linalg.solve(
+            np.kron(np.asarray(damped.A, np.float64), np.asarray(damped.G, np.float64)),
+            V.reshape(-1),
+        ).reshape(4, 2)
+        assert np.abs(dense).max() > 65504  # beyond float16's range
+        np.testing.assert_allclose(out["layer"]["kernel"], dense[:3], rtol=2e-4)
+        np.testing.assert_allclose(out["layer"]["bias"], dense[3], rtol=2e-4)
+        np.testing.assert_array_equal(out["scale"], np.float32(grads["scale"][0]))
