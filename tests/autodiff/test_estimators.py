@@ -85,9 +85,17 @@ def test_diagonal_of_a_diagonal_operator_is_exact():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(num_samples=0, method="hutchinson"), ValueError, "num_samples must be >= 1"),
-        (dict(num_samples=2), ValueError, "num_samples must be >= 3"),
-        (dict(num_samples=3, method="xtrace"), ValueError, "num_samples must be >= 4"),
+        (
+            dict(num_samples=0, method="hutchinson"),
+            ValueError,
+            "num_samples must be (a Python int )?>= 1",
+        ),
+        (dict(num_samples=2), ValueError, "num_samples must be (a Python int )?>= 3"),
+        (
+            dict(num_samples=3, method="xtrace"),
+            ValueError,
+            "num_samples must be (a Python int )?>= 4",
+        ),
         (dict(num_samples=3.0), TypeError, "num_samples must be a Python int"),
         (dict(num_samples=6, method="xtrace!"), ValueError, "method='xtrace!' unknown"),
     ],
