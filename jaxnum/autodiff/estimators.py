@@ -134,7 +134,8 @@ def trace_estimate(
       at least k (R invertible).
 
     Probes are vmapped in chunks of ``chunk_size`` (all at once when None), so
-    memory stays bounded for large operators.
+    memory stays bounded for large operators. An ``x_like`` of size 0 (a 0x0
+    operator) gives the exact trace 0 with ``num_matvecs = 0``.
 
     Args:
       matvec: ``v -> A v`` on pytrees like ``x_like`` (A symmetric).

@@ -286,8 +286,12 @@ def top_eigenvalues(
 ) -> tuple[jax.Array, jax.Array]:
     """The k largest eigenvalues (and Ritz vectors) of a symmetric operator by Lanczos.
 
+    Runs in the dtype of ``A v`` (at least float32), as :func:`lanczos`.
+
     Args:
-      A: symmetric matrix, LinearOperator, or matvec callable (then give ``n``).
+      A: real symmetric matrix, LinearOperator, or matvec callable (then give
+        ``n``); ``A v`` of another shape than v raises ValueError, a complex
+        ``A v`` TypeError, at trace time.
       k: number of eigenvalues, a Python int.
       key: PRNG key of the start vector.
       n: dimension, needed only for a plain callable.
@@ -349,7 +353,8 @@ def spectral_density(
     and smoothing each node with a Gaussian of width sigma gives the density.
 
     Args:
-      A: symmetric matrix, LinearOperator, or matvec callable (then give ``n``).
+      A: real symmetric matrix, LinearOperator, or matvec callable (then give
+        ``n``); checked as in :func:`top_eigenvalues`.
       key: PRNG key of the probes.
       num_probes: probes (Python int >= 1).
       num_iters: Lanczos steps per probe.
