@@ -458,8 +458,9 @@ def _optim_strict(method):
 
 
 def _optim_status(r, name) -> bool:
-    from jaxnum.optim import minimize as m
+    import importlib
 
+    m = importlib.import_module("jaxnum.optim.minimize")
     return int(r.status) == getattr(m, name) and not bool(r.converged)
 
 
@@ -888,14 +889,6 @@ def _optim_custom_vjp_fit(jacobian):
 
 
 
-def _optim_gn_nan():
-    import jax.numpy as jnp
-
-    import jaxnum as jn
-
-    return jn.optim.gauss_newton(lambda p: p - 1.0, jnp.array([jnp.nan, 1.0]))
-
-
 def _optim_gn_big_fit():
     import jax.numpy as jnp
 
@@ -922,10 +915,6 @@ DEGENERATE += [
          check=lambda r: bool(r.converged) and abs(float(r.x) - 46.744849) < 1e-4,
          outcome="converges to asinh(1e20) = 46.7448 (norms scaled by the largest entry; was"
          " 'no decrease' at x0)"),
-    Case("jn.optim.gauss_newton", "non-finite", "a NaN in x0",
-         _optim_gn_nan, path="degenerate",
-         check=lambda r: int(r.status) == 4 and not bool(r.converged) and int(r.nit) == 0,
-         outcome="stops at once: status NONFINITE_START, converged=False"),
     Case("jn.optim.gauss_newton", "non-finite", "float32 residuals ~1e20 (||r||^2 overflows)",
          _optim_gn_big_fit, path="degenerate",
          check=lambda r: bool(r.converged) and abs(float(r.x[0]) / 3e20 - 1) < 1e-6,
