@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import optax
 
 from jaxnum.kfac.statistics import LOSSES
-from jaxnum.kfac.transform import ScaleByKFACState, scale_by_kfac
+from jaxnum.kfac.transform import ScaleByKFACState, _zero, scale_by_kfac
 from jaxnum.precision._checks import check_nonnegative, check_positive, check_positive_int
 
 
@@ -193,7 +193,7 @@ def scale_by_adaptive_kfac(
                 "params) and value_fn= (the loss as a function of params) in update"
             )
         grads = updates
-        if weight_decay:
+        if not _zero(weight_decay):  # a traced weight decay is applied as it is
             grads = jax.tree.map(lambda g, p: g + weight_decay * p, grads, params)
         natural, kfac_state = preconditioner.update(grads, state.kfac, params, curvature=curvature)
         direction = jax.tree.map(jnp.negative, natural)

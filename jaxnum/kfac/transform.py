@@ -76,6 +76,13 @@ def _kernel_matrix(kernel: jax.Array) -> jax.Array:
     return conv_kernel_matrix(kernel) if kernel.ndim == 4 else kernel
 
 
+def _zero(value: Any) -> bool:
+    """True for a Python number equal to 0. An array (traced or not: what
+    ``optax.inject_hyperparams`` passes, to init and to update alike) is never "zero",
+    so a chain built from it has the same parts in both and a traced 0 works."""
+    return isinstance(value, int | float) and value == 0
+
+
 def _factor_dtype(params: Any):
     leaves = jax.tree.leaves(params)
     return jnp.float64 if any(jnp.result_type(x) == jnp.float64 for x in leaves) else jnp.float32
@@ -298,6 +305,13 @@ def optimizer(
     ``fisher_gram=jaxnum.kfac.fisher_gram_fn(model, loss, params, inputs)``,
     ``value`` (the loss) and ``value_fn`` (the loss of other parameters on
     the same batch) for the Levenberg-Marquardt adaptation of lambda.
+
+    The float options (``learning_rate``, ``momentum``, ``weight_decay``,
+    ``damping``, ``kl_clip``) may be traced: under ``optax.inject_hyperparams``
+    pass ``static_args=("inverse_every",)``; an array ``momentum`` or
+    ``weight_decay`` always keeps its part of the chain (a traced 0 is exact).
+    Under ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` the same layers are
+    preconditioned as in the functional update (see :func:`scale_by_kfac`).
     """
     fn = "kfac.optimizer"
     check_nonnegative(weight_decay, fn, "weight_decay")
@@ -324,9 +338,9 @@ def optimizer(
             layers=layers,
         )
     ]
-    if weight_decay:
+    if not _zero(weight_decay):
         parts.append(optax.add_decayed_weights(weight_decay))
-    if momentum:
+    if not _zero(momentum):
         parts.append(optax.trace(decay=momentum))
     parts.append(optax.scale(-learning_rate))
     return optax.chain(*parts)

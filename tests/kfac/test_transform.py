@@ -208,3 +208,32 @@ def test_half_precision_gradients_of_float32_params_give_float32_updates():
         np.testing.assert_allclose(out["layer"]["kernel"], dense[:3], rtol=2e-4)
         np.testing.assert_allclose(out["layer"]["bias"], dense[3], rtol=2e-4)
         np.testing.assert_array_equal(out["scale"], np.float32(grads["scale"][0]))
+
+
+def test_traced_learning_rate_momentum_and_weight_decay_under_inject_hyperparams():
+    """optax.inject_hyperparams(kfac.optimizer) traces its float options under jit (a
+    `bool` of the traced momentum or weight decay crashed); equal to the Python floats
+    (the KL clip binds: its traced learning rate and bound are used too)."""
+    rng = np.random.default_rng(2)
+    params = {"layer": {"kernel": jnp.ones((3, 2)), "bias": jnp.zeros(2)}}
+    grads = {"layer": {"kernel": jnp.asarray(rng.normal(size=(3, 2))), "bias": jnp.ones(2)}}
+    stats = {("layer",): KroneckerFactors(jnp.eye(4) + 0.1, jnp.eye(2) + 0.2)}
+    options = dict(learning_rate=0.1, momentum=0.9, weight_decay=1e-2, damping=1e-2, kl_clip=1e-3)
+    injected = optax.inject_hyperparams(optimizer, static_args=("inverse_every",))(
+        **options, inverse_every=1
+    )
+    plain = optimizer(**options, inverse_every=1)
+
+    @jax.jit
+    def step(states):
+        return [
+            tx.update(grads, s, params, curvature=stats)
+            for tx, s in zip((injected, plain), states, strict=True)
+        ]
+
+    states = (injected.init(params), plain.init(params))
+    for _ in range(2):
+        (ours, s1), (theirs, s2) = step(states)
+        states = (s1, s2)
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
