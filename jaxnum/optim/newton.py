@@ -248,7 +248,11 @@ def newton_root(
     out = jax.eval_shape(lambda x: ravel_pytree(f(x, *args))[0], x0)
     if out.shape[0] == 0:
         raise ValueError(f"{fn}: f returns no residuals")
-    return _newton_solve(
+    # Without extra args the loop is compiled once per f (jit, f static). Extra args are
+    # passed as they are (they may be non-arrays or shapes): the loop then runs in the
+    # caller's trace as before.
+    solve = _newton_solve if not args else _newton_solve.__wrapped__
+    return solve(
         x0,
         tuple(args),
         tol,
