@@ -708,6 +708,16 @@ def _kfac_no_capture(form):
     return kfac.nnx.value_grad_and_stats("squared_error")(net, x, y, key)
 
 
+def _kfac_fisher_gram_nnx():
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from jaxnum import kfac
+
+    net, _, _ = _kfac_nnx_net()
+    return kfac.fisher_gram_fn(net, "squared_error", nnx.state(net, nnx.Param), jnp.ones((4, 3)))
+
+
 def _kfac_half_grads():
     """scale_by_kfac on float32 params, float16 gradients of 100 whose update exceeds 65504."""
     import jax
@@ -791,6 +801,10 @@ READABLE += [
          lambda: _kfac_no_capture("nnx"), path="readable",
          raises=(ValueError, r"kfac\.nnx\.value_grad_and_stats: model ran no K-FAC capture "
                  r"layer.*jaxnum\.kfac\.nnx\.Linear")),
+    Case("jn.kfac.fisher_gram_fn", "method", "an NNX module as model (callable, not as f(p, x))",
+         lambda: _kfac_fisher_gram_nnx(), path="readable",
+         raises=(TypeError, r"fisher_gram_fn: model is an NNX module; pass a function of the "
+                 r"parameters, e\.g\. .*nnx\.merge\(graphdef, p, rest\)\(x\)")),
 ]
 NARROW_GRADS += [
     Case("jn.kfac.scale_by_kfac", "dtype", "float16 gradients (100) of float32 params",

@@ -21,6 +21,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
+from flax import nnx
 
 from jaxnum.kfac.statistics import LOSSES
 from jaxnum.kfac.transform import ScaleByKFACState, _zero, scale_by_kfac
@@ -30,6 +31,13 @@ from jaxnum.precision._checks import check_nonnegative, check_positive, check_po
 def _apply_fn(model) -> Callable:
     if isinstance(model, nn.Module):
         return lambda params, inputs: model.apply({"params": params}, inputs)
+    if isinstance(model, nnx.Module):  # callable, but not as model(params, inputs)
+        raise TypeError(
+            "fisher_gram_fn: model is an NNX module; pass a function of the parameters, "
+            "e.g. graphdef, rest = nnx.split(model, nnx.Param, ...)[::2] and "
+            "lambda p, x: nnx.merge(graphdef, p, rest)(x), with params = "
+            "nnx.state(model, nnx.Param)"
+        )
     if callable(model):
         return model
     raise TypeError(f"fisher_gram_fn: model must be a linen Module or a function, got {model!r}")
@@ -62,7 +70,9 @@ def fisher_gram_fn(
     forward-mode product per vector, vmapped; never formed.
 
     Args:
-      model: a linen Module or a function ``model(params, inputs)``.
+      model: a linen Module or a function ``model(params, inputs)`` (for an NNX
+        module, ``lambda p, x: nnx.merge(graphdef, p, rest)(x)``; the module
+        itself is a ``TypeError``).
       loss: one of :data:`jaxnum.kfac.LOSSES`.
       params: the point.
       inputs: the batch.

@@ -305,8 +305,12 @@ def test_models_without_capture_layers_and_parameters_without_layers_fail_clearl
     params = LinenDense().init(key, x)["params"]
     with pytest.raises(ValueError, match=r"no K-FAC capture layer.*jaxnum\.kfac\.Dense"):
         kfac.value_grad_and_stats(LinenDense(), "softmax_cross_entropy")(params, x, y, key)
+    nnx_model = NNXDense(nnx.Rngs(0))
     with pytest.raises(ValueError, match=r"no K-FAC capture layer.*jaxnum\.kfac\.nnx\.Linear"):
-        kfac.nnx.value_grad_and_stats("softmax_cross_entropy")(NNXDense(nnx.Rngs(0)), x, y, key)
+        kfac.nnx.value_grad_and_stats("softmax_cross_entropy")(nnx_model, x, y, key)
+    # An NNX module is callable, but not as model(params, inputs).
+    with pytest.raises(TypeError, match=r"fisher_gram_fn: model is an NNX module.*nnx\.merge"):
+        kfac.fisher_gram_fn(nnx_model, "squared_error", nnx.state(nnx_model, nnx.Param), x)
     with pytest.raises(ValueError, match=r"no K-FAC capture layer.*jaxnum\.kfac\.dense"):
         kfac.value_grad_and_stats(lambda p, x: x @ p["w"], "softmax_cross_entropy")(
             {"w": params["Dense_0"]["kernel"]}, x, y, key
