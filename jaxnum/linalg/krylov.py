@@ -69,6 +69,20 @@ def _product_dtype(matvec: Callable, shape: tuple, dtype: Any, fn: str, arg: str
     return out.dtype
 
 
+def _pow2_scale(v: jax.Array) -> jax.Array:
+    """The power of two nearest max |v| (1 for a zero or non-finite v): dividing by it is
+    exact, and brings v's entries to [0.7, 1.4] in magnitude."""
+    m = jnp.max(jnp.abs(v), initial=0.0)
+    ok = jnp.isfinite(m) & (m > 0)
+    return jnp.where(ok, jnp.exp2(jnp.round(jnp.log2(jnp.where(ok, m, 1.0)))), 1.0).astype(m.dtype)
+
+
+def _safe_norm(v: jax.Array) -> jax.Array:
+    """||v||_2 without overflow or underflow (scaled by a power of two near max |v|)."""
+    s = _pow2_scale(v)
+    return s * jnp.linalg.norm(v / s)
+
+
 def _dimension(A: Any, n: int | None, fn: str) -> int:
     """n of a square A (matrix or LinearOperator); a plain callable needs ``n`` given."""
     if n is not None:
@@ -166,6 +180,12 @@ def cg(
     matvec = lambda v: matvec_in(v).astype(dtype)  # noqa: E731
     precond = lambda v: precond_in(v).astype(dtype)  # noqa: E731
     x = jnp.zeros_like(b) if x0 is None else replicated(jnp.asarray(x0)).astype(dtype)
+    # CG on b / s, s the power of two nearest max |b|: an exact scaling (the iterates are
+    # those of the unscaled problem), after which r^H z and the norms cannot overflow
+    # for entries past sqrt(max) (1.8e19 in float32), where ||b|| read inf and an
+    # untouched x = 0 passed as converged.
+    s = _pow2_scale(b)
+    b, x = b / s, x / s
     r = b - matvec(x)
     z = precond(r)
     threshold = tol * jnp.linalg.norm(b)
@@ -188,7 +208,7 @@ def cg(
     state = (x, r, z, z, jnp.vdot(r, z), jnp.zeros([], jnp.int32))
     x, r, _, _, _, k = jax.lax.while_loop(cond, body, state)
     norm = jnp.linalg.norm(r)
-    return CGResult(x, k, norm, norm <= threshold)
+    return CGResult(x * s, k, norm * s, norm <= threshold)
 
 
 class LanczosResult(NamedTuple):
@@ -256,7 +276,7 @@ def lanczos(A: Any, v0: jax.Array, num_iters: int) -> LanczosResult:
     if not isinstance(v0, jax.core.Tracer) and not bool(jnp.any(v0 != 0)):
         raise ValueError(f"{fn}: v0 must be non-zero (it is normalised to start the basis)")
     v0 = v0.astype(dtype)  # normalised in the working dtype: |V[0]| = 1 to its precision
-    V = jnp.zeros((num_iters, n), dtype).at[0].set(v0 / jnp.linalg.norm(v0))
+    V = jnp.zeros((num_iters, n), dtype).at[0].set(v0 / _safe_norm(v0))
 
     def body(i, state):
         V, alphas, betas = state
@@ -265,7 +285,7 @@ def lanczos(A: Any, v0: jax.Array, num_iters: int) -> LanczosResult:
         mask = (jnp.arange(num_iters) <= i)[:, None]
         for _ in range(2):  # full reorthogonalisation, twice is enough
             w = w - (V * mask).T @ ((V * mask) @ w)
-        beta = jnp.linalg.norm(w)
+        beta = _safe_norm(w)  # no overflow for an A with entries past sqrt(max)
         safe = jnp.where(beta > 0, beta, 1.0)
         V = jnp.where(i + 1 < num_iters, V.at[jnp.minimum(i + 1, num_iters - 1)].set(w / safe), V)
         return V, alphas.at[i].set(alpha), betas.at[i].set(beta)

@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
 from jaxnum._sharding import replicated
+from jaxnum.linalg.krylov import _pow2_scale
 from jaxnum.precision._checks import check_nonnegative
 
 METHODS = ("svd", "qr", "cholesky", "normal")
@@ -83,11 +84,15 @@ def lstsq(
     if m == 0 or n == 0:  # no equations or no unknowns: the minimum-norm solution is 0
         return jnp.zeros((n, *y.shape[1:]), X.dtype)
     if method in ("normal", "cholesky"):
-        G = X.T @ X + ridge * jnp.eye(n, dtype=X.dtype)
+        # Large X and y divided by powers of two near their largest entries (exact), so
+        # that X^T X cannot overflow for entries past sqrt(max) (1.8e19 in float32).
+        cx, cy = jnp.maximum(_pow2_scale(X), 1.0), jnp.maximum(_pow2_scale(y), 1.0)
+        X, y = X / cx, y / cy
+        G = X.T @ X + (ridge / cx / cx) * jnp.eye(n, dtype=X.dtype)
         rhs = X.T @ y
         if method == "normal":
-            return jnp.linalg.solve(G, rhs)
-        return jsl.cho_solve(jsl.cho_factor(G, lower=True), rhs)
+            return jnp.linalg.solve(G, rhs) * (cy / cx)
+        return jsl.cho_solve(jsl.cho_factor(G, lower=True), rhs) * (cy / cx)
     if method == "qr":
         if not (isinstance(ridge, int | float) and ridge == 0):
             X = jnp.concatenate([X, jnp.sqrt(ridge) * jnp.eye(n, dtype=X.dtype)])
@@ -96,7 +101,9 @@ def lstsq(
         return jsl.solve_triangular(R, Q.T @ y, lower=False)
     U, s, Vt = jnp.linalg.svd(X, full_matrices=False)
     cutoff = (jnp.finfo(X.dtype).eps * max(m, n) if rcond is None else rcond) * s[0]
-    inv = jnp.where(s > cutoff, s / (s**2 + ridge), 0.0)
+    # s / (s^2 + ridge) as 1 / (s + ridge / s): s^2 overflowed (and zeroed the solution)
+    # for singular values past sqrt(max)
+    inv = jnp.where(s > cutoff, 1 / (s + ridge / jnp.where(s > cutoff, s, 1.0)), 0.0)
     coef = U.T @ y
     coef = coef * (inv if y.ndim == 1 else inv[:, None])
     return Vt.T @ coef

@@ -209,3 +209,24 @@ def test_cg_promotes_mixed_dtypes_and_checks_the_matvec(x64):
     ]:  # fmt: skip
         with pytest.raises(error, match=match):
             call()
+
+
+def test_entries_past_sqrt_max_do_not_overflow_in_float32():
+    # Entries ~1e20 > sqrt(float32 max) = 1.8e19: ||b|| read inf and cg reported an
+    # untouched x = 0 as converged, Lanczos gave NaN, lstsq's s^2 and X^T X overflowed
+    # (svd gave x = 0). Reference: numpy in float64.
+    rng = np.random.default_rng(9)
+    V, _ = np.linalg.qr(rng.normal(size=(4, 4)))
+    A = (V * np.array([3e20, 2e20, 1e20, 5e19])) @ V.T
+    b = A @ np.ones(4)
+    A32, b32 = jnp.asarray(A, jnp.float32), jnp.asarray(b, jnp.float32)
+    r = cg(A32, b32, tol=1e-6)
+    assert bool(r.converged) and np.isfinite(float(r.residual_norm))
+    np.testing.assert_allclose(r.x, np.linalg.solve(A, b), rtol=1e-3)
+    w, _ = top_eigenvalues(A32, 2, key=jax.random.key(0))
+    np.testing.assert_allclose(w, np.linalg.eigvalsh(A)[::-1][:2], rtol=1e-5)
+    for method in METHODS:
+        for lam in (0.0, 1e38):  # 1e38 moves the solution by 1-4% (eigenvalues^2 ~ 1e40)
+            ref = np.linalg.solve(A.T @ A + lam * np.eye(4), A.T @ b)
+            got = lstsq(A32, b32, method=method, ridge=lam)
+            np.testing.assert_allclose(got, ref, rtol=2e-3, err_msg=f"{method}, ridge={lam}")
