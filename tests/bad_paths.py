@@ -371,6 +371,17 @@ DEGENERATE += [
          lambda: _linalg_call("randomized_eigh", _linalg_array([[1, 2], [2, 1]]), 1),
          path="degenerate", raises=(ValueError, r"randomized_eigh: A_psd is not positive "
                                     r"semi-definite \(Omega\^T A Omega has the eigenvalue -1 < 0")),
+    Case("jn.linalg.cg", "non-finite", "A = diag(4e20, 2e20), b = (4e20, 2e20) in float32",
+         lambda: _linalg_call("cg", _linalg_array([[4e20, 0], [0, 2e20]]),
+                              _linalg_array([4e20, 2e20])),
+         path="degenerate",
+         check=lambda r: bool(r.converged) and abs(r.x - 1).max() < 1e-6,
+         outcome="x = (1, 1), converged (||b|| read inf: x = 0 was reported converged)"),
+    Case("jn.linalg.lstsq", "non-finite", "X = diag(4e20, 2e20), y = (4e20, 2e20) in float32",
+         lambda: _linalg_call("lstsq", _linalg_array([[4e20, 0], [0, 2e20]]),
+                              _linalg_array([4e20, 2e20])),
+         path="degenerate", check=lambda b: abs(b - 1).max() < 1e-6,
+         outcome="b = (1, 1) (s^2 overflowed: b = 0 before)"),
 ]
 READABLE += [
     Case("jn.linalg.lstsq", "empty tree", "X with 0 rows (shape (0, 3))",
