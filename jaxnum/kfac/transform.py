@@ -107,8 +107,8 @@ def scale_by_kfac(
     the rest of the chain's state unchanged, wrap the chain in
     ``jn.loss_scaling(dynamic=False, initial_scale=1)``).
 
-    Layers are found by path in any form of the parameters: linen params, an
-    NNX pure dict (``nnx.to_pure_dict``), an ``nnx.State`` of ``nnx.Param``
+    Layers are found by path in any form of the parameters: linen params (boxed
+    ``nn.Partitioned`` ones too), an NNX pure dict (``nnx.to_pure_dict``), an ``nnx.State`` of ``nnx.Param``
     and what ``nnx.Optimizer`` passes (paths ending in a variable's ``.value``
     are read without it), so ``nnx.Optimizer(model, tx, wrt=nnx.Param)
     .update(model, grads, curvature=stats)`` preconditions the same layers as

@@ -250,9 +250,11 @@ def test_kfac_under_nnx_optimizer_equals_the_functional_update():
     opt = nnx.Optimizer(model, make(), wrt=nnx.Param)
     layers = {("hidden",), ("blocks", 0)}
     assert set(opt.opt_state[0].factors) == layers
-    # Every form of the parameters finds the same layers (adaptive K-FAC and LoRA too).
+    # Every form of the parameters finds the same layers (adaptive K-FAC too), linen's
+    # boxed (nn.Partitioned) params as well: their paths also end in `.value`.
     state = nnx.state(model, nnx.Param)
-    for form in (state, nnx.to_pure_dict(state), nnx.as_pure(state)):
+    boxed = jax.tree.map(lambda a: nn.Partitioned(a, (None,) * a.ndim), nnx.to_pure_dict(state))
+    for form in (state, nnx.to_pure_dict(state), nnx.as_pure(state), boxed):
         assert set(kfac.scale_by_adaptive_kfac().init(form).kfac.factors) == layers
 
     @nnx.jit
