@@ -22,6 +22,7 @@ residuals whose squares overflow (1e20 in float32) are handled.
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -48,7 +49,7 @@ NO_DECREASE = 3
 NONFINITE_START = 4
 
 STATUS_MESSAGES = {
-    CONVERGED_GRAD: "converged: ||J^T r||_inf <= gtol",
+    CONVERGED_GRAD: "converged: ||J^T r||_inf <= gtol (by default: at the rounding level)",
     CONVERGED_STEP: "converged: step <= xtol (||x|| + xtol), accepted or not",
     MAXITER: "stopped: maximum number of iterations reached",
     NO_DECREASE: "stopped: no step reduces the cost",
@@ -103,7 +104,9 @@ def _damped_step(J, r, mu):
 
 @functools.partial(jax.jit, static_argnames=("residual_fn", "method", "maxiter", "jacobian_mode"))
 def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter, jacobian_mode):
-    flat0, _, residual, jacobian, _ = flat_residual(residual_fn, x0, args, jacobian_mode)
+    flat0, _, residual, jacobian, m = flat_residual(
+        residual_fn, x0, args, jacobian_mode, "gauss_newton"
+    )
     dtype = flat0.dtype
     xtol, tau = _float_option(xtol, dtype), _float_option(tau, dtype)
 
@@ -115,11 +118,21 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter, jacobian_
         norm = jnp.where(norm > 0, norm, jnp.ones_like(norm))
         return r / norm, norm
 
+    if gtol is None:  # J^T r at the rounding level of its own computation (scale-free)
+        rel = 4.0 * float(jnp.finfo(dtype).eps) * math.sqrt(m)
+
+        def grad_small(J, r):  # max_j |J_j^T r| / (||J_j|| ||r||), zero columns left out
+            col = jax.vmap(safe_norm, in_axes=1)(J)
+            cos = jnp.abs(J.T @ unit(r)[0]) / jnp.where(col > 0, col, jnp.ones_like(col))
+            return jnp.max(cos) <= rel
+
+    else:
+        gtol = _float_option(gtol, dtype)
+
+        def grad_small(J, r):
+            return jnp.max(jnp.abs(J.T @ r)) <= gtol
+
     r0, J0 = residual(flat0), jacobian(flat0)
-    g0 = J0.T @ r0
-    if gtol is None:  # relative to the gradient at x0
-        gtol = jnp.finfo(dtype).eps * jnp.max(jnp.abs(g0))
-    gtol = _float_option(gtol, dtype)
     finite = jnp.all(jnp.isfinite(flat0)) & jnp.all(jnp.isfinite(r0)) & jnp.all(jnp.isfinite(J0))
     start = _Carry(
         x=flat0, r=r0, J=J0, mu=tau * jnp.max(jnp.sum(J0 * J0, axis=0)),
@@ -127,7 +140,7 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter, jacobian_
         costs=jnp.full((maxiter + 1,), jnp.nan, flat0.dtype).at[0].set(cost(r0)),
         nit=jnp.zeros((), jnp.int32), nfev=jnp.ones((), jnp.int32), njev=jnp.ones((), jnp.int32),
         status=jnp.where(
-            ~finite, NONFINITE_START, jnp.where(jnp.max(jnp.abs(g0)) <= gtol, CONVERGED_GRAD, -1)
+            ~finite, NONFINITE_START, jnp.where(grad_small(J0, r0), CONVERGED_GRAD, -1)
         ).astype(jnp.int32),
     )  # fmt: skip
 
@@ -170,7 +183,7 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter, jacobian_
         else:  # LM: mu has grown far past J^T J's scale and still nothing lowers the cost
             stuck = ~accept & ~(mu < 1e15 * (1.0 + jnp.max(jnp.sum(J * J, 0))))
         status = jnp.where(
-            jnp.max(jnp.abs(J.T @ r)) <= gtol,
+            grad_small(J, r),
             CONVERGED_GRAD,
             jnp.where(
                 small_step,
@@ -205,9 +218,13 @@ def gauss_newton(
       x0: starting point, a pytree of floating arrays; the solve runs in its dtype.
       *args: extra arguments of ``residual_fn`` (data; traced).
       method: "lm" (default) or "gn" (see the module docstring).
-      gtol: stop when ``||J^T r||_inf <= gtol``. None (default): ``eps *
-        ||J(x0)^T r(x0)||_inf`` with eps of x0's dtype (the gradient reduced to
-        the rounding level of its start; ``xtol`` stops at the rounding level of x).
+      gtol: stop when ``||J^T r||_inf <= gtol`` (an absolute test). None
+        (default): a scale-free test at the rounding level of J^T r,
+        ``max_j |J_j^T r| / (||J_j||_2 ||r||_2) <= 4 eps sqrt(m)`` (eps of x0's
+        dtype, m residuals, J_j the columns of J: the cosine test of MINPACK's
+        lmder, Moré, Garbow and Hillstrom 1980, with gtol = 4 eps sqrt(m)),
+        computed with r / ||r|| so nothing overflows. Far from a minimum it does
+        not stop; a zero-residual fit stops on ``xtol``.
       xtol: stop when a step ``||h|| <= xtol (||x|| + xtol)``; None
         means 10 eps of x0's dtype (steps at the rounding level of x).
       maxiter: iterations at most (a refused LM step counts as one).
@@ -246,7 +263,7 @@ def gauss_newton(
     if xtol is not None:
         check_positive(xtol, fn, "xtol")
     check_positive(tau, fn, "tau")
-    check_positive_int(maxiter, fn, "maxiter")
+    maxiter = check_positive_int(maxiter, fn, "maxiter")
     check_jacobian_mode(jacobian, fn)
     flat0, unravel = ravel_pytree(x0)
     if flat0.size == 0:

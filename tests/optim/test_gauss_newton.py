@@ -181,7 +181,7 @@ def test_traced_float_options_give_the_concrete_result():
     np.testing.assert_allclose(traced.x, [2.0, 3.0], rtol=1e-5)  # the exact fit
 
 
-def test_strict_dtype_promotion_in_float32_and_float64():
+def test_strict_dtype_promotion_in_float32_and_float64_from_a_far_start():
     t, y = _decay_data()
     ref = scipy.optimize.least_squares(
         lambda p: p[0] * np.exp(-p[1] * t) + p[2] - y, [1.0, 0.1, 0.0], method="lm",
@@ -190,7 +190,9 @@ def test_strict_dtype_promotion_in_float32_and_float64():
     with jax.numpy_dtype_promotion("strict"):
         for dtype, method in (("float32", "lm"), ("float64", "gn")):
             with jax.enable_x64(dtype == "float64"):
-                x0 = {k: jnp.asarray(v, dtype) for k, v in (("a", 1.0), ("b", 0.1), ("c", 0.0))}
+                # A far start: the default gtol (scale-free, at J^T r's rounding level) must
+                # not stop early where ||J^T r|| is large but much below its value at x0.
+                x0 = {k: jnp.asarray(v, dtype) for k, v in (("a", 1e3), ("b", 3.0), ("c", 1e3))}
                 data = (jnp.asarray(t, dtype), jnp.asarray(y, dtype))
                 fit = gauss_newton(_decay, x0, *data, method=method)
                 assert bool(fit.converged) and fit.x["a"].dtype == dtype, fit.message
