@@ -12,6 +12,7 @@ import numpy as np
 from jaxnum._sharding import replicated
 from jaxnum.kfac._paths import path_string
 from jaxnum.linalg.randomized import randomized_svd
+from jaxnum.precision._checks import check_int
 
 __all__ = ["Adapter", "LoRACount", "count", "init_from_svd", "merge", "split"]
 
@@ -67,8 +68,7 @@ def init_from_svd(
         raise ValueError(f"init_from_svd: W must be 2-D, got shape {W.shape}")
     if not jnp.issubdtype(W.dtype, jnp.floating):
         raise TypeError(f"init_from_svd: W must be floating point, got dtype {W.dtype}")
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= min(W.shape):
-        raise ValueError(f"init_from_svd: rank must be an int in 1..{min(W.shape)}, got {rank!r}")
+    rank = check_int(rank, "init_from_svd", "rank", 1, min(W.shape))
     if key is None:
         U, S, Vt = jnp.linalg.svd(
             # W gathered on an explicit mesh: XLA's SVD takes no sharded matrix (the

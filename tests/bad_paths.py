@@ -90,7 +90,71 @@ OPTAX_WRAPPERS: list[Case] = []
 READABLE: list[Case] = []
 
 # Integer options.
-INTEGER_OPTIONS: list[Case] = []
+def _integer_lbfgs_state(memory_size):
+    import jax.numpy as jnp
+
+    import jaxnum as jn
+
+    return jn.scale_by_lbfgs(memory_size=memory_size).init(jnp.zeros(3))
+
+
+def _integer_same_lbfgs_state(state) -> bool:
+    import jax
+    import numpy as np
+
+    expected = _integer_lbfgs_state(3)
+    return jax.tree.structure(state) == jax.tree.structure(expected) and all(
+        np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(state), jax.tree.leaves(expected), strict=True)
+    )
+
+
+def _integer_injected_lbfgs():
+    import jax.numpy as jnp
+    import optax
+
+    import jaxnum as jn
+
+    return optax.inject_hyperparams(jn.scale_by_lbfgs)(memory_size=3).init(jnp.zeros(3))
+
+
+def _integer_trace_estimate(num_samples):
+    import jax
+    import jax.numpy as jnp
+
+    import jaxnum as jn
+
+    return jn.autodiff.trace_estimate(
+        lambda v: 2.0 * v, jnp.zeros(3), key=jax.random.key(0), num_samples=num_samples,
+        method="hutchinson",
+    ).value  # fmt: skip
+
+
+INTEGER_OPTIONS: list[Case] = [
+    Case("jn.scale_by_lbfgs", "hyperparameter", "memory_size=np.int64(3)",
+         lambda: _integer_lbfgs_state(__import__("numpy").int64(3)),
+         check=_integer_same_lbfgs_state,
+         outcome="accepted: the state of memory_size=3", path="integer-options"),
+    Case("jn.scale_by_lbfgs", "hyperparameter",
+         "memory_size under optax.inject_hyperparams (a jax array)",
+         _integer_injected_lbfgs,
+         raises=(TypeError, r"scale_by_lbfgs: memory_size must be a Python int >= 1, got a jax "
+                            r"array of int32\[\]; sizes are static: under "
+                            r"optax.inject_hyperparams pass it in static_args=\('memory_size',\)"),
+         path="integer-options"),
+    Case("jn.autodiff.trace_estimate", "hyperparameter", "num_samples=np.int64(4)",
+         lambda: _integer_trace_estimate(__import__("numpy").int64(4)),
+         check=lambda r: float(r) == 6.0,
+         outcome="accepted (was TypeError): trace 6 of 2 I, as with 4", path="integer-options"),
+    Case("jn.lora.init_from_svd", "hyperparameter", "rank=1.0 (a float)",
+         lambda: __import__("jaxnum").lora.init_from_svd(__import__("jax").numpy.eye(3), 1.0),
+         raises=(TypeError, r"init_from_svd: rank must be a Python int in 1..3, got 1.0"),
+         path="integer-options"),
+    Case("jn.autodiff.gradcheck", "hyperparameter", "order=True (a bool)",
+         lambda: __import__("jaxnum").autodiff.gradcheck(lambda x: x.sum(), 1.0, order=True),
+         raises=(TypeError, r"gradcheck: order must be a Python int in 1..2, got True"),
+         path="integer-options"),
+]  # fmt: skip
 
 # Found by other projects' test suites.
 PEER_SUITES: list[Case] = []

@@ -12,7 +12,7 @@ from jax.flatten_util import ravel_pytree
 from jaxnum._sharding import replicated
 from jaxnum.autodiff._trees import check_floating_tree, check_like
 from jaxnum.autodiff.hvp import hvp_fn
-from jaxnum.precision._checks import check_lapack_dtype
+from jaxnum.precision._checks import check_int, check_lapack_dtype
 
 TRACE_METHODS = ("hutchinson", "hutch++", "xtrace")
 
@@ -33,10 +33,7 @@ class TraceEstimate(NamedTuple):
 
 
 def _check_samples(num_samples: Any, minimum: int, fn: str) -> None:
-    if isinstance(num_samples, bool) or not isinstance(num_samples, int):
-        raise TypeError(f"{fn}: num_samples must be a Python int, got {num_samples!r}")
-    if num_samples < minimum:
-        raise ValueError(f"{fn}: num_samples must be >= {minimum}, got {num_samples}")
+    check_int(num_samples, fn, "num_samples", minimum)
 
 
 def _check_real_tree(x: Any, fn: str, arg: str) -> None:
@@ -65,10 +62,7 @@ def _check_options(
         )  # fmt: skip
     minimum = {"hutchinson": 1, "hutch++": 3, "xtrace": 4}.get(method, 1)
     _check_samples(num_samples, minimum, fn)
-    if chunk_size is not None and (
-        isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1
-    ):
-        raise ValueError(f"{fn}: chunk_size must be an int >= 1 or None, got {chunk_size!r}")
+    check_int(chunk_size, fn, "chunk_size", 1, none=True)
 
 
 def _flat_operator(matvec: Callable[[Any], Any], x_like: Any, chunk_size: int | None, fn: str):

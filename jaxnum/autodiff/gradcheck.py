@@ -212,15 +212,14 @@ def gradcheck(
       interface; Nocedal and Wright, Sec. 8.1 for the differences.
     """
     fn = "gradcheck"
-    if order not in (1, 2):
-        raise ValueError(f"{fn}: order must be 1 or 2, got {order!r}")
+    order = check_int(order, fn, "order", 1, 2)
     modes = tuple(modes)
     if not modes or any(m not in MODES for m in modes):
         raise ValueError(f"{fn}: modes={modes!r}; expected a non-empty subset of {MODES}")
-    if not isinstance(argnum, int) or not 0 <= argnum < len(args):
+    argnum = check_int(argnum, fn, "argnum", 0)
+    if not argnum < len(args):
         raise ValueError(f"{fn}: argnum={argnum!r} out of range for {len(args)} argument(s)")
-    if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
-        raise ValueError(f"{fn}: num_probes must be an int >= 1, got {num_probes!r}")
+    num_probes = check_int(num_probes, fn, "num_probes", 1)
     check_floating_tree(args[argnum], fn, f"args[{argnum}]")
     if eps is not None and not eps > 0:
         raise ValueError(f"{fn}: eps (the finite-difference step) must be > 0, got {eps!r}")
@@ -369,7 +368,7 @@ def taylor_test(
       Sec. 5 (the Taylor remainder convergence test).
     """
     check_floating_tree(x, "taylor_test", "x")
-    check_int(num_steps, "taylor_test", "num_steps", 3)  # three points at least for a fit
+    num_steps = check_int(num_steps, "taylor_test", "num_steps", 3)  # three points at least
     if v is None:
         v = _random_like(jax.random.key(0) if key is None else key, x)
     check_like(x, v, "taylor_test")

@@ -83,7 +83,7 @@ def fisher_gram_fn(
         raise ValueError(f"fisher_gram_fn: loss must be one of {LOSSES}, got {loss!r}")
     apply = _apply_fn(model)
     if examples is not None:
-        check_positive_int(examples, "fisher_gram_fn", "examples")
+        examples = check_positive_int(examples, "fisher_gram_fn", "examples")
         if key is None:
             raise ValueError("fisher_gram_fn: examples needs a key to draw them")
         batch = jax.tree.leaves(inputs)[0].shape[0]
@@ -167,7 +167,9 @@ def scale_by_adaptive_kfac(
     check_positive(damping, "scale_by_adaptive_kfac", "damping")
     check_nonnegative(weight_decay, "scale_by_adaptive_kfac", "weight_decay")
     if adapt_damping_every is not None:
-        check_positive_int(adapt_damping_every, "scale_by_adaptive_kfac", "adapt_damping_every")
+        adapt_damping_every = check_positive_int(
+            adapt_damping_every, "scale_by_adaptive_kfac", "adapt_damping_every"
+        )
     omega = (19.0 / 20.0) ** (adapt_damping_every or 1)
     preconditioner = scale_by_kfac(
         damping=damping, decay=decay, inverse_every=inverse_every, layers=layers

@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnum.kfac.factors import KroneckerFactors, dense_factors
+from jaxnum.precision._checks import check_int
 
 Layer = tuple[Any, ...]
 
@@ -31,14 +32,7 @@ FISHERS = ("true", "empirical")
 
 
 def check_loss_and_fisher(fn: str, loss: str, fisher: str, curvature_batch=None) -> None:
-    if curvature_batch is not None and (
-        not isinstance(curvature_batch, int)
-        or isinstance(curvature_batch, bool)
-        or curvature_batch < 1
-    ):
-        raise ValueError(
-            f"{fn}: curvature_batch must be a positive int or None, got {curvature_batch!r}"
-        )
+    check_int(curvature_batch, fn, "curvature_batch", 1, none=True)
     if loss not in LOSSES:
         raise ValueError(f"{fn}: loss must be one of {LOSSES}, got {loss!r}")
     if fisher not in FISHERS:

@@ -138,7 +138,7 @@ def scale_by_kfac(
     fn = "scale_by_kfac"
     check_positive(damping, fn, "damping")
     check_open_interval(decay, -1e-12, 1.0, fn, "decay")
-    check_positive_int(inverse_every, fn, "inverse_every")
+    inverse_every = check_positive_int(inverse_every, fn, "inverse_every")
     if kl_clip is not None:
         check_positive(kl_clip, fn, "kl_clip")
     check_positive(learning_rate, fn, "learning_rate")

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 from jaxnum._sharding import replicated, replicated_matmul, replicated_outputs
 from jaxnum.linalg.operators import LinearOperator
 from jaxnum.linalg.randomized import _check_int
-from jaxnum.precision._checks import check_nonnegative
+from jaxnum.precision._checks import check_int, check_nonnegative
 
 
 def _as_matrix(A: Any, fn: str, arg: str) -> jax.Array:
@@ -86,8 +86,7 @@ def _safe_norm(v: jax.Array) -> jax.Array:
 def _dimension(A: Any, n: int | None, fn: str) -> int:
     """n of a square A (matrix or LinearOperator); a plain callable needs ``n`` given."""
     if n is not None:
-        _check_int(n, "n", 1, fn)
-        return n
+        return _check_int(n, "n", 1, fn)
     if callable(A) and not isinstance(A, LinearOperator):
         raise ValueError(f"{fn}: give n (the dimension) when A is a plain callable")
     shape = A.shape if isinstance(A, LinearOperator) else _as_matrix(A, fn, "A").shape
@@ -163,8 +162,7 @@ def cg(
     matvec = _symmetric_matvec(A, n, fn)
     precond = (lambda r: r) if M is None else _symmetric_matvec(M, n, fn, "M")
     maxiter = 10 * n if maxiter is None else maxiter
-    if isinstance(maxiter, bool) or not isinstance(maxiter, int) or maxiter < 0:
-        raise ValueError(f"{fn}: maxiter must be a Python int >= 0, got {maxiter!r}")
+    maxiter = check_int(maxiter, fn, "maxiter", 0)
     check_nonnegative(tol, fn, "tol")
     if x0 is not None and jnp.shape(x0) != b.shape:
         raise ValueError(f"{fn}: x0 has shape {jnp.shape(x0)}, expected {b.shape} (that of b)")
@@ -269,8 +267,7 @@ def lanczos(A: Any, v0: jax.Array, num_iters: int) -> LanczosResult:
     n = v0.shape[0]
     if n == 0:
         raise ValueError(f"{fn}: v0 has shape (0,), no entries; expected n >= 1")
-    if isinstance(num_iters, bool) or not isinstance(num_iters, int) or not 1 <= num_iters <= n:
-        raise ValueError(f"{fn}: num_iters must be a Python int in 1..{n}, got {num_iters!r}")
+    num_iters = check_int(num_iters, fn, "num_iters", 1, n)
     matvec = _symmetric_matvec(A, n, fn)
     dtype = _lanczos_dtype(matvec, v0, fn)
     if not isinstance(v0, jax.core.Tracer) and not bool(jnp.any(v0 != 0)):
@@ -331,15 +328,11 @@ def top_eigenvalues(
     """
     fn = "top_eigenvalues"
     n = _dimension(A, n, fn)
-    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n:
-        raise ValueError(f"{fn}: k must be a Python int in 1..{n}, got {k!r}")
+    k = check_int(k, fn, "k", 1, n)
     if num_iters is None:
         num_iters = min(n, max(2 * k + 20, 40))
-    elif isinstance(num_iters, bool) or not isinstance(num_iters, int) or not k <= num_iters <= n:
-        raise ValueError(
-            f"{fn}: num_iters must be a Python int in k..n = {k}..{n} (k Ritz values need "
-            f"k steps), got {num_iters!r}"
-        )
+    else:  # k Ritz values need k steps
+        num_iters = check_int(num_iters, fn, "num_iters", k, n)
     v0 = jax.ShapeDtypeStruct((n,), jax.dtypes.canonicalize_dtype(jnp.float64))
     dtype = _lanczos_dtype(_symmetric_matvec(A, n, fn), v0, fn)
     res = lanczos(A, jax.random.normal(key, (n,), dtype), num_iters)
@@ -393,11 +386,9 @@ def spectral_density(
     """
     fn = "spectral_density"
     n = _dimension(A, n, fn)
-    if isinstance(num_probes, bool) or not isinstance(num_probes, int) or num_probes < 1:
-        raise ValueError(f"{fn}: num_probes must be a Python int >= 1, got {num_probes!r}")
-    if isinstance(num_iters, bool) or not isinstance(num_iters, int) or not 1 <= num_iters <= n:
-        raise ValueError(f"{fn}: num_iters must be a Python int in 1..{n}, got {num_iters!r}")
-    _check_int(num_points, "num_points", 1, fn)
+    num_probes = check_int(num_probes, fn, "num_probes", 1)
+    num_iters = check_int(num_iters, fn, "num_iters", 1, n)
+    num_points = check_int(num_points, fn, "num_points", 1)
     if sigma is not None and not isinstance(sigma, jax.core.Tracer) and not float(sigma) > 0:
         raise ValueError(f"{fn}: sigma (the kernel width) must be > 0, got {sigma!r}")
     # float32 at least, or the dtype of A v (checked by tracing: shape of v, real)

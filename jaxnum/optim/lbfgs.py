@@ -200,7 +200,7 @@ def scale_by_lbfgs(
     a schedule, or the strong-Wolfe search in :func:`lbfgs`.
     """
     fn = "scale_by_lbfgs"
-    check_positive_int(memory_size, fn, "memory_size")
+    memory_size = check_positive_int(memory_size, fn, "memory_size")
     if curvature_rtol is not None:
         check_positive(curvature_rtol, fn, "curvature_rtol")
 

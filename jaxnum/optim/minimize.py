@@ -350,11 +350,11 @@ def minimize(
     check_positive(tol, name, "tol")
     if not (isinstance(ftol, int | float) and ftol >= 0):
         raise ValueError(f"{name}: ftol must be a number >= 0, got {ftol!r}")
-    check_positive_int(maxiter, name, "maxiter")
-    check_positive_int(memory_size, name, "memory_size")
-    check_positive_int(max_evaluations, name, "max_evaluations")
+    maxiter = check_positive_int(maxiter, name, "maxiter")
+    memory_size = check_positive_int(memory_size, name, "memory_size")
+    max_evaluations = check_positive_int(max_evaluations, name, "max_evaluations")
     check_positive(damping, name, "damping")
-    check_positive_int(max_cg_iterations, name, "max_cg_iterations")
+    max_cg_iterations = check_positive_int(max_cg_iterations, name, "max_cg_iterations")
     dtype = jnp.result_type(*jax.tree.leaves(x0))
     # The tolerances in at least float32: the default ftol (2.2e-9) is 0 in float16.
     tol_dtype = jnp.promote_types(dtype, jnp.float32)

@@ -80,7 +80,7 @@ def truncated_cg(
     The model value is tracked without extra products: each CG step lowers it
     by ``alpha ||r||^2 / 2``.
     """
-    check_positive_int(maxiter, "truncated_cg", "maxiter")
+    maxiter = check_positive_int(maxiter, "truncated_cg", "maxiter")
     check_like(g, jax.eval_shape(matvec, g), "truncated_cg", "matvec(g)", "g")
     rr0 = tree_vdot(g, g)
     dtype = rr0.dtype
@@ -211,7 +211,7 @@ def scale_by_newton_cg(
         raise ValueError(
             f"{fn}: linear_solver must be one of {LINEAR_SOLVERS}, got {linear_solver!r}"
         )
-    check_positive_int(max_cg_iterations, fn, "max_cg_iterations")
+    max_cg_iterations = check_positive_int(max_cg_iterations, fn, "max_cg_iterations")
     if cg_tol is not None:
         check_positive(cg_tol, fn, "cg_tol")
     if not boost > 1:
@@ -225,7 +225,7 @@ def scale_by_newton_cg(
 
     if not 0 <= min_ratio < 1:
         raise ValueError(f"{fn}: min_ratio must lie in [0, 1), got {min_ratio!r}")
-    check_int(max_backtracks, fn, "max_backtracks", 0)
+    max_backtracks = check_int(max_backtracks, fn, "max_backtracks", 0)
 
     def init_fn(params):
         leaves = jax.tree.leaves(params)

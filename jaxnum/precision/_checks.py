@@ -77,18 +77,49 @@ def check_open_interval(value: Any, low: float, high: float, fn: str, arg: str) 
         raise ValueError(f"{fn}: {arg} must lie in ({low}, {high}), got {value!r}")
 
 
-def check_int(value: Any, fn: str, arg: str, minimum: int) -> None:
-    """Raises ValueError unless ``value`` is a Python int (not a bool) >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
-        raise ValueError(f"{fn}: {arg} must be an int >= {minimum}, got {value!r}")
+def check_int(
+    value: Any,
+    fn: str,
+    arg: str,
+    minimum: int = 1,
+    maximum: int | None = None,
+    *,
+    none: bool = False,
+) -> int | None:
+    """The one check of integer options (sizes and counts); returns ``int(value)``.
+
+    Python ints and numpy integers are accepted alike and come back as a Python
+    int. ``bool``, floats, strings and everything else raise ``TypeError``; so do
+    jax arrays and tracers, with the remedy for ``optax.inject_hyperparams``
+    (which turns numeric arguments into arrays): sizes are static, pass the
+    argument in ``static_args``. A value outside ``minimum..maximum`` raises
+    ``ValueError``. The messages read ``"{fn}: {arg} must be a Python int >= k,
+    got ..."`` (or ``"in k..n"``). ``none=True`` lets ``None`` through (returned
+    as is).
+    """
+    if value is None and none:
+        return None
+    wanted = (
+        f"a Python int >= {minimum}" if maximum is None else f"a Python int in {minimum}..{maximum}"
+    )
+    if none:
+        wanted += " or None"
+    if isinstance(value, jax.Array | jax.core.Tracer):
+        raise TypeError(
+            f"{fn}: {arg} must be {wanted}, got a jax array of {jnp.dtype(value.dtype).name}"
+            f"{list(np.shape(value))}; sizes are "
+            f"static: under optax.inject_hyperparams pass it in static_args=({arg!r},)"
+        )
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{fn}: {arg} must be {wanted}, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{fn}: {arg} must be {wanted}, got {value!r}")
+    return int(value)
 
 
-def check_positive_int(value: Any, fn: str, arg: str) -> None:
-    """Raises unless ``value`` is a Python int >= 1 (sizes and counts are static)."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{fn}: {arg} must be a Python int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{fn}: {arg} must be >= 1, got {value!r}")
+def check_positive_int(value: Any, fn: str, arg: str) -> int:
+    """:func:`check_int` with minimum 1: ``int(value)`` for a Python or numpy int >= 1."""
+    return check_int(value, fn, arg, 1)
 
 
 def floating_leaves(tree: Any, fn: str, arg: str) -> list[jax.Array]:

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnum.precision._checks import bound_in_dtype
+from jaxnum.precision._checks import bound_in_dtype, check_int, check_positive_int
 
 
 @pytest.mark.parametrize(
@@ -26,3 +26,18 @@ def test_bound_in_dtype_keeps_float64_and_takes_a_traced_bound(x64):
     assert float(bound_in_dtype(1e300, jnp.float64)) == 1e300
     traced = jax.jit(lambda b: bound_in_dtype(b, jnp.float16))(jnp.float32(1e6))
     assert traced.dtype == jnp.float16 and float(traced) == 65504.0
+
+
+def test_check_int_is_the_one_check():
+    assert check_int(np.int32(3), "f", "n") == 3 and type(check_int(np.int32(3), "f", "n")) is int
+    assert check_int(None, "f", "n", none=True) is None
+    assert check_positive_int(np.uint8(1), "f", "n") == 1
+    for bad in (None, 1.0, True, np.bool_(True), "1", np.array(1), [1]):
+        with pytest.raises(TypeError, match=r"^f: n must be a Python int >= 1, got "):
+            check_int(bad, "f", "n")
+    with pytest.raises(TypeError, match=r"static_args=\('n',\)"):
+        jax.jit(lambda n: check_int(n, "f", "n"))(3)  # a tracer
+    with pytest.raises(ValueError, match=r"^f: n must be a Python int in 2\.\.4, got 5$"):
+        check_int(5, "f", "n", 2, 4)
+    with pytest.raises(ValueError, match=r"^f: n must be a Python int >= 0 or None, got -1$"):
+        check_int(-1, "f", "n", 0, none=True)
