@@ -194,7 +194,7 @@ def _adam_steps_on_narrow_gradients(grad_dtype, param_dtype, scale=2.0**15):
         # the same values: unscaling by a power of two is exact in float32
         same = jax.tree.map(lambda g: g.astype(wide) / scale, scaled)
         ours, state = update(scaled, state, params)
-        theirs, ref_state = ref.update(same, ref_state, params)
+        theirs, ref_state = jax.jit(ref.update)(same, ref_state, params)
     return ours, theirs, state
 
 
@@ -213,10 +213,15 @@ def test_half_precision_gradients_of_float32_params_match_optax_adam_in_float32(
 
 
 def test_float64_params_get_float64_unscaled_gradients(x64):
-    ours, theirs, _ = _adam_steps_on_narrow_gradients(jnp.float16, jnp.float64)
-    for k in ours:
-        assert ours[k].dtype == jnp.float64
-        np.testing.assert_allclose(ours[k], theirs[k], rtol=1e-12, atol=0)
+    params = {"w": jnp.zeros(3, jnp.float64)}
+    g16 = jnp.array([3e-8, 1e-3, -5e-6], jnp.float32).astype(jnp.float16)  # 3e-8 * 2**15 fits
+    tx = jn.loss_scaling(optax.sgd(1.0), initial_scale=2.0**15)
+    scaled = {"w": (g16 * 2.0**15).astype(jnp.float16)}
+    updates, _ = jax.jit(tx.update)(scaled, tx.init(params), params)
+    assert updates["w"].dtype == jnp.float64
+    # exact: float16 values times a power of two, divided by it in float64
+    expect = -np.asarray((g16 * 2.0**15).astype(jnp.float16), np.float64) / 2.0**15
+    np.testing.assert_array_equal(np.asarray(updates["w"]), expect)
 
 
 def test_float16_params_get_float32_updates_and_keep_a_float16_state():
@@ -226,7 +231,8 @@ def test_float16_params_get_float32_updates_and_keep_a_float16_state():
     # 2**15 * 2**-20 is representable in float16; the unscaled value 2**-20 is a
     # float16 subnormal and must not be lost by dividing in float16 first.
     sgd = jn.loss_scaling(optax.sgd(1.0), initial_scale=2.0**15)
-    updates, _ = sgd.update({"w": jnp.full(2, 2.0**-5, jnp.float16)}, sgd.init(params), params)
+    g = {"w": jnp.full(2, 2.0**-5, jnp.float16)}
+    updates, _ = jax.jit(sgd.update)(g, sgd.init(params), params)
     assert updates["w"].dtype == jnp.float32
     np.testing.assert_array_equal(np.asarray(updates["w"], np.float64), -(2.0**-20))
     # adam's float16 moments stay float16 (the state's type is the same at every step),
@@ -483,9 +489,9 @@ def test_multisteps_inside_loss_scaling_skips_a_nan_micro_batch_outside_is_poiso
     good = jn.loss_scaling(optax.MultiSteps(optax.sgd(1.0), 2), initial_scale=4.0)
     ours, state = run(good, jn.current_loss_scale)
     ref = optax.MultiSteps(optax.sgd(1.0), 2)  # float32, without the nan micro-batch
-    ref_state, theirs = ref.init(params), []
+    ref_state, ref_update, theirs = ref.init(params), jax.jit(ref.update), []
     for g in micro[:1] + micro[2:]:
-        u, ref_state = ref.update({"w": g}, ref_state, params)
+        u, ref_state = ref_update({"w": g}, ref_state, params)
         theirs.append(np.asarray(u["w"]))
     assert not np.any(ours[1])  # the skipped micro-step emits zeros
     for a, b in zip(ours[:1] + ours[2:], theirs, strict=True):
@@ -519,30 +525,34 @@ def test_nnx_optimizer_steps_equal_the_functional_path():
     from flax import nnx
 
     x = jnp.linspace(-1.0, 1.0, 12).reshape(4, 3)
-
-    def loss(model):
-        return jnp.mean((model(x) - 0.5) ** 2)
-
     model = nnx.Linear(3, 2, rngs=nnx.Rngs(0))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     tx = jn.loss_scaling(optax.adam(1e-2), initial_scale=2.0**10)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     state = tx.init(params)
 
-    for poison in (False, True, False):  # the nan step is skipped on both paths
+    @nnx.jit
+    def nnx_step(model, optimizer, poison):
         scale = jn.current_loss_scale(optimizer.opt_state)
-        assert isinstance(scale, jax.Array) and float(scale) == float(state.scale)
-        grads = nnx.grad(lambda m, s: loss(m) * s)(model, scale)
-        _, g = jn.scaled_value_and_grad(lambda p: _linear_loss(p, x))(state, params)
-        if poison:
-            grads["kernel"][...] = grads["kernel"][...].at[0, 0].set(jnp.nan)
-            g["kernel"] = g["kernel"].at[0, 0].set(jnp.nan)
+        grads = nnx.grad(lambda m: jnp.mean((m(x) - 0.5) ** 2) * scale)(model)
+        grads["kernel"][...] = grads["kernel"][...] * poison
         optimizer.update(model, grads)
+
+    @jax.jit
+    def step(params, state, poison):
+        _, g = jn.scaled_value_and_grad(lambda p: _linear_loss(p, x))(state, params)
+        g["kernel"] = g["kernel"] * poison
         updates, state = tx.update(g, state, params)
-        params = optax.apply_updates(params, updates)
+        return optax.apply_updates(params, updates), state
+
+    for poison in (1.0, jnp.nan, 1.0):  # the nan step is skipped on both paths
+        nnx_step(model, optimizer, poison)
+        params, state = step(params, state, poison)
         ours = nnx.to_pure_dict(nnx.state(model, nnx.Param))
         for k in params:
             np.testing.assert_allclose(ours[k], params[k], rtol=1e-6, atol=1e-7)
+        scale = jn.current_loss_scale(optimizer.opt_state)
+        assert isinstance(scale, jax.Array) and float(scale) == float(state.scale)
     assert int(optimizer.opt_state.total_skipped[...]) == 1 == int(state.total_skipped)
 
 
