@@ -132,10 +132,13 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter, jacobian_
         def grad_small(J, r):
             return jnp.max(jnp.abs(J.T @ r)) <= gtol
 
+    def max_col(J):  # max_j ||J_j||; mu and its bound use it squared (no overflow of J^T J)
+        return jnp.max(jax.vmap(safe_norm, in_axes=1)(J))
+
     r0, J0 = residual(flat0), jacobian(flat0)
     finite = jnp.all(jnp.isfinite(flat0)) & jnp.all(jnp.isfinite(r0)) & jnp.all(jnp.isfinite(J0))
     start = _Carry(
-        x=flat0, r=r0, J=J0, mu=tau * jnp.max(jnp.sum(J0 * J0, axis=0)),
+        x=flat0, r=r0, J=J0, mu=jnp.square(jnp.sqrt(tau) * max_col(J0)),
         nu=jnp.asarray(2.0, flat0.dtype),
         costs=jnp.full((maxiter + 1,), jnp.nan, flat0.dtype).at[0].set(cost(r0)),
         nit=jnp.zeros((), jnp.int32), nfev=jnp.ones((), jnp.int32), njev=jnp.ones((), jnp.int32),
@@ -181,7 +184,7 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter, jacobian_
         if method == "gn":  # the search failed: no step along h lowers the cost
             stuck = ~accept
         else:  # LM: mu has grown far past J^T J's scale and still nothing lowers the cost
-            stuck = ~accept & ~(mu < 1e15 * (1.0 + jnp.max(jnp.sum(J * J, 0))))
+            stuck = ~accept & ~(jnp.sqrt(mu) < 10**7.5 * jnp.hypot(1.0, max_col(J)))
         status = jnp.where(
             grad_small(J, r),
             CONVERGED_GRAD,

@@ -162,6 +162,10 @@ def test_nonfinite_start_and_overflowing_residual_norms():
         A = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0]])
         b = np.array([3e20, 1e20, 4e20, 2e20])
         np.testing.assert_allclose(fit.x, np.linalg.lstsq(A, b, rcond=None)[0], rtol=1e-6)
+    # Jacobian entries 1e20: J^T J (and LM's initial mu = tau max diag J^T J) overflow.
+    fit = gauss_newton(lambda p: 1e20 * (p - jnp.array([1.0, 2.0])), jnp.zeros(2))
+    assert bool(fit.converged), fit.message
+    np.testing.assert_allclose(fit.x, [1.0, 2.0], rtol=1e-6)
 
 
 def test_traced_float_options_give_the_concrete_result():
