@@ -221,7 +221,12 @@ def loss_scaling(
     ``growth_interval`` may be an integer array there too. A traced value out of
     range is not checked at trace time; instead, a step with a scale that is not
     > 0 or a ``max_norm`` that is not > 0 (or nan) counts as non-finite: it is
-    skipped and counted, never applied with flipped signs.
+    skipped and counted, never applied with flipped signs. The check is on the
+    gradients this wrapper receives, before ``inner`` runs (which is what lets
+    a skipped step keep the state without a copy): nan that ``inner`` makes
+    from finite gradients (a ``clip_by_global_norm`` inside it with a traced
+    ``max_norm`` <= 0) reaches the updates. Trace this wrapper's own
+    ``max_norm`` to have such steps skipped.
 
     Gradient accumulation: put ``optax.MultiSteps`` INSIDE,
     ``loss_scaling(optax.MultiSteps(inner, k))`` (the MultiSteps object or its
