@@ -81,9 +81,9 @@ def test_vmap_and_grad():
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        (dict(block_size=0), ValueError, "block_size must be >= 1"),
+        (dict(block_size=0), ValueError, "block_size must be a Python int >= 1, got 0"),
         (dict(block_size=2.0), TypeError, "block_size must be a Python int"),
-        (dict(axis=3), ValueError, "axis=3 out of range"),
+        (dict(axis=3), ValueError, r"axis must be a Python int in -2\.\.1, got 3"),
     ],
 )
 def test_bad_arguments_are_refused_by_name(kwargs, error, match):
