@@ -60,7 +60,12 @@ class LinearOperator:
 
     @classmethod
     def from_matrix(cls, M: jax.Array) -> LinearOperator:
-        """The operator of a dense matrix (products are matmuls)."""
+        """The operator of a dense matrix (products are matmuls).
+
+        On a mesh with Explicit axes M keeps its layout and the products come out
+        whole on every device (the vectors of the algorithms are; see
+        docs/guides/scale.md).
+        """
         M = jnp.asarray(M)
         if M.ndim != 2:
             raise ValueError(f"LinearOperator.from_matrix: M must be 2-D, got shape {M.shape}")
