@@ -531,10 +531,11 @@ def _minimize_x0():
 
 
 def _minimize_strict(method):
+    """A float32 solve with x64 on under strict promotion (int64 defaults meet int32 counters)."""
     import jax
 
-    with jax.numpy_dtype_promotion("strict"):
-        return _minimize_solve(_minimize_shifted, _minimize_x0(), method=method)
+    with jax.enable_x64(True), jax.numpy_dtype_promotion("strict"):
+        return _minimize_solve(_minimize_shifted, _minimize_x0(), method=method, dtype="float32")
 
 
 def _minimize_status(r, name) -> bool:
@@ -580,7 +581,7 @@ PEER_SUITES += [
          check=lambda r: bool(r.converged) and int(r.nit) <= 3,
          outcome="converges in 2 iterations (the initial damping is 1e-3 times the curvature "
          "along g; was 6 with lambda = 1)"),
-    Case("jn.minimize", "dtype", "under jax.numpy_dtype_promotion('strict'), lbfgs",
+    Case("jn.minimize", "dtype", "x64 on, under jax.numpy_dtype_promotion('strict'), lbfgs",
          lambda: _minimize_strict("lbfgs"), path="peer-suites",
          check=lambda r: bool(r.converged) and bool(abs(r.x - 1.0).max() < 1e-4),
          outcome="works: converges to x = 1 (was a strict-promotion TypeError)"),

@@ -17,6 +17,7 @@ import optax
 
 from jaxnum._sharding import replicated, sharded_like
 from jaxnum.autodiff._trees import check_like, tree_vdot
+from jaxnum.optim._norm import tree_norm
 from jaxnum.optim.linesearch import scale_by_strong_wolfe
 from jaxnum.precision._checks import check_positive, check_positive_int, floating_leaves
 
@@ -102,8 +103,9 @@ def _solve_lower(L: jax.Array, b: jax.Array) -> jax.Array:
 def _chronological(state: ScaleByLBFGSState):
     """Slot indices oldest to newest and which of them hold valid pairs."""
     memory = state.sy.shape[0]
-    order = (state.head + jnp.arange(memory)) % memory
-    valid = jnp.arange(memory) >= memory - state.num_pairs
+    slots = jnp.arange(memory, dtype=jnp.int32)  # int32 like the counters, also under x64
+    order = (state.head.astype(jnp.int32) + slots) % memory
+    valid = slots >= memory - state.num_pairs.astype(jnp.int32)
     return order, valid
 
 
@@ -189,10 +191,14 @@ def scale_by_lbfgs(
     Memory O(m n), time O(m n) per step. Non-finite gradients never enter the
     memory.
 
+    The norms in the curvature test and the first step are overflow-safe (a
+    gradient of 1e20 in float32 is finite); a pair whose inner products overflow
+    is skipped.
+
     Args:
       memory_size: number of (s, y) pairs kept (m).
       curvature_rtol: cosine threshold for accepting a pair; default the
-        parameters' machine epsilon.
+        parameters' machine epsilon. May be traced.
       scale_first_step: with no pairs yet use ``gamma = 1 / ||g||`` (a first step
         of unit length, as L-BFGS-B does) instead of 1.
 
@@ -228,17 +234,20 @@ def scale_by_lbfgs(
         state = jax.tree.map(jnp.asarray, state)  # e.g. numpy leaves from flax's from_bytes
         dtype = state.sy.dtype
         eps = curvature_rtol if curvature_rtol is not None else float(jnp.finfo(dtype).eps)
+        eps = jnp.asarray(eps).astype(dtype)  # may be traced
         s = jax.tree.map(lambda a, b: a - b, params, state.prev_params)
         y = jax.tree.map(lambda a, b: a - b, updates, state.prev_grad)
-        ss, sy, yy = tree_vdot(s, s), tree_vdot(s, y), tree_vdot(y, y)
-        gg = tree_vdot(updates, updates)
-        ss, sy, yy, gg = (v.astype(dtype) for v in (ss, sy, yy, gg))
+        sy, yy = tree_vdot(s, y).astype(dtype), tree_vdot(y, y).astype(dtype)
+        # The norms that decide are overflow-safe (a gradient of 1e20 is finite in float32);
+        # a pair whose inner products overflow is refused.
+        s_norm, y_norm = tree_norm(s).astype(dtype), tree_norm(y).astype(dtype)
+        gnorm = tree_norm(updates)
         accept = (
             (state.count > 0)
             & jnp.isfinite(sy)
             & jnp.isfinite(yy)
-            & jnp.isfinite(ss)
-            & (sy > eps * jnp.sqrt(ss) * jnp.sqrt(yy))
+            & jnp.isfinite(s_norm)
+            & (sy > eps * s_norm * y_norm)
         )
         head = state.head
         slots = state.sy.shape[0]
@@ -270,12 +279,13 @@ def scale_by_lbfgs(
             num_skipped=state.num_skipped + ((state.count > 0) & ~accept).astype(jnp.int32),
         )
         if scale_first_step:
-            gnorm = jnp.sqrt(gg)
             first = 1 / jnp.where((gnorm > 0) & jnp.isfinite(gnorm), gnorm, 1)
-            state = state._replace(gamma=jnp.where(state.num_pairs == 0, first, state.gamma))
+            state = state._replace(
+                gamma=jnp.where(state.num_pairs == 0, first.astype(dtype), state.gamma)
+            )
         direction = inverse_hessian_product(updates, state, pairs_grad)
         # A non-finite gradient is no end point of a later pair: keep the last finite one.
-        finite = jnp.isfinite(gg)
+        finite = jnp.isfinite(gnorm)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
         state = state._replace(
             count=state.count + finite.astype(jnp.int32),
@@ -301,6 +311,7 @@ def lbfgs(
     searches expect, so ``optax.value_and_grad_from_state`` loops work unchanged.
     ``linesearch="strong-wolfe"`` (default) is :func:`scale_by_strong_wolfe`;
     pass another transformation, or None for a fixed step ``learning_rate``.
+    ``learning_rate`` and ``curvature_rtol`` may be traced (a jit argument).
     """
     if linesearch == "strong-wolfe":
         linesearch = scale_by_strong_wolfe()

@@ -33,11 +33,12 @@ import jax.numpy as jnp
 import optax
 
 from jaxnum.autodiff._trees import tree_vdot
+from jaxnum.optim._norm import bound_in
 from jaxnum.precision._checks import (
-    bound_in_dtype,
     check_open_interval,
     check_positive,
     check_positive_int,
+    concrete_value,
 )
 
 # Status codes of one search (``StrongWolfeState.status``).
@@ -45,12 +46,14 @@ WOLFE = 0  #: the accepted step satisfies the strong Wolfe conditions
 APPROXIMATE_WOLFE = 1  #: accepted under Hager-Zhang's approximate Wolfe test
 BEST_POINT = 2  #: no Wolfe point found in the budget; the best point seen (it decreases f)
 NO_DECREASE = 3  #: nothing decreased f: the step is zero and params do not move
+UNBOUNDED = 4  #: a trial value was -inf: the search stops; the best finite point seen (or zero)
 
 STATUS_MESSAGES = {
     WOLFE: "strong Wolfe conditions hold",
     APPROXIMATE_WOLFE: "approximate Wolfe conditions hold (f changes at rounding level)",
     BEST_POINT: "no Wolfe point within the evaluation budget; took the best point seen",
     NO_DECREASE: "no decrease found along the direction; step is zero",
+    UNBOUNDED: "f = -inf at a trial step (unbounded below); took the best finite point or zero",
 }
 
 _XTRAPL = 1.1  # extrapolation limits while no minimiser is bracketed (More-Thuente)
@@ -72,10 +75,10 @@ class StrongWolfeState(NamedTuple):
     aux: Any
     stepsize: jax.Array  # accepted step along the incoming direction
     num_evaluations: jax.Array  # value-and-grad evaluations in the last search
-    status: jax.Array  # WOLFE, APPROXIMATE_WOLFE, BEST_POINT or NO_DECREASE
+    status: jax.Array  # WOLFE, APPROXIMATE_WOLFE, BEST_POINT, NO_DECREASE or UNBOUNDED
     num_nonfinite: jax.Array  # trial points with a non-finite value or slope, last search
     not_descent: jax.Array  # the incoming direction was not a descent direction
-    num_failures: jax.Array  # searches so far that ended in BEST_POINT or NO_DECREASE
+    num_failures: jax.Array  # searches so far that ended in BEST_POINT, NO_DECREASE or UNBOUNDED
 
 
 def _cubic_min(a, fa, da, b, fb, db):
@@ -198,6 +201,7 @@ class _Search(NamedTuple):
     stop: jax.Array
     num_evaluations: jax.Array
     num_nonfinite: jax.Array
+    unbounded: jax.Array  # a trial value was -inf
 
 
 def _check_options(
@@ -206,7 +210,8 @@ def _check_options(
     """The line search's options, checked by name (a traced value is not checked)."""
     check_positive_int(max_evaluations, fn, "max_evaluations")
     check_open_interval(slope_rtol, 0.0, 0.5, fn, "slope_rtol")
-    check_open_interval(curv_rtol, slope_rtol, 1.0, fn, "curv_rtol")
+    low = concrete_value(slope_rtol)
+    check_open_interval(curv_rtol, 0.0 if low is None else low, 1.0, fn, "curv_rtol")
     check_open_interval(xtol, 0.0, 1.0, fn, "xtol")
     check_positive(max_stepsize, fn, "max_stepsize")
     if approx_rtol is not None:
@@ -239,6 +244,10 @@ def strong_wolfe_search(
     first trial is evaluated before the loop, so an accepted unit step (the
     common case for quasi-Newton directions) never enters it.
 
+    A trial value of -inf ends the search with status ``UNBOUNDED`` (f is
+    unbounded below) and the best finite point seen, or a zero step. The
+    float options may be traced.
+
     Returns ``(step, value, grad, aux, status, num_evaluations, num_nonfinite)``
     with value/grad/aux at the accepted point (at ``params`` when the step is 0).
     """
@@ -248,8 +257,12 @@ def strong_wolfe_search(
         approx_rtol,
     )  # fmt: skip
     dtype = jnp.result_type(value)
-    max_stepsize = bound_in_dtype(max_stepsize, dtype)  # the default 1e10 is inf in float16
-    f0 = value
+    max_stepsize = bound_in(max_stepsize, dtype)  # the default 1e10 is inf in float16
+    # The float options in the value's dtype (they may be traced, in another dtype).
+    slope_rtol, curv_rtol, xtol = (
+        jnp.asarray(v).astype(dtype) for v in (slope_rtol, curv_rtol, xtol)
+    )
+    f0 = jnp.asarray(value).astype(dtype)
     slope0 = tree_vdot(grad, direction).astype(dtype)
     gtest = slope_rtol * slope0
     use_approx = approx_rtol is not None
@@ -258,12 +271,15 @@ def strong_wolfe_search(
             jnp.sum(jnp.abs(p * g)).astype(dtype)
             for p, g in zip(jax.tree.leaves(params), jax.tree.leaves(grad), strict=True)
         )
-        eps_k = approx_rtol * jnp.abs(f0) + 10 * jnp.finfo(dtype).eps * rounding
+        eps_k = (
+            jnp.asarray(approx_rtol).astype(dtype) * jnp.abs(f0)
+            + 10 * float(jnp.finfo(dtype).eps) * rounding
+        )
     else:
         eps_k = jnp.zeros((), dtype)
     curv_bound = curv_rtol * -slope0
     # Hager-Zhang's upper bound (2 delta - 1) f'(0), tightened to the strong one.
-    approx_upper = min(1.0 - 2.0 * slope_rtol, curv_rtol) * -slope0
+    approx_upper = jnp.minimum(1.0 - 2.0 * slope_rtol, curv_rtol) * -slope0
 
     def evaluate(t) -> _Trial:
         point = jax.tree.map(
@@ -351,9 +367,11 @@ def strong_wolfe_search(
             x_value=jnp.where(x_moved, f_seen, s.x_value),
             x_grad=pick(tr.grad, s.x_grad), x_aux=pick(tr.aux, s.x_aux),
             accepted=accepted, approximate=accepted & not_wolfe,
-            stop=accepted | (nevals >= max_evaluations) | (ok & interval_gone),
+            stop=accepted | (nevals >= max_evaluations) | (ok & interval_gone)
+            | (new.f == -jnp.inf),
             num_evaluations=nevals,
             num_nonfinite=s.num_nonfinite + (~new.finite).astype(jnp.int32),
+            unbounded=s.unbounded | (new.f == -jnp.inf),
         )  # fmt: skip
 
     zero = jnp.zeros((), dtype)
@@ -374,9 +392,10 @@ def strong_wolfe_search(
         stmin=zero, stmax=stp0 + _XTRAPU * stp0, step_cap=jnp.asarray(max_stepsize, dtype),
         x_value=f0, x_grad=grad, x_aux=aux,
         accepted=accepted, approximate=accepted & not_wolfe,
-        stop=accepted | ~searchable | (max_evaluations <= 1),
+        stop=accepted | ~searchable | (max_evaluations <= 1) | (first.f == -jnp.inf),
         num_evaluations=jnp.array(1, jnp.int32),
         num_nonfinite=(~first.finite).astype(jnp.int32),
+        unbounded=first.f == -jnp.inf,
     )  # fmt: skip
     # Skipping the loop with a cond when the first trial is accepted saves
     # the loop's set-up, the common case for quasi-Newton directions.
@@ -392,7 +411,7 @@ def strong_wolfe_search(
     status = jnp.where(
         s.accepted,
         jnp.where(s.approximate, APPROXIMATE_WOLFE, WOLFE),
-        jnp.where(decreased, BEST_POINT, NO_DECREASE),
+        jnp.where(s.unbounded, UNBOUNDED, jnp.where(decreased, BEST_POINT, NO_DECREASE)),
     ).astype(jnp.int32)
     use_last = s.accepted | (~s.accepted & decreased & last_better)
     use_x = ~use_last & decreased
@@ -426,9 +445,12 @@ def scale_by_strong_wolfe(
     test when ``approx_rtol`` is not None). The state keeps value, grad and aux at
     the accepted point (``optax.value_and_grad_from_state`` reads them) and what
     happened: ``status``, ``num_evaluations``, ``num_nonfinite``, ``not_descent``,
-    ``num_failures``. If ``d`` is not a descent direction (``g.d >= 0`` or not
+    ``num_failures`` (searches that ended in BEST_POINT, NO_DECREASE or
+    UNBOUNDED, a trial value of -inf). If ``d`` is not a descent direction (``g.d >= 0`` or not
     finite) the search runs along ``-g`` and says so. On failure the step is the
-    best point seen, or zero: never a non-finite update.
+    best point seen, or zero: never a non-finite update. A trial value of -inf
+    ends the search with status ``UNBOUNDED``. The float options may be traced
+    (a jit argument, ``optax.inject_hyperparams``); they are checked when concrete.
 
     Args:
       max_evaluations: budget of value-and-grad evaluations per search.

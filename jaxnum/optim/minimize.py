@@ -8,18 +8,24 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
-from jaxnum.autodiff._trees import check_floating_tree, tree_vdot
+from jaxnum.autodiff._trees import check_floating_tree
 from jaxnum.optim import linesearch as ls
+from jaxnum.optim._norm import (
+    accumulation_dtype,
+    bound_in,
+    power_of_two_scale,
+    tree_norm,
+    wide_dtype,
+)
 from jaxnum.optim.lbfgs import lbfgs
 from jaxnum.optim.newton_cg import scale_by_newton_cg
 from jaxnum.precision._checks import (
-    bound_in_dtype,
     check_lapack_dtype,
     check_positive,
     check_positive_int,
+    concrete_value,
 )
 
 # Status codes of MinimizeResult.status.
@@ -29,6 +35,8 @@ MAXITER = 2
 LINESEARCH_FAILED = 3
 NONFINITE_START = 4
 NO_DECREASE = 5
+NONFINITE_X0 = 6
+UNBOUNDED = 7
 
 STATUS_MESSAGES = {
     CONVERGED_GRAD: "converged: gradient norm <= tol",
@@ -37,6 +45,8 @@ STATUS_MESSAGES = {
     LINESEARCH_FAILED: "stopped: the line search found no decrease, even along -grad",
     NONFINITE_START: "stopped: f or its gradient is not finite at x0",
     NO_DECREASE: "stopped: no decrease, even with the largest damping",
+    NONFINITE_X0: "stopped: x0 has NaN or inf entries",
+    UNBOUNDED: "stopped: f = -inf at a trial point: the objective is unbounded below",
 }
 
 METHODS = ("lbfgs", "newton-cg", "newton")
@@ -53,7 +63,8 @@ class MinimizeResult(NamedTuple):
     line search backed off from each); ``num_linesearch_failures`` searches that
     found no Wolfe point; ``num_resets`` times the L-BFGS memory was dropped
     after a failed search. ``nhev`` counts curvature (Hessian-vector)
-    products of the Newton methods (n per dense Hessian); ``num_rejected``
+    products of the Newton methods (n per dense Hessian, one for the initial
+    damping); ``num_rejected``
     Newton steps refused by the reduction-ratio test (they count in ``nit``).
     """
 
@@ -91,8 +102,13 @@ class _Carry(NamedTuple):
     num_resets: jax.Array
 
 
-def _norm(tree: Any, dtype) -> jax.Array:
-    return jnp.sqrt(tree_vdot(tree, tree).astype(dtype))
+def _norm(tree: Any) -> jax.Array:
+    """Overflow-safe 2-norm, in at least float32 (the stopping tests read it)."""
+    return tree_norm(tree)
+
+
+def _all_finite(tree: Any) -> jax.Array:
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
 def _check_output(fun, x0, args, has_aux):
@@ -123,19 +139,23 @@ def _value_and_grad_fn(fun, args, has_aux):
     return value_and_grad
 
 
-def _start_status(value, grad_norm, tol):
+def _start_status(x0, value, grad_norm, tol):
     finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
-    return jnp.where(
-        ~finite, NONFINITE_START, jnp.where(grad_norm <= tol, CONVERGED_GRAD, -1)
+    return jnp.select(
+        [~_all_finite(x0), ~finite, grad_norm <= tol],
+        [NONFINITE_X0, NONFINITE_START, CONVERGED_GRAD],
+        -1,
     ).astype(jnp.int32)
 
 
-def _status(old_value, value, grad_norm, nit, *, tol, ftol, maxiter, failed, failure, decreased):
+def _status(
+    old_value, value, grad_norm, nit, *, tol, ftol, maxiter, failed, failure, decreased, unbounded
+):
     """The stopping rule shared by the solvers, in priority order.
 
-    ``failed`` (status ``failure``) means no decrease could be found;
-    ``decreased`` that the step taken is a real one, so the relative-decrease
-    test applies (ftol = 0 turns it off).
+    ``unbounded`` means a trial value was -inf; ``failed`` (status ``failure``)
+    that no decrease could be found; ``decreased`` that the step taken is a
+    real one, so the relative-decrease test applies (ftol = 0 turns it off).
     """
     old_value, value = old_value.astype(ftol.dtype), value.astype(ftol.dtype)
     rel_decrease = (old_value - value) / jnp.maximum(
@@ -143,8 +163,8 @@ def _status(old_value, value, grad_norm, nit, *, tol, ftol, maxiter, failed, fai
     )
     small_decrease = decreased & (ftol > 0) & (rel_decrease <= ftol)
     return jnp.select(
-        [grad_norm <= tol, failed, small_decrease, nit >= maxiter],
-        [CONVERGED_GRAD, failure, CONVERGED_F, MAXITER],
+        [unbounded, grad_norm <= tol, failed, small_decrease, nit >= maxiter],
+        [UNBOUNDED, CONVERGED_GRAD, failure, CONVERGED_F, MAXITER],
         -1,
     ).astype(jnp.int32)
 
@@ -173,7 +193,7 @@ def _solve(x0, args, tol, ftol, *, fun, has_aux, memory_size, maxiter, max_evalu
     start = _Carry(
         x=x0, opt_state=opt_state, value=value, grad=grad, aux=aux,
         nit=jnp.zeros((), jnp.int32), nfev=jnp.ones((), jnp.int32),
-        status=_start_status(value, _norm(grad, dtype), tol),
+        status=_start_status(x0, value, _norm(grad), tol),
         num_nonfinite=jnp.zeros((), jnp.int32), num_resets=jnp.zeros((), jnp.int32),
     )  # fmt: skip
 
@@ -198,8 +218,9 @@ def _solve(x0, args, tol, ftol, *, fun, has_aux, memory_size, maxiter, max_evalu
         opt_state = (memory_state, *opt_state[1:])
         nit = c.nit + 1
         status = _status(
-            c.value, value, _norm(grad, dtype), nit, tol=tol, ftol=ftol, maxiter=maxiter,
+            c.value, value, _norm(grad), nit, tol=tol, ftol=ftol, maxiter=maxiter,
             failed=no_decrease & ~had_memory, failure=LINESEARCH_FAILED, decreased=~no_decrease,
+            unbounded=search.status == ls.UNBOUNDED,
         )  # fmt: skip
         return _Carry(
             x=x, opt_state=opt_state, value=value, grad=grad, aux=search.aux if has_aux else None,
@@ -213,7 +234,7 @@ def _solve(x0, args, tol, ftol, *, fun, has_aux, memory_size, maxiter, max_evalu
         x=c.x,
         fun=c.value,
         grad=c.grad,
-        grad_norm=_norm(c.grad, dtype),
+        grad_norm=_norm(c.grad).astype(dtype),
         nit=c.nit,
         nfev=c.nfev,
         converged=(c.status == CONVERGED_GRAD) | (c.status == CONVERGED_F),
@@ -222,7 +243,28 @@ def _solve(x0, args, tol, ftol, *, fun, has_aux, memory_size, maxiter, max_evalu
         num_nonfinite=c.num_nonfinite,
         num_linesearch_failures=c.opt_state[2].num_failures,
         num_resets=c.num_resets,
+        nhev=jnp.zeros((), jnp.int32),
+        num_rejected=jnp.zeros((), jnp.int32),
     )
+
+
+def _initial_damping(value_fn, x0, grad, damping, dtype):
+    """``damping * |u.Hu| / u.u`` with u = g scaled by a power of two: lambda on the scale of
+    the curvature along the gradient (a Rayleigh quotient, as Levenberg-Marquardt codes
+    take ``tau max diag(J^T J)``). One Hessian-vector product; ``damping`` itself when
+    that curvature is 0 or not finite."""
+    scale = power_of_two_scale(grad)
+    u = jax.tree.map(lambda g: g / scale.astype(g.dtype), grad)
+    _, hu = jax.jvp(jax.grad(value_fn), (x0,), (u,))
+    acc = accumulation_dtype(grad)
+    wide = lambda t: [x.astype(acc) for x in jax.tree.leaves(t)]  # noqa: E731
+    uhu = sum(jnp.sum(a * b) for a, b in zip(wide(u), wide(hu), strict=True))
+    uu = sum(jnp.sum(a * a) for a in wide(u))
+    rayleigh = jnp.abs(uhu) / jnp.where(uu > 0, uu, jnp.ones((), acc))
+    usable = jnp.isfinite(rayleigh) & (rayleigh > 0)
+    damping = damping.astype(acc)
+    lam = jnp.where(usable, damping * rayleigh, damping)
+    return jnp.clip(lam, float(jnp.finfo(dtype).tiny), float(jnp.finfo(dtype).max)).astype(dtype)
 
 
 @functools.partial(
@@ -232,7 +274,13 @@ def _solve(x0, args, tol, ftol, *, fun, has_aux, memory_size, maxiter, max_evalu
 def _solve_newton(
     x0, args, tol, ftol, damping, *, fun, has_aux, maxiter, linear_solver, max_cg_iterations
 ):
-    """Damped Newton (truncated CG or dense) with the reduction-ratio test, in a while_loop."""
+    """Damped Newton (truncated CG or dense) with the reduction-ratio test, in a while_loop.
+
+    Calls of ``fun``, all counted in ``nfev``: the value and gradient at x0, one
+    Hessian-vector product there (the initial damping); per iteration the
+    linearisation of the gradient at x (the products reuse it), the trial value,
+    the backtracking values, and the value and gradient at an accepted point.
+    """
     _check_output(fun, x0, args, has_aux)
     dtype = jnp.result_type(*jax.tree.leaves(x0))
 
@@ -240,48 +288,52 @@ def _solve_newton(
         return fun(x, *args)[0] if has_aux else fun(x, *args)
 
     value_and_grad = _value_and_grad_fn(fun, args, has_aux)
-    opt = scale_by_newton_cg(
-        damping, linear_solver=linear_solver, max_cg_iterations=max_cg_iterations,
-        boost=2.0, drop=0.5, max_damping=MAX_DAMPING, max_backtracks=MAX_BACKTRACKS,
-    )  # fmt: skip
     (value, aux), grad = value_and_grad(x0)
     value = jnp.asarray(value, dtype)
+    start_status = _start_status(x0, value, _norm(grad), tol)
+    lam0 = _initial_damping(value_fn, x0, grad, damping, dtype)
+    opt = scale_by_newton_cg(
+        lam0, linear_solver=linear_solver, max_cg_iterations=max_cg_iterations,
+        boost=2.0, drop=0.5, max_damping=MAX_DAMPING, max_backtracks=MAX_BACKTRACKS,
+    )  # fmt: skip
     zero = jnp.zeros((), jnp.int32)
     start = _Carry(
         x=x0, opt_state=opt.init(x0), value=value, grad=grad, aux=aux, nit=zero,
-        nfev=jnp.ones((), jnp.int32), status=_start_status(value, _norm(grad, dtype), tol),
-        num_nonfinite=zero, num_resets=zero,
+        nfev=jnp.full((), 2, jnp.int32), status=start_status, num_nonfinite=zero,
+        num_resets=zero,
     )  # fmt: skip
 
     def body(c: _Carry):
         step, opt_state = opt.update(c.grad, c.opt_state, c.x, value=c.value, value_fn=value_fn)
         accepted = opt_state.num_rejected == c.opt_state.num_rejected
         x = optax.apply_updates(c.x, step)
-        # One evaluation for the trial value inside the update; the gradient at an
-        # accepted point costs another (a refused step keeps the old one).
+        # The gradient at an accepted point costs an evaluation (a refused step keeps
+        # the old one).
         (value, aux), grad = jax.lax.cond(
             accepted, value_and_grad, lambda _: ((c.value, c.aux), c.grad), x
         )
         value = jnp.asarray(value, dtype)
         nit = c.nit + 1
         status = _status(
-            c.value, value, _norm(grad, dtype), nit, tol=tol, ftol=ftol, maxiter=maxiter,
-            failed=~accepted & (opt_state.damping >= bound_in_dtype(MAX_DAMPING, dtype)),
+            c.value, value, _norm(grad), nit, tol=tol, ftol=ftol, maxiter=maxiter,
+            failed=~accepted & (opt_state.damping >= bound_in(MAX_DAMPING, dtype)),
             failure=NO_DECREASE,
             decreased=accepted,
+            unbounded=opt_state.unbounded,
         )  # fmt: skip
+        update_calls = 1 + opt_state.num_evaluations - c.opt_state.num_evaluations
         return c._replace(
             x=x, opt_state=opt_state, value=value, grad=grad, aux=aux, nit=nit,
-            nfev=c.nfev + (opt_state.num_evaluations - c.opt_state.num_evaluations)
-            + accepted.astype(jnp.int32), status=status,
+            nfev=c.nfev + update_calls + accepted.astype(jnp.int32), status=status,
         )  # fmt: skip
 
     c = jax.lax.while_loop(lambda c: c.status < 0, body, start)
     return MinimizeResult(
-        x=c.x, fun=c.value, grad=c.grad, grad_norm=_norm(c.grad, dtype), nit=c.nit,
+        x=c.x, fun=c.value, grad=c.grad, grad_norm=_norm(c.grad).astype(dtype), nit=c.nit,
         nfev=c.nfev, converged=(c.status == CONVERGED_GRAD) | (c.status == CONVERGED_F),
         status=c.status, aux=c.aux, num_nonfinite=zero, num_linesearch_failures=zero,
-        num_resets=zero, nhev=c.opt_state.num_products, num_rejected=c.opt_state.num_rejected,
+        num_resets=zero, nhev=c.opt_state.num_products + 1,
+        num_rejected=c.opt_state.num_rejected,
     )  # fmt: skip
 
 
@@ -296,7 +348,7 @@ def minimize(
     memory_size: int = 10,
     max_evaluations: int = 30,
     has_aux: bool = False,
-    damping: float = 1.0,
+    damping: float = 1e-3,
     max_cg_iterations: int = 50,
 ) -> MinimizeResult:
     """Minimises ``fun(x, *args)`` over a pytree ``x`` in one jitted while_loop.
@@ -307,7 +359,8 @@ def minimize(
       - "newton-cg": :func:`scale_by_newton_cg`, Hessian-free Newton: truncated
         CG on forward-over-reverse Hessian-vector products with the forcing
         term ``min(1/2, sqrt(||g||))``, Levenberg-Marquardt damping from the
-        reduction ratio (initial lambda ``damping``, times 2 after a poor step,
+        reduction ratio (initial lambda ``damping`` times the curvature along
+        the gradient at x0, ``|g.Hg| / g.g``, so scale-free; times 2 after a poor step,
         times 1/2 after a good one: the most even of 13 factor pairs tried on
         Rosenbrock n=2, 100, 1000 and logistic regression), a backtracking (Armijo)
         search on a poor step before it is refused; a refused step counts as an
@@ -320,12 +373,18 @@ def minimize(
     (scipy's default ``factr * eps``; 0 turns it off), when ``maxiter``
     iterations are done, or when no decrease is found (the line search fails
     even with the memory reset; the Newton damping reached MAX_DAMPING = 1e10,
-    or the dtype's largest value). Compiled once per ``fun`` object and static
-    option set; callable inside the user's own ``jit``.
+    or the dtype's largest value). Degenerate input is never ``converged``: a
+    NaN or inf in x0 stops at once (``NONFINITE_X0``), so does a non-finite f or
+    gradient at x0 (``NONFINITE_START``), and a trial point where f = -inf
+    stops the solve (``UNBOUNDED``; x stays at the last finite point). Norms
+    are overflow-safe (a gradient of 1e20 in float32 is finite). Compiled once
+    per ``fun`` object and static option set; callable inside the user's own
+    ``jit``, where ``tol``, ``ftol`` and ``damping`` may be traced.
 
     Args:
       fun: scalar objective (``(value, aux)`` with ``has_aux``).
-      x0: starting point, a pytree of floating arrays; the solve runs in its dtype.
+      x0: starting point, a pytree of real floating arrays (complex is refused);
+        the solve runs in its dtype.
       *args: extra arguments of ``fun`` (traced, not static).
       method: "lbfgs", "newton-cg" or "newton".
       tol: gradient 2-norm tolerance (> 0).
@@ -334,12 +393,17 @@ def minimize(
       memory_size: L-BFGS memory m.
       max_evaluations: value-and-grad evaluations allowed per line search.
       has_aux: ``fun`` returns ``(value, aux)``; ``aux`` at the solution is returned.
-      damping: initial Levenberg-Marquardt lambda of the Newton methods (> 0).
+      damping: initial Levenberg-Marquardt lambda of the Newton methods relative
+        to the curvature along the first gradient (> 0): ``lambda_0 = damping
+        |g.Hg| / g.g`` at x0 (one Hessian-vector product, counted in ``nhev`` and
+        ``nfev``), or ``damping`` itself where that curvature is 0.
       max_cg_iterations: CG iterations per "newton-cg" step.
 
     Returns:
-      :class:`MinimizeResult`: x, fun, grad, grad_norm, nit, nfev, converged,
-      status (``.message`` reads it), aux and what went wrong on the way.
+      :class:`MinimizeResult`: x, fun, grad, grad_norm, nit, nfev (calls of
+      ``fun``: every value, value-and-gradient and, for the Newton methods,
+      linearisation of the gradient), converged, status (``.message`` reads
+      it), aux and what went wrong on the way.
     """
     name = "minimize"
     if method not in METHODS:
@@ -347,9 +411,18 @@ def minimize(
     if not callable(fun):
         raise TypeError(f"{name}: fun must be callable, got {type(fun).__name__}")
     check_floating_tree(x0, name, "x0")
+    for path, leaf in jax.tree_util.tree_flatten_with_path(x0)[0]:
+        if jnp.issubdtype(jnp.result_type(leaf), jnp.complexfloating):
+            raise TypeError(
+                f"{name}: x0{jax.tree_util.keystr(path)} has complex dtype "
+                f"{jnp.result_type(leaf)}; complex x0 is not supported (minimise over the "
+                "real and imaginary parts as two real arrays)"
+            )
     check_positive(tol, name, "tol")
-    if not (isinstance(ftol, int | float) and ftol >= 0):
-        raise ValueError(f"{name}: ftol must be a number >= 0, got {ftol!r}")
+    if not isinstance(ftol, jax.core.Tracer):
+        v = concrete_value(ftol)
+        if isinstance(ftol, bool) or v is None or not v >= 0:
+            raise ValueError(f"{name}: ftol must be a number >= 0, got {ftol!r}")
     maxiter = check_positive_int(maxiter, name, "maxiter")
     memory_size = check_positive_int(memory_size, name, "memory_size")
     max_evaluations = check_positive_int(max_evaluations, name, "max_evaluations")
@@ -357,7 +430,7 @@ def minimize(
     max_cg_iterations = check_positive_int(max_cg_iterations, name, "max_cg_iterations")
     dtype = jnp.result_type(*jax.tree.leaves(x0))
     # The tolerances in at least float32: the default ftol (2.2e-9) is 0 in float16.
-    tol_dtype = jnp.promote_types(dtype, jnp.float32)
+    tol_dtype = wide_dtype(dtype)
     if method == "newton":
         check_lapack_dtype(
             dtype, name, "method='newton' takes a Cholesky factor",
@@ -367,9 +440,9 @@ def minimize(
         return _solve_newton(
             x0,
             tuple(args),
-            np.asarray(tol, tol_dtype),
-            np.asarray(ftol, tol_dtype),
-            np.asarray(damping, dtype),
+            jnp.asarray(tol, tol_dtype),
+            jnp.asarray(ftol, tol_dtype),
+            jnp.asarray(damping, tol_dtype),
             fun=fun,
             has_aux=has_aux,
             maxiter=maxiter,
@@ -379,8 +452,8 @@ def minimize(
     return _solve(
         x0,
         tuple(args),
-        np.asarray(tol, tol_dtype),
-        np.asarray(ftol, tol_dtype),
+        jnp.asarray(tol, tol_dtype),
+        jnp.asarray(ftol, tol_dtype),
         fun=fun,
         has_aux=has_aux,
         memory_size=memory_size,

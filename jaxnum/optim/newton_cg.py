@@ -23,12 +23,15 @@ from jax.flatten_util import ravel_pytree
 
 from jaxnum.autodiff._trees import check_like, tree_vdot
 from jaxnum.autodiff.hvp import gnvp_fn
+from jaxnum.optim._norm import bound_in, power_of_two_scale, tree_norm
 from jaxnum.precision._checks import (
-    bound_in_dtype,
+    check_greater,
     check_int,
     check_lapack_dtype,
+    check_open_interval,
     check_positive,
     check_positive_int,
+    concrete_value,
 )
 
 CURVATURES = ("hessian", "gauss-newton")
@@ -43,7 +46,10 @@ class ScaleByNewtonCGState(NamedTuple):
     the step was not finite); ``cg_iterations`` the last solve's iterations;
     ``num_products`` curvature-vector products so far; ``num_rejected`` steps
     refused (no decrease, or a non-finite gradient, model or value);
-    ``num_evaluations`` calls of ``value_fn`` so far (trial points and backtracking).
+    ``num_evaluations`` calls of ``value_fn`` so far (trial points and backtracking;
+    not the linearisation of its gradient at params, one per update);
+    ``unbounded`` whether the last update met a trial value of -inf (f is
+    unbounded below; that step is refused).
     """
 
     damping: jax.Array
@@ -53,6 +59,7 @@ class ScaleByNewtonCGState(NamedTuple):
     num_rejected: jax.Array
     num_evaluations: jax.Array
     count: jax.Array
+    unbounded: jax.Array
 
 
 class TruncatedCGResult(NamedTuple):
@@ -78,12 +85,18 @@ def truncated_cg(
     search direction d with ``d.(B + damping I)d <= 0``: then the iterate so far
     is returned, or ``-g`` if it is the first (Nocedal and Wright, Alg. 7.1).
     The model value is tracked without extra products: each CG step lowers it
-    by ``alpha ||r||^2 / 2``.
+    by ``alpha ||r||^2 / 2``. The solve is linear in g, so it runs on g divided
+    by a power of two near ``max |g|`` (exact) and is scaled back: ``||g||^2``
+    and ``d.Bd`` do not overflow for large gradients (1e20 in float32).
     """
     maxiter = check_positive_int(maxiter, "truncated_cg", "maxiter")
     check_like(g, jax.eval_shape(matvec, g), "truncated_cg", "matvec(g)", "g")
+    scale = power_of_two_scale(g)
+    g = jax.tree.map(lambda x: x / scale.astype(x.dtype), g)
     rr0 = tree_vdot(g, g)
     dtype = rr0.dtype
+    damping = jnp.asarray(damping).astype(dtype)
+    tol = (jnp.asarray(tol).astype(scale.dtype) / scale).astype(dtype)
 
     def damped(v):
         return _scaled_add(matvec(v), damping, v)
@@ -97,7 +110,7 @@ def truncated_cg(
         Bd = damped(d)
         dBd = tree_vdot(d, Bd)
         negative = ~(dBd > 0)  # also nan
-        alpha = jnp.where(negative, 0.0, rr / jnp.where(negative, 1.0, dBd))
+        alpha = jnp.where(negative, 0.0, rr / jnp.where(negative, 1.0, dBd)).astype(dtype)
         first = j == 0
         z_new = jax.tree.map(
             lambda zi, di: jnp.where(negative, jnp.where(first, di, zi), zi + alpha * di), z, d
@@ -117,6 +130,8 @@ def truncated_cg(
         jnp.zeros((), dtype), jnp.asarray(False), jnp.asarray(False),
     )  # fmt: skip
     j, z, _, _, _, q, _, negative = jax.lax.while_loop(keep_going, body, start)
+    z = jax.tree.map(lambda x: x * scale.astype(x.dtype), z)
+    q = (scale * (scale * q.astype(scale.dtype))).astype(dtype)
     return TruncatedCGResult(z, q, j, negative)
 
 
@@ -165,7 +180,11 @@ def scale_by_newton_cg(
     within ``[min_damping, max_damping]``. The output is the full update (no
     learning rate: the damping controls the step), so chain it only with
     transformations that keep the step, and pass the same loss the gradient
-    came from: the model and rho assume it.
+    came from: the model and rho assume it. A trial value of -inf (f unbounded
+    below) refuses the step and sets ``state.unbounded``. Norms are
+    overflow-safe, and the float options (damping, cg_tol, boost, drop,
+    min/max_damping, min_ratio) may be traced (a jit argument,
+    ``optax.inject_hyperparams``); they are checked when concrete.
 
     Args:
       damping: initial lambda (> 0).
@@ -196,6 +215,8 @@ def scale_by_newton_cg(
         ``f(x + a p) <= f(x) + 1e-4 a g.p`` (p is a descent direction: CG on a
         positive definite operator), as Martens 2010 (Sec. 4.6) does after CG;
         lambda is raised as for a refused step. 0 (the default) refuses outright.
+        Each tried step costs one ``value_fn`` call (none when the full step is
+        taken), counted in ``num_evaluations``.
 
     References:
       J. Martens, "Deep learning via Hessian-free optimization", ICML 2010;
@@ -214,16 +235,17 @@ def scale_by_newton_cg(
     max_cg_iterations = check_positive_int(max_cg_iterations, fn, "max_cg_iterations")
     if cg_tol is not None:
         check_positive(cg_tol, fn, "cg_tol")
-    if not boost > 1:
-        raise ValueError(f"{fn}: boost must be > 1, got {boost!r}")
-    if not 0 < drop < 1:
-        raise ValueError(f"{fn}: drop must lie in (0, 1), got {drop!r}")
-    if not 0 <= min_damping < max_damping:
+    # Float options may be traced (optax.inject_hyperparams, a jit argument): checked
+    # when concrete.
+    check_greater(boost, 1, fn, "boost")
+    check_open_interval(drop, 0, 1, fn, "drop")
+    lo, hi = concrete_value(min_damping), concrete_value(max_damping)
+    if lo is not None and hi is not None and not 0 <= lo < hi:
         raise ValueError(
             f"{fn}: need 0 <= min_damping < max_damping, got {min_damping!r}, {max_damping!r}"
         )
-
-    if not 0 <= min_ratio < 1:
+    ratio = concrete_value(min_ratio)
+    if ratio is not None and not 0 <= ratio < 1:
         raise ValueError(f"{fn}: min_ratio must lie in [0, 1), got {min_ratio!r}")
     max_backtracks = check_int(max_backtracks, fn, "max_backtracks", 0)
 
@@ -245,6 +267,7 @@ def scale_by_newton_cg(
             num_rejected=jnp.zeros((), jnp.int32),
             num_evaluations=jnp.zeros((), jnp.int32),
             count=jnp.zeros((), jnp.int32),
+            unbounded=jnp.zeros((), bool),
         )
 
     def update_fn(
@@ -269,9 +292,16 @@ def scale_by_newton_cg(
                 "as a function of params) to measure the reduction ratio"
             )
         dtype = state.damping.dtype
+        value = jnp.asarray(value).astype(dtype)
         g = updates
-        grad_norm = jnp.sqrt(tree_vdot(g, g)).astype(dtype)
-        lam = state.damping * grad_norm if damping_scaled_by_grad_norm else state.damping
+        # Overflow-safe, in at least float32: a gradient of 1e20 in float32 is finite.
+        grad_norm = tree_norm(g)
+        wide = grad_norm.dtype
+        lam = (
+            (state.damping.astype(wide) * grad_norm).astype(dtype)
+            if damping_scaled_by_grad_norm
+            else state.damping
+        )
 
         if curvature == "hessian":
             _, matvec = jax.linearize(jax.grad(value_fn), params)
@@ -281,48 +311,62 @@ def scale_by_newton_cg(
         if linear_solver == "dense":  # its "iterations" are the n products forming B
             solve = _dense_solve(matvec, g, lam)
         else:
-            forcing = jnp.minimum(0.5, jnp.sqrt(grad_norm)) if cg_tol is None else cg_tol
+            forcing = (
+                jnp.minimum(0.5, jnp.sqrt(grad_norm))
+                if cg_tol is None
+                else jnp.asarray(cg_tol).astype(wide)
+            )
             solve = truncated_cg(matvec, g, lam, tol=forcing * grad_norm, maxiter=max_cg_iterations)
         products = solve.iterations
         step = solve.step
-        step_sq = tree_vdot(step, step)
-        predicted = solve.model_value - 0.5 * lam * step_sq  # undamped model
+        step_norm = tree_norm(step).astype(dtype)
+        model_value = solve.model_value.astype(dtype)
+        predicted = model_value - (0.5 * lam * step_norm) * step_norm  # undamped model
         trial = jax.tree.map(lambda p, s: p + s.astype(p.dtype), params, step)
-        new_value = jnp.asarray(value_fn(trial), dtype)
+        new_value = jnp.asarray(value_fn(trial)).astype(dtype)
+        unbounded = new_value == -jnp.inf  # f is unbounded below: refuse, and say so
         finite = (
             jnp.isfinite(grad_norm) & jnp.isfinite(predicted) & jnp.isfinite(new_value)
-            & jnp.isfinite(step_sq) & (predicted < 0)
+            & jnp.isfinite(step_norm) & (predicted < 0)
         )  # fmt: skip
         rho = jnp.where(finite, (new_value - value) / jnp.where(finite, predicted, 1.0), jnp.nan)
         # A predicted decrease below the rounding of f cannot be measured: the
         # step is trusted (rho = 1), as trust-region codes do near a minimum.
-        rounding = 10 * jnp.finfo(dtype).eps * jnp.abs(value)
+        rounding = 10 * float(jnp.finfo(dtype).eps) * jnp.abs(value)
         unmeasurable = finite & (-predicted <= rounding) & (new_value <= value + rounding)
-        rho = jnp.where(unmeasurable, 1.0, rho)
-        accept = finite & (rho > min_ratio)
+        rho = jnp.where(unmeasurable, 1.0, rho).astype(dtype)
+        accept = finite & (rho > jnp.asarray(min_ratio).astype(dtype))
         evaluations = jnp.ones((), jnp.int32)
         if max_backtracks:
             slope = tree_vdot(g, step).astype(dtype)
-
-            def armijo_fails(c):
-                k, a = c
-                trial_value = value_fn(jax.tree.map(lambda p, s: p + a * s, params, step))
-                ok = trial_value <= value + 1e-4 * a * slope
-                return (k < max_backtracks) & ~ok
-
-            can_search = ~accept & jnp.isfinite(slope) & (slope < 0) & jnp.isfinite(value)
-            k, a = jax.lax.while_loop(
-                lambda c: can_search & armijo_fails(c),
-                lambda c: (c[0] + 1, 0.5 * c[1]),
-                (jnp.zeros((), jnp.int32), jnp.asarray(0.5, dtype)),
+            can_search = (
+                ~accept & ~unbounded & jnp.isfinite(slope) & (slope < 0) & jnp.isfinite(value)
             )
-            searched = can_search & (k < max_backtracks)
-            evaluations = evaluations + jnp.where(can_search, k + 1, 0)
-            step = jax.tree.map(lambda s: jnp.where(searched, a * s, s), step)
+
+            def backtrack(c):  # one evaluation per step: 0.5^k p, k = 1, 2, ...
+                k, a, _, _ = c
+                a = 0.5 * a
+                trial_value = jnp.asarray(
+                    value_fn(jax.tree.map(lambda p, s: p + (a * s).astype(p.dtype), params, step))
+                ).astype(dtype)
+                ok = jnp.isfinite(trial_value) & (trial_value <= value + 1e-4 * a * slope)
+                return k + 1, a, ok, trial_value == -jnp.inf
+
+            k, a, searched, hit_minus_inf = jax.lax.while_loop(
+                lambda c: can_search & ~c[2] & ~c[3] & (c[0] < max_backtracks),
+                backtrack,
+                (jnp.zeros((), jnp.int32), jnp.ones((), dtype), jnp.array(False), jnp.array(False)),
+            )
+            unbounded = unbounded | hit_minus_inf
+            evaluations = evaluations + k
+            step = jax.tree.map(lambda s: jnp.where(searched, a.astype(s.dtype) * s, s), step)
             accept = accept | searched
-        factor = jnp.where(~(rho >= 0.25), boost, jnp.where(rho > 0.75, drop, 1.0))
+        boost_, drop_ = jnp.asarray(boost).astype(dtype), jnp.asarray(drop).astype(dtype)
+        factor = jnp.where(~(rho >= 0.25), boost_, jnp.where(rho > 0.75, drop_, 1.0))
         new_damping = jnp.clip(
-            state.damping * factor, min_damping, bound_in_dtype(max_damping, dtype)
+            state.damping * factor,
+            jnp.asarray(min_damping).astype(dtype),
+            bound_in(max_damping, dtype),
         )
         new_damping = jnp.where(jnp.isfinite(grad_norm), new_damping, state.damping)
         out = jax.tree.map(
@@ -338,6 +382,7 @@ def scale_by_newton_cg(
             num_rejected=state.num_rejected + (~accept).astype(jnp.int32),
             num_evaluations=state.num_evaluations + evaluations,
             count=state.count + 1,
+            unbounded=unbounded,
         )
         return out, new_state
 

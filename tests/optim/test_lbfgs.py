@@ -210,3 +210,35 @@ def test_whole_lbfgs_chain_state_keeps_its_dtypes_under_x64(x64):
     assert dtypes(state1) == dtypes(state0)
     assert params_out["w"].dtype == jnp.float32
     assert float(jnp.linalg.norm(jax.grad(f)(params_out)["w"])) < 1e-4
+
+
+def test_float_options_work_traced_and_equal_the_concrete_update(x64):
+    """learning_rate and curvature_rtol of lbfgs, and every float option of its strong-Wolfe
+    search, as jit arguments: the same iterates as with Python floats."""
+    from jaxnum.optim import lbfgs, scale_by_strong_wolfe
+
+    f = lambda w: jnp.sum((w - 1.0) ** 2) + jnp.sum(w**4)  # noqa: E731
+    fixed = {"learning_rate": 0.05, "curvature_rtol": 1e-8}
+    search = {"slope_rtol": 1e-3, "curv_rtol": 0.8, "approx_rtol": 1e-7, "xtol": 0.2,
+              "initial_stepsize": 0.9, "max_stepsize": 50.0}  # fmt: skip
+
+    def run(o, s):
+        out = []
+        for tx in (
+            lbfgs(o["learning_rate"], linesearch=None, curvature_rtol=o["curvature_rtol"]),
+            lbfgs(linesearch=scale_by_strong_wolfe(**s), curvature_rtol=o["curvature_rtol"]),
+        ):
+            x = jnp.array([0.3, -2.5])
+            state = tx.init(x)
+            for _ in range(2 if len(out) == 0 else 1):  # one search: its compile is slow
+                value, g = jax.value_and_grad(f)(x)
+                u, state = tx.update(g, state, x, value=value, grad=g, value_fn=f)
+                x = x + u
+            out.append(x)
+        return out
+
+    traced = jax.jit(run)(fixed, search)
+    concrete = jax.jit(lambda: run(fixed, search))()
+    for a, b in zip(traced, concrete, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-13)
+    assert float(f(traced[1])) < float(f(jnp.array([0.3, -2.5])))

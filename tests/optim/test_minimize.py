@@ -7,9 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.optimize as so
+from jax.experimental import io_callback
 
 from jaxnum.optim import minimize
-from jaxnum.optim.minimize import CONVERGED_F, CONVERGED_GRAD, LINESEARCH_FAILED, MAXITER
+from jaxnum.optim.minimize import (
+    CONVERGED_F,
+    CONVERGED_GRAD,
+    LINESEARCH_FAILED,
+    MAXITER,
+    NONFINITE_X0,
+    UNBOUNDED,
+)
 
 
 def _rosen(x):
@@ -153,3 +161,116 @@ def test_float16_solve_keeps_the_default_ftol_and_warns_of_no_overflow(method):
     assert r.x.dtype == jnp.float16
     exact = np.linalg.solve(A, b)
     np.testing.assert_allclose(np.asarray(r.x, np.float64), exact, rtol=0, atol=0.02)
+
+
+def _shifted(x):
+    return jnp.sum((x - 1.0) ** 2) + jnp.sum((x - 1.0) ** 4)
+
+
+def test_degenerate_input_gets_a_status_never_converged(x64):
+    """Newton-CG (lbfgs: the audit, tests/bad_paths.py): NaN in x0 (closed form: no answer)
+    and f = -sum(exp(x)) (closed form: inf f = -inf, reached in float64 beyond x = 709.8)."""
+    r = minimize(_shifted, jnp.array([3.0, jnp.nan, 0.5]), method="newton-cg")
+    assert int(r.status) == NONFINITE_X0 and not bool(r.converged), r.message
+    assert "x0" in r.message and int(r.nit) == 0
+    concave = lambda x: -jnp.sum(jnp.exp(x))  # noqa: E731
+    r = minimize(concave, jnp.array([1.0, 0.5]), method="newton-cg")
+    assert int(r.status) == UNBOUNDED and not bool(r.converged), r.message
+    assert "unbounded" in r.message and int(r.nit) < 1000
+    # the reported point is the last finite one, and fun is f there
+    assert bool(jnp.all(jnp.isfinite(r.x))) and np.isfinite(float(r.fun))
+    np.testing.assert_allclose(r.fun, concave(r.x), rtol=1e-12)
+
+
+def test_gradients_whose_squared_norm_overflows_float32():
+    """f = 1e20 q(x) in float32 from 0: ||g||^2 ~ 1e41 overflows, ||g|| does not; truncated
+    CG runs on g scaled by a power of two. Closed form x* = c (lbfgs: the audit)."""
+    c = jnp.array([1.0, 2.0, 3.0], jnp.float32)
+    w = jnp.array([1.0, 2.0, 0.5], jnp.float32)
+
+    def big(x):
+        return 1e20 * jnp.sum(w * (x - c) ** 2)
+
+    r = minimize(big, jnp.zeros(3, jnp.float32), method="newton-cg", tol=1e16)
+    assert bool(r.converged), r.message
+    np.testing.assert_allclose(r.x, c, atol=1e-3)
+    assert np.isfinite(float(r.grad_norm))
+
+
+def test_complex_x0_is_refused_at_trace_time():
+    with pytest.raises(TypeError, match=r"minimize: x0 has complex dtype complex64"):
+        minimize(lambda x: jnp.sum(jnp.abs(x) ** 2), jnp.ones(2, jnp.complex64))
+
+
+def test_traced_options_under_strict_promotion_equal_the_concrete_solve(x64):
+    """tol, ftol and damping as jit arguments, traced under
+    jax.numpy_dtype_promotion("strict") with x64 on: the same iterates as the concrete
+    call (reference: the concrete solve, itself checked against scipy elsewhere; the
+    minimiser of _shifted is 1)."""
+
+    def solve(x0, t, ft, d, method):
+        return minimize(_shifted, x0, method=method, tol=t, ftol=ft, damping=d)
+
+    # float64 x0 shares the compiled NaN-x0 solve of the degenerate-input test; lbfgs (int32
+    # counters under x64) under strict promotion is an audit case (tests/bad_paths.py).
+    x0 = jnp.array([3.0, -1.0, 0.5])
+    with jax.numpy_dtype_promotion("strict"):
+        traced = jax.jit(solve, static_argnames="method")(x0, 1e-6, 1e-12, 1e-3, "newton-cg")
+    concrete = solve(x0, 1e-6, 1e-12, 1e-3, "newton-cg")
+    assert int(traced.status) == int(concrete.status) == CONVERGED_GRAD
+    assert traced.x.dtype == jnp.float64 and int(traced.nit) == int(concrete.nit)
+    assert traced.nfev.dtype == traced.nhev.dtype == jnp.int32
+    np.testing.assert_array_equal(traced.x, concrete.x)
+    np.testing.assert_allclose(traced.x, np.ones(3), atol=1e-3)
+
+
+def _counting(f):
+    """``f`` plus a counter of its calls at run time (an io_callback: never removed, never
+    differentiated, one call per evaluation whether of f, its gradient or a linearisation)."""
+    calls = [0]
+
+    def bump(v):
+        calls[0] += 1
+        return v
+
+    def counted(x):
+        z = io_callback(bump, jax.ShapeDtypeStruct((), x.dtype), jax.lax.stop_gradient(x[0]))
+        return f(x) + 0.0 * z
+
+    return counted, calls
+
+
+def test_nfev_counts_every_call_of_fun_and_newton_cg_takes_scipys_iterations(x64):
+    """Newton-CG's nfev equals the calls of fun counted at run time (trial, backtracking,
+    linearisation and gradient calls; Rosenbrock backtracks and refuses steps); its initial
+    damping is scale-free: on scipy's test_ncg problem (its own test counts 7 f calls; (x-1)^2
+    is an audit case) the iterations are at most scipy Newton-CG's + 1, the minimum as good."""
+    F = np.array([[1, 1, 1], [1, 1, 0], [1, 0, 1], [1, 0, 0], [1, 0, 0]], float)
+    K = np.array([1.0, 0.3, 0.5])
+
+    def ncg_np(x):  # scipy's own test functions, in numpy
+        p = np.exp(F @ x - np.log(np.sum(np.exp(F @ x))))
+        return (
+            np.log(np.sum(np.exp(F @ x))) - K @ x,
+            F.T @ p - K,
+            F.T @ (np.diag(p) - np.outer(p, p)) @ F,
+        )
+
+    problems = {
+        "test_ncg": (
+            lambda x: jax.nn.logsumexp(jnp.asarray(F) @ x) - jnp.asarray(K) @ x,
+            tuple(lambda x, i=i: ncg_np(x)[i] for i in range(3)),
+            np.zeros(3),
+        ),
+        "rosenbrock": (_rosen, (so.rosen, so.rosen_der, so.rosen_hess), np.array([-1.2, 1.0])),
+    }
+    for name, (f, (f_np, g_np, h_np), x0) in problems.items():
+        counted, calls = _counting(f)
+        ref = so.minimize(f_np, x0, jac=g_np, hess=h_np, method="Newton-CG")
+        r = minimize(counted, jnp.asarray(x0), method="newton-cg")
+        jax.block_until_ready(r)
+        assert bool(r.converged), (name, r.message)
+        assert int(r.nfev) == calls[0], (name, int(r.nfev), calls[0])
+        assert float(r.fun) <= ref.fun + 1e-10, (name, float(r.fun), ref.fun)
+        if name != "rosenbrock":
+            assert int(r.nit) <= ref.nit + 1, (name, int(r.nit), ref.nit)

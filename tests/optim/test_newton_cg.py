@@ -262,3 +262,27 @@ def test_bad_input_is_refused_clearly():
         minimize(lambda x: x, jnp.ones(2), method="newton-cg")
     with pytest.raises(ValueError, match="maxiter"):
         minimize(jnp.sum, jnp.ones(2), method="newton", maxiter=0)
+
+
+def test_float_options_work_traced_and_equal_the_concrete_update(x64):
+    """Every float option of scale_by_newton_cg as a jit argument: two updates equal the
+    same updates with Python floats (reference: the concrete path)."""
+    f = lambda w: jnp.sum((w - 1.0) ** 2) + jnp.sum(w**4)  # noqa: E731
+    opts = {"damping": 0.7, "cg_tol": 0.1, "boost": 1.7, "drop": 0.4, "min_damping": 0.01,
+            "max_damping": 1e6, "min_ratio": 0.2}  # fmt: skip
+
+    def run(o):
+        tx = scale_by_newton_cg(**o, max_backtracks=2)
+        x = jnp.array([0.3, -2.5])
+        state = tx.init(x)
+        for _ in range(2):
+            value, g = jax.value_and_grad(f)(x)
+            step, state = tx.update(g, state, x, value=value, value_fn=f)
+            x = x + step
+        return x, state.damping, state.num_evaluations
+
+    traced = jax.jit(run)(opts)
+    concrete = jax.jit(lambda: run(opts))()
+    for a, b in zip(traced, concrete, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-13)
+    assert float(traced[1]) != 0.7  # the damping moved: the options were used

@@ -1,0 +1,71 @@
+"""Overflow-safe norms for the optimisers' decisions (stopping, damping, curvature tests).
+
+A plain ``sqrt(sum(x**2))`` overflows when the entries pass ``sqrt(max)``
+(1.8e19 in float32, 256 in float16) and underflows below ``sqrt(tiny)``, so a
+finite gradient of size 1e20 in float32 would read as "not finite". The sum of
+squares is taken first (one pass, the common case); only when it is not a
+normal finite number is the tree rescaled by its largest magnitude (LAPACK's
+``nrm2`` idea, in two passes). Half precision is accumulated in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+
+def wide_dtype(dtype) -> jnp.dtype:
+    """``dtype`` if it has at least 32 bits, else float32 (no implicit promotion: works
+    under ``jax.numpy_dtype_promotion("strict")``)."""
+    dtype = jnp.dtype(dtype)
+    return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
+
+
+def bound_in(bound: Any, dtype) -> jax.Array:
+    """``bound`` (maybe traced) as a ``dtype`` scalar, clipped to its largest finite value
+    (1e10 is inf in float16); strict-promotion safe."""
+    wide = wide_dtype(dtype)
+    return jnp.minimum(jnp.asarray(bound).astype(wide), float(jnp.finfo(dtype).max)).astype(dtype)
+
+
+def accumulation_dtype(tree: Any):
+    """The real dtype the norms of ``tree`` are accumulated in (at least float32)."""
+    leaves = jax.tree.leaves(tree)
+    return wide_dtype(jnp.result_type(*leaves))
+
+
+def tree_norm(tree: Any) -> jax.Array:
+    """The 2-norm of a pytree of real arrays, without overflow or underflow.
+
+    Returned in :func:`accumulation_dtype`; inf only if an entry is inf (or the
+    norm itself exceeds that dtype's range), NaN if an entry is NaN.
+    """
+    leaves = jax.tree.leaves(tree)
+    acc = accumulation_dtype(tree)
+    wide = [x.astype(acc) for x in leaves]
+    sum_sq = sum(jnp.sum(x * x) for x in wide)
+    normal = float(jnp.finfo(acc).tiny) / float(jnp.finfo(acc).eps)
+
+    def rescaled(_):
+        m = jnp.max(jnp.stack([jnp.max(jnp.abs(x), initial=0.0) for x in wide]))
+        s = jnp.where(jnp.isfinite(m) & (m > 0), m, jnp.ones((), acc))
+        return s * jnp.sqrt(sum(jnp.sum(jnp.square(x / s)) for x in wide))
+
+    plain = jnp.isfinite(sum_sq) & (sum_sq >= normal)
+    return jax.lax.cond(plain, lambda _: jnp.sqrt(sum_sq), rescaled, None)
+
+
+def power_of_two_scale(tree: Any) -> jax.Array:
+    """A power of two in ``(max|x| / 2, max|x|]`` over ``tree`` (1 if that is 0 or not finite).
+
+    Dividing by it is exact, so a solve on the rescaled data rounds as the
+    original would, without its overflow; it fits in the tree's own dtype.
+    """
+    leaves = jax.tree.leaves(tree)
+    acc = accumulation_dtype(tree)
+    m = jnp.max(jnp.stack([jnp.max(jnp.abs(x), initial=0.0).astype(acc) for x in leaves]))
+    ok = jnp.isfinite(m) & (m > 0)
+    _, exponent = jnp.frexp(jnp.where(ok, m, jnp.ones((), acc)))
+    return jnp.where(ok, jnp.ldexp(jnp.ones((), acc), exponent - 1), jnp.ones((), acc))
