@@ -18,8 +18,11 @@ small beside the matrix; holding them whole means that
 - a contraction never pairs two different mesh axes, or a sharded dimension
   with a whole one, which explicit axes refuse as ambiguous.
 
-A factorization of the matrix itself (``lstsq``'s QR or SVD, the exact SVD of
-``lora.init_from_svd``) gathers it with :func:`replicated` first.
+A factorization of the matrix itself (``lstsq``'s QR or SVD,
+``condition_number``'s SVD, the exact SVD of ``lora.init_from_svd``, the dense
+Jacobians of ``newton_root`` and ``gauss_newton``) gathers it with
+:func:`replicated` first. tests/scale/test_meshes.py walks the public functions
+on 1-D and 2-D meshes with Explicit and Auto axes.
 """
 
 from __future__ import annotations
