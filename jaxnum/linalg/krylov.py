@@ -45,6 +45,8 @@ def _promote(fn: str, named: dict[str, Any]) -> Any:
     them where ``jax_numpy_dtype_promotion='strict'`` forbids mixing them."""
     dtypes = list(named.values())
     out = dtypes[0]
+    if all(jnp.dtype(d) == jnp.dtype(out) for d in dtypes):  # nothing to promote (strict-safe)
+        return jnp.dtype(out)
     try:
         for d in dtypes[1:]:
             out = jnp.promote_types(out, d)
@@ -60,7 +62,14 @@ def _promote(fn: str, named: dict[str, Any]) -> Any:
 def _product_dtype(matvec: Callable, shape: tuple, dtype: Any, fn: str, arg: str) -> Any:
     """The dtype of ``matvec(v)`` for v of ``shape`` and ``dtype``, traced without FLOPs
     (``jax.eval_shape``); ValueError naming ``arg`` when it is not an array of ``shape``."""
-    out = jax.eval_shape(matvec, jax.ShapeDtypeStruct(shape, dtype))
+    try:
+        out = jax.eval_shape(matvec, jax.ShapeDtypeStruct(shape, dtype))
+    except jax.dtypes.TypePromotionError as e:
+        raise TypeError(
+            f"{fn}: {arg} cannot take a {jnp.dtype(dtype).name} vector under "
+            f"jax_numpy_dtype_promotion='strict' ({str(e).splitlines()[0]}); cast the "
+            "operands to one dtype"
+        ) from e
     if getattr(out, "shape", None) != shape or not hasattr(out, "dtype"):
         got = f"shape {out.shape}" if hasattr(out, "shape") else type(out).__name__
         raise ValueError(
@@ -217,10 +226,19 @@ class LanczosResult(NamedTuple):
     basis: jax.Array
 
 
+def _start_dtype(A: Any) -> Any:
+    """The start vectors' dtype: that of a real floating matrix or operator A, else the
+    default float (a matvec callable, an integer matrix)."""
+    dtype = getattr(A, "dtype", None)
+    if dtype is not None and jnp.issubdtype(dtype, jnp.floating):
+        return jnp.dtype(dtype)
+    return jax.dtypes.canonicalize_dtype(jnp.float64)
+
+
 def _lanczos_dtype(matvec: Callable, v: jax.Array, fn: str) -> Any:
     """The dtype Lanczos runs in: v's (at least float32) promoted with that of ``A v``,
     after checking by tracing (no FLOPs) that ``A v`` has v's shape and is real."""
-    dtype = _promote(fn, {"v": v.dtype, "float32": jnp.float32})
+    dtype = v.dtype if jnp.finfo(v.dtype).bits >= 32 else jnp.dtype(jnp.float32)
     named = {"v": dtype, "A v": _product_dtype(matvec, v.shape, dtype, fn, "A (its matvec)")}
     for name, d in named.items():
         if jnp.issubdtype(d, jnp.complexfloating):
@@ -279,7 +297,7 @@ def lanczos(A: Any, v0: jax.Array, num_iters: int) -> LanczosResult:
         V, alphas, betas = state
         w = matvec(V[i]).astype(dtype)
         alpha = jnp.vdot(V[i], w)
-        mask = (jnp.arange(num_iters) <= i)[:, None]
+        mask = (jnp.arange(num_iters) <= i)[:, None].astype(dtype)  # strict-promotion safe
         for _ in range(2):  # full reorthogonalisation, twice is enough
             w = w - (V * mask).T @ ((V * mask) @ w)
         beta = _safe_norm(w)  # no overflow for an A with entries past sqrt(max)
@@ -333,7 +351,7 @@ def top_eigenvalues(
         num_iters = min(n, max(2 * k + 20, 40))
     else:  # k Ritz values need k steps
         num_iters = check_int(num_iters, fn, "num_iters", k, n)
-    v0 = jax.ShapeDtypeStruct((n,), jax.dtypes.canonicalize_dtype(jnp.float64))
+    v0 = jax.ShapeDtypeStruct((n,), _start_dtype(A))
     dtype = _lanczos_dtype(_symmetric_matvec(A, n, fn), v0, fn)
     res = lanczos(A, jax.random.normal(key, (n,), dtype), num_iters)
     theta, S = _ritz(res)
@@ -391,8 +409,9 @@ def spectral_density(
     num_points = check_int(num_points, fn, "num_points", 1)
     if sigma is not None and not isinstance(sigma, jax.core.Tracer) and not float(sigma) > 0:
         raise ValueError(f"{fn}: sigma (the kernel width) must be > 0, got {sigma!r}")
-    # float32 at least, or the dtype of A v (checked by tracing: shape of v, real)
-    dtype = _lanczos_dtype(_symmetric_matvec(A, n, fn), jax.ShapeDtypeStruct((n,), jnp.float32), fn)
+    # A's dtype (float32 at least) or that of A v (checked by tracing: shape of v, real)
+    start = jax.ShapeDtypeStruct((n,), _start_dtype(A))
+    dtype = _lanczos_dtype(_symmetric_matvec(A, n, fn), start, fn)
     probes = jax.random.rademacher(key, (num_probes, n), dtype)
 
     def nodes_weights(v):

@@ -8,6 +8,7 @@ import jax.scipy.linalg as jsl
 
 from jaxnum._sharding import replicated
 from jaxnum.linalg.krylov import _pow2_scale
+from jaxnum.linalg.randomized import _compute_dtype
 from jaxnum.precision._checks import check_nonnegative
 
 METHODS = ("svd", "qr", "cholesky", "normal")
@@ -26,7 +27,13 @@ def _check(X, y, method, ridge, rcond, fn):
     check_nonnegative(ridge, fn, "ridge")
     if rcond is not None:
         check_nonnegative(rcond, fn, "rcond")
-    dtype = jnp.promote_types(jnp.result_type(X, y), jnp.float32)
+    try:
+        dtype = _compute_dtype(jnp.result_type(X, y))
+    except jax.dtypes.TypePromotionError as e:
+        raise TypeError(
+            f"{fn}: X ({X.dtype}) and y ({y.dtype}) have different dtypes and "
+            "jax_numpy_dtype_promotion='strict' forbids promoting them; cast them to one dtype"
+        ) from e
     return X.astype(dtype), y.astype(dtype)
 
 
@@ -123,8 +130,6 @@ def condition_number(X: jax.Array) -> jax.Array:
         raise ValueError(f"condition_number: X has no entries (shape {X.shape})")
     # In float32 at least: there is no half-precision SVD.
     # X gathered on an explicit mesh: XLA's SVD takes no sharded matrix.
-    s = jnp.linalg.svd(
-        replicated(X).astype(jnp.promote_types(X.dtype, jnp.float32)), compute_uv=False
-    )
+    s = jnp.linalg.svd(replicated(X).astype(_compute_dtype(X.dtype)), compute_uv=False)
     # A NaN in X gives NaN (not inf, which would claim X is singular).
     return jnp.where(s[-1] == 0, jnp.inf, s[0] / s[-1])

@@ -28,8 +28,12 @@ def _check_floating(dtype, fn: str, arg: str = "A") -> None:
 
 
 def _compute_dtype(dtype) -> jnp.dtype:
-    """float32 for half precision (and anything narrower), the input's dtype otherwise."""
-    return jnp.promote_types(dtype, jnp.float32)
+    """float32 for half precision (and integers), the input's dtype otherwise (without
+    promote_types: works under ``jax_numpy_dtype_promotion="strict"``)."""
+    dtype = jnp.dtype(dtype)
+    if not jnp.issubdtype(dtype, jnp.inexact) or jnp.finfo(dtype).bits < 32:
+        return jnp.dtype(jnp.float32)
+    return dtype
 
 
 NORMALIZERS = ("lu", "qr")

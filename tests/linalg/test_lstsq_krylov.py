@@ -14,6 +14,8 @@ from jaxnum.linalg import (
     hessian_operator,
     lanczos,
     lstsq,
+    randomized_eigh,
+    randomized_svd,
     spectral_density,
     top_eigenvalues,
 )
@@ -230,3 +232,25 @@ def test_entries_past_sqrt_max_do_not_overflow_in_float32():
             ref = np.linalg.solve(A.T @ A + lam * np.eye(4), A.T @ b)
             got = lstsq(A32, b32, method=method, ridge=lam)
             np.testing.assert_allclose(got, ref, rtol=2e-3, err_msg=f"{method}, ridge={lam}")
+
+
+def test_linalg_under_strict_dtype_promotion(x64):
+    # Issue 21: jnp.promote_types(dtype, float32) raised under strict promotion in every
+    # decomposition. Same-dtype inputs work (numpy float64 references); mixed dtypes are
+    # the user's error under strict, named.
+    rng = np.random.default_rng(4)
+    B = rng.normal(size=(5, 5))
+    A = B @ B.T + np.eye(5)
+    b = rng.normal(size=5)
+    key = jax.random.key(0)
+    with jax.numpy_dtype_promotion("strict"):
+        np.testing.assert_allclose(lstsq(A, b), np.linalg.solve(A, b), rtol=1e-10)
+        np.testing.assert_allclose(cg(A, b, tol=1e-13).x, np.linalg.solve(A, b), rtol=1e-9)
+        w_np = np.linalg.eigvalsh(A)[::-1]
+        np.testing.assert_allclose(top_eigenvalues(A, 2, key=key)[0], w_np[:2], rtol=1e-10)
+        np.testing.assert_allclose(randomized_eigh(A, 2, key=key)[0], w_np[:2], rtol=1e-10)
+        np.testing.assert_allclose(randomized_svd(A, 2, key=key)[1], w_np[:2], rtol=1e-10)
+        with pytest.raises(TypeError, match=r"lstsq: X \(float64\) and y \(float32\) have"):
+            lstsq(A, b.astype(np.float32))
+        with pytest.raises(TypeError, match=r"cg: A \(its matvec\) cannot take a float32"):
+            cg(A, b.astype(np.float32))
