@@ -10,7 +10,7 @@ import jax.numpy as jnp
 
 from jaxnum._sharding import replicated, replicated_matmul, replicated_outputs
 from jaxnum.linalg.operators import LinearOperator
-from jaxnum.linalg.randomized import _check_int
+from jaxnum.linalg.randomized import _check_int, _compute_dtype
 from jaxnum.precision._checks import check_int, check_nonnegative
 
 
@@ -238,7 +238,7 @@ def _start_dtype(A: Any) -> Any:
 def _lanczos_dtype(matvec: Callable, v: jax.Array, fn: str) -> Any:
     """The dtype Lanczos runs in: v's (at least float32) promoted with that of ``A v``,
     after checking by tracing (no FLOPs) that ``A v`` has v's shape and is real."""
-    dtype = v.dtype if jnp.finfo(v.dtype).bits >= 32 else jnp.dtype(jnp.float32)
+    dtype = _compute_dtype(v.dtype)  # float32 for integer and half-precision v
     named = {"v": dtype, "A v": _product_dtype(matvec, v.shape, dtype, fn, "A (its matvec)")}
     for name, d in named.items():
         if jnp.issubdtype(d, jnp.complexfloating):
