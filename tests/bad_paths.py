@@ -742,14 +742,18 @@ def _kfac_same_not_sgd(out) -> bool:
     return bool(np.allclose(a, f, rtol=1e-6, atol=1e-7) and np.abs(a - s).max() > 1e-2)
 
 
-def _kfac_renamed():
-    """scale_by_kfac on params whose kernels are named "w", with statistics for their layer."""
+def _kfac_renamed(other_layer=False):
+    """scale_by_kfac on params whose kernel is named "w", with statistics for its layer (and
+    for a second layer, found, if ``other_layer``)."""
     import jax.numpy as jnp
 
     from jaxnum import kfac
 
     params = {"out": {"w": jnp.ones((3, 4)), "b": jnp.zeros(4)}}
     stats = {("out",): kfac.KroneckerFactors(jnp.eye(4), jnp.eye(4))}
+    if other_layer:
+        params["head"] = {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}
+        stats[("head",)] = stats[("out",)]
     tx = kfac.scale_by_kfac()
     return tx.update(params, tx.init(params), params, curvature=stats)
 
@@ -859,6 +863,11 @@ NNX += [
          _kfac_renamed, path="nnx",
          raises=(ValueError, r"scale_by_kfac: curvature= holds statistics for the layers out, "
                  r"but no layer was found .* parameter paths seen in update: out/b, out/w")),
+    Case("jn.kfac.scale_by_kfac", "empty tree",
+         "statistics for layers head and out, out's kernel named 'w' (head found)",
+         lambda: _kfac_renamed(other_layer=True), path="nnx",
+         raises=(ValueError, r"scale_by_kfac: curvature= holds statistics for the layers out, "
+                 r"but no layer was found there .* layers found: head; ")),
     Case("jn.lora.split", "method", "nnx.state(model, nnx.Param), where= path ends in ['kernel']",
          _kfac_lora_nnx, path="nnx", check=lambda ads: list(ads) == ["['out']['kernel']"],
          outcome="the adapter at ['out']['kernel'], as for the pure dict (was: no parameter"

@@ -76,6 +76,14 @@ def _kernel_matrix(kernel: jax.Array) -> jax.Array:
     return conv_kernel_matrix(kernel) if kernel.ndim == 4 else kernel
 
 
+def _masked(tree: Any) -> set[Layer]:
+    """Layers whose kernel ``optax.masked`` (or ``multi_transform``) replaced by a MaskedNode."""
+    flat = jax.tree_util.tree_flatten_with_path(
+        tree, is_leaf=lambda x: isinstance(x, optax.MaskedNode)
+    )[0]
+    return {plain_keys(p)[:-1] for p, leaf in flat if isinstance(leaf, optax.MaskedNode)}
+
+
 def _zero(value: Any) -> bool:
     """True for a Python number equal to 0. An array (traced or not: what
     ``optax.inject_hyperparams`` passes, to init and to update alike) is never "zero",
@@ -107,13 +115,15 @@ def scale_by_kfac(
     the rest of the chain's state unchanged, wrap the chain in
     ``jn.loss_scaling(dynamic=False, initial_scale=1)``).
 
-    Layers are found by path in any form of the parameters: linen params (boxed
-    ``nn.Partitioned`` ones too), an NNX pure dict (``nnx.to_pure_dict``), an ``nnx.State`` of ``nnx.Param``
-    and what ``nnx.Optimizer`` passes (paths ending in a variable's ``.value``
-    are read without it), so ``nnx.Optimizer(model, tx, wrt=nnx.Param)
-    .update(model, grads, curvature=stats)`` preconditions the same layers as
-    the functional ``tx.update``. ``curvature`` holding statistics while no
-    layer was found (by default) is an error, never a silent plain gradient.
+    Layers are found by path in any form of the parameters: linen params
+    (boxed ``nn.Partitioned`` ones too), an NNX pure dict
+    (``nnx.to_pure_dict``), an ``nnx.State`` of ``nnx.Param`` and what
+    ``nnx.Optimizer`` passes (paths ending in a variable's ``.value`` are read
+    without it), so ``nnx.Optimizer(model, tx, wrt=nnx.Param).update(model,
+    grads, curvature=stats)`` preconditions the same layers as the functional
+    ``tx.update``. ``curvature`` holding statistics for a layer
+    not found in the parameters (by default; one masked out by ``optax.masked``
+    aside) is an error, never a silent plain gradient for that layer.
 
     The preconditioned update is computed in the factors' dtype (float32 at
     least) and handed on in the gradient's dtype, or the parameter's when that
@@ -133,12 +143,13 @@ def scale_by_kfac(
       layers: paths (tuples of module names) of the captured layers; default
         every sub-tree with a 2-D or 4-D ``kernel``. A registered layer missing
         from ``curvature``, or from the parameters, is an error; statistics of
-        layers not registered are not used.
+        layers not in ``layers`` are not used (with the default, statistics of
+        a layer not found are an error).
     """
     fn = "scale_by_kfac"
     check_positive(damping, fn, "damping")
     check_open_interval(decay, -1e-12, 1.0, fn, "decay")
-    inverse_every = check_positive_int(inverse_every, fn, "inverse_every")
+    check_positive_int(inverse_every, fn, "inverse_every")
     if kl_clip is not None:
         check_positive(kl_clip, fn, "kl_clip")
     check_positive(learning_rate, fn, "learning_rate")
@@ -173,16 +184,22 @@ def scale_by_kfac(
     def update_fn(updates, state, params=None, *, curvature, **extra_args):
         del extra_args
         flat = leaves_by_path(updates)
-        if layers is None and not state.factors and curvature:
-            # Statistics for layers, and not one layer among the parameters: the update
-            # would be the gradient itself (plain SGD), silently.
-            raise ValueError(
-                f"{fn}: curvature= holds statistics for the layers "
-                f"{describe_paths(sorted(curvature, key=str))}, but no layer was found in "
-                "the parameters given to init (K-FAC preconditions the sub-trees holding a "
-                "2-D or 4-D 'kernel' and an optional 'bias', as Flax names them); parameter "
-                f"paths seen in update: {describe_paths(flat)}"
-            )
+        if layers is None:
+            # Statistics of a layer with no parameters found there would be dropped and
+            # that layer given the plain gradient, silently (every layer, if none was
+            # found). Layers masked out by optax.masked / multi_transform are not used.
+            unused = [k for k in curvature if k not in state.factors and k not in _masked(updates)]
+            if unused:
+                raise ValueError(
+                    f"{fn}: curvature= holds statistics for the layers "
+                    f"{describe_paths(sorted(unused, key=str))}, but no layer was found there "
+                    "in the parameters given to init (K-FAC preconditions the sub-trees "
+                    "holding a 2-D or 4-D 'kernel' and an optional 'bias', as Flax names "
+                    f"them); layers found: {describe_paths(state.factors)}; parameter paths "
+                    f"seen in update: {describe_paths(flat)}. For layers frozen or trained "
+                    "by another transformation, pass layers= (those to precondition) or "
+                    "leave their statistics out"
+                )
         batch_factors = {}
         for layer, old in state.factors.items():
             if layer not in curvature:

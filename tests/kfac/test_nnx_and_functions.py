@@ -327,5 +327,9 @@ def test_models_without_capture_layers_and_parameters_without_layers_fail_clearl
     tx = kfac.scale_by_kfac()
     with pytest.raises(ValueError, match=r"statistics for the layers hidden, out.*hidden/w"):
         tx.update(renamed, tx.init(renamed), renamed, curvature=stats)
+    # One layer found, the other's statistics would be dropped: an error too.
+    partly = {"hidden": renamed["hidden"], "out": {"kernel": jnp.ones((5, 3))}}
+    with pytest.raises(ValueError, match=r"layers hidden, but .* layers found: out; "):
+        tx.update(partly, tx.init(partly), partly, curvature=stats)
     with pytest.raises(ValueError, match=r"layers names hidden, but the parameters hold no"):
         kfac.scale_by_kfac(layers=[("hidden",)]).init(renamed)
