@@ -149,7 +149,7 @@ def scale_by_kfac(
     fn = "scale_by_kfac"
     check_positive(damping, fn, "damping")
     check_open_interval(decay, -1e-12, 1.0, fn, "decay")
-    check_positive_int(inverse_every, fn, "inverse_every")
+    inverse_every = check_positive_int(inverse_every, fn, "inverse_every")
     if kl_clip is not None:
         check_positive(kl_clip, fn, "kl_clip")
     check_positive(learning_rate, fn, "learning_rate")
@@ -267,9 +267,12 @@ def scale_by_kfac(
             lambda path, leaf: replaced.get(plain_keys(path), leaf), updates
         )
         if kl_clip is not None:
+            # Summed in float32 at least (float64 where the factors are): half-precision
+            # gradients would overflow or round the dot.
             vg = sum(
-                jnp.sum(v.astype(jnp.float32) * g.astype(jnp.float32))
+                jnp.sum(v.astype(wide) * g.astype(wide))
                 for v, g in zip(jax.tree.leaves(out), jax.tree.leaves(updates), strict=True)
+                for wide in [jnp.promote_types(jnp.result_type(v, g), jnp.float32)]
             )
             scale = jnp.minimum(1.0, jnp.sqrt(kl_clip / (learning_rate**2 * jnp.abs(vg) + 1e-30)))
             out = jax.tree.map(lambda v: scale.astype(jnp.result_type(v)) * v, out)
