@@ -36,6 +36,19 @@ def accumulation_dtype(tree: Any):
     return wide_dtype(jnp.result_type(*leaves))
 
 
+def _plain_norm(operands):
+    _, sum_sq = operands
+    return jnp.sqrt(sum_sq)
+
+
+def _rescaled_norm(operands):
+    wide, _ = operands
+    acc = wide[0].dtype
+    m = jnp.max(jnp.stack([jnp.max(jnp.abs(x), initial=0.0) for x in wide]))
+    s = jnp.where(jnp.isfinite(m) & (m > 0), m, jnp.ones((), acc))
+    return s * jnp.sqrt(sum(jnp.sum(jnp.square(x / s)) for x in wide))
+
+
 def tree_norm(tree: Any) -> jax.Array:
     """The 2-norm of a pytree of real arrays, without overflow or underflow.
 
@@ -47,14 +60,9 @@ def tree_norm(tree: Any) -> jax.Array:
     wide = [x.astype(acc) for x in leaves]
     sum_sq = sum(jnp.sum(x * x) for x in wide)
     normal = float(jnp.finfo(acc).tiny) / float(jnp.finfo(acc).eps)
-
-    def rescaled(_):
-        m = jnp.max(jnp.stack([jnp.max(jnp.abs(x), initial=0.0) for x in wide]))
-        s = jnp.where(jnp.isfinite(m) & (m > 0), m, jnp.ones((), acc))
-        return s * jnp.sqrt(sum(jnp.sum(jnp.square(x / s)) for x in wide))
-
     plain = jnp.isfinite(sum_sq) & (sum_sq >= normal)
-    return jax.lax.cond(plain, lambda _: jnp.sqrt(sum_sq), rescaled, None)
+    # module-level branches: the cond is traced once per shape, also outside jit
+    return jax.lax.cond(plain, _plain_norm, _rescaled_norm, (wide, sum_sq))
 
 
 def power_of_two_scale(tree: Any) -> jax.Array:

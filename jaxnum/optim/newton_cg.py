@@ -206,7 +206,8 @@ def scale_by_newton_cg(
         (Li, Fukushima, Qi and Yamashita 2004).
       boost: lambda's factor after a poor step (rho < 1/4).
       drop: lambda's factor after a good step (rho > 3/4).
-      min_damping: lower bound of the adapted quantity.
+      min_damping: lower bound of the adapted quantity (at least the dtype's
+        smallest normal number, so it never flushes to 0).
       max_damping: upper bound of the adapted quantity (clipped to the largest
         value of the parameters' dtype: 65504 in float16).
       min_ratio: smallest rho for which a step is taken.
@@ -363,9 +364,11 @@ def scale_by_newton_cg(
             accept = accept | searched
         boost_, drop_ = jnp.asarray(boost).astype(dtype), jnp.asarray(drop).astype(dtype)
         factor = jnp.where(~(rho >= 0.25), boost_, jnp.where(rho > 0.75, drop_, 1.0))
+        # Never below the smallest normal number: a damping flushed to 0 turns a zero
+        # curvature into a step of -g (of no length at the scale of x).
         new_damping = jnp.clip(
             state.damping * factor,
-            jnp.asarray(min_damping).astype(dtype),
+            jnp.maximum(jnp.asarray(min_damping).astype(dtype), float(jnp.finfo(dtype).tiny)),
             bound_in(max_damping, dtype),
         )
         new_damping = jnp.where(jnp.isfinite(grad_norm), new_damping, state.damping)

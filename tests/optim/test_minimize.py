@@ -169,7 +169,8 @@ def _shifted(x):
 
 def test_degenerate_input_gets_a_status_never_converged(x64):
     """Newton-CG (lbfgs: the audit, tests/bad_paths.py): NaN in x0 (closed form: no answer)
-    and f = -sum(exp(x)) (closed form: inf f = -inf, reached in float64 beyond x = 709.8)."""
+    and f = -sum(exp(x)) (closed form: inf f = -inf, reached in float64 beyond x = 709.8),
+    f = sum(x) (inf f = -inf)."""
     r = minimize(_shifted, jnp.array([3.0, jnp.nan, 0.5]), method="newton-cg")
     assert int(r.status) == NONFINITE_X0 and not bool(r.converged), r.message
     assert "x0" in r.message and int(r.nit) == 0
@@ -180,6 +181,10 @@ def test_degenerate_input_gets_a_status_never_converged(x64):
     # the reported point is the last finite one, and fun is f there
     assert bool(jnp.all(jnp.isfinite(r.x))) and np.isfinite(float(r.fun))
     np.testing.assert_allclose(r.fun, concave(r.x), rtol=1e-12)
+    # a linear f in float32: zero curvature, the damping halves down to the smallest normal
+    # number (not to 0, which made -g steps lost in x's rounding: 'converged' at f = -3e38)
+    r = minimize(lambda x: jnp.sum(x), jnp.ones(2, jnp.float32), method="newton-cg")
+    assert int(r.status) == UNBOUNDED and int(r.nit) < 1000, r.message
 
 
 def test_gradients_whose_squared_norm_overflows_float32():
