@@ -22,6 +22,7 @@ DEGENERATE: list[Case] = []
 # Options passed traced.
 TRACED: list[Case] = []
 
+
 # Damaged and mismatched checkpoints.
 def _checkpoint_adam(inner=None):
     """(template, bytes): a loss_scaling(adam) state of {"w": (3,)} and its checkpoint; the
@@ -88,6 +89,7 @@ OPTAX_WRAPPERS: list[Case] = []
 
 # Readable errors instead of crashes.
 READABLE: list[Case] = []
+
 
 # Integer options.
 def _integer_lbfgs_state(memory_size):
@@ -161,6 +163,7 @@ PEER_SUITES: list[Case] = []
 
 # Explicit and Auto meshes.
 MESHES: list[Case] = []
+
 
 # precision (issue 21 items 2, 4, 6 and their crashes): loss scaling, clipping, nonfinite_report.
 def _precision_narrow_adam():
@@ -259,8 +262,9 @@ def _precision_growth_interval_injected():
 
     import jaxnum as jn
 
-    tx = optax.inject_hyperparams(jn.loss_scaling)(optax.sgd(1.0), initial_scale=2.0,
-                                                   growth_interval=1)
+    tx = optax.inject_hyperparams(jn.loss_scaling)(
+        optax.sgd(1.0), initial_scale=2.0, growth_interval=1
+    )
     params = jnp.zeros(2)
     _, state = jax.jit(tx.update)(jnp.ones(2), tx.init(params), params)
     return jn.current_loss_scale(state)
@@ -302,57 +306,120 @@ def _precision_nnx_scale():
 
 
 NARROW_GRADS += [
-    Case("jn.loss_scaling", "dtype", "float16 gradients (true 1e-6) of float32 params into adam",
-         _precision_narrow_adam, check=_precision_close, path="narrow-grads",
-         outcome="float32 updates equal to optax.adam on the float32 gradients (-0.01, not"
-         " -1.19 from adam in float16)"),
-    Case("jn.clip_by_global_norm", "dtype", "a tree of float16, bfloat16 and float32 leaves",
-         _precision_mixed_clip, check=_precision_mixed_clip_ok, path="narrow-grads",
-         outcome="each leaf keeps its dtype, scaled by 1/(norm of all leaves) computed in"
-         " float32"),
+    Case(
+        "jn.loss_scaling",
+        "dtype",
+        "float16 gradients (true 1e-6) of float32 params into adam",
+        _precision_narrow_adam,
+        check=_precision_close,
+        path="narrow-grads",
+        outcome="float32 updates equal to optax.adam on the float32 gradients (-0.01, not"
+        " -1.19 from adam in float16)",
+    ),
+    Case(
+        "jn.clip_by_global_norm",
+        "dtype",
+        "a tree of float16, bfloat16 and float32 leaves",
+        _precision_mixed_clip,
+        check=_precision_mixed_clip_ok,
+        path="narrow-grads",
+        outcome="each leaf keeps its dtype, scaled by 1/(norm of all leaves) computed in float32",
+    ),
 ]
 TRACED += [
-    Case("jn.clip_by_global_norm", "hyperparameter",
-         "max_norm=-1 traced (inject_hyperparams, under jit)",
-         lambda: _precision_traced("clip"), check=_precision_nan_updates, path="traced",
-         outcome="nan updates (a surrounding check skips them), not the sign-flipped ones"),
-    Case("jn.loss_scaling", "hyperparameter", "max_norm=-1 traced (inject_hyperparams, under jit)",
-         lambda: _precision_traced("max_norm"), check=_precision_skipped, path="traced",
-         outcome="the step is skipped and counted: zero updates, inner state kept"),
-    Case("jn.loss_scaling", "hyperparameter", "initial_scale=-8 traced (init under jit)",
-         lambda: _precision_traced("initial_scale", -8.0), check=_precision_skipped,
-         path="traced", outcome="the step is skipped and counted (then the scale is min_scale)"),
+    Case(
+        "jn.clip_by_global_norm",
+        "hyperparameter",
+        "max_norm=-1 traced (inject_hyperparams, under jit)",
+        lambda: _precision_traced("clip"),
+        check=_precision_nan_updates,
+        path="traced",
+        outcome="nan updates (a surrounding check skips them), not the sign-flipped ones",
+    ),
+    Case(
+        "jn.loss_scaling",
+        "hyperparameter",
+        "max_norm=-1 traced (inject_hyperparams, under jit)",
+        lambda: _precision_traced("max_norm"),
+        check=_precision_skipped,
+        path="traced",
+        outcome="the step is skipped and counted: zero updates, inner state kept",
+    ),
+    Case(
+        "jn.loss_scaling",
+        "hyperparameter",
+        "initial_scale=-8 traced (init under jit)",
+        lambda: _precision_traced("initial_scale", -8.0),
+        check=_precision_skipped,
+        path="traced",
+        outcome="the step is skipped and counted (then the scale is min_scale)",
+    ),
 ]
 OPTAX_WRAPPERS += [
-    Case("jn.loss_scaling", "non-finite", "loss_scaling(MultiSteps(sgd, 2)): a nan micro-batch",
-         lambda: _precision_multisteps("inside"), path="optax-wrappers",
-         check=lambda out: not any(out[0]) and not any(out[1]) and list(out[2]) == [-2.0, -1.0],
-         outcome="the nan micro-batch is skipped; the next two are averaged and applied"),
-    Case("jn.current_loss_scale", "method", "MultiSteps(loss_scaling(sgd), 2) state",
-         lambda: _precision_multisteps("outside"), path="optax-wrappers",
-         raises=(ValueError, r"current_loss_scale: opt_state holds loss_scaling inside "
-                 r"optax\.MultiSteps.*put MultiSteps inside")),
-    Case("jn.loss_scaling", "hyperparameter",
-         "inject_hyperparams(jn.loss_scaling)(..., growth_interval=1)",
-         _precision_growth_interval_injected, path="optax-wrappers",
-         check=lambda s: float(s) == 4.0,
-         outcome="works: the int becomes an int32 array, compared with (the scale grew 2 -> 4)"),
+    Case(
+        "jn.loss_scaling",
+        "non-finite",
+        "loss_scaling(MultiSteps(sgd, 2)): a nan micro-batch",
+        lambda: _precision_multisteps("inside"),
+        path="optax-wrappers",
+        check=lambda out: not any(out[0]) and not any(out[1]) and list(out[2]) == [-2.0, -1.0],
+        outcome="the nan micro-batch is skipped; the next two are averaged and applied",
+    ),
+    Case(
+        "jn.current_loss_scale",
+        "method",
+        "MultiSteps(loss_scaling(sgd), 2) state",
+        lambda: _precision_multisteps("outside"),
+        path="optax-wrappers",
+        raises=(
+            ValueError,
+            r"current_loss_scale: opt_state holds loss_scaling inside "
+            r"optax\.MultiSteps.*put MultiSteps inside",
+        ),
+    ),
+    Case(
+        "jn.loss_scaling",
+        "hyperparameter",
+        "inject_hyperparams(jn.loss_scaling)(..., growth_interval=1)",
+        _precision_growth_interval_injected,
+        path="optax-wrappers",
+        check=lambda s: float(s) == 4.0,
+        outcome="works: the int becomes an int32 array, compared with (the scale grew 2 -> 4)",
+    ),
 ]
 READABLE += [
-    Case("jn.nonfinite_report", "dtype", "complex64 leaf with nan and inf parts",
-         lambda: _precision_report_complex(), path="readable",
-         check=lambda r: r.bad_leaves() == [("['z']", 1, 1, 1)],
-         outcome="counts each entry once: nan if a part is nan, else +inf, else -inf"),
-    Case("jn.scaled_value_and_grad", "dtype", "an int32 loss",
-         lambda: _precision_int_loss(), path="readable",
-         raises=(TypeError, r"scaled_value_and_grad: loss_fn must return a real floating-point "
-                 r"loss, got dtype int32")),
+    Case(
+        "jn.nonfinite_report",
+        "dtype",
+        "complex64 leaf with nan and inf parts",
+        lambda: _precision_report_complex(),
+        path="readable",
+        check=lambda r: r.bad_leaves() == [("['z']", 1, 1, 1)],
+        outcome="counts each entry once: nan if a part is nan, else +inf, else -inf",
+    ),
+    Case(
+        "jn.scaled_value_and_grad",
+        "dtype",
+        "an int32 loss",
+        lambda: _precision_int_loss(),
+        path="readable",
+        raises=(
+            TypeError,
+            r"scaled_value_and_grad: loss_fn must return a real floating-point "
+            r"loss, got dtype int32",
+        ),
+    ),
 ]
 NNX += [
-    Case("jn.current_loss_scale", "method", "an nnx.Optimizer's opt_state (OptArray leaves)",
-         _precision_nnx_scale, path="nnx",
-         check=lambda s: type(s).__name__ == "ArrayImpl" and float(s) == 2.0**15,
-         outcome="the scale as a jax.Array (32768.0)"),
+    Case(
+        "jn.current_loss_scale",
+        "method",
+        "an nnx.Optimizer's opt_state (OptArray leaves)",
+        _precision_nnx_scale,
+        path="nnx",
+        check=lambda s: type(s).__name__ == "ArrayImpl" and float(s) == 2.0**15,
+        outcome="the scale as a jax.Array (32768.0)",
+    ),
 ]
 
 
@@ -361,8 +428,10 @@ def _precision_report_complex():
 
     import jaxnum as jn
 
-    z = jnp.array([complex(1, 2), complex(jnp.nan, 1), complex(0, jnp.inf), complex(-jnp.inf, 1)],
-                  jnp.complex64)
+    z = jnp.array(
+        [complex(1, 2), complex(jnp.nan, 1), complex(0, jnp.inf), complex(-jnp.inf, 1)],
+        jnp.complex64,
+    )
     return jn.nonfinite_report({"z": z, "x": jnp.ones(2)})
 
 
@@ -410,8 +479,13 @@ def _linalg_hermitian_trace():
     import jaxnum as jn
 
     u = jnp.array([1, 1j, 2], jnp.complex64)
-    return jn.autodiff.trace_estimate(lambda v: u * jnp.vdot(u, v), jnp.zeros(3, jnp.complex64),
-                                      key=jax.random.key(0), num_samples=4, method="xtrace")
+    return jn.autodiff.trace_estimate(
+        lambda v: u * jnp.vdot(u, v),
+        jnp.zeros(3, jnp.complex64),
+        key=jax.random.key(0),
+        num_samples=4,
+        method="xtrace",
+    )
 
 
 def _linalg_complex_hessian_trace():
@@ -419,77 +493,162 @@ def _linalg_complex_hessian_trace():
 
     import jaxnum as jn
 
-    return jn.autodiff.hessian_trace(lambda x: (abs(x) ** 2).sum(), _linalg_array([1, 2], "c8"),
-                                     key=jax.random.key(0), num_samples=3)
+    return jn.autodiff.hessian_trace(
+        lambda x: (abs(x) ** 2).sum(),
+        _linalg_array([1, 2], "c8"),
+        key=jax.random.key(0),
+        num_samples=3,
+    )
 
 
 DEGENERATE += [
-    Case("jn.linalg.randomized_eigh", "non-finite", "a zero 4x4 matrix",
-         lambda: _linalg_call("randomized_eigh", _linalg_array(0.0, shape=(1, 1)).repeat(4, 0)
-                              .repeat(4, 1), 2),
-         path="degenerate", check=lambda r: bool((r[0] == 0).all()) and _linalg_orthonormal(r[1]),
-         outcome="zero eigenvalues and an orthonormal basis (was NaN)"),
-    Case("jn.linalg.randomized_eigh", "non-finite", "PSD diag(3e19, 2e19, 1e19) in float32",
-         lambda: _linalg_call("randomized_eigh", _linalg_array([3e19, 0, 0, 0, 2e19, 0, 0, 0, 1e19],
-                                                               shape=(3, 3)), 2),
-         path="degenerate", check=lambda r: bool(abs(r[0] / _linalg_array([3e19, 2e19]) - 1).max()
-                                                  < 1e-5),
-         outcome="[3e19, 2e19] (the products are scaled by their largest entry; was NaN)"),
-    Case("jn.linalg.randomized_eigh", "hyperparameter",
-         "[[1, 2], [2, 1]]: indefinite with a positive diagonal",
-         lambda: _linalg_call("randomized_eigh", _linalg_array([[1, 2], [2, 1]]), 1),
-         path="degenerate", raises=(ValueError, r"randomized_eigh: A_psd is not positive "
-                                    r"semi-definite \(Omega\^T A Omega has the eigenvalue -1 < 0")),
-    Case("jn.linalg.cg", "non-finite", "A = diag(4e20, 2e20), b = (4e20, 2e20) in float32",
-         lambda: _linalg_call("cg", _linalg_array([[4e20, 0], [0, 2e20]]),
-                              _linalg_array([4e20, 2e20])),
-         path="degenerate",
-         check=lambda r: bool(r.converged) and abs(r.x - 1).max() < 1e-6,
-         outcome="x = (1, 1), converged (||b|| read inf: x = 0 was reported converged)"),
-    Case("jn.linalg.lstsq", "non-finite", "X = diag(4e20, 2e20), y = (4e20, 2e20) in float32",
-         lambda: _linalg_call("lstsq", _linalg_array([[4e20, 0], [0, 2e20]]),
-                              _linalg_array([4e20, 2e20])),
-         path="degenerate", check=lambda b: abs(b - 1).max() < 1e-6,
-         outcome="b = (1, 1) (s^2 overflowed: b = 0 before)"),
+    Case(
+        "jn.linalg.randomized_eigh",
+        "non-finite",
+        "a zero 4x4 matrix",
+        lambda: _linalg_call(
+            "randomized_eigh", _linalg_array(0.0, shape=(1, 1)).repeat(4, 0).repeat(4, 1), 2
+        ),
+        path="degenerate",
+        check=lambda r: bool((r[0] == 0).all()) and _linalg_orthonormal(r[1]),
+        outcome="zero eigenvalues and an orthonormal basis (was NaN)",
+    ),
+    Case(
+        "jn.linalg.randomized_eigh",
+        "non-finite",
+        "PSD diag(3e19, 2e19, 1e19) in float32",
+        lambda: _linalg_call(
+            "randomized_eigh", _linalg_array([3e19, 0, 0, 0, 2e19, 0, 0, 0, 1e19], shape=(3, 3)), 2
+        ),
+        path="degenerate",
+        check=lambda r: bool(abs(r[0] / _linalg_array([3e19, 2e19]) - 1).max() < 1e-5),
+        outcome="[3e19, 2e19] (the products are scaled by their largest entry; was NaN)",
+    ),
+    Case(
+        "jn.linalg.randomized_eigh",
+        "hyperparameter",
+        "[[1, 2], [2, 1]]: indefinite with a positive diagonal",
+        lambda: _linalg_call("randomized_eigh", _linalg_array([[1, 2], [2, 1]]), 1),
+        path="degenerate",
+        raises=(
+            ValueError,
+            r"randomized_eigh: A_psd is not positive "
+            r"semi-definite \(Omega\^T A Omega has the eigenvalue -1 < 0",
+        ),
+    ),
+    Case(
+        "jn.linalg.cg",
+        "non-finite",
+        "A = diag(4e20, 2e20), b = (4e20, 2e20) in float32",
+        lambda: _linalg_call(
+            "cg", _linalg_array([[4e20, 0], [0, 2e20]]), _linalg_array([4e20, 2e20])
+        ),
+        path="degenerate",
+        check=lambda r: bool(r.converged) and abs(r.x - 1).max() < 1e-6,
+        outcome="x = (1, 1), converged (||b|| read inf: x = 0 was reported converged)",
+    ),
+    Case(
+        "jn.linalg.lstsq",
+        "non-finite",
+        "X = diag(4e20, 2e20), y = (4e20, 2e20) in float32",
+        lambda: _linalg_call(
+            "lstsq", _linalg_array([[4e20, 0], [0, 2e20]]), _linalg_array([4e20, 2e20])
+        ),
+        path="degenerate",
+        check=lambda b: abs(b - 1).max() < 1e-6,
+        outcome="b = (1, 1) (s^2 overflowed: b = 0 before)",
+    ),
 ]
 READABLE += [
-    Case("jn.linalg.lstsq", "empty tree", "X with 0 rows (shape (0, 3))",
-         lambda: _linalg_call("lstsq", _linalg_array([], shape=(0, 3)), _linalg_array([])),
-         path="readable", check=lambda b: b.shape == (3,) and bool((b == 0).all()),
-         outcome="the minimum-norm solution zeros(3), as numpy (was IndexError or NaN)"),
-    Case("jn.linalg.randomized_svd", "empty tree", "an empty stack (shape (0, 4, 3)), rank 2",
-         lambda: _linalg_call("randomized_svd", _linalg_array([], shape=(0, 4, 3)), 2),
-         path="readable", check=lambda r: [x.shape for x in r] == [(0, 4, 2), (0, 2), (0, 2, 3)],
-         outcome="empty factors of shapes (0, 4, 2), (0, 2), (0, 2, 3) (was ZeroDivisionError)"),
-    Case("jn.linalg.top_eigenvalues", "empty tree", "a 0x0 A",
-         lambda: _linalg_call("top_eigenvalues", _linalg_array([], shape=(0, 0)), 1),
-         path="readable",
-         raises=(ValueError, r"top_eigenvalues: A has shape \(0, 0\), no entries")),
-    Case("jn.linalg.cg", "dtype", "float32 A, float16 b and x0",
-         lambda: _linalg_call("cg", _linalg_array([[2, 0], [0, 4]]), _linalg_array([2, 2], "f2"),
-                              x0=_linalg_array([0, 0], "f2")),
-         path="readable",
-         check=lambda r: r.x.dtype == "float32" and abs(r.x - _linalg_array([1, 0.5])).max() < 1e-6,
-         outcome="promoted: solved in float32, x = [1, 0.5] (was a while_loop carry-type error)"),
-    Case("jn.linalg.cg", "shape", "a matvec returning shape (2,) for b of shape (3,)",
-         lambda: _linalg_call("cg", lambda v: v[:2], _linalg_array([1, 1, 1])),
-         path="readable", raises=(ValueError, r"cg: A \(its matvec\) maps a vector of shape "
-                                  r"\(3,\) to shape \(2,\); expected shape \(3,\)")),
+    Case(
+        "jn.linalg.lstsq",
+        "empty tree",
+        "X with 0 rows (shape (0, 3))",
+        lambda: _linalg_call("lstsq", _linalg_array([], shape=(0, 3)), _linalg_array([])),
+        path="readable",
+        check=lambda b: b.shape == (3,) and bool((b == 0).all()),
+        outcome="the minimum-norm solution zeros(3), as numpy (was IndexError or NaN)",
+    ),
+    Case(
+        "jn.linalg.randomized_svd",
+        "empty tree",
+        "an empty stack (shape (0, 4, 3)), rank 2",
+        lambda: _linalg_call("randomized_svd", _linalg_array([], shape=(0, 4, 3)), 2),
+        path="readable",
+        check=lambda r: [x.shape for x in r] == [(0, 4, 2), (0, 2), (0, 2, 3)],
+        outcome="empty factors of shapes (0, 4, 2), (0, 2), (0, 2, 3) (was ZeroDivisionError)",
+    ),
+    Case(
+        "jn.linalg.top_eigenvalues",
+        "empty tree",
+        "a 0x0 A",
+        lambda: _linalg_call("top_eigenvalues", _linalg_array([], shape=(0, 0)), 1),
+        path="readable",
+        raises=(ValueError, r"top_eigenvalues: A has shape \(0, 0\), no entries"),
+    ),
+    Case(
+        "jn.linalg.cg",
+        "dtype",
+        "float32 A, float16 b and x0",
+        lambda: _linalg_call(
+            "cg",
+            _linalg_array([[2, 0], [0, 4]]),
+            _linalg_array([2, 2], "f2"),
+            x0=_linalg_array([0, 0], "f2"),
+        ),
+        path="readable",
+        check=lambda r: r.x.dtype == "float32" and abs(r.x - _linalg_array([1, 0.5])).max() < 1e-6,
+        outcome="promoted: solved in float32, x = [1, 0.5] (was a while_loop carry-type error)",
+    ),
+    Case(
+        "jn.linalg.cg",
+        "shape",
+        "a matvec returning shape (2,) for b of shape (3,)",
+        lambda: _linalg_call("cg", lambda v: v[:2], _linalg_array([1, 1, 1])),
+        path="readable",
+        raises=(
+            ValueError,
+            r"cg: A \(its matvec\) maps a vector of shape "
+            r"\(3,\) to shape \(2,\); expected shape \(3,\)",
+        ),
+    ),
 ]
 PEER_SUITES += [
-    Case("jn.linalg.randomized_range_finder", "dtype", "an int32 A",
-         lambda: _linalg_call("randomized_range_finder", _linalg_array([[1, 0], [0, 1]], "i4"), 1),
-         path="peer-suites", raises=(TypeError, r"randomized_range_finder: A must be floating "
-                                     r"point, got dtype int32")),
-    Case("jn.autodiff.trace_estimate", "dtype", "a complex Hermitian rank-1 u u^H (trace 6)",
-         _linalg_hermitian_trace, path="peer-suites",
-         check=lambda e: abs(complex(e.value) - 6) < 1e-4,
-         outcome="6 (conjugate transposes; XTrace is exact at rank 1 < k = 2; was wrong)"),
-    Case("jn.autodiff.hessian_trace", "dtype", "a complex64 x",
-         _linalg_complex_hessian_trace, path="peer-suites",
-         raises=(TypeError, r"hessian_trace: x is complex \(complex64\); the Hessian needs "
-                 r"real inputs")),
+    Case(
+        "jn.linalg.randomized_range_finder",
+        "dtype",
+        "an int32 A",
+        lambda: _linalg_call("randomized_range_finder", _linalg_array([[1, 0], [0, 1]], "i4"), 1),
+        path="peer-suites",
+        raises=(
+            TypeError,
+            r"randomized_range_finder: A must be floating "
+            r"point, got dtype int32",
+        ),
+    ),
+    Case(
+        "jn.autodiff.trace_estimate",
+        "dtype",
+        "a complex Hermitian rank-1 u u^H (trace 6)",
+        _linalg_hermitian_trace,
+        path="peer-suites",
+        check=lambda e: abs(complex(e.value) - 6) < 1e-4,
+        outcome="6 (conjugate transposes; XTrace is exact at rank 1 < k = 2; was wrong)",
+    ),
+    Case(
+        "jn.autodiff.hessian_trace",
+        "dtype",
+        "a complex64 x",
+        _linalg_complex_hessian_trace,
+        path="peer-suites",
+        raises=(
+            TypeError,
+            r"hessian_trace: x is complex \(complex64\); the Hessian needs "
+            r"real inputs",
+        ),
+    ),
 ]
+
 
 # optim (issue 21 items 3, 4 and the peer suites): minimize, Newton-CG, L-BFGS, line search.
 def _minimize_solve(fun, x0, **kwargs):
@@ -546,45 +705,80 @@ def _minimize_status(r, name) -> bool:
 
 
 DEGENERATE += [
-    Case("jn.minimize", "non-finite", "x0 = [1, nan]",
-         lambda: _minimize_solve(_minimize_shifted, [1.0, float("nan")]), path="degenerate",
-         check=lambda r: _minimize_status(r, "NONFINITE_X0") and int(r.nit) == 0,
-         outcome="stops at once: status NONFINITE_X0 ('x0 has NaN or inf entries'), never "
-         "converged"),
-    Case("jn.minimize", "non-finite", "f = -sum(exp(x)) (unbounded below), method='lbfgs'",
-         lambda: _minimize_solve(_minimize_concave, [1.0, 0.5]), path="degenerate",
-         check=lambda r: _minimize_status(r, "UNBOUNDED") and bool(abs(r.fun) < float("inf")),
-         outcome="status UNBOUNDED (the line search met f = -inf; was MAXITER); x and fun the "
-         "last finite point"),
-    Case("jn.minimize", "non-finite", "f = 1e20 |x - 2|^2 in float32 (||g||^2 overflows)",
-         lambda: _minimize_solve(_minimize_big, [0.0, 0.0, 0.0], dtype="float32", tol=1e16),
-         path="degenerate",
-         check=lambda r: bool(r.converged) and bool(abs(r.x - 2.0).max() < 1e-3),
-         outcome="converged to x = 2 (overflow-safe norms; was 'not finite at x0')"),
+    Case(
+        "jn.minimize",
+        "non-finite",
+        "x0 = [1, nan]",
+        lambda: _minimize_solve(_minimize_shifted, [1.0, float("nan")]),
+        path="degenerate",
+        check=lambda r: _minimize_status(r, "NONFINITE_X0") and int(r.nit) == 0,
+        outcome="stops at once: status NONFINITE_X0 ('x0 has NaN or inf entries'), never converged",
+    ),
+    Case(
+        "jn.minimize",
+        "non-finite",
+        "f = -sum(exp(x)) (unbounded below), method='lbfgs'",
+        lambda: _minimize_solve(_minimize_concave, [1.0, 0.5]),
+        path="degenerate",
+        check=lambda r: _minimize_status(r, "UNBOUNDED") and bool(abs(r.fun) < float("inf")),
+        outcome="status UNBOUNDED (the line search met f = -inf; was MAXITER); x and fun the "
+        "last finite point",
+    ),
+    Case(
+        "jn.minimize",
+        "non-finite",
+        "f = 1e20 |x - 2|^2 in float32 (||g||^2 overflows)",
+        lambda: _minimize_solve(_minimize_big, [0.0, 0.0, 0.0], dtype="float32", tol=1e16),
+        path="degenerate",
+        check=lambda r: bool(r.converged) and bool(abs(r.x - 2.0).max() < 1e-3),
+        outcome="converged to x = 2 (overflow-safe norms; was 'not finite at x0')",
+    ),
 ]
 TRACED += [
-    Case("jn.minimize", "hyperparameter", "tol and ftol as arguments of the user's jit",
-         _minimize_traced_tol, path="traced",
-         check=lambda r: bool((r[0] == r[1]).all()) and bool(abs(r[0] - 1.0).max() < 1e-5),
-         outcome="works: the same x as the concrete call (was a tracer conversion error)"),
+    Case(
+        "jn.minimize",
+        "hyperparameter",
+        "tol and ftol as arguments of the user's jit",
+        _minimize_traced_tol,
+        path="traced",
+        check=lambda r: bool((r[0] == r[1]).all()) and bool(abs(r[0] - 1.0).max() < 1e-5),
+        outcome="works: the same x as the concrete call (was a tracer conversion error)",
+    ),
 ]
 READABLE += [
-    Case("jn.minimize", "dtype", "a complex64 x0",
-         lambda: _minimize_solve(lambda x: (abs(x) ** 2).sum(), [1.0, 2.0], dtype="complex64"),
-         path="readable",
-         raises=(TypeError, r"minimize: x0 has complex dtype complex64; complex x0 is not "
-                 r"supported")),
+    Case(
+        "jn.minimize",
+        "dtype",
+        "a complex64 x0",
+        lambda: _minimize_solve(lambda x: (abs(x) ** 2).sum(), [1.0, 2.0], dtype="complex64"),
+        path="readable",
+        raises=(
+            TypeError,
+            r"minimize: x0 has complex dtype complex64; complex x0 is not "
+            r"supported",
+        ),
+    ),
 ]
 PEER_SUITES += [
-    Case("jn.minimize", "method", "(x - 1)^2 from 0, method='newton-cg' (scipy: 2 iterations)",
-         lambda: _minimize_solve(_minimize_shifted, [0.0], method="newton-cg"), path="peer-suites",
-         check=lambda r: bool(r.converged) and int(r.nit) <= 3,
-         outcome="converges in 2 iterations (the initial damping is 1e-3 times the curvature "
-         "along g; was 6 with lambda = 1)"),
-    Case("jn.minimize", "dtype", "x64 on, under jax.numpy_dtype_promotion('strict'), lbfgs",
-         lambda: _minimize_strict("lbfgs"), path="peer-suites",
-         check=lambda r: bool(r.converged) and bool(abs(r.x - 1.0).max() < 1e-4),
-         outcome="works: converges to x = 1 (was a strict-promotion TypeError)"),
+    Case(
+        "jn.minimize",
+        "method",
+        "(x - 1)^2 from 0, method='newton-cg' (scipy: 2 iterations)",
+        lambda: _minimize_solve(_minimize_shifted, [0.0], method="newton-cg"),
+        path="peer-suites",
+        check=lambda r: bool(r.converged) and int(r.nit) <= 3,
+        outcome="converges in 2 iterations (the initial damping is 1e-3 times the curvature "
+        "along g; was 6 with lambda = 1)",
+    ),
+    Case(
+        "jn.minimize",
+        "dtype",
+        "x64 on, under jax.numpy_dtype_promotion('strict'), lbfgs",
+        lambda: _minimize_strict("lbfgs"),
+        path="peer-suites",
+        check=lambda r: bool(r.converged) and bool(abs(r.x - 1.0).max() < 1e-4),
+        outcome="works: converges to x = 1 (was a strict-promotion TypeError)",
+    ),
 ]
 
 
@@ -671,22 +865,38 @@ def _meshes_cg(A, b):
 
 
 MESHES += [
-    Case("jn.linalg.randomized_svd", "shape", "an 8x6 matrix split over its rows, Explicit mesh",
-         lambda: _meshes_sharded(_meshes_rsvd, [(8, 6)], ("rows",)),
-         check=_meshes_svd_ok, path="meshes",
-         outcome="S and U S Vt equal numpy's rank-2 SVD in float64 to 1e-5 (was: QR of a"
-         " sharded block refused)"),
-    Case("jn.online_softmax", "shape", "8x6 logits split over rows and columns, Explicit mesh",
-         lambda: _meshes_sharded(_meshes_softmax, [(8, 6)], ("rows", "cols")),
-         check=_meshes_softmax_ok, path="meshes",
-         outcome="equals numpy's softmax in float64 to 1e-5 (was: reshape of a sharded axis"
-         " refused)"),
-    Case("jn.linalg.cg", "shape", "an SPD 8x8 matrix and b split over their rows, Explicit mesh",
-         lambda: _meshes_sharded(_meshes_cg, [(8, 8), (8,)], ("rows",)),
-         check=_meshes_cg_ok, path="meshes",
-         outcome="x equals numpy.linalg.solve in float64 to 1e-5 (was: ambiguous contraction"
-         " of sharded rows refused)"),
+    Case(
+        "jn.linalg.randomized_svd",
+        "shape",
+        "an 8x6 matrix split over its rows, Explicit mesh",
+        lambda: _meshes_sharded(_meshes_rsvd, [(8, 6)], ("rows",)),
+        check=_meshes_svd_ok,
+        path="meshes",
+        outcome="S and U S Vt equal numpy's rank-2 SVD in float64 to 1e-5 (was: QR of a"
+        " sharded block refused)",
+    ),
+    Case(
+        "jn.online_softmax",
+        "shape",
+        "8x6 logits split over rows and columns, Explicit mesh",
+        lambda: _meshes_sharded(_meshes_softmax, [(8, 6)], ("rows", "cols")),
+        check=_meshes_softmax_ok,
+        path="meshes",
+        outcome="equals numpy's softmax in float64 to 1e-5 (was: reshape of a sharded axis"
+        " refused)",
+    ),
+    Case(
+        "jn.linalg.cg",
+        "shape",
+        "an SPD 8x8 matrix and b split over their rows, Explicit mesh",
+        lambda: _meshes_sharded(_meshes_cg, [(8, 8), (8,)], ("rows",)),
+        check=_meshes_cg_ok,
+        path="meshes",
+        outcome="x equals numpy.linalg.solve in float64 to 1e-5 (was: ambiguous contraction"
+        " of sharded rows refused)",
+    ),
 ]
+
 
 # kfac and lora (issue 21 item 1 and the K-FAC crash): layers found by path in every form.
 def _kfac_nnx_net():
@@ -853,50 +1063,111 @@ def _kfac_masked_ok(out) -> bool:
 
 
 NNX += [
-    Case("jn.kfac.optimizer", "method",
-         "nnx.Optimizer(model, kfac.optimizer(0.1), wrt=nnx.Param).update(.., curvature=stats)",
-         _kfac_nnx_optimizer, check=_kfac_same_not_sgd, path="nnx",
-         outcome="the functional K-FAC update on the pure dict, to rounding (was plain SGD: the"
-         " `.value` paths hid every layer)"),
-    Case("jn.kfac.scale_by_kfac", "empty tree",
-         "statistics for layer out, parameters {'out': {'w', 'b'}} (no 'kernel')",
-         _kfac_renamed, path="nnx",
-         raises=(ValueError, r"scale_by_kfac: curvature= holds statistics for the layers out, "
-                 r"but no layer was found .* parameter paths seen in update: out/b, out/w")),
-    Case("jn.kfac.scale_by_kfac", "empty tree",
-         "statistics for layers head and out, out's kernel named 'w' (head found)",
-         lambda: _kfac_renamed(other_layer=True), path="nnx",
-         raises=(ValueError, r"scale_by_kfac: curvature= holds statistics for the layers out, "
-                 r"but no layer was found there .* layers found: head; ")),
-    Case("jn.lora.split", "method", "nnx.state(model, nnx.Param), where= path ends in ['kernel']",
-         _kfac_lora_nnx, path="nnx", check=lambda ads: list(ads) == ["['out']['kernel']"],
-         outcome="the adapter at ['out']['kernel'], as for the pure dict (was: no parameter"
-         " selected, paths ended in .value)"),
+    Case(
+        "jn.kfac.optimizer",
+        "method",
+        "nnx.Optimizer(model, kfac.optimizer(0.1), wrt=nnx.Param).update(.., curvature=stats)",
+        _kfac_nnx_optimizer,
+        check=_kfac_same_not_sgd,
+        path="nnx",
+        outcome="the functional K-FAC update on the pure dict, to rounding (was plain SGD: the"
+        " `.value` paths hid every layer)",
+    ),
+    Case(
+        "jn.kfac.scale_by_kfac",
+        "empty tree",
+        "statistics for layer out, parameters {'out': {'w', 'b'}} (no 'kernel')",
+        _kfac_renamed,
+        path="nnx",
+        raises=(
+            ValueError,
+            r"scale_by_kfac: curvature= holds statistics for the layers out, "
+            r"but no layer was found .* parameter paths seen in update: out/b, out/w",
+        ),
+    ),
+    Case(
+        "jn.kfac.scale_by_kfac",
+        "empty tree",
+        "statistics for layers head and out, out's kernel named 'w' (head found)",
+        lambda: _kfac_renamed(other_layer=True),
+        path="nnx",
+        raises=(
+            ValueError,
+            r"scale_by_kfac: curvature= holds statistics for the layers out, "
+            r"but no layer was found there .* layers found: head; ",
+        ),
+    ),
+    Case(
+        "jn.lora.split",
+        "method",
+        "nnx.state(model, nnx.Param), where= path ends in ['kernel']",
+        _kfac_lora_nnx,
+        path="nnx",
+        check=lambda ads: list(ads) == ["['out']['kernel']"],
+        outcome="the adapter at ['out']['kernel'], as for the pure dict (was: no parameter"
+        " selected, paths ended in .value)",
+    ),
 ]
 READABLE += [
-    Case("jn.kfac.value_grad_and_stats", "method", "a linen nn.Dense model (no capture layer)",
-         lambda: _kfac_no_capture("linen"), path="readable",
-         raises=(ValueError, r"value_grad_and_stats: model ran no K-FAC capture layer.*build it "
-                 r"with jaxnum\.kfac\.Dense and jaxnum\.kfac\.Conv")),
-    Case("jn.kfac.nnx.value_grad_and_stats", "method", "an NNX model of nnx.Linear",
-         lambda: _kfac_no_capture("nnx"), path="readable",
-         raises=(ValueError, r"kfac\.nnx\.value_grad_and_stats: model ran no K-FAC capture "
-                 r"layer.*jaxnum\.kfac\.nnx\.Linear")),
-    Case("jn.kfac.fisher_gram_fn", "method", "an NNX module as model (callable, not as f(p, x))",
-         lambda: _kfac_fisher_gram_nnx(), path="readable",
-         raises=(TypeError, r"fisher_gram_fn: model is an NNX module; pass a function of the "
-                 r"parameters, e\.g\. .*nnx\.merge\(graphdef, p, rest\)\(x\)")),
+    Case(
+        "jn.kfac.value_grad_and_stats",
+        "method",
+        "a linen nn.Dense model (no capture layer)",
+        lambda: _kfac_no_capture("linen"),
+        path="readable",
+        raises=(
+            ValueError,
+            r"value_grad_and_stats: model ran no K-FAC capture layer.*build it "
+            r"with jaxnum\.kfac\.Dense and jaxnum\.kfac\.Conv",
+        ),
+    ),
+    Case(
+        "jn.kfac.nnx.value_grad_and_stats",
+        "method",
+        "an NNX model of nnx.Linear",
+        lambda: _kfac_no_capture("nnx"),
+        path="readable",
+        raises=(
+            ValueError,
+            r"kfac\.nnx\.value_grad_and_stats: model ran no K-FAC capture "
+            r"layer.*jaxnum\.kfac\.nnx\.Linear",
+        ),
+    ),
+    Case(
+        "jn.kfac.fisher_gram_fn",
+        "method",
+        "an NNX module as model (callable, not as f(p, x))",
+        lambda: _kfac_fisher_gram_nnx(),
+        path="readable",
+        raises=(
+            TypeError,
+            r"fisher_gram_fn: model is an NNX module; pass a function of the "
+            r"parameters, e\.g\. .*nnx\.merge\(graphdef, p, rest\)\(x\)",
+        ),
+    ),
 ]
 NARROW_GRADS += [
-    Case("jn.kfac.scale_by_kfac", "dtype", "float16 gradients (100) of float32 params",
-         _kfac_half_grads, check=_kfac_half_ok, path="narrow-grads",
-         outcome="float32 updates, finite beyond float16's 65504 (were float16: inf)"),
+    Case(
+        "jn.kfac.scale_by_kfac",
+        "dtype",
+        "float16 gradients (100) of float32 params",
+        _kfac_half_grads,
+        check=_kfac_half_ok,
+        path="narrow-grads",
+        outcome="float32 updates, finite beyond float16's 65504 (were float16: inf)",
+    ),
 ]
 OPTAX_WRAPPERS += [
-    Case("jn.kfac.optimizer", "method", "optax.masked(kfac.optimizer(0.1), hidden only)",
-         _kfac_masked, check=_kfac_masked_ok, path="optax-wrappers",
-         outcome="hidden gets K-FAC's update, out the gradient as it is (statistics of masked"
-         " layers unused)"),
+    Case(
+        "jn.kfac.optimizer",
+        "method",
+        "optax.masked(kfac.optimizer(0.1), hidden only)",
+        _kfac_masked,
+        check=_kfac_masked_ok,
+        path="optax-wrappers",
+        outcome="hidden gets K-FAC's update, out the gradient as it is (statistics of masked"
+        " layers unused)",
+    ),
 ]
 
 
@@ -979,9 +1250,9 @@ def _optim_custom_vjp_fit(jacobian):
 
     sin.defvjp(lambda z: (jnp.sin(z), jnp.cos(z)), lambda c, g: (c * g,))
     t = jnp.linspace(0.1, 1.0, 6)
-    return jn.optim.gauss_newton(lambda p: sin(p * t) - jnp.sin(2.0 * t), jnp.ones(1),
-                                 jacobian=jacobian)
-
+    return jn.optim.gauss_newton(
+        lambda p: sin(p * t) - jnp.sin(2.0 * t), jnp.ones(1), jacobian=jacobian
+    )
 
 
 def _optim_gn_big_fit():
@@ -998,54 +1269,102 @@ def _optim_tanh(x):
     return jnp.tanh(x) - 0.9
 
 
-
 DEGENERATE += [
-    Case("jn.optim.newton_root", "non-finite", "a NaN in x0",
-         lambda: _optim_newton_root(lambda x: x - 1.0, [float("nan"), 1.0]), path="degenerate",
-         check=lambda r: int(r.status) == 3 and not bool(r.converged) and int(r.nit) == 0,
-         outcome="stops at once: status ROOT_NONFINITE_START ('x0 or F(x0) is not finite'),"
-         " converged=False"),
-    Case("jn.optim.newton_root", "non-finite", "float32 residuals ~1e21 (||F||^2 overflows)",
-         lambda: _optim_newton_root(_optim_newton_big, 50.0), path="degenerate",
-         check=lambda r: bool(r.converged) and abs(float(r.x) - 46.744849) < 1e-4,
-         outcome="converges to asinh(1e20) = 46.7448 (norms scaled by the largest entry; was"
-         " 'no decrease' at x0)"),
-    Case("jn.optim.gauss_newton", "non-finite", "float32 residuals ~1e20 (||r||^2 overflows)",
-         _optim_gn_big_fit, path="degenerate",
-         check=lambda r: bool(r.converged) and abs(float(r.x[0]) / 3e20 - 1) < 1e-6,
-         outcome="converges to the least-squares solution (3e20, 1e20) (gain ratio and line"
-         " search relative to ||r||)"),
+    Case(
+        "jn.optim.newton_root",
+        "non-finite",
+        "a NaN in x0",
+        lambda: _optim_newton_root(lambda x: x - 1.0, [float("nan"), 1.0]),
+        path="degenerate",
+        check=lambda r: int(r.status) == 3 and not bool(r.converged) and int(r.nit) == 0,
+        outcome="stops at once: status ROOT_NONFINITE_START ('x0 or F(x0) is not finite'),"
+        " converged=False",
+    ),
+    Case(
+        "jn.optim.newton_root",
+        "non-finite",
+        "float32 residuals ~1e21 (||F||^2 overflows)",
+        lambda: _optim_newton_root(_optim_newton_big, 50.0),
+        path="degenerate",
+        check=lambda r: bool(r.converged) and abs(float(r.x) - 46.744849) < 1e-4,
+        outcome="converges to asinh(1e20) = 46.7448 (norms scaled by the largest entry; was"
+        " 'no decrease' at x0)",
+    ),
+    Case(
+        "jn.optim.gauss_newton",
+        "non-finite",
+        "float32 residuals ~1e20 (||r||^2 overflows)",
+        _optim_gn_big_fit,
+        path="degenerate",
+        check=lambda r: bool(r.converged) and abs(float(r.x[0]) / 3e20 - 1) < 1e-6,
+        outcome="converges to the least-squares solution (3e20, 1e20) (gain ratio and line"
+        " search relative to ||r||)",
+    ),
 ]
 TRACED += [
-    Case("jn.optim.newton_root", "hyperparameter", "tol, xtol, max_step traced (under jit)",
-         _optim_newton_traced, check=_optim_same, path="traced",
-         outcome="the concrete call's result (iterations and x)"),
-    Case("jn.optim.gauss_newton", "hyperparameter", "gtol, xtol, tau traced (under jit)",
-         _optim_gn_traced, check=_optim_same, path="traced",
-         outcome="the concrete call's result (iterations and x)"),
+    Case(
+        "jn.optim.newton_root",
+        "hyperparameter",
+        "tol, xtol, max_step traced (under jit)",
+        _optim_newton_traced,
+        check=_optim_same,
+        path="traced",
+        outcome="the concrete call's result (iterations and x)",
+    ),
+    Case(
+        "jn.optim.gauss_newton",
+        "hyperparameter",
+        "gtol, xtol, tau traced (under jit)",
+        _optim_gn_traced,
+        check=_optim_same,
+        path="traced",
+        outcome="the concrete call's result (iterations and x)",
+    ),
 ]
 READABLE += [
-    Case("jn.optim.newton_root", "dtype", "x^2 = 2 in float32 with the default tolerances",
-         lambda: _optim_newton_root(lambda x: x**2 - 2.0, 1.0), path="readable",
-         check=lambda r: bool(r.converged) and int(r.nit) <= 6 and abs(float(r.x) - 2**0.5) < 2e-7,
-         outcome="converges in 4 iterations to sqrt(2) within an ulp (xtol = eps^(2/3) of the"
-         " dtype; was maxiter with tol=1e-10)"),
-    Case("jn.optim.gauss_newton", "method", "jacobian='fwd' on a jax.custom_vjp residual",
-         lambda: _optim_custom_vjp_fit("fwd"), path="readable",
-         raises=(TypeError, r"gauss_newton: jacobian='fwd' cannot differentiate the residuals "
-                 r"\(fwd: can't apply forward-mode autodiff")),
+    Case(
+        "jn.optim.newton_root",
+        "dtype",
+        "x^2 = 2 in float32 with the default tolerances",
+        lambda: _optim_newton_root(lambda x: x**2 - 2.0, 1.0),
+        path="readable",
+        check=lambda r: bool(r.converged) and int(r.nit) <= 6 and abs(float(r.x) - 2**0.5) < 2e-7,
+        outcome="converges in 4 iterations to sqrt(2) within an ulp (xtol = eps^(2/3) of the"
+        " dtype; was maxiter with tol=1e-10)",
+    ),
+    Case(
+        "jn.optim.gauss_newton",
+        "method",
+        "jacobian='fwd' on a jax.custom_vjp residual",
+        lambda: _optim_custom_vjp_fit("fwd"),
+        path="readable",
+        raises=(
+            TypeError,
+            r"gauss_newton: jacobian='fwd' cannot differentiate the residuals "
+            r"\(fwd: can't apply forward-mode autodiff",
+        ),
+    ),
 ]
 PEER_SUITES += [
-    Case("jn.optim.gauss_newton", "method", "a jax.custom_vjp residual, n <= m (jacobian='auto')",
-         lambda: _optim_custom_vjp_fit("auto"), path="peer-suites",
-         check=lambda r: bool(r.converged) and abs(float(r.x[0]) - 2.0) < 1e-5,
-         outcome="falls back to reverse mode and fits p = 2 (was: forward mode, TypeError)"),
-    Case("jn.optim.newton_root", "method", "tanh(x) = 0.9 from x0 = -2 in float32",
-         lambda: _optim_newton_root(_optim_tanh, -2.0),
-         path="peer-suites",
-         check=lambda r: bool(r.converged) and abs(float(r.x) - 1.4722195) < 1e-5,
-         outcome="converges to atanh(0.9) (the step is capped at ||x|| + 1; was a jump to"
-         " x = 24.4, where tanh = 1 and J = 0: 'no decrease')"),
+    Case(
+        "jn.optim.gauss_newton",
+        "method",
+        "a jax.custom_vjp residual, n <= m (jacobian='auto')",
+        lambda: _optim_custom_vjp_fit("auto"),
+        path="peer-suites",
+        check=lambda r: bool(r.converged) and abs(float(r.x[0]) - 2.0) < 1e-5,
+        outcome="falls back to reverse mode and fits p = 2 (was: forward mode, TypeError)",
+    ),
+    Case(
+        "jn.optim.newton_root",
+        "method",
+        "tanh(x) = 0.9 from x0 = -2 in float32",
+        lambda: _optim_newton_root(_optim_tanh, -2.0),
+        path="peer-suites",
+        check=lambda r: bool(r.converged) and abs(float(r.x) - 1.4722195) < 1e-5,
+        outcome="converges to atanh(0.9) (the step is capped at ||x|| + 1; was a jump to"
+        " x = 24.4, where tanh = 1 and J = 0: 'no decrease')",
+    ),
 ]
 
 
