@@ -1964,7 +1964,7 @@ def section(name: str) -> str:
 
 def _cell(text: str) -> str:
     """Text for a Markdown table cell: no HTML, no emphasis, no column break."""
-    for old, new in (("\\", "\\\\"), ("|", "\\|"), ("*", "\\*"), ("<", "&lt;")):
+    for old, new in (("\\", "\\\\"), ("|", "\\|"), ("*", "\\*"), ("<", "&lt;"), ("[", "\\[")):
         text = text.replace(old, new)
     return text
 

@@ -237,9 +237,8 @@ def gauss_newton(
         reverse mode otherwise, and the other mode when the residuals cannot be
         differentiated in the preferred one (found by an abstract trace: a
         ``jax.custom_vjp`` has no forward mode, a ``lax.while_loop`` no reverse
-        mode); "fwd" or "rev" force one.
-
-      gtol, xtol and tau may be traced (e.g. arguments of a surrounding ``jax.jit``).
+        mode); "fwd" or "rev" force one. gtol, xtol and tau may be traced
+        (e.g. arguments of a surrounding ``jax.jit``).
 
     Returns:
       :class:`GaussNewtonResult` with the cost history. A singular Jacobian is
