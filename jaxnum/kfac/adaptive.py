@@ -176,14 +176,15 @@ def scale_by_adaptive_kfac(
     )
 
     def init_fn(params):
-        zero = jnp.zeros((), jnp.float32)
+        # Every leaf its own buffer (no shared zero, a copy of an injected damping):
+        # a step jitted with donate_argnums cannot take one buffer twice.
         return ScaleByAdaptiveKFACState(
             preconditioner.init(params),
             jax.tree.map(jnp.zeros_like, params),
-            zero,
-            zero,
+            jnp.zeros((), jnp.float32),
+            jnp.zeros((), jnp.float32),
             jnp.zeros((), jnp.int32),
-            jnp.asarray(damping, jnp.float32),
+            jnp.array(damping, jnp.float32, copy=True),
             jnp.full((), jnp.nan, jnp.float32),
         )
 

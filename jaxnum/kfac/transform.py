@@ -178,8 +178,10 @@ def scale_by_kfac(
             inverses[layer] = KroneckerFactors(
                 jnp.eye(d_in, dtype=dtype), jnp.eye(d_out, dtype=dtype)
             )
-        zero = jnp.zeros((), jnp.int32)
-        return ScaleByKFACState(zero, factors, inverses, zero)
+        # Two zeros, not one buffer twice: a donated step cannot take it twice.
+        return ScaleByKFACState(
+            jnp.zeros((), jnp.int32), factors, inverses, jnp.zeros((), jnp.int32)
+        )
 
     def update_fn(updates, state, params=None, *, curvature, **extra_args):
         del extra_args

@@ -261,7 +261,9 @@ def scale_by_newton_cg(
                 "use float32 or float64 params, or linear_solver='cg'",
             )  # fmt: skip
         return ScaleByNewtonCGState(
-            damping=jnp.asarray(damping, dtype),
+            # A copy: optax.inject_hyperparams keeps damping's own array in its state
+            # too, and a donated step cannot take one buffer twice.
+            damping=jnp.array(damping, dtype, copy=True),
             rho=jnp.asarray(jnp.nan, dtype),
             cg_iterations=jnp.zeros((), jnp.int32),
             num_products=jnp.zeros((), jnp.int32),

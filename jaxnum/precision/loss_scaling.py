@@ -302,7 +302,9 @@ def loss_scaling(
 
     def init_fn(params):
         return LossScalingState(
-            scale=jnp.asarray(initial_scale, jnp.float32),
+            # A copy: optax.inject_hyperparams keeps initial_scale's own array in its
+            # state too, and a donated step cannot take one buffer twice.
+            scale=jnp.array(initial_scale, jnp.float32, copy=True),
             finite_steps=jnp.zeros([], jnp.int32),
             total_skipped=jnp.zeros([], jnp.int32),
             last_finite=jnp.array(True),
