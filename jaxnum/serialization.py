@@ -134,8 +134,17 @@ def _describe(leaf: Any, type_name: str | None = None) -> str:
         return f"{type_name or 'empty'}, no arrays"
     if leaf is None:
         return "None"
+    shape, dtype = _shape_dtype(leaf)
+    return f"{dtype}{list(shape)}"
+
+
+def _shape_dtype(leaf: Any) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of an array, a Python scalar, or an abstract leaf of a template
+    (``jax.ShapeDtypeStruct`` from ``jax.eval_shape``: no values needed)."""
+    if isinstance(leaf, jax.ShapeDtypeStruct):
+        return tuple(leaf.shape), np.dtype(leaf.dtype)
     array = np.asarray(leaf)
-    return f"{array.dtype}{list(array.shape)}"
+    return array.shape, array.dtype
 
 
 def _absent(leaves: dict[str, Any], other: dict[str, Any], types: dict[str, str]) -> list[str]:
@@ -264,7 +273,8 @@ def from_bytes(template: Any, data: bytes, *, check_types: bool = True) -> Any:
     checksum and no state types, so only paths, shapes and dtypes are checked.
 
     Args:
-      template: a pytree like the one saved (its values are not used).
+      template: a pytree like the one saved (its values are not used: an abstract
+        one from ``jax.eval_shape`` or ``nnx.eval_shape`` works too).
       data: bytes from :func:`to_bytes` (or, old format, ``flax.serialization.to_bytes``).
       check_types: compare the class names of the NamedTuple states too (default
         True). False restores a checkpoint whose state classes were renamed since
@@ -303,8 +313,7 @@ def from_bytes(template: Any, data: bytes, *, check_types: bool = True) -> Any:
         if (want is None, want is _EMPTY) != (got is None, got is _EMPTY):
             problems.append(f"{path}: checkpoint {_describe(got)}, template {_describe(want)}")
         elif want is not None and want is not _EMPTY:
-            want_a, got_a = np.asarray(want), np.asarray(got)
-            if want_a.shape != got_a.shape or want_a.dtype != got_a.dtype:
+            if _shape_dtype(want) != _shape_dtype(got):
                 problems.append(f"{path}: checkpoint {_describe(got)}, template {_describe(want)}")
     problems.sort()
     if check_types and saved_types is not None:  # the state types first: they say most
@@ -331,5 +340,5 @@ def from_bytes(template: Any, data: bytes, *, check_types: bool = True) -> Any:
             f"from_bytes: the checkpoint does not match the template: {err}"
         ) from err
     return jax.tree.map(
-        lambda new, old: jnp.asarray(new, dtype=jnp.asarray(old).dtype), restored, template
+        lambda new, old: jnp.asarray(new, dtype=_shape_dtype(old)[1]), restored, template
     )

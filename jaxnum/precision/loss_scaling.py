@@ -192,6 +192,10 @@ def loss_scaling(
        gradients of float32 parameters reach ``inner`` as float32 (left in
        float16, a gradient of 1e-6 squares to 0 in adam's second moment and
        the update comes out about 100x too large); without ``params``, float32.
+       ``inner``'s state keeps the dtypes its ``init`` gave it: float16
+       *parameters* get a float16 adam state, whose second moment still
+       underflows (as with optax alone); keep float32 master parameters
+       (``Policy.parse("params=float32,compute=float16,...")``).
        With ``max_norm``, clips them to that global norm,
     3. if all finite: applies ``inner`` and, after ``growth_interval`` finite
        steps in a row, multiplies S by ``growth_factor`` (unless that is not
@@ -374,8 +378,9 @@ def _loss_scaling_states(opt_state: Any) -> list[LossScalingState]:
 
 def _single_state(opt_state: Any, fn: str) -> LossScalingState:
     """The one LossScalingState in ``opt_state``; ValueError naming ``fn`` if there is
-    none, more than one, or if it sits inside ``optax.MultiSteps`` (the order whose
-    accumulator one non-finite micro-batch poisons for good)."""
+    none, more than one, if it sits inside ``optax.MultiSteps`` (the order whose
+    accumulator one non-finite micro-batch poisons for good), or inside
+    ``optax.masked`` / ``optax.multi_transform`` (it would unscale only some leaves)."""
     states = _loss_scaling_states(opt_state)
     if len(states) != 1:
         raise ValueError(
@@ -389,6 +394,17 @@ def _single_state(opt_state: Any, fn: str) -> LossScalingState:
                 "accumulator a single non-finite micro-batch turns into nan for good "
                 "(MultiSteps resets it as (1 - emit) * acc, and nan * 0 is nan); put "
                 "MultiSteps inside instead: jn.loss_scaling(optax.MultiSteps(inner, k))"
+            )
+    partial = (optax.MaskedState, optax.MultiTransformState)
+    is_partial = lambda x: isinstance(x, partial)  # noqa: E731
+    for node in jax.tree.leaves(opt_state, is_leaf=is_partial):
+        if is_partial(node) and _loss_scaling_states(node):
+            raise ValueError(
+                f"{fn}: opt_state holds loss_scaling inside optax.masked or "
+                "optax.multi_transform, so it would unscale only some of the gradients of "
+                "a scaled loss and leave the others multiplied by the scale; put "
+                "loss_scaling outside instead: jn.loss_scaling(optax.masked(...)) or "
+                "jn.loss_scaling(optax.multi_transform(...))"
             )
     return states[0]
 

@@ -558,3 +558,30 @@ def test_nnx_optimizer_steps_equal_the_functional_path():
 
 def _linear_loss(p, x):
     return jnp.mean((x @ p["kernel"] + p["bias"] - 0.5) ** 2)
+
+
+def test_loss_scaling_inside_masked_or_multi_transform_is_refused_outside_equals_sgd():
+    """Inside one branch it would unscale only some gradients of the scaled loss (the
+    others came out multiplied by the scale: -3276.8 for sgd's -0.1); outside it equals
+    plain optax.sgd on the unscaled loss."""
+    params = {"w": jnp.ones(2), "b": jnp.ones(2)}
+    loss = lambda p: p["w"].sum() + 2 * p["b"].sum()  # noqa: E731
+    labels = {"w": "a", "b": "b"}
+    inside = [
+        optax.multi_transform({"a": jn.loss_scaling(optax.sgd(0.1)), "b": optax.sgd(0.1)}, labels),
+        optax.masked(jn.loss_scaling(optax.sgd(0.1)), {"w": True, "b": False}),
+    ]
+    for tx in inside:
+        state = tx.init(params)
+        with pytest.raises(ValueError, match=r"inside optax\.masked or optax\.multi_transform"):
+            jn.scaled_value_and_grad(loss)(state, params)
+        with pytest.raises(ValueError, match=r"current_loss_scale: .* put loss_scaling outside"):
+            jn.current_loss_scale(state)
+    tx = jn.loss_scaling(optax.multi_transform({"a": optax.sgd(0.1), "b": optax.sgd(0.1)}, labels))
+    state = tx.init(params)
+    _, grads = jn.scaled_value_and_grad(loss)(state, params)
+    updates, _ = tx.update(grads, state, params)
+    sgd = optax.sgd(0.1)
+    reference, _ = sgd.update(jax.grad(loss)(params), sgd.init(params))
+    for k in params:
+        np.testing.assert_allclose(updates[k], reference[k], rtol=1e-7)

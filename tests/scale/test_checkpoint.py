@@ -532,3 +532,25 @@ def test_a_checkpoint_of_the_old_format_is_read_with_a_warning():
     _assert_identical(state, _round_trip(state, run.tx.init(run.params0)))  # the new format
     with pytest.warns(UserWarning), pytest.raises(CheckpointMismatchError, match="missing"):
         checked.from_bytes(jn.loss_scaling(optax.adamw(1e-2)).init(run.params0), old)
+
+
+def test_an_abstract_template_from_eval_shape_restores_bit_for_bit_and_is_checked():
+    """jax.eval_shape builds a template without allocating (ShapeDtypeStruct leaves): it
+    restores what was saved, bit for bit, and a shape that differs is still named."""
+    params = {"w": jnp.arange(3.0)}
+    tx = jn.loss_scaling(optax.adam(1e-3))
+    state = tx.update({"w": jnp.full(3, 1e3)}, tx.init(params), params)[1]
+    blob = jn.serialization.to_bytes({"p": params, "s": state})
+    abstract = jax.eval_shape(lambda: {"p": params, "s": tx.init(params)})
+    restored = jn.serialization.from_bytes(abstract, blob)
+    for want, got in zip(
+        jax.tree.leaves({"p": params, "s": state}), jax.tree.leaves(restored), strict=True
+    ):
+        assert isinstance(got, jax.Array) and got.dtype == want.dtype
+        np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+    wider = jax.eval_shape(lambda: {"p": {"w": jnp.ones(4)}, "s": tx.init({"w": jnp.ones(4)})})
+    with pytest.raises(
+        jn.serialization.CheckpointMismatchError,
+        match=r"p/w: checkpoint float32\[3\], template float32\[4\]",
+    ):
+        jn.serialization.from_bytes(wider, blob)
