@@ -127,6 +127,19 @@ def _check_output(fun, x0, args, has_aux):
         raise TypeError(f"{name}: fun must return a floating scalar, got {value_shape.dtype}")
 
 
+def _value_in_dtype(fun, dtype, has_aux):
+    """``fun`` with its value cast to x0's ``dtype``: the Newton methods carry the value,
+    the gradient and the damping in one dtype (a bfloat16 loss of float32 x is fine)."""
+
+    def cast(x, *args):
+        out = fun(x, *args)
+        if has_aux and isinstance(out, tuple) and len(out) == 2:
+            return jnp.asarray(out[0]).astype(dtype), out[1]
+        return out.astype(dtype) if hasattr(out, "astype") else out
+
+    return cast
+
+
 def _value_and_grad_fn(fun, args, has_aux):
     """``x -> ((value, aux or None), grad)`` of ``fun(x, *args)``."""
 
@@ -437,6 +450,14 @@ def minimize(
             "use a float32 or float64 x0, or method='newton-cg'",
         )  # fmt: skip
     if method in ("newton-cg", "newton"):
+        dtypes = sorted({jnp.result_type(leaf).name for leaf in jax.tree.leaves(x0)})
+        if len(dtypes) > 1:
+            raise TypeError(
+                f"{name}: method={method!r} needs x0's leaves in one dtype, got "
+                f"{', '.join(dtypes)}; cast them to one, or use method='lbfgs', which "
+                "takes mixed dtypes"
+            )
+        fun = _value_in_dtype(fun, dtype, has_aux)
         return _solve_newton(
             x0,
             tuple(args),

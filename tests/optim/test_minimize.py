@@ -279,3 +279,17 @@ def test_nfev_counts_every_call_of_fun_and_newton_cg_takes_scipys_iterations(x64
         assert float(r.fun) <= ref.fun + 1e-10, (name, float(r.fun), ref.fun)
         if name != "rosenbrock":
             assert int(r.nit) <= ref.nit + 1, (name, int(r.nit), ref.nit)
+
+
+@pytest.mark.parametrize(
+    ("method", "loss_dtype"), [("newton-cg", jnp.bfloat16), ("newton", jnp.float16)]
+)
+def test_newton_methods_take_a_narrower_loss_and_name_mixed_dtype_x0(method, loss_dtype):
+    """A bfloat16 or float16 loss of float32 x solves (closed form x = 1; it was a
+    while_loop/cond type error); x0 leaves of two dtypes get minimize's own TypeError."""
+    r = minimize(lambda x: jnp.sum((x - 1.0) ** 2).astype(loss_dtype), jnp.zeros(2), method=method)
+    assert bool(r.converged) and r.fun.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(r.x), 1.0, atol=1e-3)
+    mixed = {"a": jnp.zeros(2, jnp.float16), "b": jnp.zeros(2, jnp.float32)}
+    with pytest.raises(TypeError, match=r"minimize: method='newton.*' needs x0's leaves in one"):
+        minimize(lambda x: jnp.sum(x["b"] ** 2), mixed, method=method)
