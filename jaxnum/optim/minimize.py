@@ -19,6 +19,7 @@ from jaxnum.optim._norm import (
     tree_norm,
     wide_dtype,
 )
+from jaxnum.optim._status import status_message
 from jaxnum.optim.lbfgs import lbfgs
 from jaxnum.optim.newton_cg import scale_by_newton_cg
 from jaxnum.precision._checks import (
@@ -84,9 +85,10 @@ class MinimizeResult(NamedTuple):
     num_rejected: jax.Array | int = 0
 
     @property
-    def message(self) -> str:
-        """The status as a sentence (needs a concrete ``status``)."""
-        return STATUS_MESSAGES[int(self.status)]
+    def message(self) -> str | list:
+        """The status as a sentence (needs a concrete ``status``; a vmapped result gives a
+        nested list of sentences)."""
+        return status_message(self.status, STATUS_MESSAGES)
 
 
 class _Carry(NamedTuple):

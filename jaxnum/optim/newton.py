@@ -25,6 +25,7 @@ import numpy as np
 from jax.flatten_util import ravel_pytree
 
 from jaxnum._sharding import replicated, replicated_outputs
+from jaxnum.optim._status import status_message
 from jaxnum.precision._checks import check_int, check_lapack_dtype, check_positive
 
 ROOT_CONVERGED = 0
@@ -67,9 +68,10 @@ class NewtonRootResult(NamedTuple):
     num_singular: jax.Array
 
     @property
-    def message(self) -> str:
-        """The status as a sentence (needs a concrete ``status``)."""
-        return ROOT_MESSAGES[int(self.status)]
+    def message(self) -> str | list:
+        """The status as a sentence (needs a concrete ``status``; a vmapped result gives a
+        nested list of sentences)."""
+        return status_message(self.status, ROOT_MESSAGES)
 
 
 def safe_norm(v: jax.Array) -> jax.Array:

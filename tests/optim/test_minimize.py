@@ -16,6 +16,7 @@ from jaxnum.optim.minimize import (
     LINESEARCH_FAILED,
     MAXITER,
     NONFINITE_X0,
+    STATUS_MESSAGES,
     UNBOUNDED,
 )
 
@@ -293,3 +294,12 @@ def test_newton_methods_take_a_narrower_loss_and_name_mixed_dtype_x0(method, los
     mixed = {"a": jnp.zeros(2, jnp.float16), "b": jnp.zeros(2, jnp.float32)}
     with pytest.raises(TypeError, match=r"minimize: method='newton.*' needs x0's leaves in one"):
         minimize(lambda x: jnp.sum(x["b"] ** 2), mixed, method=method)
+
+
+def test_message_of_a_vmapped_solve_is_a_sentence_per_element():
+    """Each element's status read through the status table (was a raw 'Only scalar
+    arrays can be converted' TypeError)."""
+    solve = jax.vmap(lambda c: minimize(lambda x: jnp.sum((x - c) ** 2), jnp.zeros(2)))
+    r = solve(jnp.array([1.0, jnp.nan]))
+    assert r.message == [STATUS_MESSAGES[int(s)] for s in r.status]
+    assert r.message[0].startswith("converged") and "not finite" in r.message[1]
