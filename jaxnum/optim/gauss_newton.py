@@ -50,7 +50,7 @@ NONFINITE_START = 4
 
 STATUS_MESSAGES = {
     CONVERGED_GRAD: "converged: ||J^T r||_inf <= gtol (by default: at the rounding level)",
-    CONVERGED_STEP: "converged: step <= xtol (||x|| + xtol), accepted or not",
+    CONVERGED_STEP: "converged: an accepted step <= xtol (||x|| + xtol)",
     MAXITER: "stopped: maximum number of iterations reached",
     NO_DECREASE: "stopped: no step reduces the cost",
     NONFINITE_START: "stopped: x0, the residuals or the Jacobian are not finite at x0",
@@ -85,7 +85,7 @@ class _Carry(NamedTuple):
     x: jax.Array
     r: jax.Array
     J: jax.Array
-    mu: jax.Array
+    lam: jax.Array  # sqrt(mu): mu = tau ||J||^2 overflows for ||J|| ~ 1e20 in float32
     nu: jax.Array
     costs: jax.Array
     nit: jax.Array
@@ -94,12 +94,25 @@ class _Carry(NamedTuple):
     status: jax.Array
 
 
-def _damped_step(J, r, mu):
-    """Solves ``min ||J h + r||^2 + mu ||h||^2`` via the stacked least-squares problem."""
+def _damped_step(J, r, lam):
+    """Solves ``min ||J h + r||^2 + lam^2 ||h||^2`` via the stacked least-squares problem."""
     n = J.shape[1]
-    A = jnp.concatenate([J, jnp.sqrt(mu) * jnp.eye(n, dtype=J.dtype)])
+    A = jnp.concatenate([J, lam * jnp.eye(n, dtype=J.dtype)])
     b = jnp.concatenate([-r, jnp.zeros(n, J.dtype)])
     return jnp.linalg.lstsq(A, b)[0]
+
+
+def _norm_ratio(a, b):
+    """``||a|| / ||b||`` with both vectors divided by one power of two near their
+    largest entry: neither norm overflows (entries ~1e20 in float32) and the scaling
+    is exact. inf/nan entries give inf/nan."""
+    big = jnp.maximum(jnp.max(jnp.abs(a)), jnp.max(jnp.abs(b)))
+    ok = jnp.isfinite(big) & (big > 0)
+    _, e = jnp.frexp(jnp.where(ok, big, jnp.ones_like(big)))
+    scale = jnp.ldexp(jnp.ones_like(big), e)
+    na = jnp.sqrt(jnp.sum(jnp.square(a / scale)))
+    nb = jnp.sqrt(jnp.sum(jnp.square(b / scale)))
+    return jnp.where(ok, na / nb, jnp.where(jnp.isfinite(big), jnp.nan, big))
 
 
 @functools.partial(jax.jit, static_argnames=("residual_fn", "method", "maxiter", "jacobian_mode"))
@@ -132,13 +145,15 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter, jacobian_
         def grad_small(J, r):
             return jnp.max(jnp.abs(J.T @ r)) <= gtol
 
+    floor = 8.0 * float(jnp.finfo(dtype).eps) * math.sqrt(m)  # rounding of ||r||^2 / ||r||^2
+
     def max_col(J):  # max_j ||J_j||; mu and its bound use it squared (no overflow of J^T J)
         return jnp.max(jax.vmap(safe_norm, in_axes=1)(J))
 
     r0, J0 = residual(flat0), jacobian(flat0)
     finite = jnp.all(jnp.isfinite(flat0)) & jnp.all(jnp.isfinite(r0)) & jnp.all(jnp.isfinite(J0))
     start = _Carry(
-        x=flat0, r=r0, J=J0, mu=jnp.square(jnp.sqrt(tau) * max_col(J0)),
+        x=flat0, r=r0, J=J0, lam=jnp.sqrt(tau) * max_col(J0),
         nu=jnp.asarray(2.0, flat0.dtype),
         costs=jnp.full((maxiter + 1,), jnp.nan, flat0.dtype).at[0].set(cost(r0)),
         nit=jnp.zeros((), jnp.int32), nfev=jnp.ones((), jnp.int32), njev=jnp.ones((), jnp.int32),
@@ -148,20 +163,29 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter, jacobian_
     )  # fmt: skip
 
     def lm_step(c: _Carry):
-        h = _damped_step(c.J, c.r, c.mu)
+        h = _damped_step(c.J, c.r, c.lam)
         r_new = residual(c.x + h)
         # Gain ratio, numerator and denominator divided by ||r||^2 (no overflow):
-        # L(0) - L(h) = h^T (mu h - g) / 2, Madsen et al. eq. 3.14.
+        # L(0) - L(h) = (mu ||h||^2 - h^T J^T r) / 2, Madsen et al. eq. 3.14, with
+        # lam h and J h (both at most ~||r||) formed before any product.
         r_unit, norm = unit(c.r)
         h_unit = h / norm
-        predicted = 0.5 * jnp.vdot(h_unit, c.mu * h_unit - c.J.T @ r_unit)
-        ratio = safe_norm(r_new) / norm
-        rho = 0.5 * (1.0 - ratio * ratio) / predicted
+        lam_h = c.lam * h_unit
+        predicted = 0.5 * (jnp.vdot(lam_h, lam_h) - jnp.vdot(c.J @ h_unit, r_unit))
+        ratio = _norm_ratio(r_new, c.r)  # ||r_new|| / ||r||, one power-of-two scale
+        actual = 0.5 * (1.0 - ratio) * (1.0 + ratio)
+        rho = actual / predicted
         accept = jnp.isfinite(rho) & (rho > 0) & (predicted > 0)
+        # Near the minimum both decreases fall below the rounding level of the
+        # cost (x within ~sqrt(eps) of it) and rho is noise: the cost cannot
+        # judge the step, the model (which predicts no measurable change) does.
+        flat = jnp.isfinite(actual) & (jnp.abs(actual) <= floor) & (jnp.abs(predicted) <= floor)
+        rho = jnp.where(accept, rho, 1.0)
+        accept = accept | flat
         shrink = jnp.maximum(1.0 / 3.0, 1.0 - (2.0 * rho - 1.0) ** 3)
-        mu = jnp.where(accept, c.mu * shrink, c.mu * c.nu)
+        lam = jnp.where(accept, c.lam * jnp.sqrt(shrink), c.lam * jnp.sqrt(c.nu))
         nu = jnp.where(accept, 2.0, 2.0 * c.nu)
-        return h, r_new, accept, mu, nu, 1
+        return h, r_new, accept, lam, nu, 1
 
     def gn_step(c: _Carry):
         h = jnp.linalg.lstsq(c.J, -c.r)[0]
@@ -170,21 +194,28 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter, jacobian_
         rel_slope = 2.0 * jnp.vdot(r_unit, c.J @ h) / norm  # phi'(0) / phi(0)
         t, i, r_t = backtrack(residual, c.x, h, norm, rel_slope, GN_MAX_HALVINGS)
         accept = (i < GN_MAX_HALVINGS) & (rel_slope < 0)
-        return t * h, r_t, accept, c.mu, c.nu, i + 1
+        return t * h, r_t, accept, c.lam, c.nu, i + 1
 
     def body(c: _Carry):
-        h, r_new, accept, mu, nu, evals = (lm_step if method == "lm" else gn_step)(c)
+        h, r_new, accept, lam, nu, evals = (lm_step if method == "lm" else gn_step)(c)
         x = jnp.where(accept, c.x + h, c.x)
         r = jnp.where(accept, r_new, c.r)
         J = jax.lax.cond(accept, jacobian, lambda _: c.J, x)
         nit = c.nit + 1
-        # Also for a refused step: LM's growing mu shrinks h until it is at the
-        # rounding level of x, where nothing is left to gain (as MINPACK's xtol test).
-        small_step = safe_norm(h) <= xtol * (safe_norm(c.x) + xtol)
+        # Accepted steps only: LM's refused step is small because mu has grown,
+        # which says nothing about the distance to the minimum (a fit that no
+        # step improves ends on gtol or as stuck below).
+        small_step = accept & (safe_norm(h) <= xtol * (safe_norm(c.x) + xtol))
+        if method == "lm":  # and small for itself: so is the undamped (Gauss-Newton) step
+            small_step = jax.lax.cond(
+                small_step,
+                lambda: safe_norm(jnp.linalg.lstsq(c.J, -c.r)[0]) <= xtol * (safe_norm(c.x) + xtol),
+                lambda: jnp.asarray(False),
+            )
         if method == "gn":  # the search failed: no step along h lowers the cost
             stuck = ~accept
         else:  # LM: mu has grown far past J^T J's scale and still nothing lowers the cost
-            stuck = ~accept & ~(jnp.sqrt(mu) < 10**7.5 * jnp.hypot(1.0, max_col(J)))
+            stuck = ~accept & ~(lam < 10**7.5 * jnp.hypot(1.0, max_col(J)))
         status = jnp.where(
             grad_small(J, r),
             CONVERGED_GRAD,
@@ -195,7 +226,7 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter, jacobian_
             ),
         ).astype(jnp.int32)
         return _Carry(
-            x=x, r=r, J=J, mu=mu, nu=nu, costs=c.costs.at[nit].set(cost(r)), nit=nit,
+            x=x, r=r, J=J, lam=lam, nu=nu, costs=c.costs.at[nit].set(cost(r)), nit=nit,
             nfev=c.nfev + evals, njev=c.njev + accept.astype(jnp.int32), status=status,
         )  # fmt: skip
 
