@@ -501,6 +501,32 @@ def _linalg_complex_hessian_trace():
     )
 
 
+def _linalg_rank1_hessian_top():
+    """Top eigenvalue of the Hessian of (a.x)^2, a = (1..50)/50: rank 1, eigenvalue 2|a|^2."""
+    import jax
+    import jax.numpy as jnp
+
+    import jaxnum as jn
+
+    a = jnp.arange(1.0, 51.0) / 50
+    H = jn.linalg.hessian_operator(lambda x: jnp.dot(a, x) ** 2, jnp.zeros(50))
+    return jn.linalg.top_eigenvalues(H, 1, key=jax.random.key(0))[0], 2 * float(a @ a)
+
+
+DEGENERATE += [
+    Case(
+        "jn.linalg.top_eigenvalues",
+        "non-finite",
+        "a rank-1 Hessian (Krylov space exhausted)",
+        _linalg_rank1_hessian_top,
+        path="degenerate",
+        check=lambda r: abs(float(r[0][0]) / r[1] - 1) < 1e-4,
+        outcome="2|a|^2 = 34.34, the closed form (Lanczos restarts at beta = 0; was 11762.5"
+        " from normalised rounding noise)",
+    ),
+]
+
+
 DEGENERATE += [
     Case(
         "jn.linalg.randomized_eigh",
@@ -1263,6 +1289,34 @@ def _optim_gn_big_fit():
     return jn.optim.gauss_newton(_optim_gn_big, jnp.zeros(2, jnp.float32))
 
 
+def _optim_gn_cond11(method="lm"):
+    """(fit, numpy float64 lstsq) of X w = 1 in float32, X = arange(32)/10 + eye(8, 4)."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    import jaxnum as jn
+
+    X = np.arange(32.0, dtype=np.float32).reshape(8, 4) / 10 + np.eye(8, 4, dtype=np.float32)
+    ref = np.linalg.lstsq(X.astype(np.float64), np.ones(8), rcond=None)[0]
+    Xj = jnp.asarray(X)
+    return jn.optim.gauss_newton(lambda w: Xj @ w - 1.0, jnp.zeros(4), method=method), ref
+
+
+def _optim_gn_1e25():
+    import jax.numpy as jnp
+
+    import jaxnum as jn
+
+    return jn.optim.gauss_newton(lambda x: 1e25 * (x - 1.0), jnp.zeros(2, jnp.float32))
+
+
+def _optim_gn_close(fit, ref, rtol):
+    import numpy as np
+
+    err = np.abs(np.asarray(fit.x) - ref)
+    return bool(fit.converged) and bool(np.all(err <= rtol * np.abs(ref)))
+
+
 def _optim_tanh(x):
     import jax.numpy as jnp
 
@@ -1299,6 +1353,26 @@ DEGENERATE += [
         check=lambda r: bool(r.converged) and abs(float(r.x[0]) / 3e20 - 1) < 1e-6,
         outcome="converges to the least-squares solution (3e20, 1e20) (gain ratio and line"
         " search relative to ||r||)",
+    ),
+    Case(
+        "jn.optim.gauss_newton",
+        "non-finite",
+        "float32 residuals 1e25 (x - 1): ||r||^2 and LM's mu = tau ||J||^2 overflow",
+        _optim_gn_1e25,
+        path="degenerate",
+        check=lambda r: _optim_gn_close(r, 1.0, 1e-6),
+        outcome="converges to the closed form (1, 1) (mu kept as sqrt(mu), cost ratio with one"
+        " power-of-two scale; was stuck at x0, 'no step reduces the cost')",
+    ),
+    Case(
+        "jn.optim.gauss_newton",
+        "dtype",
+        "float32 linear fit X w = 1, cond(X) ~ 11, default method 'lm'",
+        lambda: _optim_gn_cond11("lm"),
+        path="degenerate",
+        check=lambda r: _optim_gn_close(r[0], r[1], 1e-5),
+        outcome="converged, x within 1e-5 of numpy's float64 lstsq (was 'converged: step <= xtol'"
+        " on a refused step, x 8e-4 off)",
     ),
 ]
 TRACED += [

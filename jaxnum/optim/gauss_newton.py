@@ -14,7 +14,10 @@ residuals whose squares overflow (1e20 in float32) are handled.
   least-squares problem ``[J; sqrt(mu) I] h = [-r; 0]``, which keeps cond(J)
   rather than its square), the gain ratio of actual to predicted decrease
   accepts it or not, and mu shrinks by ``max(1/3, 1 - (2 rho - 1)^3)`` or
-  grows by nu = 2, 4, 8, ...
+  grows by nu = 2, 4, 8, ... (mu is kept as sqrt(mu): no overflow for ||J||
+  past sqrt of the dtype's max). Steps whose actual and predicted decreases are
+  both below the rounding level of the cost (x within ~sqrt(eps) of a minimum)
+  are accepted: there the cost cannot judge them, the model does.
 - "gn": Gauss-Newton, the step ``J h = -r`` in the least-squares sense with
   Armijo backtracking on F (damped Gauss-Newton, Nocedal and Wright Sec. 10.3).
 """
@@ -259,8 +262,10 @@ def gauss_newton(
         lmder, Moré, Garbow and Hillstrom 1980, with gtol = 4 eps sqrt(m)),
         computed with r / ||r|| so nothing overflows. Far from a minimum it does
         not stop; a zero-residual fit stops on ``xtol``.
-      xtol: stop when a step ``||h|| <= xtol (||x|| + xtol)``; None
-        means 10 eps of x0's dtype (steps at the rounding level of x).
+      xtol: stop when an accepted step ``||h|| <= xtol (||x|| + xtol)`` (for "lm",
+        also the undamped Gauss-Newton step: a step small only because mu is
+        large, or a refused one, never counts); None means 10 eps of x0's dtype
+        (steps at the rounding level of x).
       maxiter: iterations at most (a refused LM step counts as one).
       tau: the initial mu is ``tau * max diag(J^T J)`` (Madsen et al. suggest
         1e-6 for a good x0, 1e-3 or 1 otherwise).
