@@ -255,7 +255,19 @@ def lanczos(A: Any, v0: jax.Array, num_iters: int) -> LanczosResult:
     ``V A V^T = T`` with V (num_iters, n) orthonormal rows starting at
     ``v0/|v0|``; every new vector is orthogonalised twice against all previous
     ones, so the Ritz values do not duplicate in floating point. At
-    ``num_iters = n`` the eigenvalues of T are those of A. It runs in v0's
+    ``num_iters = n`` the eigenvalues of T are those of A.
+
+    Breakdown: when the Krylov space of v0 is exhausted (an invariant subspace
+    found: A's rank or its number of distinct eigenvalues seen from v0 is below
+    ``num_iters``), the residual is rounding noise. A ``beta`` at most
+    ``10 sqrt(n) eps`` times the largest |alpha|, beta so far (eps of the working
+    dtype) is set to exactly 0, and the basis continues with ``e_j``
+    orthogonalised twice against V (j the coordinate V weighs least; its norm is
+    then >= 1/sqrt(n), so a new vector always exists for num_iters <= n). T is
+    then block diagonal and still ``V A V^T``: every Ritz value is an
+    approximate eigenvalue of A, none spurious (before, noise normalised into a
+    basis vector gave Ritz values past ||A||). Deterministic, jit-able
+    (``jnp.where``, no branching on values). It runs in v0's
     dtype (at least float32) promoted with that of ``A v``; complex operators
     or start vectors raise TypeError, and a matvec whose ``A v`` is not of
     v0's shape raises ValueError, at trace time.
@@ -292,21 +304,38 @@ def lanczos(A: Any, v0: jax.Array, num_iters: int) -> LanczosResult:
         raise ValueError(f"{fn}: v0 must be non-zero (it is normalised to start the basis)")
     v0 = v0.astype(dtype)  # normalised in the working dtype: |V[0]| = 1 to its precision
     V = jnp.zeros((num_iters, n), dtype).at[0].set(v0 / _safe_norm(v0))
+    # Breakdown: the residual is rounding noise once the Krylov space is exhausted (an
+    # invariant subspace found: rank of A or distinct eigenvalues < num_iters).
+    breakdown_tol = 10.0 * float(n) ** 0.5 * float(jnp.finfo(dtype).eps)
 
     def body(i, state):
-        V, alphas, betas = state
+        V, alphas, betas, scale = state
         w = matvec(V[i]).astype(dtype)
         alpha = jnp.vdot(V[i], w)
         mask = (jnp.arange(num_iters) <= i)[:, None].astype(dtype)  # strict-promotion safe
+        Vm = V * mask
         for _ in range(2):  # full reorthogonalisation, twice is enough
-            w = w - (V * mask).T @ ((V * mask) @ w)
+            w = w - Vm.T @ (Vm @ w)
         beta = _safe_norm(w)  # no overflow for an A with entries past sqrt(max)
+        scale = jnp.maximum(scale, jnp.maximum(jnp.abs(alpha), beta))
+        # Breakdown (beta at rounding level of the largest |alpha|, beta seen so far, or
+        # exactly 0 for A = 0): beta is set to 0 exactly and the basis continues with
+        # e_j orthogonalised against V, j the coordinate V weighs least. Its weight is at
+        # most (i + 1) / n < 1, so the new vector has norm >= 1/sqrt(n): never empty.
+        broke = beta <= breakdown_tol * scale
+        q = jax.nn.one_hot(jnp.argmin(jnp.sum(Vm * Vm, axis=0)), n, dtype=dtype)
+        for _ in range(2):
+            q = q - Vm.T @ (Vm @ q)
+        q_norm = _safe_norm(q)
+        q = q / jnp.where(q_norm > 0, q_norm, 1.0)
         safe = jnp.where(beta > 0, beta, 1.0)
-        V = jnp.where(i + 1 < num_iters, V.at[jnp.minimum(i + 1, num_iters - 1)].set(w / safe), V)
-        return V, alphas.at[i].set(alpha), betas.at[i].set(beta)
+        nxt = jnp.where(broke, q, w / safe)
+        beta = jnp.where(broke, jnp.zeros_like(beta), beta)
+        V = jnp.where(i + 1 < num_iters, V.at[jnp.minimum(i + 1, num_iters - 1)].set(nxt), V)
+        return V, alphas.at[i].set(alpha), betas.at[i].set(beta), scale
 
-    init = (V, jnp.zeros(num_iters, dtype), jnp.zeros(num_iters, dtype))
-    V, alphas, betas = jax.lax.fori_loop(0, num_iters, body, init)
+    init = (V, jnp.zeros(num_iters, dtype), jnp.zeros(num_iters, dtype), jnp.zeros((), dtype))
+    V, alphas, betas, _ = jax.lax.fori_loop(0, num_iters, body, init)
     return LanczosResult(alphas, betas, V)
 
 
@@ -333,7 +362,10 @@ def top_eigenvalues(
       num_iters: Lanczos steps (default min(n, max(2k + 20, 40))).
 
     Returns:
-      ``(eigenvalues, vectors)``: (k,) descending and (n, k).
+      ``(eigenvalues, vectors)``: (k,) descending and (n, k). When the Krylov
+      space of the start vector is exhausted (A of low rank or with repeated
+      eigenvalues) Lanczos restarts orthogonally (see :func:`lanczos`), so the
+      values stay eigenvalues of A.
 
     Examples:
       >>> w, _ = top_eigenvalues(jnp.diag(jnp.arange(10.0)), 2, key=jax.random.key(0))
@@ -382,6 +414,13 @@ def spectral_density(
     and weights tau_j (squared first components of the Ritz vectors): a
     Gauss quadrature of the spectral measure seen from v. Averaging over probes
     and smoothing each node with a Gaussian of width sigma gives the density.
+    Where the Krylov space of a probe is exhausted before ``num_iters`` steps
+    (A of low rank, repeated eigenvalues), Lanczos sets that beta to 0 and
+    restarts orthogonally (:func:`lanczos`): T is block diagonal, the nodes of
+    the later blocks are eigenvalues of A with weight 0 (their Ritz vectors
+    have no first component; a node shared between blocks gets the first
+    block's weight in total), so the quadrature is that of the first block,
+    exact for the measure seen from v.
 
     Args:
       A: real symmetric matrix, LinearOperator, or matvec callable (then give

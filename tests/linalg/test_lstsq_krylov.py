@@ -252,3 +252,62 @@ def test_linalg_under_strict_dtype_promotion(x64):
             lstsq(A, b.astype(np.float32))
         with pytest.raises(TypeError, match=r"cg: A \(its matvec\) cannot take a float32"):
             cg(A, b.astype(np.float32))
+
+
+# Lanczos breakdown
+# Issue 21: once the Krylov space was exhausted (rank of A or number of distinct
+# eigenvalues < num_iters) Lanczos divided rounding noise (beta ~ 1e-8) into a "basis"
+# vector and T no longer was V A V^T: top eigenvalue 11762.5 for a rank-1 Hessian whose
+# only non-zero eigenvalue is 34.34, 4.87 for eye(6). References: numpy eigvalsh in
+# float64 and the closed form 2|a|^2.
+
+
+def _breakdown_hessian():
+    a = jnp.arange(1.0, 51.0) / 50
+    return a, hessian_operator(lambda x: jnp.dot(a, x) ** 2, jnp.zeros(50))
+
+
+def test_lanczos_breakdown_gives_eigenvalues_of_a():
+    _, H = _breakdown_hessian()
+    a64 = np.arange(1.0, 51.0) / 50
+    cases = [  # float32 operators, float64 references
+        (H, 2 * np.outer(a64, a64), 0),  # top eigenvalue: the closed form 2 |a|^2 = 34.34
+        (jnp.eye(6), np.eye(6), 0),
+        (jnp.diag(jnp.array([3.0, 2, 1, 0, 0, 0, 0, 0])), np.diag([3.0, 2, 1, 0, 0, 0, 0, 0]), 1),
+    ]
+    for A, A64, seed in cases:
+        w_np = np.linalg.eigvalsh(A64)
+        w, vec = top_eigenvalues(A, 1, key=jax.random.key(seed))
+        np.testing.assert_allclose(w, w_np[-1:], rtol=1e-4)
+        x = np.asarray(vec[:, 0], np.float64)  # a unit eigenvector (any, for eye(6))
+        np.testing.assert_allclose(np.linalg.norm(x), 1, rtol=1e-5)
+        assert np.linalg.norm(A64 @ x - w_np[-1] * x) <= 1e-4 * w_np[-1]
+
+
+def test_lanczos_of_the_identity_breaks_down_to_exact_zeros():
+    # under jit: the breakdown is handled by jnp.where, no branching on values
+    run = jax.jit(lanczos, static_argnums=2)
+    for A, ritz in ((jnp.eye(4), 1.0), (jnp.zeros((4, 4)), 0.0)):  # A = 0: every step
+        res = run(A, jnp.ones(4), 3)
+        np.testing.assert_array_equal(res.betas, np.zeros(3))
+        T = np.diag(res.alphas) + np.diag(res.betas[:-1], 1) + np.diag(res.betas[:-1], -1)
+        np.testing.assert_allclose(np.linalg.eigvalsh(T), np.full(3, ritz), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(res.basis @ res.basis.T, np.eye(3), atol=1e-6)
+
+
+def test_spectral_density_of_a_rank_one_hessian_sits_at_its_two_eigenvalues():
+    _, H = _breakdown_hessian()
+    a64 = np.arange(1.0, 51.0) / 50
+    top, n, sigma, key = 2 * a64 @ a64, 50, 0.3, jax.random.key(0)
+    sd = spectral_density(H, key=key, num_probes=8, num_iters=10, sigma=sigma)
+    grid, dens = np.asarray(sd.grid, np.float64), np.asarray(sd.density, np.float64)
+    # the nodes are 0 and 34.34 only: the grid spans them and 5 sigma, nothing past ||A||
+    assert -5 * sigma - 1e-3 * top <= grid[0] and grid[-1] <= top * (1 + 1e-3) + 5 * sigma
+    np.testing.assert_allclose(np.trapezoid(dens, grid), 1, rtol=1e-4)
+    # exact quadrature per probe (Rademacher v, documented): weight (v.a)^2 / (n |a|^2) at
+    # 34.34, the rest at 0, so the density's mean is mean(v^T A v) / n (numpy, float64)
+    v = np.asarray(jax.random.rademacher(key, (8, n), jnp.float32), np.float64)
+    w_top = np.mean((v @ a64) ** 2) / (n * (a64 @ a64))
+    np.testing.assert_allclose(np.trapezoid(grid * dens, grid), w_top * top, rtol=1e-3)
+    near_top = grid > top / 2
+    np.testing.assert_allclose(np.trapezoid(dens[near_top], grid[near_top]), w_top, rtol=1e-3)
