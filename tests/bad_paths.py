@@ -465,6 +465,29 @@ def _linalg_array(values, dtype="float32", shape=None):
     return out if shape is None else out.reshape(shape)
 
 
+def _linalg_lstsq_problem(which):
+    """(X, y) in float32: X 5x3 normal, y = arange(5); "tiny": both times 1e-25, "rank":
+    X's column 3 = column 1."""
+    import numpy as np
+
+    X = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
+    y = np.arange(5.0, dtype="float32")
+    if which == "tiny":
+        return X * np.float32(1e-25), y * np.float32(1e-25)
+    X[:, 2] = X[:, 0]
+    return X, y
+
+
+def _linalg_lstsq_matches_numpy(b, which) -> bool:
+    """b within 1e-4 of numpy's float64 lstsq (minimum norm) of the unscaled problem."""
+    import numpy as np
+
+    X, y = _linalg_lstsq_problem(which)
+    scale = 1e-25 if which == "tiny" else 1.0
+    ref = np.linalg.lstsq(X.astype("float64") / scale, y / scale, rcond=None)[0]
+    return bool(np.allclose(np.asarray(b), ref, rtol=1e-4, atol=1e-6))
+
+
 def _linalg_orthonormal(V) -> bool:
     import numpy as np
 
@@ -583,6 +606,24 @@ DEGENERATE += [
         path="degenerate",
         check=lambda b: abs(b - 1).max() < 1e-6,
         outcome="b = (1, 1) (s^2 overflowed: b = 0 before)",
+    ),
+    Case(
+        "jn.linalg.lstsq",
+        "non-finite",
+        'X (5x3) and y = arange(5) times 1e-25 in float32, method="cholesky"',
+        lambda: _linalg_call("lstsq", *_linalg_lstsq_problem("tiny"), method="cholesky"),
+        path="degenerate",
+        check=lambda b: _linalg_lstsq_matches_numpy(b, "tiny"),
+        outcome="numpy's float64 solution to 1e-4 (X^T X underflowed: NaN before)",
+    ),
+    Case(
+        "jn.linalg.lstsq",
+        "non-finite",
+        'X (5x3) with column 3 = column 1, method="qr"',
+        lambda: _linalg_call("lstsq", *_linalg_lstsq_problem("rank"), method="qr"),
+        path="degenerate",
+        check=lambda b: _linalg_lstsq_matches_numpy(b, "rank"),
+        outcome="the svd's minimum-norm solution, as numpy (was +-1e8 without a word)",
     ),
 ]
 READABLE += [

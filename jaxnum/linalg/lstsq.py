@@ -60,6 +60,22 @@ def lstsq(
       directions of a full-rank X once cond(X) > ~420 (eps * m = 2.4e-3); pass
       a smaller ``rcond`` or use "qr" for such data.
 
+    Methods other than svd need full column rank; a rank-deficient X gets the svd
+    answer (the minimum-norm least-squares solution, with ``rcond``). Rank
+    deficiency is read from the method's own factor: ``|R_ii| <= max(m, n, 16) eps
+    max|R_ii|`` for "qr" (or m < n without ridge); for "cholesky" and "normal" a
+    Cholesky pivot ``L_ii^2`` of ``X^T X + ridge I`` that is not finite and positive
+    or is ``<= 16 eps`` times the largest (X^T X numerically singular: cond(X)
+    beyond ~720 in float32, where the normal equations keep no digit anyway). With
+    ridge > 0 that system is positive definite and falls back only when numerically
+    singular. The fallback is a ``lax.cond``: the svd runs only when needed (under
+    vmap both branches run).
+
+    "normal" and "cholesky" first divide X and y by powers of two near their largest
+    entries (and ridge by the square of X's factor), which is exact: results are
+    unchanged where nothing overflows or underflows, and X^T X neither overflows
+    (entries past ~1.8e19 in float32) nor underflows (entries below ~1e-19).
+
     Args:
       X: (m, n) design matrix; m = 0 (no samples) or n = 0 gives the
         minimum-norm solution, zeros of shape (n,) or (n, k).
@@ -90,22 +106,55 @@ def lstsq(
     m, n = X.shape
     if m == 0 or n == 0:  # no equations or no unknowns: the minimum-norm solution is 0
         return jnp.zeros((n, *y.shape[1:]), X.dtype)
+    eps = jnp.finfo(X.dtype).eps
+    if method == "svd":
+        return _svd_solve(X, y, ridge, rcond)
     if method in ("normal", "cholesky"):
-        # Large X and y divided by powers of two near their largest entries (exact), so
-        # that X^T X cannot overflow for entries past sqrt(max) (1.8e19 in float32).
-        cx, cy = jnp.maximum(_pow2_scale(X), 1.0), jnp.maximum(_pow2_scale(y), 1.0)
-        X, y = X / cx, y / cy
-        G = X.T @ X + (ridge / cx / cx) * jnp.eye(n, dtype=X.dtype)
-        rhs = X.T @ y
-        if method == "normal":
-            return jnp.linalg.solve(G, rhs) * (cy / cx)
-        return jsl.cho_solve(jsl.cho_factor(G, lower=True), rhs) * (cy / cx)
-    if method == "qr":
-        if not (isinstance(ridge, int | float) and ridge == 0):
-            X = jnp.concatenate([X, jnp.sqrt(ridge) * jnp.eye(n, dtype=X.dtype)])
-            y = jnp.concatenate([y, jnp.zeros((n, *y.shape[1:]), y.dtype)])
-        Q, R = jnp.linalg.qr(X)
-        return jsl.solve_triangular(R, Q.T @ y, lower=False)
+        # X and y divided by powers of two near their largest entries (exact: no result
+        # bit changes where nothing over- or underflows), so that X^T X neither overflows
+        # (entries past sqrt(max), 1.8e19 in float32) nor underflows (entries below
+        # sqrt(tiny), 1e-19). The problem solved is the same: with X = cx X', y = cy y',
+        # b = (cy / cx) b' where b' minimises ||X' b' - y'||^2 + (ridge / cx^2) ||b'||^2.
+        # cx is at least sqrt(ridge)'s power of two, so ridge / cx^2 stays <= ~2 (a
+        # ridge dominating a tiny X gave inf).
+        r = jnp.asarray(ridge, X.dtype)
+        cx = jnp.maximum(_pow2_scale(X), _pow2_scale(jnp.sqrt(r)))
+        cy = _pow2_scale(y)
+        Xs, ys = X / cx, y / cy
+        G = Xs.T @ Xs + (r / cx / cx) * jnp.eye(n, dtype=X.dtype)
+        rhs = Xs.T @ ys
+        L, _ = jsl.cho_factor(G, lower=True)
+        pivots = jnp.diagonal(L) ** 2
+        # The pivots of X^T X are R_ii^2 of X's QR. Rounding X^T X leaves a dependent
+        # column a pivot of a few eps times the largest (measured <= 7 eps for m up to
+        # 2000), or a NaN (not positive definite): at or below 16 eps, X^T X (+ ridge)
+        # is numerically singular (cond(X) beyond ~720 in float32).
+        deficient = ~(jnp.min(pivots) > 16 * eps * jnp.max(pivots))
+
+        # The direct solve (O(n^3), as the factor) outside the cond: only the svd waits.
+        b = jnp.linalg.solve(G, rhs) if method == "normal" else jsl.cho_solve((L, True), rhs)
+        b = b * cy / cx
+        return jax.lax.cond(deficient, lambda _: _svd_solve(X, y, ridge, rcond), lambda _: b, None)
+    # qr
+    Xq, yq = X, y
+    if not (isinstance(ridge, int | float) and ridge == 0):
+        Xq = jnp.concatenate([X, jnp.sqrt(ridge) * jnp.eye(n, dtype=X.dtype)])
+        yq = jnp.concatenate([y, jnp.zeros((n, *y.shape[1:]), y.dtype)])
+    if Xq.shape[0] < n:  # fewer equations than unknowns: rank < n, the svd's answer
+        return _svd_solve(X, y, ridge, rcond)
+    Q, R = jnp.linalg.qr(Xq)
+    d = jnp.abs(jnp.diagonal(R))
+    # |R_ii| <= max(m, n, 16) eps max|R_ii| (or non-finite): s_min(X) is at most that,
+    # about the svd method's default cut-off: rank deficient (a dependent column leaves
+    # |R_ii| of a few eps times the largest, measured <= 3.2 eps).
+    deficient = ~(jnp.min(d) > max(m, n, 16) * eps * jnp.max(d))
+    b = jsl.solve_triangular(R, Q.T @ yq, lower=False)
+    return jax.lax.cond(deficient, lambda _: _svd_solve(X, y, ridge, rcond), lambda _: b, None)
+
+
+def _svd_solve(X, y, ridge, rcond):
+    """``V diag(s / (s^2 + ridge)) U^T y`` without s below the cut-off (minimum norm)."""
+    m, n = X.shape
     U, s, Vt = jnp.linalg.svd(X, full_matrices=False)
     cutoff = (jnp.finfo(X.dtype).eps * max(m, n) if rcond is None else rcond) * s[0]
     # s / (s^2 + ridge) as 1 / (s + ridge / s): s^2 overflowed (and zeroed the solution)

@@ -311,3 +311,73 @@ def test_spectral_density_of_a_rank_one_hessian_sits_at_its_two_eigenvalues():
     np.testing.assert_allclose(np.trapezoid(grid * dens, grid), w_top * top, rtol=1e-3)
     near_top = grid > top / 2
     np.testing.assert_allclose(np.trapezoid(dens[near_top], grid[near_top]), w_top, rtol=1e-3)
+
+
+# lstsq scaling and rank deficiency
+
+
+def _lstsq_ref(X, y, ridge=0.0):
+    """numpy in float64: lstsq (minimum norm) without ridge, the ridge normal equations with."""
+    X, y = np.asarray(X, np.float64), np.asarray(y, np.float64)
+    if ridge == 0:
+        return np.linalg.lstsq(X, y, rcond=None)[0]
+    return np.linalg.solve(X.T @ X + ridge * np.eye(X.shape[1]), X.T @ y)
+
+
+def test_lstsq_tiny_entries_and_rank_deficient_x_match_numpy():
+    # X^T X underflowed for entries 1e-25 (cholesky, normal: NaN); with column 3 = column 1
+    # qr gave +-1e8 and normal/cholesky NaN without a word. Now: scaled by powers of two,
+    # and a rank-deficient factor falls back to the svd (minimum-norm) answer.
+    X = np.asarray(jax.random.normal(jax.random.key(0), (5, 3)), np.float32)
+    y = np.arange(5.0, dtype=np.float32)
+    Xd = X.copy()
+    Xd[:, 2] = Xd[:, 0]
+    Y = np.stack([y, y**2 / 4, -y])  # a batch of right-hand sides
+    p, q = np.float32(2.0**-60), np.float32(2.0**-122)  # ridge q = 0.25 * p^2, exact
+    for method in METHODS:
+        solve = jax.jit(jax.vmap(lambda X, y, r, m=method: lstsq(X, y, method=m, ridge=r),
+                                 in_axes=(None, 0, None)))  # fmt: skip
+        for A, scale in [(X, 1e-25), (Xd, 1.0)]:  # the repros, eagerly
+            got = lstsq(A * np.float32(scale), y * np.float32(scale), method=method)
+            np.testing.assert_allclose(got, _lstsq_ref(A, y), rtol=1e-4, err_msg=method)
+        for A, scale in [(X, 1e-25), (X, 1e25), (Xd, 1.0), (Xd, 1e-25)]:
+            refs = np.stack([_lstsq_ref(A, v) for v in Y])
+            got = solve(A * np.float32(scale), Y * np.float32(scale), np.float32(0))
+            np.testing.assert_allclose(got, refs, rtol=1e-4, atol=1e-5, err_msg=f"{method} vmap")
+        # ridge transforms with the scaling: X p, y p, ridge 0.25 p^2 is ridge 0.25 at scale 1
+        got = solve(X * p, Y * p, q)
+        refs = np.stack([_lstsq_ref(X, v, 0.25) for v in Y])
+        np.testing.assert_allclose(got, refs, rtol=1e-4, err_msg=f"{method} ridge")
+        if method != "qr":  # a ridge dominating tiny X (ridge / cx^2 was inf)
+            got = lstsq(X * np.float32(1e-25), y * np.float32(1e25), method=method, ridge=1e-10)
+            ref = _lstsq_ref(X.astype(np.float64) * 1e-25, y * 1e25, 1e-10)
+            np.testing.assert_allclose(got, ref, rtol=1e-4, err_msg=method)
+
+
+def test_lstsq_well_scaled_results_unchanged_bit_for_bit():
+    # The power-of-two scaling is exact and the rank test only chooses a branch: for a
+    # full-rank X with entries below 1 every method returns the bits of its direct
+    # formula (the implementation before the scaling and fallback), close to numpy.
+    rng = np.random.default_rng(21)
+    X = rng.normal(size=(7, 3)).astype(np.float32)
+    X /= 2 * np.abs(X).max()
+    y = (rng.normal(size=7) / 4).astype(np.float32)
+    X, y = jnp.asarray(X), jnp.asarray(y)  # products by XLA, as in lstsq
+    for ridge in (0.0, 0.3):
+        G = X.T @ X + ridge * jnp.eye(3, dtype=jnp.float32)
+        Xq, yq = X, y
+        if ridge:
+            Xq = jnp.concatenate([X, jnp.sqrt(ridge) * jnp.eye(3, dtype=jnp.float32)])
+            yq = jnp.concatenate([y, jnp.zeros(3, jnp.float32)])
+        Q, R = jnp.linalg.qr(Xq)
+        direct = {
+            "normal": jnp.linalg.solve(G, X.T @ y),
+            "cholesky": jax.scipy.linalg.cho_solve(
+                jax.scipy.linalg.cho_factor(G, lower=True), X.T @ y
+            ),
+            "qr": jax.scipy.linalg.solve_triangular(R, Q.T @ yq, lower=False),
+        }
+        for method, b in direct.items():
+            got = lstsq(X, y, method=method, ridge=ridge)
+            np.testing.assert_array_equal(got, b, err_msg=f"{method}, ridge={ridge}")
+            np.testing.assert_allclose(got, _lstsq_ref(X, y, ridge), rtol=1e-5)
