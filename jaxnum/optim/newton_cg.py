@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from jaxnum._sharding import replicated, sharded_like
 from jaxnum.autodiff._trees import check_like, tree_vdot
 from jaxnum.autodiff.hvp import gnvp_fn
 from jaxnum.optim._norm import bound_in, power_of_two_scale, tree_norm
@@ -140,18 +141,24 @@ def _dense_solve(matvec, g, damping):
 
     A matrix that is not positive definite gives a non-finite step (refused upstream).
     """
-    flat_g, unravel = ravel_pytree(g)
+    # On an explicit mesh the products take tangents laid out like g and come out
+    # whole, so B, its Cholesky factor and the step are whole (XLA's factorizations
+    # take no sharded dimension); then the step goes back to g's layout.
+    g_whole = jax.tree.map(replicated, g)
+    flat_g, unravel = ravel_pytree(g_whole)
     n = flat_g.size
 
     def flat_matvec(v):
-        return ravel_pytree(matvec(unravel(v)))[0]
+        tangent = jax.tree.map(sharded_like, unravel(v), g)
+        return ravel_pytree(jax.tree.map(replicated, matvec(tangent)))[0]
 
     B = jax.vmap(flat_matvec)(jnp.eye(n, dtype=flat_g.dtype))
     B = 0.5 * (B + B.T) + damping * jnp.eye(n, dtype=flat_g.dtype)
     factor = jax.scipy.linalg.cho_factor(B, lower=True)
     p = -jax.scipy.linalg.cho_solve(factor, flat_g)
     model = 0.5 * jnp.vdot(flat_g, p)  # g.p + p.(B + damping I)p / 2 with (B + damping I)p = -g
-    return TruncatedCGResult(unravel(p), model, jnp.asarray(n, jnp.int32), jnp.asarray(False))
+    step = jax.tree.map(sharded_like, unravel(p), g)
+    return TruncatedCGResult(step, model, jnp.asarray(n, jnp.int32), jnp.asarray(False))
 
 
 def scale_by_newton_cg(

@@ -299,9 +299,10 @@ def test_clip_by_global_norm_uses_the_global_norm(x64, kind):
 
 @pytest.mark.parametrize(
     "kind, method",
-    # Under Explicit axes newton-cg stops at the same first error as lbfgs (minimize.py's
-    # gradient norm), so one of them shows it.
-    [("auto", "lbfgs"), ("auto", "newton-cg"), ("explicit", "lbfgs")],
+    # Explicit axes: lbfgs, and method="newton", whose dense Hessian is formed from
+    # products whose tangents are laid out like the parameters and come out whole;
+    # tests/scale/test_meshes.py walks newton-cg too.
+    [("auto", "lbfgs"), ("auto", "newton-cg"), ("explicit", "lbfgs"), ("explicit", "newton")],
 )
 def test_minimize_equals_one_device(x64, kind, method):
     """jn.lbfgs (scale_by_lbfgs + strong Wolfe) / scale_by_newton_cg (Hessian) steps in a loop."""
