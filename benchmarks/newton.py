@@ -7,7 +7,8 @@ scikit-learn's digits (650 parameters, from zeros). Every solver stops at the
 first iterate whose gradient 2-norm is <= 1e-8 (maxiter 20000):
 - jaxnum: ``minimize(fun, x0, *args, method=..., tol=1e-8, ftol=0)``, one jitted
   while_loop; "newton-cg" (truncated CG on forward-over-reverse products, LM
-  damping, initial lambda 1, factors 2 / 0.5, Armijo backtracking), "newton"
+  damping with the default initial lambda, 1e-3 times the curvature along the
+  first gradient, factors 2 / 0.5, Armijo backtracking), "newton"
   (the Hessian from n products, Cholesky; skipped for n = 1000 in --quick) and
   "lbfgs" (memory 10).
 - scipy: ``minimize(method="Newton-CG" | "trust-ncg")`` on numpy callbacks in
@@ -17,9 +18,10 @@ first iterate whose gradient 2-norm is <= 1e-8 (maxiter 20000):
   stopped by a ``callback(intermediate_result)`` raising ``StopIteration`` when
   the gradient norm meets the rule (Newton-CG's own test is on the step, not
   the gradient). BLAS at 1 and 2 threads (threadpoolctl), the faster reported.
-Counted: iterations, function evaluations (jaxnum: trial, backtracking and
-value-and-grad calls; scipy: ``nfev``), gradient evaluations, Hessian-vector
-products (scipy's ``nhev``; jaxnum's CG products, n per dense Hessian).
+Counted: iterations, function evaluations (jaxnum: every call of ``fun``, the
+per-iteration linearisation included, as ``nfev`` counts them; scipy: ``nfev``),
+gradient evaluations, Hessian-vector products (scipy's ``nhev``; jaxnum's CG
+products, n per dense Hessian).
 Times are medians over interleaved rounds (benchmarks.lbfgs._interleaved:
 rotating order, a pause before each call for OpenBLAS's spinning threads),
 compile excluded.

@@ -1483,6 +1483,92 @@ PEER_SUITES += [
 ]
 
 
+def _lead_masked_loss_scaling():
+    import jax.numpy as jnp
+    import optax
+
+    import jaxnum as jn
+
+    params = {"w": jnp.ones(2), "b": jnp.ones(2)}
+    tx = optax.masked(jn.loss_scaling(optax.sgd(0.1)), {"w": True, "b": False})
+    return jn.scaled_value_and_grad(lambda p: p["w"].sum() + p["b"].sum())(tx.init(params), params)
+
+
+def _lead_abstract_template():
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    import jaxnum as jn
+
+    params = {"w": jnp.arange(3.0)}
+    tx = jn.loss_scaling(optax.adam(1e-3))
+    saved = {"p": params, "s": tx.init(params)}
+    restored = jn.serialization.from_bytes(
+        jax.eval_shape(lambda: saved), jn.serialization.to_bytes(saved)
+    )
+    return all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(saved), strict=True)
+    )
+
+
+def _lead_donated_injected_step():
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    import jaxnum as jn
+
+    params = {"w": jnp.ones(3)}
+    tx = optax.inject_hyperparams(jn.loss_scaling)(optax.adam(1e-2))
+
+    @jax.jit
+    def step(params, state):
+        updates, state = tx.update({"w": jnp.full(3, 2.0**15)}, state, params)
+        return optax.apply_updates(params, updates), state
+
+    donated = jax.jit(step, donate_argnums=(0, 1))
+    out, _ = donated(params, tx.init(params))
+    return out
+
+
+OPTAX_WRAPPERS += [
+    Case(
+        "jn.scaled_value_and_grad",
+        "method",
+        "loss_scaling inside optax.masked (only some leaves unscaled)",
+        _lead_masked_loss_scaling,
+        path="optax-wrappers",
+        raises=(
+            ValueError,
+            r"scaled_value_and_grad: .*inside optax\.masked or optax\.multi_transform",
+        ),
+    ),
+    Case(
+        "jn.loss_scaling",
+        "method",
+        "inject_hyperparams(loss_scaling) stepped with donate_argnums",
+        _lead_donated_injected_step,
+        path="optax-wrappers",
+        check=lambda out: bool(abs(float(out["w"][0]) - 0.99) < 1e-6),
+        outcome="steps like adam (w = 0.99); init gives every leaf its own buffer (was: donate"
+        " the same buffer twice)",
+    ),
+]
+CHECKPOINT += [
+    Case(
+        "jn.serialization.from_bytes",
+        "shape",
+        "an abstract template from jax.eval_shape",
+        _lead_abstract_template,
+        path="checkpoint",
+        check=bool,
+        outcome="restores bit for bit (was: 'template object[]' mismatch)",
+    ),
+]
+
 PATH_CASES: list[Case] = (
     NNX
     + NARROW_GRADS
