@@ -106,9 +106,21 @@ def to_bytes(tree: Any) -> bytes:
       >>> float(restored["opt_state"].scale)
       32768.0
     """
-    payload = flax.serialization.msgpack_serialize(
-        {"tree": flax.serialization.to_state_dict(tree), "types": _state_types(tree)}
-    )
+    try:
+        payload = flax.serialization.msgpack_serialize(
+            {"tree": flax.serialization.to_state_dict(tree), "types": _state_types(tree)}
+        )
+    except TypeError as err:
+        from flax import nnx
+
+        is_state = lambda x: isinstance(x, nnx.State)  # noqa: E731
+        if any(is_state(x) for x in jax.tree.leaves(tree, is_leaf=is_state)):
+            raise TypeError(
+                "to_bytes: tree holds an nnx.State, which msgpack cannot hold; save "
+                "nnx.to_pure_dict(state) and restore into nnx.to_pure_dict of a template "
+                "(then nnx.replace_by_pure_dict)"
+            ) from err
+        raise TypeError(f"to_bytes: tree holds a leaf msgpack cannot hold: {err}") from err
     head = MAGIC + _FIELDS.pack(VERSION, len(payload), hashlib.sha256(payload).digest())
     return head + hashlib.sha256(head).digest()[:8] + payload
 

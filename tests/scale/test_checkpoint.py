@@ -554,3 +554,22 @@ def test_an_abstract_template_from_eval_shape_restores_bit_for_bit_and_is_checke
         match=r"p/w: checkpoint float32\[3\], template float32\[4\]",
     ):
         jn.serialization.from_bytes(wider, blob)
+
+
+def test_an_nnx_state_is_refused_by_name_and_its_pure_dict_round_trips():
+    """msgpack cannot hold an nnx.State (flax says only "can not serialize 'State'"); the
+    message names the route, and that route restores the parameters bit for bit."""
+    from flax import nnx
+
+    model = nnx.Linear(2, 3, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match=r"to_bytes: tree holds an nnx\.State.*to_pure_dict"):
+        jn.serialization.to_bytes({"model": nnx.state(model)})
+    saved = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    other = nnx.Linear(2, 3, rngs=nnx.Rngs(1))
+    template = nnx.to_pure_dict(nnx.state(other, nnx.Param))
+    restored = jn.serialization.from_bytes(template, jn.serialization.to_bytes(saved))
+    state = nnx.state(other, nnx.Param)
+    nnx.replace_by_pure_dict(state, restored)
+    nnx.update(other, state)
+    np.testing.assert_array_equal(np.asarray(other.kernel[...]), np.asarray(model.kernel[...]))
+    np.testing.assert_array_equal(np.asarray(other.bias[...]), np.asarray(model.bias[...]))
