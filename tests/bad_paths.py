@@ -8,6 +8,19 @@ milliseconds: the whole audit runs in the test suite).
 
 from __future__ import annotations
 
+import importlib
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import AxisType, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jaxnum as jn
+from jaxnum import kfac
 from tests.bad_inputs import Case
 
 # Flax NNX: nnx.Optimizer and layers found by path.
@@ -27,10 +40,6 @@ TRACED: list[Case] = []
 def _checkpoint_adam(inner=None):
     """(template, bytes): a loss_scaling(adam) state of {"w": (3,)} and its checkpoint; the
     template is ``loss_scaling(inner)``'s state when ``inner`` is given."""
-    import jax.numpy as jnp
-    import optax
-
-    import jaxnum as jn
 
     params = {"w": jnp.arange(3.0)}
     state = jn.loss_scaling(optax.adam(1e-2)).init(params)
@@ -40,23 +49,17 @@ def _checkpoint_adam(inner=None):
 
 def _checkpoint_restore(damage, inner=None):
     """``from_bytes`` of the adam checkpoint after ``damage(blob)``."""
-    import jaxnum as jn
-
     template, blob = _checkpoint_adam(inner)
     return jn.serialization.from_bytes(template, damage(blob))
 
 
 def _checkpoint_flip_scale(blob):
     """``blob`` with one bit flipped in the loss scale's float32 bytes (2**15 -> 2**16)."""
-    import numpy as np
-
     at = blob.index(np.float32(2.0**15).tobytes()) + 2  # the exponent's lowest bit
     return blob[:at] + bytes([blob[at] ^ 0x80]) + blob[at + 1 :]
 
 
 def _checkpoint_adamw():
-    import optax
-
     return optax.adamw(1e-2)
 
 
@@ -93,17 +96,10 @@ READABLE: list[Case] = []
 
 # Integer options.
 def _integer_lbfgs_state(memory_size):
-    import jax.numpy as jnp
-
-    import jaxnum as jn
-
     return jn.scale_by_lbfgs(memory_size=memory_size).init(jnp.zeros(3))
 
 
 def _integer_same_lbfgs_state(state) -> bool:
-    import jax
-    import numpy as np
-
     expected = _integer_lbfgs_state(3)
     return jax.tree.structure(state) == jax.tree.structure(expected) and all(
         np.array_equal(a, b)
@@ -112,20 +108,10 @@ def _integer_same_lbfgs_state(state) -> bool:
 
 
 def _integer_injected_lbfgs():
-    import jax.numpy as jnp
-    import optax
-
-    import jaxnum as jn
-
     return optax.inject_hyperparams(jn.scale_by_lbfgs)(memory_size=3).init(jnp.zeros(3))
 
 
 def _integer_trace_estimate(num_samples):
-    import jax
-    import jax.numpy as jnp
-
-    import jaxnum as jn
-
     return jn.autodiff.trace_estimate(
         lambda v: 2.0 * v, jnp.zeros(3), key=jax.random.key(0), num_samples=num_samples,
         method="hutchinson",
@@ -168,12 +154,6 @@ MESHES: list[Case] = []
 # precision (issue 21 items 2, 4, 6 and their crashes): loss scaling, clipping, nonfinite_report.
 def _precision_narrow_adam():
     """loss_scaling(adam) and optax.adam (float32) on a 1e-6 gradient sent in float16."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    import jaxnum as jn
-
     params, scale = {"w": jnp.zeros(2)}, 2.0**15
     g16 = (jnp.array([1e-6, -2e-6]) * scale).astype(jnp.float16)
     tx = jn.loss_scaling(optax.adam(1e-2), initial_scale=scale)
@@ -185,18 +165,11 @@ def _precision_narrow_adam():
 
 
 def _precision_close(pair) -> bool:
-    import numpy as np
-
     ours, theirs = pair
     return ours.dtype == np.float32 and np.allclose(ours, theirs, rtol=1e-6, atol=0)
 
 
 def _precision_mixed_clip():
-    import jax
-    import jax.numpy as jnp
-
-    import jaxnum as jn
-
     tree = {
         "h": jnp.full(4, 300.0, jnp.float16),
         "b": jnp.full(4, -300.0, jnp.bfloat16),
@@ -207,8 +180,6 @@ def _precision_mixed_clip():
 
 
 def _precision_mixed_clip_ok(updates) -> bool:
-    import numpy as np
-
     dtypes = {k: str(v.dtype) for k, v in updates.items()}
     values = {k: np.asarray(v, np.float64) for k, v in updates.items()}
     return (
@@ -220,12 +191,6 @@ def _precision_mixed_clip_ok(updates) -> bool:
 
 def _precision_traced(which, bad=-1.0):
     """One jitted update with an option set out of range in inject_hyperparams' state."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    import jaxnum as jn
-
     params = {"w": jnp.zeros(2)}
     g = {"w": jnp.array([6.0, 8.0])}
     if which == "clip":
@@ -243,25 +208,15 @@ def _precision_traced(which, bad=-1.0):
 
 
 def _precision_nan_updates(out) -> bool:
-    import numpy as np
-
     return bool(np.all(np.isnan(out[0])))
 
 
 def _precision_skipped(out) -> bool:
-    import numpy as np
-
     updates, state = out
     return not np.any(updates) and int(state.inner_state.total_skipped) == 1
 
 
 def _precision_growth_interval_injected():
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    import jaxnum as jn
-
     tx = optax.inject_hyperparams(jn.loss_scaling)(
         optax.sgd(1.0), initial_scale=2.0, growth_interval=1
     )
@@ -272,12 +227,6 @@ def _precision_growth_interval_injected():
 
 def _precision_multisteps(order):
     """Three micro-batches (k=2), the first with a nan, in either order of wrapping."""
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    import jaxnum as jn
-
     params = jnp.zeros(2)
     if order == "inside":
         tx = jn.loss_scaling(optax.MultiSteps(optax.sgd(1.0), 2), initial_scale=1.0)
@@ -295,11 +244,6 @@ def _precision_multisteps(order):
 
 def _precision_nnx_scale():
     """current_loss_scale of an nnx.Optimizer(loss_scaling(adam))'s opt_state."""
-    import optax
-    from flax import nnx
-
-    import jaxnum as jn
-
     model = nnx.Linear(2, 1, rngs=nnx.Rngs(0))
     optimizer = nnx.Optimizer(model, jn.loss_scaling(optax.adam(1e-2)), wrt=nnx.Param)
     return jn.current_loss_scale(optimizer.opt_state)
@@ -424,10 +368,6 @@ NNX += [
 
 
 def _precision_report_complex():
-    import jax.numpy as jnp
-
-    import jaxnum as jn
-
     z = jnp.array(
         [complex(1, 2), complex(jnp.nan, 1), complex(0, jnp.inf), complex(-jnp.inf, 1)],
         jnp.complex64,
@@ -436,21 +376,12 @@ def _precision_report_complex():
 
 
 def _precision_int_loss():
-    import jax.numpy as jnp
-    import optax
-
-    import jaxnum as jn
-
     state = jn.loss_scaling(optax.sgd(0.1)).init(jnp.ones(2))
     return jn.scaled_value_and_grad(lambda p: jnp.sum(p > 0))(state, jnp.ones(2))
 
 
 def _linalg_call(name, *args, **kwargs):
     """``jn.linalg.<name>(*args, key=key(0), **kwargs)`` (``key`` only where it takes one)."""
-    import jax
-
-    import jaxnum as jn
-
     if name in ("randomized_eigh", "randomized_svd", "randomized_range_finder",
                 "top_eigenvalues"):  # fmt: skip
         kwargs.setdefault("key", jax.random.key(0))
@@ -459,8 +390,6 @@ def _linalg_call(name, *args, **kwargs):
 
 def _linalg_array(values, dtype="float32", shape=None):
     """A numpy array of ``values`` (reshaped to ``shape`` when given)."""
-    import numpy as np
-
     out = np.asarray(values, dtype)
     return out if shape is None else out.reshape(shape)
 
@@ -468,7 +397,6 @@ def _linalg_array(values, dtype="float32", shape=None):
 def _linalg_lstsq_problem(which):
     """(X, y) in float32: X 5x3 normal, y = arange(5); "tiny": both times 1e-25, "rank":
     X's column 3 = column 1."""
-    import numpy as np
 
     X = np.random.default_rng(0).normal(size=(5, 3)).astype("float32")
     y = np.arange(5.0, dtype="float32")
@@ -480,8 +408,6 @@ def _linalg_lstsq_problem(which):
 
 def _linalg_lstsq_matches_numpy(b, which) -> bool:
     """b within 1e-4 of numpy's float64 lstsq (minimum norm) of the unscaled problem."""
-    import numpy as np
-
     X, y = _linalg_lstsq_problem(which)
     scale = 1e-25 if which == "tiny" else 1.0
     ref = np.linalg.lstsq(X.astype("float64") / scale, y / scale, rcond=None)[0]
@@ -489,18 +415,11 @@ def _linalg_lstsq_matches_numpy(b, which) -> bool:
 
 
 def _linalg_orthonormal(V) -> bool:
-    import numpy as np
-
     return bool(np.abs(np.asarray(V).T @ np.asarray(V) - np.eye(V.shape[1])).max() < 1e-5)
 
 
 def _linalg_hermitian_trace():
     """XTrace of the rank-1 Hermitian u u^H, u = (1, 1j, 2): the trace is |u|^2 = 6."""
-    import jax
-    import jax.numpy as jnp
-
-    import jaxnum as jn
-
     u = jnp.array([1, 1j, 2], jnp.complex64)
     return jn.autodiff.trace_estimate(
         lambda v: u * jnp.vdot(u, v),
@@ -512,10 +431,6 @@ def _linalg_hermitian_trace():
 
 
 def _linalg_complex_hessian_trace():
-    import jax
-
-    import jaxnum as jn
-
     return jn.autodiff.hessian_trace(
         lambda x: (abs(x) ** 2).sum(),
         _linalg_array([1, 2], "c8"),
@@ -526,11 +441,6 @@ def _linalg_complex_hessian_trace():
 
 def _linalg_rank1_hessian_top():
     """Top eigenvalue of the Hessian of (a.x)^2, a = (1..50)/50: rank 1, eigenvalue 2|a|^2."""
-    import jax
-    import jax.numpy as jnp
-
-    import jaxnum as jn
-
     a = jnp.arange(1.0, 51.0) / 50
     H = jn.linalg.hessian_operator(lambda x: jnp.dot(a, x) ** 2, jnp.zeros(50))
     return jn.linalg.top_eigenvalues(H, 1, key=jax.random.key(0))[0], 2 * float(a @ a)
@@ -719,10 +629,6 @@ PEER_SUITES += [
 
 # optim (issue 21 items 3, 4 and the peer suites): minimize, Newton-CG, L-BFGS, line search.
 def _minimize_solve(fun, x0, **kwargs):
-    import jax.numpy as jnp
-
-    import jaxnum as jn
-
     return jn.minimize(fun, jnp.asarray(x0, kwargs.pop("dtype", None)), **kwargs)
 
 
@@ -731,8 +637,6 @@ def _minimize_shifted(x):
 
 
 def _minimize_concave(x):
-    import jax.numpy as jnp
-
     return -jnp.exp(x).sum()
 
 
@@ -742,8 +646,6 @@ def _minimize_big(x):
 
 def _minimize_traced_tol():
     """minimize under the user's jit with tol and ftol as arguments, and the concrete call."""
-    import jax
-
     solve = jax.jit(lambda x0, t, ft: _minimize_solve(_minimize_shifted, x0, tol=t, ftol=ft).x)
     return solve(_minimize_x0(), 1e-6, 1e-12), _minimize_solve(
         _minimize_shifted, _minimize_x0(), tol=1e-6, ftol=1e-12
@@ -751,22 +653,16 @@ def _minimize_traced_tol():
 
 
 def _minimize_x0():
-    import jax.numpy as jnp
-
     return jnp.array([3.0, -1.0])
 
 
 def _minimize_strict(method):
     """A float32 solve with x64 on under strict promotion (int64 defaults meet int32 counters)."""
-    import jax
-
     with jax.enable_x64(True), jax.numpy_dtype_promotion("strict"):
         return _minimize_solve(_minimize_shifted, _minimize_x0(), method=method, dtype="float32")
 
 
 def _minimize_status(r, name) -> bool:
-    import importlib
-
     m = importlib.import_module("jaxnum.optim.minimize")
     return int(r.status) == getattr(m, name) and not bool(r.converged)
 
@@ -853,10 +749,6 @@ PEER_SUITES += [
 def _meshes_sharded(fn, shapes, spec):
     """``(fn under jit on arrays split as spec on an Explicit mesh of the devices, the
     arrays)``; the arrays are seeded normals (a square matrix made SPD)."""
-    import jax
-    import numpy as np
-    from jax.sharding import AxisType, NamedSharding
-    from jax.sharding import PartitionSpec as P
 
     rng = np.random.default_rng(0)
     arrays = [rng.standard_normal(s).astype(np.float32) for s in shapes]
@@ -875,14 +767,10 @@ def _meshes_sharded(fn, shapes, spec):
 
 def _meshes_close(actual, expected):
     """Within float32 rounding of a float64 reference: 1e-5 of its largest entry."""
-    import numpy as np
-
     return bool(np.allclose(actual, expected, rtol=0, atol=1e-5 * np.max(np.abs(expected))))
 
 
 def _meshes_svd_ok(pair):
-    import numpy as np
-
     (U, S, Vt), (A,) = pair
     s = np.linalg.svd(A.astype(np.float64), compute_uv=False)
     # rank + oversample = 6 = n columns: the sketch spans A's range, the SVD is exact
@@ -890,44 +778,30 @@ def _meshes_svd_ok(pair):
 
 
 def _meshes_rank2(A):
-    import numpy as np
-
     U, s, Vt = np.linalg.svd(A.astype(np.float64), full_matrices=False)
     return (U[:, :2] * s[:2]) @ Vt[:2]
 
 
 def _meshes_softmax_ok(pair):
-    import numpy as np
-
     out, (x,) = pair
     e = np.exp(x.astype(np.float64) - x.max(axis=-1, keepdims=True))
     return _meshes_close(out, e / e.sum(axis=-1, keepdims=True))
 
 
 def _meshes_cg_ok(pair):
-    import numpy as np
-
     x, (A, b) = pair
     return _meshes_close(x, np.linalg.solve(A.astype(np.float64), b.astype(np.float64)))
 
 
 def _meshes_rsvd(A):
-    import jax
-
-    import jaxnum as jn
-
     return jn.linalg.randomized_svd(A, 2, key=jax.random.key(0), oversample=4, power_iters=0)
 
 
 def _meshes_softmax(x):
-    import jaxnum as jn
-
     return jn.online_softmax(x, block_size=4)
 
 
 def _meshes_cg(A, b):
-    import jaxnum as jn
-
     return jn.linalg.cg(A, b, tol=1e-6).x
 
 
@@ -970,11 +844,6 @@ def _kfac_nnx_net():
     """An NNX model with one nnx.Linear(3, 4) at ``out`` (the shapes of the hidden layer of
     tests.bad_inputs.kfac_problem), statistics for it (a fixed SPD pair) and gradients (ones,
     as an nnx.State of nnx.Param)."""
-    import jax
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from jaxnum import kfac
 
     class Net(nnx.Module):
         def __init__(self):
@@ -992,12 +861,6 @@ def _kfac_nnx_net():
 
 def _kfac_nnx_optimizer():
     """(after nnx.Optimizer(kfac.optimizer).update, the functional update, plain SGD)."""
-    import jax
-    import optax
-    from flax import nnx
-
-    from jaxnum import kfac
-
     net, grads, stats = _kfac_nnx_net()
     params = nnx.to_pure_dict(nnx.state(net, nnx.Param))
     make = lambda: kfac.optimizer(0.1, inverse_every=1, kl_clip=None)  # noqa: E731
@@ -1011,8 +874,6 @@ def _kfac_nnx_optimizer():
 
 
 def _kfac_same_not_sgd(out) -> bool:
-    import numpy as np
-
     after, functional, sgd = out
     a, f, s = (np.concatenate([np.ravel(x) for x in (t["out"]["kernel"], t["out"]["bias"])])
                for t in (after, functional, sgd))  # fmt: skip
@@ -1022,9 +883,6 @@ def _kfac_same_not_sgd(out) -> bool:
 def _kfac_renamed(other_layer=False):
     """scale_by_kfac on params whose kernel is named "w", with statistics for its layer (and
     for a second layer, found, if ``other_layer``)."""
-    import jax.numpy as jnp
-
-    from jaxnum import kfac
 
     params = {"out": {"w": jnp.ones((3, 4)), "b": jnp.zeros(4)}}
     stats = {("out",): kfac.KroneckerFactors(jnp.eye(4), jnp.eye(4))}
@@ -1036,10 +894,6 @@ def _kfac_renamed(other_layer=False):
 
 
 def _kfac_lora_nnx():
-    from flax import nnx
-
-    import jaxnum as jn
-
     net, _, _ = _kfac_nnx_net()
     state = nnx.state(net, nnx.Param)
     return jn.lora.split(state, 1, where=lambda path, leaf: path.endswith("['kernel']"))[1]
@@ -1047,12 +901,6 @@ def _kfac_lora_nnx():
 
 def _kfac_no_capture(form):
     """value_grad_and_stats on a model of plain flax layers (linen nn.Dense or nnx.Linear)."""
-    import flax.linen as nn
-    import jax
-    import jax.numpy as jnp
-
-    from jaxnum import kfac
-
     x, y, key = jnp.ones((4, 3)), jnp.zeros((4, 4)), jax.random.key(0)
     if form == "linen":
         params = {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}
@@ -1062,22 +910,12 @@ def _kfac_no_capture(form):
 
 
 def _kfac_fisher_gram_nnx():
-    import jax.numpy as jnp
-    from flax import nnx
-
-    from jaxnum import kfac
-
     net, _, _ = _kfac_nnx_net()
     return kfac.fisher_gram_fn(net, "squared_error", nnx.state(net, nnx.Param), jnp.ones((4, 3)))
 
 
 def _kfac_half_grads():
     """scale_by_kfac on float32 params, float16 gradients of 100 whose update exceeds 65504."""
-    import jax
-    import jax.numpy as jnp
-
-    from jaxnum import kfac
-
     params = {"out": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}}
     grads = jax.tree.map(lambda p: jnp.full(p.shape, 100, jnp.float16), params)
     stats = {("out",): kfac.KroneckerFactors(jnp.eye(4) * 1e-4, jnp.eye(4) * 1e-4)}
@@ -1087,8 +925,6 @@ def _kfac_half_grads():
 
 
 def _kfac_half_ok(out) -> bool:
-    import numpy as np
-
     leaves = [np.asarray(out["out"]["kernel"]), np.asarray(out["out"]["bias"])]
     return all(x.dtype == np.float32 and np.isfinite(x).all() for x in leaves) and (
         np.abs(leaves[0]).max() > 65504
@@ -1098,10 +934,6 @@ def _kfac_half_ok(out) -> bool:
 def _kfac_masked():
     """kfac.optimizer(0.1, kl_clip=None) inside optax.masked (the hidden layer only), against
     kfac.optimizer alone, on two 3 -> 4 layers with the statistics of _kfac_nnx_net."""
-    import jax.numpy as jnp
-    import optax
-
-    from jaxnum import kfac
 
     _, _, stats = _kfac_nnx_net()
     layer = {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}
@@ -1118,9 +950,6 @@ def _kfac_masked():
 
 
 def _kfac_masked_ok(out) -> bool:
-    import jax
-    import numpy as np
-
     masked, grads, ref = out
     close = lambda a, b: all(  # noqa: E731
         np.allclose(x, y, rtol=1e-6)
@@ -1240,31 +1069,19 @@ OPTAX_WRAPPERS += [
 
 # optim-newton (issue 21): newton_root and gauss_newton.
 def _optim_newton_root(f, x0, **options):
-    import jax.numpy as jnp
-
-    import jaxnum as jn
-
     return jn.optim.newton_root(f, jnp.asarray(x0, jnp.float32), **options)
 
 
 def _optim_newton_big(x):
-    import jax.numpy as jnp
-
     return jnp.stack([jnp.sinh(x) - 1e20, 0.5 * jnp.sinh(x) - 5e19])
 
 
 def _optim_gn_big(p):
-    import jax.numpy as jnp
-
     return jnp.stack([p[0] - 3e20, p[1] - 1e20, p[0] + p[1] - 4e20, p[0] - p[1] - 2e20])
 
 
 def _optim_newton_traced():
     """(traced, concrete) newton_root on x^2 = 2 with tol, xtol and max_step as jit arguments."""
-    import jax
-    import jax.numpy as jnp
-
-    import jaxnum as jn
 
     def solve(tol, xtol, max_step):
         f = lambda x: x**2 - 2.0  # noqa: E731
@@ -1277,11 +1094,6 @@ def _optim_newton_traced():
 
 def _optim_gn_traced():
     """(traced, concrete) gauss_newton with gtol, xtol and tau as jit arguments."""
-    import jax
-    import jax.numpy as jnp
-
-    import jaxnum as jn
-
     t = jnp.linspace(0.0, 1.0, 8)
 
     def fit(gtol, xtol, tau):
@@ -1294,8 +1106,6 @@ def _optim_gn_traced():
 
 
 def _optim_same(pair) -> bool:
-    import numpy as np
-
     traced, concrete = pair
     return (
         bool(traced.converged)
@@ -1306,10 +1116,6 @@ def _optim_same(pair) -> bool:
 
 def _optim_custom_vjp_fit(jacobian):
     """gauss_newton on sin(p t) - sin(2 t) whose sin is a jax.custom_vjp (no forward mode)."""
-    import jax
-    import jax.numpy as jnp
-
-    import jaxnum as jn
 
     @jax.custom_vjp
     def sin(z):
@@ -1323,20 +1129,11 @@ def _optim_custom_vjp_fit(jacobian):
 
 
 def _optim_gn_big_fit():
-    import jax.numpy as jnp
-
-    import jaxnum as jn
-
     return jn.optim.gauss_newton(_optim_gn_big, jnp.zeros(2, jnp.float32))
 
 
 def _optim_gn_cond11(method="lm"):
     """(fit, numpy float64 lstsq) of X w = 1 in float32, X = arange(32)/10 + eye(8, 4)."""
-    import jax.numpy as jnp
-    import numpy as np
-
-    import jaxnum as jn
-
     X = np.arange(32.0, dtype=np.float32).reshape(8, 4) / 10 + np.eye(8, 4, dtype=np.float32)
     ref = np.linalg.lstsq(X.astype(np.float64), np.ones(8), rcond=None)[0]
     Xj = jnp.asarray(X)
@@ -1344,23 +1141,15 @@ def _optim_gn_cond11(method="lm"):
 
 
 def _optim_gn_1e25():
-    import jax.numpy as jnp
-
-    import jaxnum as jn
-
     return jn.optim.gauss_newton(lambda x: 1e25 * (x - 1.0), jnp.zeros(2, jnp.float32))
 
 
 def _optim_gn_close(fit, ref, rtol):
-    import numpy as np
-
     err = np.abs(np.asarray(fit.x) - ref)
     return bool(fit.converged) and bool(np.all(err <= rtol * np.abs(ref)))
 
 
 def _optim_tanh(x):
-    import jax.numpy as jnp
-
     return jnp.tanh(x) - 0.9
 
 
@@ -1484,24 +1273,12 @@ PEER_SUITES += [
 
 
 def _lead_masked_loss_scaling():
-    import jax.numpy as jnp
-    import optax
-
-    import jaxnum as jn
-
     params = {"w": jnp.ones(2), "b": jnp.ones(2)}
     tx = optax.masked(jn.loss_scaling(optax.sgd(0.1)), {"w": True, "b": False})
     return jn.scaled_value_and_grad(lambda p: p["w"].sum() + p["b"].sum())(tx.init(params), params)
 
 
 def _lead_abstract_template():
-    import jax
-    import jax.numpy as jnp
-    import numpy as np
-    import optax
-
-    import jaxnum as jn
-
     params = {"w": jnp.arange(3.0)}
     tx = jn.loss_scaling(optax.adam(1e-3))
     saved = {"p": params, "s": tx.init(params)}
@@ -1515,12 +1292,6 @@ def _lead_abstract_template():
 
 
 def _lead_donated_injected_step():
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    import jaxnum as jn
-
     params = {"w": jnp.ones(3)}
     tx = optax.inject_hyperparams(jn.loss_scaling)(optax.adam(1e-2))
 
