@@ -8,6 +8,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxnum._norms import power_of_two_scale, tree_norm
 from jaxnum._sharding import replicated, replicated_matmul, replicated_outputs
 from jaxnum.linalg.operators import LinearOperator
 from jaxnum.linalg.randomized import _check_int, _compute_dtype
@@ -76,20 +77,6 @@ def _product_dtype(matvec: Callable, shape: tuple, dtype: Any, fn: str, arg: str
             f"{fn}: {arg} maps a vector of shape {shape} to {got}; expected shape {shape}"
         )
     return out.dtype
-
-
-def _pow2_scale(v: jax.Array) -> jax.Array:
-    """The power of two nearest max |v| (1 for a zero or non-finite v): dividing by it is
-    exact, and brings v's entries to [0.7, 1.4] in magnitude."""
-    m = jnp.max(jnp.abs(v), initial=0.0)
-    ok = jnp.isfinite(m) & (m > 0)
-    return jnp.where(ok, jnp.exp2(jnp.round(jnp.log2(jnp.where(ok, m, 1.0)))), 1.0).astype(m.dtype)
-
-
-def _safe_norm(v: jax.Array) -> jax.Array:
-    """||v||_2 without overflow or underflow (scaled by a power of two near max |v|)."""
-    s = _pow2_scale(v)
-    return s * jnp.linalg.norm(v / s)
 
 
 def _dimension(A: Any, n: int | None, fn: str) -> int:
@@ -191,7 +178,7 @@ def cg(
     # those of the unscaled problem), after which r^H z and the norms cannot overflow
     # for entries past sqrt(max) (1.8e19 in float32), where ||b|| read inf and an
     # untouched x = 0 passed as converged.
-    s = _pow2_scale(b)
+    s = power_of_two_scale(b).astype(b.dtype)
     b, x = b / s, x / s
     r = b - matvec(x)
     z = precond(r)
@@ -303,7 +290,7 @@ def lanczos(A: Any, v0: jax.Array, num_iters: int) -> LanczosResult:
     if not isinstance(v0, jax.core.Tracer) and not bool(jnp.any(v0 != 0)):
         raise ValueError(f"{fn}: v0 must be non-zero (it is normalised to start the basis)")
     v0 = v0.astype(dtype)  # normalised in the working dtype: |V[0]| = 1 to its precision
-    V = jnp.zeros((num_iters, n), dtype).at[0].set(v0 / _safe_norm(v0))
+    V = jnp.zeros((num_iters, n), dtype).at[0].set(v0 / tree_norm(v0))
     # Breakdown: the residual is rounding noise once the Krylov space is exhausted (an
     # invariant subspace found: rank of A or distinct eigenvalues < num_iters).
     breakdown_tol = 10.0 * float(n) ** 0.5 * float(jnp.finfo(dtype).eps)
@@ -316,7 +303,7 @@ def lanczos(A: Any, v0: jax.Array, num_iters: int) -> LanczosResult:
         Vm = V * mask
         for _ in range(2):  # full reorthogonalisation, twice is enough
             w = w - Vm.T @ (Vm @ w)
-        beta = _safe_norm(w)  # no overflow for an A with entries past sqrt(max)
+        beta = tree_norm(w)  # no overflow for an A with entries past sqrt(max)
         scale = jnp.maximum(scale, jnp.maximum(jnp.abs(alpha), beta))
         # Breakdown (beta at rounding level of the largest |alpha|, beta seen so far, or
         # exactly 0 for A = 0): beta is set to 0 exactly and the basis continues with
@@ -326,7 +313,7 @@ def lanczos(A: Any, v0: jax.Array, num_iters: int) -> LanczosResult:
         q = jax.nn.one_hot(jnp.argmin(jnp.sum(Vm * Vm, axis=0)), n, dtype=dtype)
         for _ in range(2):
             q = q - Vm.T @ (Vm @ q)
-        q_norm = _safe_norm(q)
+        q_norm = tree_norm(q)
         q = q / jnp.where(q_norm > 0, q_norm, 1.0)
         safe = jnp.where(beta > 0, beta, 1.0)
         nxt = jnp.where(broke, q, w / safe)

@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
+from jaxnum._norms import power_of_two_scale
 from jaxnum._sharding import replicated
-from jaxnum.linalg.krylov import _pow2_scale
 from jaxnum.linalg.randomized import _compute_dtype
 from jaxnum.precision._checks import check_nonnegative
 
@@ -118,8 +118,8 @@ def lstsq(
         # cx is at least sqrt(ridge)'s power of two, so ridge / cx^2 stays <= ~2 (a
         # ridge dominating a tiny X gave inf).
         r = jnp.asarray(ridge, X.dtype)
-        cx = jnp.maximum(_pow2_scale(X), _pow2_scale(jnp.sqrt(r)))
-        cy = _pow2_scale(y)
+        cx = jnp.maximum(power_of_two_scale(X), power_of_two_scale(jnp.sqrt(r)))
+        cy = power_of_two_scale(y)
         Xs, ys = X / cx, y / cy
         G = Xs.T @ Xs + (r / cx / cx) * jnp.eye(n, dtype=X.dtype)
         rhs = Xs.T @ ys

@@ -33,12 +33,12 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
+from jaxnum._norms import tree_norm
 from jaxnum.optim.newton import (
     _float_option,
     backtrack,
     check_jacobian_mode,
     flat_residual,
-    safe_norm,
 )
 from jaxnum.precision._checks import check_lapack_dtype, check_positive, check_positive_int
 
@@ -127,10 +127,10 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter, jacobian_
     xtol, tau = _float_option(xtol, dtype), _float_option(tau, dtype)
 
     def cost(r):  # reported only (inf once ||r||^2 overflows); decisions use norms of r
-        return 0.5 * jnp.square(safe_norm(r))
+        return 0.5 * jnp.square(tree_norm(r))
 
     def unit(r):  # (r / ||r||, ||r||), the norm 1 when r = 0
-        norm = safe_norm(r)
+        norm = tree_norm(r)
         norm = jnp.where(norm > 0, norm, jnp.ones_like(norm))
         return r / norm, norm
 
@@ -138,7 +138,7 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter, jacobian_
         rel = 4.0 * float(jnp.finfo(dtype).eps) * math.sqrt(m)
 
         def grad_small(J, r):  # max_j |J_j^T r| / (||J_j|| ||r||), zero columns left out
-            col = jax.vmap(safe_norm, in_axes=1)(J)
+            col = jax.vmap(tree_norm, in_axes=1)(J)
             cos = jnp.abs(J.T @ unit(r)[0]) / jnp.where(col > 0, col, jnp.ones_like(col))
             return jnp.max(cos) <= rel
 
@@ -151,7 +151,7 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter, jacobian_
     floor = 8.0 * float(jnp.finfo(dtype).eps) * math.sqrt(m)  # rounding of ||r||^2 / ||r||^2
 
     def max_col(J):  # max_j ||J_j||; mu and its bound use it squared (no overflow of J^T J)
-        return jnp.max(jax.vmap(safe_norm, in_axes=1)(J))
+        return jnp.max(jax.vmap(tree_norm, in_axes=1)(J))
 
     r0, J0 = residual(flat0), jacobian(flat0)
     finite = jnp.all(jnp.isfinite(flat0)) & jnp.all(jnp.isfinite(r0)) & jnp.all(jnp.isfinite(J0))
@@ -208,11 +208,11 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter, jacobian_
         # Accepted steps only: LM's refused step is small because mu has grown,
         # which says nothing about the distance to the minimum (a fit that no
         # step improves ends on gtol or as stuck below).
-        small_step = accept & (safe_norm(h) <= xtol * (safe_norm(c.x) + xtol))
+        small_step = accept & (tree_norm(h) <= xtol * (tree_norm(c.x) + xtol))
         if method == "lm":  # and small for itself: so is the undamped (Gauss-Newton) step
             small_step = jax.lax.cond(
                 small_step,
-                lambda: safe_norm(jnp.linalg.lstsq(c.J, -c.r)[0]) <= xtol * (safe_norm(c.x) + xtol),
+                lambda: tree_norm(jnp.linalg.lstsq(c.J, -c.r)[0]) <= xtol * (tree_norm(c.x) + xtol),
                 lambda: jnp.asarray(False),
             )
         if method == "gn":  # the search failed: no step along h lowers the cost

@@ -15,9 +15,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxnum._norms import tree_norm
 from jaxnum._sharding import replicated, sharded_like
 from jaxnum.autodiff._trees import check_like, tree_vdot
-from jaxnum.optim._norm import tree_norm
 from jaxnum.optim.linesearch import scale_by_strong_wolfe
 from jaxnum.precision._checks import check_positive, check_positive_int, floating_leaves
 

@@ -32,8 +32,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxnum._norms import bound_in_dtype
 from jaxnum.autodiff._trees import tree_vdot
-from jaxnum.optim._norm import bound_in
 from jaxnum.precision._checks import (
     check_open_interval,
     check_positive,
@@ -257,7 +257,7 @@ def strong_wolfe_search(
         approx_rtol,
     )  # fmt: skip
     dtype = jnp.result_type(value)
-    max_stepsize = bound_in(max_stepsize, dtype)  # the default 1e10 is inf in float16
+    max_stepsize = bound_in_dtype(max_stepsize, dtype)  # the default 1e10 is inf in float16
     # The float options in the value's dtype (they may be traced, in another dtype).
     slope_rtol, curv_rtol, xtol = (
         jnp.asarray(v).astype(dtype) for v in (slope_rtol, curv_rtol, xtol)

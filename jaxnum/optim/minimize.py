@@ -10,15 +10,15 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxnum.autodiff._trees import check_floating_tree
-from jaxnum.optim import linesearch as ls
-from jaxnum.optim._norm import (
+from jaxnum._norms import (
     accumulation_dtype,
-    bound_in,
+    bound_in_dtype,
     power_of_two_scale,
     tree_norm,
     wide_dtype,
 )
+from jaxnum.autodiff._trees import check_floating_tree
+from jaxnum.optim import linesearch as ls
 from jaxnum.optim._status import status_message
 from jaxnum.optim.lbfgs import lbfgs
 from jaxnum.optim.newton_cg import scale_by_newton_cg
@@ -331,7 +331,7 @@ def _solve_newton(
         nit = c.nit + 1
         status = _status(
             c.value, value, _norm(grad), nit, tol=tol, ftol=ftol, maxiter=maxiter,
-            failed=~accepted & (opt_state.damping >= bound_in(MAX_DAMPING, dtype)),
+            failed=~accepted & (opt_state.damping >= bound_in_dtype(MAX_DAMPING, dtype)),
             failure=NO_DECREASE,
             decreased=accepted,
             unbounded=opt_state.unbounded,

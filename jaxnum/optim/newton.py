@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
+from jaxnum._norms import tree_norm
 from jaxnum._sharding import replicated, replicated_outputs
 from jaxnum.optim._status import status_message
 from jaxnum.precision._checks import check_int, check_lapack_dtype, check_positive
@@ -72,16 +73,6 @@ class NewtonRootResult(NamedTuple):
         """The status as a sentence (needs a concrete ``status``; a vmapped result gives a
         nested list of sentences)."""
         return status_message(self.status, ROOT_MESSAGES)
-
-
-def safe_norm(v: jax.Array) -> jax.Array:
-    """``||v||_2`` scaled by ``max |v_i|``: no overflow when the squares would overflow
-    (entries ~1e20 in float32) and no underflow to 0 for tiny entries. inf/nan
-    entries give inf/nan."""
-    scale = jnp.max(jnp.abs(v))
-    ok = jnp.isfinite(scale) & (scale > 0)
-    s = jnp.where(ok, scale, jnp.ones_like(scale))
-    return jnp.where(ok, s * jnp.sqrt(jnp.sum(jnp.square(v / s))), scale)
 
 
 def check_jacobian_mode(jacobian: Any, fn: str) -> None:
@@ -148,7 +139,7 @@ def backtrack(residual: Callable, x, p, norm0, rel_slope, max_halvings: int):
 
     def too_high(state):
         t, i, r = state
-        ratio = safe_norm(r) / norm0
+        ratio = tree_norm(r) / norm0
         return (i < max_halvings) & ~(ratio * ratio <= 1.0 + 1e-4 * t * rel_slope)
 
     def halve(state):
@@ -289,9 +280,9 @@ def _newton_solve(
         J = jac(x)
         p, _, rank, _ = jnp.linalg.lstsq(J, -r)
         p = jnp.where(jnp.isfinite(p), multiplicity * p, 0.0)
-        norm_r, norm_x, norm_p = safe_norm(r), safe_norm(x), safe_norm(p)
+        norm_r, norm_x, norm_p = tree_norm(r), tree_norm(x), tree_norm(p)
         # The Newton step is at the rounding level of x and solves J p = -F: a root.
-        solves = safe_norm(J @ p / multiplicity + r) <= 0.5 * norm_r
+        solves = tree_norm(J @ p / multiplicity + r) <= 0.5 * norm_r
         small = solves & (norm_p <= xtol * (norm_x + xtol))
         cap = max_step * (norm_x + 1.0)
         scale = jnp.where(norm_p > cap, cap / jnp.where(norm_p > 0, norm_p, 1.0), 1.0)
@@ -302,25 +293,25 @@ def _newton_solve(
         accepted = (i < max_backtracks) & jnp.any(p != 0)
         x_new = jnp.where(accepted, x + t * p, x)
         r_new = jnp.where(accepted, r_t, r)
-        norms = norms.at[k + 1].set(safe_norm(r_new))
+        norms = norms.at[k + 1].set(tree_norm(r_new))
         singular = singular + (rank < min(n, m)).astype(jnp.int32)
         done = jnp.where(small, ROOT_CONVERGED_STEP, jnp.where(accepted, -1, ROOT_NO_DECREASE))
         return k + 1, x_new, r_new, norms, done.astype(jnp.int32), singular
 
     def keep_going(carry):
         k, _, r, _, done, _ = carry
-        return (k < maxiter) & ~(safe_norm(r) <= tol) & (done < 0)
+        return (k < maxiter) & ~(tree_norm(r) <= tol) & (done < 0)
 
     r0 = residual(flat0)
     finite0 = jnp.all(jnp.isfinite(flat0)) & jnp.all(jnp.isfinite(r0))
-    norms0 = jnp.full((maxiter + 1,), jnp.nan, r0.dtype).at[0].set(safe_norm(r0))
+    norms0 = jnp.full((maxiter + 1,), jnp.nan, r0.dtype).at[0].set(tree_norm(r0))
     start = jnp.where(finite0, -1, ROOT_NONFINITE_START).astype(jnp.int32)
     k, x, r, norms, done, singular = jax.lax.while_loop(
         keep_going,
         step,
         (jnp.zeros((), jnp.int32), flat0, r0, norms0, start, jnp.zeros((), jnp.int32)),
     )
-    norm = safe_norm(r)
+    norm = tree_norm(r)
     small_f = finite0 & (norm <= tol)
     status = jnp.where(small_f, ROOT_CONVERGED, jnp.where(done >= 0, done, ROOT_MAXITER)).astype(
         jnp.int32

@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from jaxnum._norms import bound_in_dtype, power_of_two_scale, tree_norm
 from jaxnum._sharding import replicated, sharded_like
 from jaxnum.autodiff._trees import check_like, tree_vdot
 from jaxnum.autodiff.hvp import gnvp_fn
-from jaxnum.optim._norm import bound_in, power_of_two_scale, tree_norm
 from jaxnum.precision._checks import (
     check_greater,
     check_int,
@@ -378,7 +378,7 @@ def scale_by_newton_cg(
         new_damping = jnp.clip(
             state.damping * factor,
             jnp.maximum(jnp.asarray(min_damping).astype(dtype), float(jnp.finfo(dtype).tiny)),
-            bound_in(max_damping, dtype),
+            bound_in_dtype(max_damping, dtype),
         )
         new_damping = jnp.where(jnp.isfinite(grad_norm), new_damping, state.damping)
         out = jax.tree.map(

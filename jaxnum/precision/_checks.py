@@ -56,13 +56,6 @@ def check_lapack_dtype(dtype: Any, fn: str, needs: str, remedy: str) -> None:
         raise TypeError(f"{fn}: {needs}, which has no {jnp.dtype(dtype).name} kernel; {remedy}")
 
 
-def bound_in_dtype(bound: Any, dtype: Any) -> jax.Array:
-    """``bound`` as a ``dtype`` scalar, clipped to its largest finite value: a float64
-    default such as 1e10 is inf in float16 (largest 65504). ``bound`` may be traced."""
-    wide = jnp.promote_types(dtype, jnp.float32)
-    return jnp.minimum(jnp.asarray(bound, wide), jnp.finfo(dtype).max).astype(dtype)
-
-
 def check_greater(value: Any, bound: float, fn: str, arg: str) -> None:
     """Raises ValueError unless ``value`` > ``bound`` (skipped when traced)."""
     v = _scalar_or_raise(value, fn, arg)

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnum.precision._checks import bound_in_dtype, check_int, check_positive_int
+from jaxnum._norms import bound_in_dtype
+from jaxnum.precision._checks import check_int, check_positive_int
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,5 @@
-"""Overflow-safe norms for the optimisers' decisions (stopping, damping, curvature tests).
+"""Overflow-safe norms and scales, shared by the solvers (stopping, damping, curvature
+tests, the Krylov and least-squares scalings).
 
 A plain ``sqrt(sum(x**2))`` overflows when the entries pass ``sqrt(max)``
 (1.8e19 in float32, 256 in float16) and underflows below ``sqrt(tiny)``, so a
@@ -23,7 +24,7 @@ def wide_dtype(dtype) -> jnp.dtype:
     return dtype if jnp.finfo(dtype).bits >= 32 else jnp.dtype(jnp.float32)
 
 
-def bound_in(bound: Any, dtype) -> jax.Array:
+def bound_in_dtype(bound: Any, dtype) -> jax.Array:
     """``bound`` (maybe traced) as a ``dtype`` scalar, clipped to its largest finite value
     (1e10 is inf in float16); strict-promotion safe."""
     wide = wide_dtype(dtype)
@@ -31,9 +32,10 @@ def bound_in(bound: Any, dtype) -> jax.Array:
 
 
 def accumulation_dtype(tree: Any):
-    """The real dtype the norms of ``tree`` are accumulated in (at least float32)."""
+    """The real dtype the norms of ``tree`` are accumulated in (at least float32; the
+    real part's dtype for complex leaves)."""
     leaves = jax.tree.leaves(tree)
-    return wide_dtype(jnp.result_type(*leaves))
+    return wide_dtype(jnp.finfo(jnp.result_type(*leaves)).dtype)
 
 
 def _plain_norm(operands):
@@ -57,7 +59,7 @@ def tree_norm(tree: Any) -> jax.Array:
     """
     leaves = jax.tree.leaves(tree)
     acc = accumulation_dtype(tree)
-    wide = [x.astype(acc) for x in leaves]
+    wide = [(jnp.abs(x) if jnp.iscomplexobj(x) else x).astype(acc) for x in leaves]
     sum_sq = sum(jnp.sum(x * x) for x in wide)
     normal = float(jnp.finfo(acc).tiny) / float(jnp.finfo(acc).eps)
     plain = jnp.isfinite(sum_sq) & (sum_sq >= normal)
