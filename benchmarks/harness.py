@@ -297,6 +297,57 @@ def blas_setup() -> str:
     return f"{setting}{found}."
 
 
+def compiled_costs(fn: Callable, *args: Any, donate: bool = False) -> dict[str, float]:
+    """What XLA's compiled ``jax.jit(fn)`` costs on any backend, from its own analyses:
+    bytes accessed and flops (``cost_analysis()``), the bytes that ``copy``
+    instructions of the optimised HLO write, and temporary memory (``memory_analysis()``)."""
+    compiled, _ = compile_jitted(fn, *args, donate=donate)
+    analysis = compiled.cost_analysis()
+    if isinstance(analysis, (list, tuple)):  # one dict per device on older jax
+        analysis = analysis[0]
+    memory = compiled.memory_analysis()
+    hlo = compiled.as_text()
+    return {
+        "bytes accessed": float(analysis.get("bytes accessed", float("nan"))),
+        "flops": float(analysis.get("flops", float("nan"))),
+        "bytes copied": float(_bytes_copied(hlo)),
+        "temp bytes": float(getattr(memory, "temp_size_in_bytes", float("nan"))),
+    }
+
+
+_ITEM_BYTES = {"pred": 1, "s8": 1, "u8": 1, "bf16": 2, "f16": 2, "s16": 2, "u16": 2}
+
+
+def _bytes_copied(hlo: str) -> int:
+    """Total size of the results of ``copy`` instructions in optimised HLO text."""
+    total = 0
+    for dtype, dims in re.findall(r"= (\w+)\[([\d,]*)\](?:\{[^}]*\})? copy\(", hlo):
+        size = 1
+        for d in filter(None, dims.split(",")):
+            size *= int(d)
+        bits = re.search(r"\d+", dtype)
+        item = _ITEM_BYTES.get(dtype, int(bits.group()) // 8 if bits else 4)
+        total += size * item
+    return total
+
+
+def cost_table(costs: dict[str, dict[str, float]], baseline: str) -> str:
+    """A markdown table of :func:`compiled_costs` per variant, bytes also as a ratio."""
+    base = costs[baseline]["bytes accessed"]
+    lines = [
+        f"| variant | bytes accessed (MB) | ratio to {baseline} | GFLOP | copied (MB) "
+        "| temp (MB) |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for name, c in costs.items():
+        lines.append(
+            f"| {name} | {c['bytes accessed'] / 1e6:.1f} | {c['bytes accessed'] / base:.3f} "
+            f"| {c['flops'] / 1e9:.3f} | {c['bytes copied'] / 1e6:.2f} "
+            f"| {c['temp bytes'] / 1e6:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def ratio_table(timings: dict[str, Timing], baseline: str) -> str:
     """A markdown table of each variant's time, compile time and ratio to ``baseline``."""
     base = timings[baseline].median_s

@@ -12,6 +12,8 @@ cross-entropy, float32 compute so that only the machinery differs), these ways:
   (clipping from the finiteness check's own reduction);
 - ``jaxnum, clip in chain``: the same with
   ``jn.loss_scaling(chain(jn.clip_by_global_norm, adam))``;
+- ``jaxnum, check_updates``: ``jaxnum`` with ``check_updates=True`` (the updates
+  adam returns are checked too, and the state selected after it);
 - ``jaxnum, no loss scale``: ``jn.loss_scaling(adam, max_norm=..., initial_scale=1,
   dynamic=False)`` on ``jax.value_and_grad`` of the plain loss: the same check,
   clip, exact skip and state as ``jaxnum`` (the same program but for the scale
@@ -41,6 +43,8 @@ import jaxnum as jn
 from benchmarks.harness import (
     KEEP_FREED_MEMORY,
     compare,
+    compiled_costs,
+    cost_table,
     machine_summary,
     median_timings,
     ratio_table,
@@ -76,6 +80,7 @@ def _variants(batch):
     clipped = optax.chain(optax.clip_by_global_norm(MAX_NORM), optax.adam(1e-3))
     ours = jn.loss_scaling(optax.adam(1e-3), max_norm=MAX_NORM)
     ours_chain = jn.loss_scaling(optax.chain(jn.clip_by_global_norm(MAX_NORM), optax.adam(1e-3)))
+    checked = jn.loss_scaling(optax.adam(1e-3), max_norm=MAX_NORM, check_updates=True)
     unscaled = jn.loss_scaling(
         optax.adam(1e-3), max_norm=MAX_NORM, initial_scale=1.0, dynamic=False
     )
@@ -106,6 +111,9 @@ def _variants(batch):
 
     def jaxnum_chain_step(carry):
         return jaxnum_step(carry, ours_chain)
+
+    def jaxnum_checked_step(carry):
+        return jaxnum_step(carry, checked)
 
     def jaxnum_unscaled_step(carry):
         return optax_step(carry, unscaled)
@@ -140,6 +148,7 @@ def _variants(batch):
         ),
         "jaxnum": (jaxnum_step, ((params, ours.init(params), zero),)),
         "jaxnum, clip in chain": (jaxnum_chain_step, ((params, ours_chain.init(params), zero),)),
+        "jaxnum, check_updates": (jaxnum_checked_step, ((params, checked.init(params), zero),)),
         "jaxnum, no loss scale": (
             jaxnum_unscaled_step,
             ((params, unscaled.init(params), zero),),
@@ -198,6 +207,15 @@ def timings_in_this_process(batch: int, quick: bool, settings=tuple(DONATION)) -
     }
 
 
+def costs(batch: int, donate: bool) -> dict[str, dict[str, float]]:
+    """Every variant's compiled step at ``batch``: bytes accessed, flops, copies, temp
+    memory (XLA's own analyses, the same on any machine of one backend)."""
+    return {
+        name: compiled_costs(step, *args, donate=donate)
+        for name, (step, args) in _variants(batch).items()
+    }
+
+
 def run(quick: bool = False) -> dict:
     """Runs the comparison for each batch size in fresh processes, prints it and (unless
     quick) writes it."""
@@ -223,6 +241,12 @@ def run(quick: bool = False) -> dict:
     ]
     results = {}
     target = "benchmarks.loss_scaling:timings_in_this_process"
+    for batch in BATCHES:
+        for setting, donate in DONATION.items():
+            parts += [
+                f"### batch {batch}, {setting}: compiled cost (XLA's cost and memory analyses)",
+                cost_table(costs(batch, donate), "optax"),
+            ]
     for batch in BATCHES:
         runs = [run_in_child(target, batch, quick) for _ in range(processes)]
         kept = [

@@ -207,6 +207,18 @@ def _precision_traced(which, bad=-1.0):
     return updates["w"], new
 
 
+def _precision_inner_clip_traced(bad=-1.0):
+    """loss_scaling(chain(inject_hyperparams(clip), adam), check_updates=True), the
+    clip's max_norm set out of range mid-run and traced under jit."""
+    params = {"w": jnp.zeros(2)}
+    clip = optax.inject_hyperparams(jn.clip_by_global_norm)(max_norm=1.0)
+    tx = jn.loss_scaling(optax.chain(clip, optax.adam(0.1)), initial_scale=2.0, check_updates=True)
+    state = tx.init(params)
+    state.inner_state[0].hyperparams["max_norm"] = jnp.asarray(bad, jnp.float32)
+    updates, new = jax.jit(tx.update)({"w": jnp.array([6.0, 8.0])}, state, params)
+    return updates["w"], new
+
+
 def _precision_nan_updates(out) -> bool:
     return bool(np.all(np.isnan(out[0])))
 
@@ -288,6 +300,20 @@ TRACED += [
         check=_precision_skipped,
         path="traced",
         outcome="the step is skipped and counted: zero updates, inner state kept",
+    ),
+    Case(
+        "jn.loss_scaling",
+        "hyperparameter",
+        "check_updates=True; inner clip_by_global_norm max_norm=-1 traced",
+        _precision_inner_clip_traced,
+        check=lambda out: (
+            not np.any(out[0])
+            and int(out[1].total_skipped) == 1
+            and not np.any(out[1].inner_state[1][0].mu["w"])
+        ),
+        path="traced",
+        outcome="the nan the inner clip makes is caught: step skipped and counted, "
+        "inner state kept (without check_updates the nan reaches the updates)",
     ),
     Case(
         "jn.loss_scaling",

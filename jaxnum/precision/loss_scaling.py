@@ -176,6 +176,7 @@ def loss_scaling(
     dynamic: bool = True,
     max_norm: float | None = None,
     axis_name: str | tuple[str, ...] | None = None,
+    check_updates: bool = False,
 ) -> optax.GradientTransformationExtraArgs:
     """Wraps ``inner`` with loss scaling: unscale, check finiteness, skip bad steps.
 
@@ -225,12 +226,17 @@ def loss_scaling(
     ``growth_interval`` may be an integer array there too. A traced value out of
     range is not checked at trace time; instead, a step with a scale that is not
     > 0 or a ``max_norm`` that is not > 0 (or nan) counts as non-finite: it is
-    skipped and counted, never applied with flipped signs. The check is on the
-    gradients this wrapper receives, before ``inner`` runs (which is what lets
-    a skipped step keep the state without a copy): nan that ``inner`` makes
-    from finite gradients (a ``clip_by_global_norm`` inside it with a traced
-    ``max_norm`` <= 0) reaches the updates. Trace this wrapper's own
-    ``max_norm`` to have such steps skipped.
+    skipped and counted, never applied with flipped signs. By default the check
+    is on the gradients this wrapper receives, before ``inner`` runs (which is
+    what lets a skipped step keep the state without a copy): nan that ``inner``
+    makes from finite gradients (a ``clip_by_global_norm`` inside it with a
+    traced ``max_norm`` <= 0, an adam with ``eps=0`` on a zero gradient) would
+    reach the updates and ``inner``'s state. With ``check_updates=True`` the
+    updates ``inner`` returns are checked too, and such a step is skipped,
+    counted and backs the scale off like an overflow, with ``inner``'s state
+    kept as it was. That needs the old state alive beside the new one: XLA
+    copies the state on a donated step (``python -m benchmarks loss_scaling``
+    gives its bytes accessed), which is why it is not the default.
 
     Gradient accumulation: put ``optax.MultiSteps`` INSIDE,
     ``loss_scaling(optax.MultiSteps(inner, k))`` (the MultiSteps object or its
@@ -259,6 +265,8 @@ def loss_scaling(
         gradient leaves are split: the finiteness check then covers every shard,
         so all skip a step together. Not needed under ``jit`` with sharded
         arrays, nor for gradients replicated by a ``pmean``.
+      check_updates: also skip a step whose updates from ``inner`` are not
+        all finite (False: only the incoming gradients are checked).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; extra keyword arguments are
@@ -291,8 +299,9 @@ def loss_scaling(
     check_greater(growth_factor, 1.0, name, "growth_factor")
     check_open_interval(backoff_factor, 0.0, 1.0, name, "backoff_factor")
     _check_growth_interval(growth_interval, name)
-    if not isinstance(dynamic, bool):
-        raise TypeError(f"{name}: dynamic must be a bool, got {dynamic!r}")
+    for arg, value in (("dynamic", dynamic), ("check_updates", check_updates)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}: {arg} must be a bool, got {value!r}")
     init_v, min_v = concrete_value(initial_scale), concrete_value(min_scale)
     if init_v is not None and min_v is not None and init_v < min_v:
         raise ValueError(f"{name}: initial_scale={initial_scale} is below min_scale={min_scale}")
@@ -354,9 +363,23 @@ def loss_scaling(
             factor = inverse.astype(clip.dtype) * clip
             finite &= bound > 0  # a traced max_norm <= 0 or nan: skipped, not sign-flipped
         grads = _unscale(updates, params, factor)
-        new_updates, new_inner_state = update_or_keep(
-            inner_update, finite, grads, state.inner_state, params, **extra_args
-        )
+        if check_updates:
+            # The copy-free skip cannot depend on the updates (they are computed
+            # from the state it selects), so this is the plain select.
+            new_updates, new_inner_state = inner_update(
+                grads, state.inner_state, params, **extra_args
+            )
+            finite &= all_finite(new_updates)
+            new_updates = jax.tree.map(
+                lambda u: jnp.where(finite, u, jnp.zeros_like(u)), new_updates
+            )
+            new_inner_state = jax.tree.map(
+                lambda new, old: jnp.where(finite, new, old), new_inner_state, state.inner_state
+            )
+        else:
+            new_updates, new_inner_state = update_or_keep(
+                inner_update, finite, grads, state.inner_state, params, **extra_args
+            )
         scale, finite_steps = next_scale(state.scale, state.finite_steps, finite)
         new_state = LossScalingState(
             scale=scale,

@@ -585,3 +585,48 @@ def test_loss_scaling_inside_masked_or_multi_transform_is_refused_outside_equals
     reference, _ = sgd.update(jax.grad(loss)(params), sgd.init(params))
     for k in params:
         np.testing.assert_allclose(updates[k], reference[k], rtol=1e-7)
+
+
+def test_check_updates_skips_nan_that_inner_makes_from_finite_gradients():
+    # A traced max_norm <= 0 inside inner: jn.clip_by_global_norm answers nan, never a
+    # sign flip. check_updates=True skips the step and keeps inner's state bit for bit;
+    # the reference is the state before the step and optax.adam on the same gradients.
+    params = {"w": jnp.array([1.0, -2.0, 3.0]), "b": jnp.array(0.5)}
+    grads = {"w": jnp.array([0.1, 0.2, -0.3]), "b": jnp.array(0.05)}
+    clip = optax.inject_hyperparams(jn.clip_by_global_norm)(max_norm=1.0)
+    tx = jn.loss_scaling(optax.chain(clip, optax.adam(1e-2)), initial_scale=1.0, check_updates=True)
+    state = tx.init(params)
+    # Set as a user would mid-run; the step is jitted, so the value is traced.
+    state.inner_state[0].hyperparams["max_norm"] = jnp.array(-1.0)
+    updates, new_state = jax.jit(tx.update)(grads, state, params)
+    for u in jax.tree.leaves(updates):
+        np.testing.assert_array_equal(u, np.zeros_like(u))
+    for new, old in zip(
+        jax.tree.leaves(new_state.inner_state), jax.tree.leaves(state.inner_state), strict=True
+    ):
+        np.testing.assert_array_equal(new, old)
+    assert not bool(new_state.last_finite) and int(new_state.total_skipped) == 1
+    # Without the option the nan reaches the updates (documented), and a valid
+    # max_norm is applied as optax applies it.
+    unchecked = jn.loss_scaling(optax.chain(clip, optax.adam(1e-2)), initial_scale=1.0)
+    u_nan, _ = jax.jit(unchecked.update)(grads, state, params)
+    assert not bool(jn.all_finite(u_nan))
+    good = optax.inject_hyperparams(jn.clip_by_global_norm)(max_norm=1.0)
+    tx = jn.loss_scaling(optax.chain(good, optax.adam(1e-2)), initial_scale=1.0, check_updates=True)
+    u, s = tx.update(grads, tx.init(params), params)
+    ref = optax.adam(1e-2)
+    u_ref, _ = ref.update(grads, ref.init(params), params)
+    for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(u_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
+    assert bool(s.last_finite)
+
+
+def test_check_updates_skips_adam_dividing_zero_by_zero_and_is_a_bool():
+    params = {"w": jnp.ones(4)}
+    tx = jn.loss_scaling(optax.adam(1e-3, eps=0.0), initial_scale=4.0, check_updates=True)
+    state = tx.init(params)
+    updates, state = tx.update({"w": jnp.zeros(4)}, state, params)
+    np.testing.assert_array_equal(updates["w"], np.zeros(4))
+    assert int(state.total_skipped) == 1 and float(jn.current_loss_scale(state)) == 2.0
+    with pytest.raises(TypeError, match="check_updates must be a bool"):
+        jn.loss_scaling(optax.adam(1e-3), check_updates=1)
