@@ -39,7 +39,7 @@ from benchmarks.problems import CLASSES as OUT
 from benchmarks.problems import IN_FEATURES as IN
 from benchmarks.problems import mlp_classification
 from jaxnum.autodiff import hvp, hvp_fn
-from jaxnum.autodiff.hvp import (  # hvp_fn's compiled programs
+from jaxnum.autodiff.hessian_vector import (  # hvp_fn's compiled programs
     _apply_program,
     _gradient_vjp,
     _program_for,

@@ -15,7 +15,7 @@ def _formats(args: argparse.Namespace) -> int:
 
 
 def _tour(args: argparse.Namespace) -> int:
-    from jaxnum.tour import run_tour
+    from jaxnum.tour.runner import run_tour
 
     names = None if args.only is None else [n for n in args.only.split(",") if n]
     outcomes = run_tour(names, quick=args.quick, out=args.out, seed=args.seed)

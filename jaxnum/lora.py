@@ -9,10 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnum._sharding import replicated
-from jaxnum.kfac._paths import path_string
+from jaxnum._src.checks import check_int
+from jaxnum._src.paths import path_string
+from jaxnum._src.sharding import replicated
 from jaxnum.linalg.randomized import randomized_svd
-from jaxnum.precision._checks import check_int
 
 __all__ = ["Adapter", "LoRACount", "count", "init_from_svd", "merge", "split"]
 

@@ -42,9 +42,9 @@ if __name__ == "__main__":
     bad_inputs.main()
     raise SystemExit
 
-GN = importlib.import_module("jaxnum.optim.gauss_newton")
+GN = importlib.import_module("jaxnum.optim.nonlinear_least_squares")
 LS = importlib.import_module("jaxnum.optim.linesearch")
-MIN = importlib.import_module("jaxnum.optim.minimize")
+MIN = importlib.import_module("jaxnum.optim.driver")
 NEWTON = importlib.import_module("jaxnum.optim.newton")
 
 KINDS = ("shape", "dtype", "non-finite", "empty tree", "hyperparameter", "method")
@@ -1715,7 +1715,7 @@ KFAC = [
       raises=(E, r"kfac.optimizer: learning_rate must be > 0, got nan")),
     C("jn.kfac.optimizer", "hyperparameter", "momentum=1",
       lambda: kfac.optimizer(0.1, momentum=1.0),
-      raises=(E, r"kfac.optimizer: momentum must lie in \(-1e-12, 1.0\), got 1.0")),
+      raises=(E, r"kfac.optimizer: momentum must lie in \[0.0, 1.0\), got 1.0")),
     C("jn.kfac.optimizer", "hyperparameter", "momentum=-0.5",
       lambda: kfac.optimizer(0.1, momentum=-0.5),
       raises=(E, r"kfac.optimizer: momentum must lie in")),
@@ -1758,7 +1758,7 @@ KFAC = [
       raises=(E, r"scale_by_adaptive_kfac: adapt_damping_every must be a Python int >= 1, got 0")),
     C("jn.kfac.scale_by_adaptive_kfac", "hyperparameter", "decay=1",
       lambda: kfac.scale_by_adaptive_kfac(decay=1.0),
-      raises=(E, r"scale_by_kfac: decay must lie in \(-1e-12, 1.0\), got 1.0")),
+      raises=(E, r"scale_by_kfac: decay must lie in \[0.0, 1.0\), got 1.0")),
     C("jn.kfac.scale_by_adaptive_kfac", "shape", "update without value= and value_fn=",
       lambda: kfac_update(kfac.scale_by_adaptive_kfac(), curvature=STATS, fisher_gram=None),
       raises=(E, r"scale_by_adaptive_kfac: adapt_damping_every needs value= \(the loss at "
@@ -1774,7 +1774,7 @@ KFAC = [
       raises=(E, r"scale_by_kfac: damping must be > 0")),
     C("jn.kfac.scale_by_kfac", "hyperparameter", "decay=1",
       lambda: kfac.scale_by_kfac(decay=1.0),
-      raises=(E, r"scale_by_kfac: decay must lie in \(-1e-12, 1.0\), got 1.0")),
+      raises=(E, r"scale_by_kfac: decay must lie in \[0.0, 1.0\), got 1.0")),
     C("jn.kfac.scale_by_kfac", "hyperparameter", "decay=-0.1",
       lambda: kfac.scale_by_kfac(decay=-0.1),
       raises=(E, r"scale_by_kfac: decay must lie in")),
@@ -1806,7 +1806,7 @@ KFAC = [
 
     C("jn.kfac.update_moving_average", "hyperparameter", "decay=1.5",
       lambda: kfac.update_moving_average(kfac_factors(), kfac_factors(), 1.5),
-      raises=(E, r"update_moving_average: decay must lie in \(-1e-12, 1.0\), got 1.5")),
+      raises=(E, r"update_moving_average: decay must lie in \[0.0, 1.0\), got 1.5")),
     C("jn.kfac.update_moving_average", "hyperparameter", "decay=nan",
       lambda: kfac.update_moving_average(kfac_factors(), kfac_factors(), float("nan")),
       raises=(E, r"update_moving_average: decay must lie in")),

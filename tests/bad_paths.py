@@ -689,7 +689,7 @@ def _minimize_strict(method):
 
 
 def _minimize_status(r, name) -> bool:
-    m = importlib.import_module("jaxnum.optim.minimize")
+    m = importlib.import_module("jaxnum.optim.driver")
     return int(r.status) == getattr(m, name) and not bool(r.converged)
 
 

@@ -24,9 +24,9 @@ import sys  # noqa: E402
 import jax  # noqa: E402
 import pytest  # noqa: E402
 
-# The slow lane: whole programs (the tour's experiments, the examples, the notebooks, the
-# documentation site and its code, the accelerator exports). `pytest -m "not slow"` is the
-# fast lane for development; CI runs both.
+# The slow lane: whole programs (the tour's experiments in tests/tour/, the examples, the
+# notebooks, the documentation site and its code, the accelerator exports).
+# `pytest -m "not slow"` is the fast lane for development; CI runs both.
 SLOW_FILES = (
     "test_docs_run.py",
     "test_docs_site.py",
@@ -34,15 +34,19 @@ SLOW_FILES = (
     "test_examples.py",
     "test_export_accelerators.py",
     "test_kfac_data_parallel_example.py",
-    "test_tour.py",
 )
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         name = item.path.name
-        if name in SLOW_FILES or name.startswith("test_experiments_"):
+        in_tour = item.path.parent.name == "tour"
+        if name in SLOW_FILES or in_tour:
             item.add_marker(pytest.mark.slow)
+        if in_tour:
+            item.add_marker(pytest.mark.tour)
+        if name.startswith(("test_docs_", "test_doctests")):
+            item.add_marker(pytest.mark.docs)
 
 
 @pytest.fixture

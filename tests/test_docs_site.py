@@ -21,7 +21,6 @@ API_PAGES = {
     "jaxnum.kfac": "kfac",
     "jaxnum.kfac.nnx": "kfac_nnx",
     "jaxnum.serialization": "serialization",
-    "jaxnum.experiments": "experiments",
 }
 
 

@@ -1,10 +1,10 @@
-"""jaxnum._jaxpr: equation-by-equation evaluation equals running the function."""
+"""jaxnum._src.jaxpr: equation-by-equation evaluation equals running the function."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnum._jaxpr import bind_equation, evaluate
+from jaxnum._src.jaxpr import bind_equation, evaluate
 
 
 @jax.custom_jvp

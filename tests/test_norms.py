@@ -1,4 +1,4 @@
-"""jaxnum._norms: the overflow-safe norm and scale every solver decides with, against numpy
+"""jaxnum._src.norms: the overflow-safe norm and scale every solver decides with, against numpy
 in float64."""
 
 import jax
@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnum._norms import power_of_two_scale, tree_norm
+from jaxnum._src.norms import power_of_two_scale, tree_norm
 
 
 @pytest.mark.parametrize(

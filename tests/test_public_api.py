@@ -9,7 +9,6 @@ import pytest
 
 import jaxnum
 import jaxnum.autodiff
-import jaxnum.experiments
 import jaxnum.kfac
 import jaxnum.kfac.nnx
 import jaxnum.linalg
@@ -17,6 +16,7 @@ import jaxnum.lora
 import jaxnum.optim
 import jaxnum.precision
 import jaxnum.serialization
+import jaxnum.tour
 
 
 @pytest.mark.parametrize(
@@ -28,7 +28,7 @@ import jaxnum.serialization
         jaxnum.linalg,
         jaxnum.lora,
         jaxnum.optim,
-        jaxnum.experiments,
+        jaxnum.tour,
         jaxnum.kfac,
         jaxnum.kfac.nnx,
         jaxnum.serialization,

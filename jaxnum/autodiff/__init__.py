@@ -9,14 +9,14 @@ from jaxnum.autodiff.estimators import (
     trace_estimate,
 )
 from jaxnum.autodiff.finite_differences import ErrorCurve, derivative, fd_error_curve
-from jaxnum.autodiff.gradcheck import (
+from jaxnum.autodiff.gradient_check import (
     GradcheckError,
     GradcheckReport,
     TaylorTest,
     gradcheck,
     taylor_test,
 )
-from jaxnum.autodiff.hvp import gnvp_fn, hvp, hvp_fn
+from jaxnum.autodiff.hessian_vector import gnvp_fn, hvp, hvp_fn
 
 __all__ = [
     "ErrorCurve",

@@ -30,7 +30,7 @@ from typing import Any
 import jax
 from jax import lax
 
-from jaxnum._jaxpr import bind_equation, evaluate
+from jaxnum._src.jaxpr import bind_equation, evaluate
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # hashed by identity: a static jit argument

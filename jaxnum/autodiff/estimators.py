@@ -9,10 +9,10 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from jaxnum._sharding import replicated
-from jaxnum.autodiff._trees import check_floating_tree, check_like
-from jaxnum.autodiff.hvp import hvp_fn
-from jaxnum.precision._checks import check_int, check_lapack_dtype
+from jaxnum._src.checks import check_int, check_lapack_dtype
+from jaxnum._src.sharding import replicated
+from jaxnum._src.trees import check_floating_tree, check_like
+from jaxnum.autodiff.hessian_vector import hvp_fn
 
 TRACE_METHODS = ("hutchinson", "hutch++", "xtrace")
 
@@ -83,7 +83,7 @@ def _flat_operator(matvec: Callable[[Any], Any], x_like: Any, chunk_size: int | 
     def single(z):
         # The product is gathered on an explicit mesh (it comes back laid out as the
         # user's operator makes it): the probe blocks meet QRs and k-by-k algebra,
-        # which take whole blocks (jaxnum/_sharding.py).
+        # which take whole blocks (jaxnum/_src/sharding.py).
         return replicated(ravel_pytree(matvec(unravel(z)))[0]).astype(z.dtype)
 
     def columns(Z):  # Z: (n, k) -> A Z, probes in chunks of chunk_size

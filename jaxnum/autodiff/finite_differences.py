@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnum.autodiff._trees import check_floating_tree, check_like, tree_axpy
+from jaxnum._src.trees import check_floating_tree, check_like, tree_axpy
 
 METHODS = ("forward", "central", "complex", "richardson")
 # Exponent k of the default step h = eps**k * max(1, |x|) / |v|: it balances the

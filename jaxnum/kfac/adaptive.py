@@ -23,9 +23,9 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from jaxnum._src.checks import check_nonnegative, check_positive, check_positive_int
 from jaxnum.kfac.statistics import LOSSES
 from jaxnum.kfac.transform import ScaleByKFACState, _zero, scale_by_kfac
-from jaxnum.precision._checks import check_nonnegative, check_positive, check_positive_int
 
 
 def _apply_fn(model) -> Callable:

@@ -20,8 +20,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxnum._sharding import replicated_output, sharded_on_first_axis_only
-from jaxnum.precision._checks import check_open_interval, check_positive
+from jaxnum._src.checks import check_interval, check_positive
+from jaxnum._src.sharding import replicated_output, sharded_on_first_axis_only
 
 
 class KroneckerFactors(NamedTuple):
@@ -73,7 +73,7 @@ def _gram(x: jax.Array) -> jax.Array:
 
 def update_moving_average(old: KroneckerFactors, new: KroneckerFactors, decay) -> KroneckerFactors:
     """``decay * old + (1 - decay) * new`` factor by factor (an exponential moving average)."""
-    check_open_interval(decay, -1e-12, 1.0, "update_moving_average", "decay")
+    check_interval(decay, "update_moving_average", "decay", at_least=0.0, below=1.0)
     for name, o, n in zip("AG", old, new, strict=True):
         if jnp.shape(o) != jnp.shape(n):
             raise ValueError(

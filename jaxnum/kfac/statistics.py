@@ -21,8 +21,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxnum._src.checks import check_int
 from jaxnum.kfac.factors import KroneckerFactors, dense_factors
-from jaxnum.precision._checks import check_int
 
 Layer = tuple[Any, ...]
 

@@ -21,7 +21,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxnum.kfac._paths import describe_paths, leaves_by_path, plain_keys
+from jaxnum._src.checks import (
+    check_interval,
+    check_nonnegative,
+    check_positive,
+    check_positive_int,
+)
+from jaxnum._src.paths import describe_paths, leaves_by_path, plain_keys
 from jaxnum.kfac.capture import conv_kernel_matrix, kernel_from_matrix
 from jaxnum.kfac.factors import (
     KroneckerFactors,
@@ -29,13 +35,7 @@ from jaxnum.kfac.factors import (
     spd_inverse,
     update_moving_average,
 )
-from jaxnum.precision._checks import (
-    check_nonnegative,
-    check_open_interval,
-    check_positive,
-    check_positive_int,
-)
-from jaxnum.precision.loss_scaling import all_finite
+from jaxnum.precision.scaling import all_finite
 
 Layer = tuple[str, ...]
 
@@ -57,7 +57,7 @@ class ScaleByKFACState(NamedTuple):
 def _dense_layers(params: Any) -> list[Layer]:
     """Paths of the sub-trees holding a 2-D (dense) or 4-D (conv) ``kernel``.
 
-    Paths are read through :func:`jaxnum.kfac._paths.plain_keys`, so linen
+    Paths are read through :func:`jaxnum._src.paths.plain_keys`, so linen
     params, NNX pure dicts, ``nnx.State`` of ``nnx.Param`` and an
     ``nnx.Optimizer``'s arrays give the same layers.
     """
@@ -148,7 +148,7 @@ def scale_by_kfac(
     """
     fn = "scale_by_kfac"
     check_positive(damping, fn, "damping")
-    check_open_interval(decay, -1e-12, 1.0, fn, "decay")
+    check_interval(decay, fn, "decay", at_least=0.0, below=1.0)
     inverse_every = check_positive_int(inverse_every, fn, "inverse_every")
     if kl_clip is not None:
         check_positive(kl_clip, fn, "kl_clip")
@@ -339,7 +339,7 @@ def optimizer(
     check_nonnegative(weight_decay, fn, "weight_decay")
     if learning_rate is not None:
         check_positive(learning_rate, fn, "learning_rate")
-        check_open_interval(momentum, -1e-12, 1.0, fn, "momentum")
+        check_interval(momentum, fn, "momentum", at_least=0.0, below=1.0)
     if learning_rate is None:
         from jaxnum.kfac.adaptive import scale_by_adaptive_kfac
 

@@ -9,7 +9,7 @@ from jaxnum.linalg.krylov import (
     spectral_density,
     top_eigenvalues,
 )
-from jaxnum.linalg.lstsq import condition_number, lstsq
+from jaxnum.linalg.least_squares import condition_number, lstsq
 from jaxnum.linalg.operators import (
     LinearOperator,
     as_operator,

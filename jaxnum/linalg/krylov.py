@@ -8,11 +8,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxnum._norms import power_of_two_scale, tree_norm
-from jaxnum._sharding import replicated, replicated_matmul, replicated_outputs
+from jaxnum._src.checks import check_int, check_nonnegative
+from jaxnum._src.norms import power_of_two_scale, tree_norm
+from jaxnum._src.sharding import replicated, replicated_matmul, replicated_outputs
 from jaxnum.linalg.operators import LinearOperator
-from jaxnum.linalg.randomized import _check_int, _compute_dtype
-from jaxnum.precision._checks import check_int, check_nonnegative
+from jaxnum.linalg.randomized import _compute_dtype
 
 
 def _as_matrix(A: Any, fn: str, arg: str) -> jax.Array:
@@ -33,7 +33,7 @@ def _symmetric_matvec(A: Any, n: int, fn: str, arg: str = "A") -> Callable[[jax.
         return replicated_outputs(A.matvec)  # whole vectors on a mesh: _sharding.py
     if callable(A):
         # A user's product may come back sharded like the user's matrix; the loops'
-        # carries are whole on every device (jaxnum/_sharding.py says why).
+        # carries are whole on every device (jaxnum/_src/sharding.py says why).
         return replicated_outputs(A)
     A = _as_matrix(A, fn, arg)
     if A.shape != (n, n):
@@ -82,7 +82,7 @@ def _product_dtype(matvec: Callable, shape: tuple, dtype: Any, fn: str, arg: str
 def _dimension(A: Any, n: int | None, fn: str) -> int:
     """n of a square A (matrix or LinearOperator); a plain callable needs ``n`` given."""
     if n is not None:
-        return _check_int(n, "n", 1, fn)
+        return check_int(n, fn, "n", 1)
     if callable(A) and not isinstance(A, LinearOperator):
         raise ValueError(f"{fn}: give n (the dimension) when A is a plain callable")
     shape = A.shape if isinstance(A, LinearOperator) else _as_matrix(A, fn, "A").shape
@@ -149,7 +149,7 @@ def cg(
       Systems", 2nd ed., Algorithm 9.1 (preconditioned CG).
     """
     fn = "cg"
-    b = replicated(jnp.asarray(b))  # CG's vectors are whole on a mesh: jaxnum/_sharding.py
+    b = replicated(jnp.asarray(b))  # CG's vectors are whole on a mesh: jaxnum/_src/sharding.py
     if b.ndim != 1:
         raise ValueError(f"{fn}: b must be a vector, got shape {b.shape}")
     if not jnp.issubdtype(b.dtype, jnp.inexact):
@@ -278,7 +278,7 @@ def lanczos(A: Any, v0: jax.Array, num_iters: int) -> LanczosResult:
       Sec. 10.3 (reorthogonalisation).
     """
     fn = "lanczos"
-    v0 = replicated(jnp.asarray(v0))  # the basis is whole on a mesh: jaxnum/_sharding.py
+    v0 = replicated(jnp.asarray(v0))  # the basis is whole on a mesh: jaxnum/_src/sharding.py
     if v0.ndim != 1:
         raise ValueError(f"{fn}: v0 must be a vector, got shape {v0.shape}")
     n = v0.shape[0]

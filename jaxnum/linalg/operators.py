@@ -10,9 +10,9 @@ import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
 
-from jaxnum._sharding import replicated_matmul
-from jaxnum.autodiff._trees import check_floating_tree
-from jaxnum.autodiff.hvp import hvp_fn
+from jaxnum._src.sharding import replicated_matmul
+from jaxnum._src.trees import check_floating_tree
+from jaxnum.autodiff.hessian_vector import hvp_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +73,7 @@ class LinearOperator:
             tuple(M.shape),
             M.dtype,
             # On an explicit mesh M keeps its layout and its products come out whole
-            # on every device (jaxnum/_sharding.py says why).
+            # on every device (jaxnum/_src/sharding.py says why).
             matvec=lambda v: replicated_matmul(M, v),
             rmatvec=lambda u: replicated_matmul(M.T, u),
             matmat=lambda V: replicated_matmul(M, V),

@@ -8,13 +8,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxnum._src.checks import check_int
 from jaxnum.linalg.operators import LinearOperator, as_operator
-from jaxnum.precision._checks import check_int
-
-
-def _check_int(value: Any, name: str, minimum: int, fn: str) -> int:
-    """``check_int`` (jaxnum.precision._checks) in this module's argument order."""
-    return check_int(value, fn, name, minimum)
 
 
 def _check_floating(dtype, fn: str, arg: str = "A") -> None:
@@ -121,8 +116,8 @@ def randomized_range_finder(
     fn = "randomized_range_finder"
     op = as_operator(A, fn)
     _check_floating(op.dtype, fn)
-    size = _check_int(size, "size", 1, fn)
-    power_iters = _check_int(power_iters, "power_iters", 0, fn)
+    size = check_int(size, fn, "size", 1)
+    power_iters = check_int(power_iters, fn, "power_iters", 0)
     _check_normalizer(normalizer, fn)
     if size > min(op.shape):
         raise ValueError(f"{fn}: size={size} exceeds min(m, n) = {min(op.shape)}")
@@ -195,9 +190,9 @@ def randomized_svd(
       2011 (Algorithms 4.4 and 5.1; Eq. 1.11 for the error bound).
     """
     fn = "randomized_svd"
-    rank = _check_int(rank, "rank", 1, fn)
-    oversample = _check_int(oversample, "oversample", 0, fn)
-    power_iters = _check_int(power_iters, "power_iters", 0, fn)
+    rank = check_int(rank, fn, "rank", 1)
+    oversample = check_int(oversample, fn, "oversample", 0)
+    power_iters = check_int(power_iters, fn, "power_iters", 0)
     _check_normalizer(normalizer, fn)
     if isinstance(A, LinearOperator):
         _check_floating(A.dtype, fn)
@@ -277,8 +272,8 @@ def randomized_eigh(
     m, n = op.shape
     if m != n:
         raise ValueError(f"{fn}: A_psd must be square, got shape {op.shape}")
-    rank = _check_int(rank, "rank", 1, fn)
-    oversample = _check_int(oversample, "oversample", 0, fn)
+    rank = check_int(rank, fn, "rank", 1)
+    oversample = check_int(oversample, fn, "oversample", 0)
     _check_rank(rank, op.shape, fn)
     _check_floating(op.dtype, fn, "A_psd")
     dtype = _compute_dtype(op.dtype)

@@ -9,21 +9,13 @@ damping (:func:`scale_by_newton_cg`; ``minimize(method="newton-cg"|"newton")``)
 and Gauss-Newton / Levenberg-Marquardt least squares (:func:`gauss_newton`).
 """
 
-from jaxnum.optim.gauss_newton import GaussNewtonResult, gauss_newton
-from jaxnum.optim.lbfgs import (
-    ScaleByLBFGSState,
-    inverse_hessian_product,
-    lbfgs,
-    scale_by_lbfgs,
-    two_loop,
-)
+from jaxnum.optim.driver import MinimizeResult, minimize
 from jaxnum.optim.linesearch import (
     StrongWolfeState,
     more_thuente_step,
     scale_by_strong_wolfe,
     strong_wolfe_search,
 )
-from jaxnum.optim.minimize import MinimizeResult, minimize
 from jaxnum.optim.newton import (
     ConvergenceOrder,
     NewtonRootResult,
@@ -35,6 +27,14 @@ from jaxnum.optim.newton_cg import (
     TruncatedCGResult,
     scale_by_newton_cg,
     truncated_cg,
+)
+from jaxnum.optim.nonlinear_least_squares import GaussNewtonResult, gauss_newton
+from jaxnum.optim.quasi_newton import (
+    ScaleByLBFGSState,
+    inverse_hessian_product,
+    lbfgs,
+    scale_by_lbfgs,
+    two_loop,
 )
 
 __all__ = [

@@ -32,14 +32,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxnum._norms import bound_in_dtype
-from jaxnum.autodiff._trees import tree_vdot
-from jaxnum.precision._checks import (
-    check_open_interval,
+from jaxnum._src.checks import (
+    check_interval,
     check_positive,
     check_positive_int,
     concrete_value,
 )
+from jaxnum._src.norms import bound_in_dtype
+from jaxnum._src.trees import tree_vdot
 
 # Status codes of one search (``StrongWolfeState.status``).
 WOLFE = 0  #: the accepted step satisfies the strong Wolfe conditions
@@ -209,10 +209,10 @@ def _check_options(
 ) -> None:
     """The line search's options, checked by name (a traced value is not checked)."""
     check_positive_int(max_evaluations, fn, "max_evaluations")
-    check_open_interval(slope_rtol, 0.0, 0.5, fn, "slope_rtol")
+    check_interval(slope_rtol, fn, "slope_rtol", above=0.0, below=0.5)
     low = concrete_value(slope_rtol)
-    check_open_interval(curv_rtol, 0.0 if low is None else low, 1.0, fn, "curv_rtol")
-    check_open_interval(xtol, 0.0, 1.0, fn, "xtol")
+    check_interval(curv_rtol, fn, "curv_rtol", above=0.0 if low is None else low, below=1.0)
+    check_interval(xtol, fn, "xtol", above=0.0, below=1.0)
     check_positive(max_stepsize, fn, "max_stepsize")
     if approx_rtol is not None:
         check_positive(approx_rtol, fn, "approx_rtol")

@@ -24,10 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from jaxnum._norms import tree_norm
-from jaxnum._sharding import replicated, replicated_outputs
-from jaxnum.optim._status import status_message
-from jaxnum.precision._checks import check_int, check_lapack_dtype, check_positive
+from jaxnum._src.checks import check_int, check_lapack_dtype, check_positive
+from jaxnum._src.norms import tree_norm
+from jaxnum._src.sharding import replicated, replicated_outputs
+from jaxnum._src.status import status_message
 
 ROOT_CONVERGED = 0
 ROOT_MAXITER = 1
@@ -97,7 +97,7 @@ def flat_residual(f: Callable, x0: Any, args: tuple, mode: str = "auto", fn: str
     """
     # On an explicit mesh x, the residuals and the Jacobian are whole on every device:
     # the steps solve least-squares problems by SVD, which takes no sharded matrix,
-    # and the loops' carries keep one layout (jaxnum/_sharding.py).
+    # and the loops' carries keep one layout (jaxnum/_src/sharding.py).
     flat0, unravel = ravel_pytree(x0)
     flat0 = replicated(flat0)
 

@@ -21,19 +21,18 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
-from jaxnum._norms import bound_in_dtype, power_of_two_scale, tree_norm
-from jaxnum._sharding import replicated, sharded_like
-from jaxnum.autodiff._trees import check_like, tree_vdot
-from jaxnum.autodiff.hvp import gnvp_fn
-from jaxnum.precision._checks import (
-    check_greater,
+from jaxnum._src.checks import (
     check_int,
+    check_interval,
     check_lapack_dtype,
-    check_open_interval,
     check_positive,
     check_positive_int,
     concrete_value,
 )
+from jaxnum._src.norms import bound_in_dtype, power_of_two_scale, tree_norm
+from jaxnum._src.sharding import replicated, sharded_like
+from jaxnum._src.trees import check_like, tree_vdot
+from jaxnum.autodiff.hessian_vector import gnvp_fn
 
 CURVATURES = ("hessian", "gauss-newton")
 LINEAR_SOLVERS = ("cg", "dense")
@@ -245,8 +244,8 @@ def scale_by_newton_cg(
         check_positive(cg_tol, fn, "cg_tol")
     # Float options may be traced (optax.inject_hyperparams, a jit argument): checked
     # when concrete.
-    check_greater(boost, 1, fn, "boost")
-    check_open_interval(drop, 0, 1, fn, "drop")
+    check_interval(boost, fn, "boost", above=1)
+    check_interval(drop, fn, "drop", above=0, below=1)
     lo, hi = concrete_value(min_damping), concrete_value(max_damping)
     if lo is not None and hi is not None and not 0 <= lo < hi:
         raise ValueError(

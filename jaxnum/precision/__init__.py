@@ -3,13 +3,6 @@ non-finite diagnostics and streaming softmax."""
 
 from jaxnum.precision.clipping import ClipByGlobalNormState, clip_by_global_norm, global_norm
 from jaxnum.precision.formats import FloatFormat, float_format, float_formats, format_table
-from jaxnum.precision.loss_scaling import (
-    LossScalingState,
-    all_finite,
-    current_loss_scale,
-    loss_scaling,
-    scaled_value_and_grad,
-)
 from jaxnum.precision.nonfinite import (
     NonfiniteOp,
     NonfiniteReport,
@@ -20,6 +13,13 @@ from jaxnum.precision.nonfinite import (
 )
 from jaxnum.precision.online import online_logsumexp, online_softmax
 from jaxnum.precision.policy import Policy
+from jaxnum.precision.scaling import (
+    LossScalingState,
+    all_finite,
+    current_loss_scale,
+    loss_scaling,
+    scaled_value_and_grad,
+)
 
 __all__ = [
     "ClipByGlobalNormState",

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 from jax.extend.core import Var
 
-from jaxnum._jaxpr import bind_equation, evaluate
+from jaxnum._src.jaxpr import bind_equation, evaluate
 
 
 def _same_type(var: Var, old: Any) -> bool:

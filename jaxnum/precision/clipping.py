@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from jaxnum.precision._checks import check_positive, floating_leaves
+from jaxnum._src.checks import check_positive, floating_leaves
 
 
 def _accumulation_dtype(leaves) -> jnp.dtype:

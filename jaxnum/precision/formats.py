@@ -6,7 +6,7 @@ from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from jaxnum.precision._checks import floating_dtype
+from jaxnum._src.checks import floating_dtype
 
 FORMAT_NAMES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2")
 

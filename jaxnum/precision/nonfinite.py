@@ -11,8 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.extend import source_info_util
 
-from jaxnum._jaxpr import bind_equation, evaluate
-from jaxnum.precision._checks import floating_dtype, floating_leaves
+from jaxnum._src.checks import floating_dtype, floating_leaves
+from jaxnum._src.jaxpr import bind_equation, evaluate
 
 
 @dataclasses.dataclass(frozen=True)

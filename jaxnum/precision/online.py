@@ -6,8 +6,8 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from jaxnum._sharding import gathered_along
-from jaxnum.precision._checks import check_int, check_positive_int
+from jaxnum._src.checks import check_int, check_positive_int
+from jaxnum._src.sharding import gathered_along
 
 
 def _check_axis(x: jax.Array, axis: int, fn: str) -> int:

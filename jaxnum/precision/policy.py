@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnum.precision._checks import floating_dtype
+from jaxnum._src.checks import floating_dtype
 
 # Names accepted by Policy.parse, besides any name numpy/jax know as a float dtype.
 _DTYPE_ALIASES = {

@@ -10,7 +10,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxnum.autodiff import gnvp_fn, hvp, hvp_fn
 from jaxnum.autodiff._dot_layout import _is_leading_contraction, _plain_dot, plan
-from jaxnum.autodiff.hvp import (
+from jaxnum.autodiff.hessian_vector import (
     _apply_linear,
     _apply_program,
     _gradient_vjp,

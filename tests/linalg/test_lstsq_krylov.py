@@ -18,7 +18,7 @@ from jaxnum.linalg import (
     spectral_density,
     top_eigenvalues,
 )
-from jaxnum.linalg.lstsq import METHODS
+from jaxnum.linalg.least_squares import METHODS
 
 
 @pytest.mark.parametrize("method", ["svd", "qr", "cholesky", "normal"])

@@ -10,7 +10,7 @@ import scipy.optimize as so
 from jax.experimental import io_callback
 
 from jaxnum.optim import minimize
-from jaxnum.optim.minimize import (
+from jaxnum.optim.driver import (
     CONVERGED_F,
     CONVERGED_GRAD,
     LINESEARCH_FAILED,

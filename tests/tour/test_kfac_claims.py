@@ -1,0 +1,57 @@
+"""The K-FAC experiment: the Kronecker identity against numpy, step counts from its own curves."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnum import kfac
+from jaxnum.tour import VERDICTS, ClaimResult
+from jaxnum.tour import kfac_claims as experiment
+
+
+@pytest.fixture(scope="module")
+def quick_run():
+    return experiment.run(experiment.Config.quick(), jax.random.key(0))
+
+
+def test_identity_against_numpy_kron(x64):
+    rng = np.random.default_rng(0)
+    A = experiment._spd(jax.random.key(1), 5, jnp.float64)
+    G = experiment._spd(jax.random.key(2), 3, jnp.float64)
+    W = rng.standard_normal((5, 3))
+    expected = np.linalg.solve(np.kron(np.asarray(A), np.asarray(G)), W.ravel()).reshape(5, 3)
+    got = kfac.kronecker_precondition(jnp.asarray(W), kfac.KroneckerFactors(A, G))
+    np.testing.assert_allclose(got, expected, rtol=1e-12)
+
+
+def test_row_is_consistent_with_its_data(quick_run):
+    result, _ = quick_run
+    config = experiment.Config.quick()
+    assert isinstance(result, ClaimResult) and result.verdict in VERDICTS
+    data = result.data
+    assert max(data["identity_errors"].values()) < 1e-12
+    finals = {lr: curve[-1] for lr, curve in data["adam_losses"].items()}
+    assert data["target"] == min(finals.values())
+    assert float(min(finals, key=finals.get)) == data["adam_best_lr"]
+    kf = np.array(data["kfac_losses"])
+    reached = np.flatnonzero(kf <= data["target"])
+    if reached.size:
+        assert data["kfac_steps_needed"] == reached[0] + 1
+        np.testing.assert_allclose(
+            data["step_ratio"], config.adam_steps / data["kfac_steps_needed"]
+        )
+        assert (result.verdict == "holds") == (data["step_ratio"] >= 10)
+    else:
+        assert data["kfac_steps_needed"] is None and result.verdict == "does not hold here"
+    assert kf[-1] < kf[0]  # K-FAC trains
+    # The dense solve of the s^2 x s^2 system costs more than the factored one at the top size.
+    top = str(max(config.cost_sizes))
+    assert data["dense_seconds"][top] > data["factored_seconds"][top]
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="factor sizes"):
+        experiment.Config(cost_sizes=(1, 4))
+    with pytest.raises(ValueError, match="empty"):
+        experiment.Config(adam_lrs=())

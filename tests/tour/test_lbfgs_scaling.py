@@ -1,0 +1,57 @@
+"""The L-BFGS vs BFGS scaling experiment: exact memory counts and the dense BFGS update."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxnum.tour import VERDICTS, ClaimResult
+from jaxnum.tour import lbfgs_scaling as experiment
+
+
+@pytest.fixture(scope="module")
+def quick_run():
+    return experiment.run(experiment.Config.quick(), jax.random.key(0))
+
+
+def test_bfgs_step_is_the_textbook_update_and_meets_the_secant_condition(x64):
+    rng = np.random.default_rng(0)
+    n = 6
+    M = rng.standard_normal((n, n))
+    H = M @ M.T + np.eye(n)
+    s, g = rng.standard_normal(n), rng.standard_normal(n)
+    y = s * rng.uniform(0.5, 2.0, n)  # positive curvature
+    rho = 1.0 / (y @ s)
+    V = np.eye(n) - rho * np.outer(y, s)
+    expected = V.T @ H @ V + rho * np.outer(s, s)  # Nocedal and Wright eq. 6.17
+    H_new, Hg = experiment.bfgs_step(jnp.asarray(H), jnp.asarray(s), jnp.asarray(y), jnp.asarray(g))
+    np.testing.assert_allclose(H_new, expected, rtol=1e-10)
+    np.testing.assert_allclose(H_new @ y, s, rtol=1e-10)
+    np.testing.assert_allclose(Hg, expected @ g, rtol=1e-10)
+
+
+def test_memory_is_exactly_what_each_method_stores(quick_run):
+    result, _ = quick_run
+    assert isinstance(result, ClaimResult) and result.verdict in VERDICTS
+    m = experiment.Config.quick().memory_size
+    for row in result.data["rows"] + result.data["lbfgs_large"]:
+        n = row["n"]
+        # 2 (m + 1) pair rows, previous x and g (float32), plus O(m^2) scalars.
+        floats = 2 * (m + 1) * n + 2 * n
+        assert floats * 4 <= row["lbfgs_state_bytes"] <= floats * 4 + 8 * (m + 1) ** 2 + 64
+    for row in result.data["rows"]:
+        assert row["bfgs_matrix_bytes"] == 4 * row["n"] ** 2
+    slopes = result.data["memory_slopes"]
+    assert (
+        abs(slopes["lbfgs_state_bytes"] - 1) < 0.01 and abs(slopes["bfgs_matrix_bytes"] - 2) < 1e-9
+    )
+    top = result.data["rows"][-1]
+    assert top["bfgs_seconds"] > top["lbfgs_seconds"]  # at n = 2048 the dense update is slower
+    assert f"{slopes['lbfgs_state_bytes']:.2f}" in result.measured
+
+
+def test_bad_config_is_refused():
+    with pytest.raises(ValueError, match="sizes"):
+        experiment.Config(sizes=(512,))
+    with pytest.raises(ValueError, match="memory_size"):
+        experiment.Config(sizes=(8, 16), memory_size=10)

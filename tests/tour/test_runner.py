@@ -1,0 +1,71 @@
+"""``python -m jaxnum tour --quick``: the command runs and writes every artifact.
+
+The end-to-end run takes four fast experiments (``--only``): each experiment's
+own quick run is tested in its ``tests/test_experiments_*.py`` (figure
+included), so running all 16 again here cost 100 s of the suite's 15 minutes
+for the CLI plumbing alone. ``test_every_experiment_has_its_own_tests`` keeps
+that division honest.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jaxnum.__main__ import main
+from jaxnum.tour import VERDICTS
+from jaxnum.tour import runner as tour
+
+FAST = ("float_range", "softmax_overflow", "clipping_overflow", "lora_counts")
+
+
+def test_every_experiment_has_its_own_tests():
+    sources = [p.read_text() for p in Path(__file__).parent.glob("test_*.py")]
+    for name in tour.available():
+        imports = (f"from jaxnum.tour import {name} ", f"jaxnum.tour.{name}")
+        assert any(i in s for s in sources for i in imports), f"no test imports {name}"
+
+
+def test_quick_tour_writes_report_json_and_figures(tmp_path):
+    out = tmp_path / "report"
+    names = [n for n in tour.available() if n in FAST]
+    assert len(names) == len(FAST)
+    command = [sys.executable, "-m", "jaxnum", "tour", "--quick", "--only", ",".join(names)]
+    proc = subprocess.run(
+        [*command, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    payload = json.loads((out / "results.json").read_text())
+    assert [r["name"] for r in payload["results"]] == names
+    report = (out / "report.md").read_text()
+    for row in payload["results"]:
+        assert row["error"] is None
+        assert row["verdict"] in VERDICTS
+        assert row["measured"] and row["why"] and row["claim"]
+        assert f"## {row['name']}" in report and row["verdict"] in report
+        if row["figure"]:
+            assert (out / row["figure"]).stat().st_size > 1000
+            assert f"]({row['figure']})" in report
+    assert "[1/" in proc.stdout and "Report:" in proc.stdout
+
+
+def test_a_failing_experiment_is_reported_and_fails_the_command(tmp_path, monkeypatch, capsys):
+    # A module without Config/run stands in for a broken experiment.
+    monkeypatch.setitem(tour.EXPERIMENTS, "broken", "result")
+    status = main(["tour", "--quick", "--only", "broken", "--out", str(tmp_path)])
+    assert status == 1
+    report = (tmp_path / "report.md").read_text()
+    assert "**error**" in report and "AttributeError" in report
+    row = json.loads((tmp_path / "results.json").read_text())["results"][0]
+    assert row["error"] and "Config" in row["error"]
+    assert "ERROR" in capsys.readouterr().out
+
+
+def test_unknown_experiment_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="unknown experiments"):
+        tour.run_tour(["no_such_claim"], quick=True, out=tmp_path)
