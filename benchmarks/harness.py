@@ -380,3 +380,26 @@ def write_section(name: str, body: str, path: Path = BENCHMARKS_MD) -> None:
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+def interleaved(
+    calls: dict[str, Callable], rounds: int, pause_s: float = 0.3
+) -> dict[str, tuple[float, object]]:
+    """Median seconds per call over interleaved rounds, and the last result of each.
+
+    The order rotates every round and each call waits ``pause_s`` first: OpenBLAS's
+    worker threads busy-wait for about 0.1 s after a call, and on 2 cores they
+    made whichever solver ran right after scipy (2 BLAS threads) twice slower.
+    Each timed call follows an untimed one of the same solver (steady state).
+    """
+    results = {name: jax.block_until_ready(call()) for name, call in calls.items()}  # compiles
+    samples = {name: [] for name in calls}
+    names = list(calls)
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
+            time.sleep(pause_s)
+            jax.block_until_ready(calls[name]())  # untimed: wakes the CPU and thread pools
+            start = time.perf_counter()
+            results[name] = jax.block_until_ready(calls[name]())
+            samples[name].append(time.perf_counter() - start)
+    return {name: (statistics.median(samples[name]), results[name]) for name in calls}

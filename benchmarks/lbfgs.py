@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import jax
@@ -50,98 +49,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from benchmarks.harness import machine_summary, one_core, run_in_child, write_section
+from benchmarks.harness import interleaved, machine_summary, one_core, run_in_child, write_section
+from benchmarks.problems import Problem, optimisation_problems, unflatten
 from jaxnum.optim import minimize
 
-MEMORY, MAXITER, MAXFUN, LAMBDA = 10, 20000, 10**6, 1e-3
+MEMORY, MAXITER, MAXFUN = 10, 20000, 10**6
 TOL = {np.float64: 1e-6, np.float32: 1e-4}
 DTYPES = (np.float64, np.float32)
 JAX_SOLVERS = ("jaxnum", "optax", "jaxopt")
-PAUSE_S = 0.3  # before every timed call; see _interleaved
-
-# ---------------------------------------------------------------- problems
-
-
-def rosenbrock(x):
-    return jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1.0 - x[:-1]) ** 2)
-
-
-def _rosenbrock_np(x):
-    r = x[1:] - x[:-1] ** 2
-    f = np.sum(100.0 * r**2 + (1.0 - x[:-1]) ** 2)
-    g = np.zeros_like(x)
-    g[:-1] = -400.0 * x[:-1] * r - 2.0 * (1.0 - x[:-1])
-    g[1:] += 200.0 * r
-    return f, g
-
-
-def logistic(params, X, Y):
-    z = X @ params["W"] + params["b"]
-    nll = jnp.mean(jax.nn.logsumexp(z, axis=1) - jnp.sum(Y * z, axis=1))
-    return nll + 0.5 * LAMBDA * jnp.sum(params["W"] ** 2)
-
-
-def _logistic_np(v, X, Y):
-    """Value and gradient of :func:`logistic` on the flat vector (W row-major, then b)."""
-    W, b = v[:640].reshape(64, 10), v[640:]
-    z = X @ W + b
-    z -= z.max(axis=1, keepdims=True)
-    lse = np.log(np.sum(np.exp(z), axis=1, keepdims=True))
-    f = np.mean(lse[:, 0] - np.sum(Y * z, axis=1)) + 0.5 * LAMBDA * np.sum(W**2)
-    dz = (np.exp(z - lse) - Y) / X.shape[0]
-    gW = X.T @ dz + LAMBDA * W
-    return f, np.concatenate([gW.ravel(), dz.sum(axis=0)])
-
-
-@dataclass(frozen=True)
-class Problem:
-    name: str
-    fun: Callable  # jax objective fun(x, *args)
-    x0: Callable  # dtype -> pytree
-    args: Callable  # dtype -> tuple of jax arrays
-    numpy_fg: Callable  # flat float64 x -> (f, g)
-    flat_x0: np.ndarray
-
-
-def _problems() -> list[Problem]:
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    X = digits.data / 16.0
-    Y = np.eye(10)[digits.target]
-    out = []
-    for n in (100, 1000):
-        x0 = np.tile([-1.2, 1.0], n // 2)
-        out.append(
-            Problem(
-                f"Rosenbrock n={n}",
-                rosenbrock,
-                lambda dt, x0=x0: jnp.asarray(x0, dt),
-                lambda dt: (),
-                _rosenbrock_np,
-                x0,
-            )
-        )
-    out.append(
-        Problem(
-            "digits logistic (650 params)",
-            logistic,
-            lambda dt: {"W": jnp.zeros((64, 10), dt), "b": jnp.zeros(10, dt)},
-            lambda dt: (jnp.asarray(X, dt), jnp.asarray(Y, dt)),
-            lambda v: _logistic_np(v, X, Y),
-            np.zeros(650),
-        )
-    )
-    return out
-
-
-def _unflatten(v, like):
-    leaves, treedef = jax.tree.flatten(like)
-    parts = np.split(v, np.cumsum([x.size for x in leaves])[:-1])
-    return jax.tree.unflatten(
-        treedef,
-        [jnp.asarray(a.reshape(b.shape), b.dtype) for a, b in zip(parts, leaves, strict=True)],
-    )
 
 
 def _check_numpy_gradients(problems):
@@ -151,7 +66,7 @@ def _check_numpy_gradients(problems):
             v = np.random.default_rng(0).normal(size=p.flat_x0.shape) * 0.3
             f, g = p.numpy_fg(v)
             jf, jg = jax.value_and_grad(p.fun)(
-                _unflatten(v, p.x0(jnp.float64)), *p.args(jnp.float64)
+                unflatten(v, p.x0(jnp.float64)), *p.args(jnp.float64)
             )
             jg = np.concatenate([np.ravel(a) for a in jax.tree.leaves(jg)])
             assert np.isclose(f, float(jf), rtol=1e-12), p.name
@@ -351,27 +266,6 @@ def _evaluation_floor(p, dtype, rounds):
 # ---------------------------------------------------------------- driver
 
 
-def _interleaved(calls: dict[str, Callable], rounds: int) -> dict[str, tuple[float, object]]:
-    """Median seconds per call over interleaved rounds, and the last result of each.
-
-    The order rotates every round and each call waits PAUSE_S first: OpenBLAS's
-    worker threads busy-wait for about 0.1 s after a call, and on 2 cores they
-    made whichever solver ran right after scipy (2 BLAS threads) twice slower.
-    Each timed call follows an untimed one of the same solver (steady state).
-    """
-    results = {name: jax.block_until_ready(call()) for name, call in calls.items()}  # compiles
-    samples = {name: [] for name in calls}
-    names = list(calls)
-    for r in range(rounds):
-        for name in names[r % len(names) :] + names[: r % len(names)]:  # rotate the order
-            time.sleep(PAUSE_S)
-            jax.block_until_ready(calls[name]())  # untimed: wakes the CPU and thread pools
-            start = time.perf_counter()
-            results[name] = jax.block_until_ready(calls[name]())
-            samples[name].append(time.perf_counter() - start)
-    return {name: (statistics.median(samples[name]), results[name]) for name in calls}
-
-
 def _recheck(p, dtype, o: Outcome):
     """Loss and gradient 2-norm recomputed at the returned point, in the run's dtype."""
     if isinstance(o.x, np.ndarray):
@@ -415,10 +309,10 @@ def one_core_times(rounds: int) -> dict[str, float]:
     """
     times = {}
     for dtype in DTYPES:
-        for p in _problems():
+        for p in optimisation_problems():
             with jax.enable_x64(dtype == np.float64):
                 solvers = _solvers(p, dtype, (1,))
-                timed = _interleaved({name: call for name, (call, _) in solvers.items()}, rounds)
+                timed = interleaved({name: call for name, (call, _) in solvers.items()}, rounds)
             times.update({_key(p, dtype, name): t for name, (t, _) in timed.items()})
     return times
 
@@ -428,7 +322,7 @@ def _measure(p: Problem, dtype, rounds, count: tuple[str, ...], pinned: dict | N
     (both cores) and ``pinned`` (one core; None when there is no such run)."""
     with jax.enable_x64(dtype == np.float64):
         solvers = _solvers(p, dtype, (1, 2))
-        timed = _interleaved({name: call for name, (call, _) in solvers.items()}, rounds)
+        timed = interleaved({name: call for name, (call, _) in solvers.items()}, rounds)
         counted = _counted_evaluations(p, dtype, count)
         floor = _evaluation_floor(p, dtype, rounds)
         rows = {}
@@ -536,7 +430,7 @@ def _observations(p, dtype, rows):
 def run(quick: bool = False) -> None:
     rounds = 2 if quick else 7
     count = ("jaxnum",) if quick else JAX_SOLVERS  # each counted run is one more compile
-    problems = _problems()
+    problems = optimisation_problems()
     _check_numpy_gradients(problems)
     lines = [
         "| problem | dtype | solver | iterations | evaluations | counted | final loss "

@@ -22,7 +22,7 @@ Counted: iterations, function evaluations (jaxnum: every call of ``fun``, the
 per-iteration linearisation included, as ``nfev`` counts them; scipy: ``nfev``),
 gradient evaluations, Hessian-vector products (scipy's ``nhev``; jaxnum's CG
 products, n per dense Hessian).
-Times are medians over interleaved rounds (benchmarks.lbfgs._interleaved:
+Times are medians over interleaved rounds (benchmarks.harness.interleaved:
 rotating order, a pause before each call for OpenBLAS's spinning threads),
 compile excluded.
 """
@@ -33,8 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.harness import machine_summary, write_section
-from benchmarks.lbfgs import _interleaved, _problems, _unflatten
+from benchmarks.harness import interleaved, machine_summary, write_section
+from benchmarks.problems import LAMBDA, optimisation_problems, unflatten
 from jaxnum.optim import minimize
 
 TOL, MAXITER = 1e-8, 20000
@@ -60,8 +60,6 @@ def _numpy_callbacks(problem):
         return so.rosen, so.rosen_der, so.rosen_hess_prod
     from sklearn.datasets import load_digits
 
-    from benchmarks.lbfgs import LAMBDA
-
     digits = load_digits()
     X, Y = digits.data / 16.0, np.eye(10)[digits.target]
     return (
@@ -75,7 +73,7 @@ def _check_hessp(problem, hessp):
     with jax.enable_x64(True):
         rng = np.random.default_rng(1)
         v, p = rng.normal(size=problem.flat_x0.shape) * 0.3, rng.normal(size=problem.flat_x0.shape)
-        x, d = _unflatten(v, problem.x0(jnp.float64)), _unflatten(p, problem.x0(jnp.float64))
+        x, d = unflatten(v, problem.x0(jnp.float64)), unflatten(p, problem.x0(jnp.float64))
         args = problem.args(jnp.float64)
         ref = jax.jvp(lambda y: jax.grad(problem.fun)(y, *args), (x,), (d,))[1]
         ref = np.concatenate([np.ravel(a) for a in jax.tree.leaves(ref)])
@@ -140,7 +138,7 @@ def _measure(problem, rounds, quick):
                 name = f"scipy {method} ({threads} BLAS thread{'s' if threads > 1 else ''})"
                 calls[name] = _scipy_call(problem, method, threads)
                 kinds[name] = "scipy"
-        timed = _interleaved(calls, rounds)
+        timed = interleaved(calls, rounds)
     rows = {}
     for name, (seconds, result) in timed.items():
         row = _row_jaxnum(result) if kinds[name] == "jaxnum" else _row_scipy(result, problem)
@@ -187,7 +185,7 @@ def _summary(problem, rows):
 
 
 def run(quick: bool = False) -> None:
-    problems = _problems()
+    problems = optimisation_problems()
     for p in problems:
         _check_hessp(p, _numpy_callbacks(p)[2])
     rounds = 2 if quick else 7
