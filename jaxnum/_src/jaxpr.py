@@ -1,9 +1,11 @@
 """Evaluating a jaxpr equation by equation, for interpreters that act between equations.
 
 Used by :func:`jaxnum.first_nonfinite` (checks each equation's outputs) and by
-``jaxnum.autodiff.hvp_fn``'s product (replaces some dots). Public jax API only:
-``jax.extend.core`` and ``Primitive.bind``, as in jax's "Writing custom jaxpr
-interpreters" guide.
+``jaxnum.precision``'s exact skip (selects each state output where it is computed).
+It relies on ``jax.extend.core`` (``Var``, ``Literal``, ``DropVar``) and on
+equation internals (``eqn.ctx``, ``Primitive.get_bind_params``, ``bind``), as in
+jax's "Writing custom jaxpr interpreters" guide: public, but less stable across
+jax releases than ``jax.numpy``/``lax``, so callers keep a fallback.
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import collections
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -11,7 +10,6 @@ import jax
 
 from jaxnum._src.sharding import sharded_like
 from jaxnum._src.trees import check_floating_tree, check_like, tree_vdot
-from jaxnum.autodiff._dot_layout import LinearProgram, plan
 
 MODES = ("fwd-rev", "rev-rev", "rev-fwd")
 
@@ -80,57 +78,6 @@ def _apply_linear(linear, v):
     return linear(v)[0]
 
 
-_PROGRAMS: collections.OrderedDict = collections.OrderedDict()  # plan key -> LinearProgram
-_MAX_PROGRAMS = 64
-
-
-def _rewrite_pays(x: Any, args: Any, residuals: list) -> bool:
-    """Whether to store transposed residuals: on CPU (the dots it avoids are slow in
-    XLA:CPU), outside a trace (inside one jit XLA sees copies and products together)
-    and on one device without a mesh (no sharded dots to rewrite)."""
-    arrays = jax.tree.leaves((x, args, residuals))
-    return (
-        jax.default_backend() == "cpu"
-        and not any(isinstance(a, jax.core.Tracer) for a in arrays)
-        and jax.sharding.get_abstract_mesh().empty
-        and all(len(r.sharding.device_set) == 1 for r in residuals if hasattr(r, "sharding"))
-    )
-
-
-def _program_for(linear: Any, x: Any) -> LinearProgram | None:
-    """The rewritten product for this linearization, or None if it has no dot to
-    rewrite; traced once per key (the pullback's tree, which identifies its jaxpr, the
-    exact types of residuals and x, and x64)."""
-    residuals, linear_tree = jax.tree.flatten(linear)
-    x_leaves, x_tree = jax.tree.flatten(x)
-    key = (
-        linear_tree,
-        tuple(jax.typeof(r) for r in residuals),
-        x_tree,
-        tuple(jax.typeof(a) for a in x_leaves),
-        jax.config.jax_enable_x64,
-    )
-    program = _PROGRAMS.get(key)
-    if program is None:
-        program = plan(linear, x)
-        _PROGRAMS[key] = program
-        if len(_PROGRAMS) > _MAX_PROGRAMS:
-            _PROGRAMS.popitem(last=False)
-    else:
-        _PROGRAMS.move_to_end(key)
-    return program if program.rewrites else None
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _transposed_copies(program, residuals):
-    return program.transposed_residuals(residuals)
-
-
-@functools.partial(jax.jit, static_argnums=0)
-def _apply_program(program, residuals, transposed, v):
-    return program(residuals, transposed, v)
-
-
 def hvp_fn(f: Callable[..., Any], x: Any, *args: Any) -> Callable[[Any], Any]:
     """Linearizes ``grad f`` at ``x`` once; returns ``v -> H(x) v``.
 
@@ -143,14 +90,6 @@ def hvp_fn(f: Callable[..., Any], x: Any, *args: Any) -> Callable[[Any], Any]:
     from Python (each product is one compiled call). Inside a single
     ``jax.jit`` XLA already hoists the repeated primal work of ``hvp`` out of a
     loop, and the two cost the same.
-
-    On CPU, outside a trace and on one device, the residuals that enter a dense
-    layer's weight-gradient product ``X^T Y`` are also stored transposed (one
-    copy each, made once), so each product runs those dots in the row-major
-    form XLA:CPU multiplies fastest (the transposed-operand form measured
-    1.3-2x slower). Only dots written at the top level of ``f`` are rewritten,
-    not those inside a nested ``jax.jit``, ``scan`` or ``checkpoint``; see
-    ``jaxnum/autodiff/_dot_layout.py``. The products are the same function.
 
     Args:
       f: ``f(x, *args) -> scalar``; the same function object reuses the compilation.
@@ -171,18 +110,13 @@ def hvp_fn(f: Callable[..., Any], x: Any, *args: Any) -> Callable[[Any], Any]:
     """
     check_floating_tree(x, "hvp_fn", "x")
     linear = _gradient_vjp(f, x, args)
-    residuals = jax.tree.leaves(linear)
-    program = _program_for(linear, x) if _rewrite_pays(x, args, residuals) else None
-    transposed = _transposed_copies(program, residuals) if program is not None else None
 
     def product(v):
         check_like(x, v, "hvp_fn", same_dtype=True)
         # On an explicit mesh the pullback takes v laid out as x is (a probe made
         # whole by a trace estimator, or a whole Krylov vector, is resharded).
         v = jax.tree.map(sharded_like, v, x)
-        if program is None:  # jax's own pullback
-            return _apply_linear(linear, v)
-        return _apply_program(program, residuals, transposed, v)
+        return _apply_linear(linear, v)
 
     return product
 
