@@ -219,6 +219,19 @@ def _precision_inner_clip_traced(bad=-1.0):
     return updates["w"], new
 
 
+def _precision_scaled_negative_scale():
+    """scaled_value_and_grad then loss_scaling's update, jitted, from a state whose scale
+    is -8 (initial_scale traced out of range): (loss, grads, updates, state)."""
+    params = {"w": jnp.array([1.5, 0.0])}
+    make = jax.jit(lambda s: jn.loss_scaling(optax.sgd(1.0), initial_scale=s).init(params))
+    state = make(-8.0)
+    loss_fn = lambda p: jnp.sum((p["w"] - 1.0) ** 2)  # noqa: E731
+    loss, g = jax.jit(jn.scaled_value_and_grad(loss_fn))(state, params)
+    tx = jn.loss_scaling(optax.sgd(1.0), initial_scale=8.0)
+    updates, new = jax.jit(tx.update)(g, state, params)
+    return loss, g["w"], updates["w"], new
+
+
 def _precision_nan_updates(out) -> bool:
     return bool(np.all(np.isnan(out[0])))
 
@@ -323,6 +336,21 @@ TRACED += [
         check=_precision_skipped,
         path="traced",
         outcome="the step is skipped and counted (then the scale is min_scale)",
+    ),
+    Case(
+        "jn.scaled_value_and_grad",
+        "hyperparameter",
+        "a state whose scale is -8 (initial_scale traced), then loss_scaling's update",
+        _precision_scaled_negative_scale,
+        check=lambda out: (
+            float(out[0]) == 1.25
+            and np.array_equal(out[1], [-8.0, 16.0])
+            and not np.any(out[2])
+            and int(out[3].total_skipped) == 1
+        ),
+        path="traced",
+        outcome="the true loss and -8x the gradients; the update skips and counts the "
+        "step instead of applying flipped signs",
     ),
 ]
 OPTAX_WRAPPERS += [

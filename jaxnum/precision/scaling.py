@@ -31,7 +31,7 @@ class LossScalingState(NamedTuple):
       total_skipped: number of steps skipped because of non-finite values (int32).
       last_finite: whether the last step was finite (and so applied).
       grad_norm: global norm of the last step's unscaled gradients (float32,
-        before any clipping by ``max_norm``; inf or nan on a skipped step).
+        before any clipping by ``max_norm``; inf or nan when they were not finite).
       inner_state: the wrapped transformation's state, untouched by skipped steps.
     """
 
@@ -231,11 +231,15 @@ def loss_scaling(
     makes from finite gradients (a ``clip_by_global_norm`` inside it with a
     traced ``max_norm`` <= 0, an adam with ``eps=0`` on a zero gradient) would
     reach the updates and ``inner``'s state. With ``check_updates=True`` the
-    updates ``inner`` returns are checked too, and such a step is skipped,
-    counted and backs the scale off like an overflow, with ``inner``'s state
-    kept as it was. That needs the old state alive beside the new one: XLA
-    copies the state on a donated step (``python -m benchmarks loss_scaling``
-    gives its bytes accessed), which is why it is not the default.
+    updates ``inner`` returns are checked too (over every shard with
+    ``axis_name``), and such a step is skipped and counted with ``inner``'s
+    state kept as it was; the scale, which did not cause it, is left as it is
+    (no back-off, no growth count). That reads the old state beside the new
+    one: more bytes accessed and temporary memory per step than the default
+    (``python -m benchmarks loss_scaling`` gives both), which is why it is not
+    the default. With ``optax.MultiSteps`` inside, a micro-step whose discarded
+    inner update is nan emits nan from MultiSteps (``0 * nan``); that
+    micro-batch is then skipped, not accumulated.
 
     Gradient accumulation: put ``optax.MultiSteps`` INSIDE,
     ``loss_scaling(optax.MultiSteps(inner, k))`` (the MultiSteps object or its
@@ -368,23 +372,36 @@ def loss_scaling(
             new_updates, new_inner_state = inner_update(
                 grads, state.inner_state, params, **extra_args
             )
-            finite &= all_finite(new_updates)
+            if jax.tree.structure(new_inner_state) != jax.tree.structure(state.inner_state):
+                raise TypeError(
+                    f"{name}: the inner transformation's update returned a state of "
+                    f"structure {jax.tree.structure(new_inner_state)}, not its input's "
+                    f"{jax.tree.structure(state.inner_state)}"
+                )
+            bad = (~all_finite(new_updates)).astype(jnp.int32)
+            if axis_name is not None:  # every shard skips together
+                bad = jax.lax.psum(bad, axis_name)
+            applied = finite & (bad == 0)
             new_updates = jax.tree.map(
-                lambda u: jnp.where(finite, u, jnp.zeros_like(u)), new_updates
+                lambda u: jnp.where(applied, u, jnp.zeros_like(u)), new_updates
             )
             new_inner_state = jax.tree.map(
-                lambda new, old: jnp.where(finite, new, old), new_inner_state, state.inner_state
+                lambda new, old: jnp.where(applied, new, old), new_inner_state, state.inner_state
             )
         else:
+            applied = finite
             new_updates, new_inner_state = update_or_keep(
                 inner_update, finite, grads, state.inner_state, params, **extra_args
             )
         scale, finite_steps = next_scale(state.scale, state.finite_steps, finite)
+        # A step skipped for inner's nan alone leaves the scale and its count as they were.
+        scale = jnp.where(applied | ~finite, scale, state.scale)
+        finite_steps = jnp.where(applied | ~finite, finite_steps, state.finite_steps)
         new_state = LossScalingState(
             scale=scale,
             finite_steps=finite_steps,
-            total_skipped=state.total_skipped + (~finite).astype(jnp.int32),
-            last_finite=finite,
+            total_skipped=state.total_skipped + (~applied).astype(jnp.int32),
+            last_finite=applied,
             grad_norm=grad_norm.astype(jnp.float32),
             inner_state=new_inner_state,
         )
@@ -469,7 +486,10 @@ def scaled_value_and_grad(
     """``jax.value_and_grad`` of the loss multiplied by the current loss scale.
 
     The loss is cast to float32 before the multiplication (a float16 loss times
-    2**15 would overflow), so the backward pass carries scaled cotangents.
+    2**15 would overflow), so the backward pass carries scaled cotangents. The
+    loss returned is ``loss_fn``'s own, whatever the scale; a scale that is not
+    > 0 (set traced out of range) gives gradients of that sign, and the
+    :func:`loss_scaling` update skips such a step rather than apply them.
 
     Args:
       loss_fn: ``loss_fn(params, *args) -> loss`` (or ``(loss, aux)`` with has_aux).
@@ -525,12 +545,6 @@ def scaled_value_and_grad(
             return loss.astype(acc) * scale.astype(acc), (loss, aux)
 
         (_, (loss, aux)), grads = jax.value_and_grad(scaled_loss, has_aux=True)(params, *args)
-        # The same loss (the scale is > 0), made to depend on the scale. Measured
-        # on XLA:CPU (jaxlib 0.10, 2 cores, benchmarks/loss_scaling.py): a donated
-        # step whose returned loss did not depend on the scale ran 10-15% slower,
-        # with the same operations in the same order (only XLA's copy of the old
-        # scale differs); pinned to one core there was no difference.
-        loss = jnp.where(scale > 0, loss, jnp.nan)
         return ((loss, aux) if has_aux else loss), grads
 
     return fn

@@ -466,7 +466,14 @@ def test_a_traced_scale_that_is_not_positive_skips_steps_instead_of_flipping_sig
     state = jax.jit(lambda s: jn.loss_scaling(optax.sgd(1.0), initial_scale=s).init(params))(-8.0)
     assert float(state.scale) == -8.0
     update = jax.jit(tx.update)
-    u, state = update({"w": jnp.array([-8.0, 16.0])}, state, params)
+    # through scaled_value_and_grad: the true loss, the gradients of -8 * loss (the
+    # update, not the loss, guards the sign), a step skipped
+    loss, g = jax.jit(jn.scaled_value_and_grad(lambda p: jnp.sum((p["w"] - 1.0) ** 2)))(
+        state, {"w": jnp.array([1.5, 0.0])}
+    )
+    assert float(loss) == 1.25
+    np.testing.assert_array_equal(g["w"], [-8.0, 16.0])  # -8 * 2 (w - 1)
+    u, state = update(g, state, params)
     np.testing.assert_array_equal(u["w"], 0.0)  # not [-1, 2]: a sign flip
     assert int(state.total_skipped) == 1 and float(state.scale) == 4.0  # backed off to min
     u, state = update({"w": jnp.array([-8.0, 16.0])}, state, params)
@@ -627,6 +634,33 @@ def test_check_updates_skips_adam_dividing_zero_by_zero_and_is_a_bool():
     state = tx.init(params)
     updates, state = tx.update({"w": jnp.zeros(4)}, state, params)
     np.testing.assert_array_equal(updates["w"], np.zeros(4))
-    assert int(state.total_skipped) == 1 and float(jn.current_loss_scale(state)) == 2.0
+    # Skipped and counted; the scale did not cause it, so it stays.
+    assert int(state.total_skipped) == 1 and float(jn.current_loss_scale(state)) == 4.0
+    assert not bool(state.last_finite) and int(state.finite_steps) == 0
     with pytest.raises(TypeError, match="check_updates must be a bool"):
         jn.loss_scaling(optax.adam(1e-3), check_updates=1)
+
+
+def test_check_updates_skips_on_every_shard_together_under_shard_map():
+    # Only shard 0's updates are nan (adam eps=0 on its zero gradients): with axis_name
+    # every shard skips, as they do for non-finite gradients; the reference is the state
+    # before the step, replicated.
+    mesh = jax.make_mesh((2,), ("d",), axis_types=(jax.sharding.AxisType.Explicit,))
+    tx = jn.loss_scaling(
+        optax.adam(0.1, eps=0.0), initial_scale=4.0, axis_name="d", check_updates=True
+    )
+    params = jnp.array([1.0, 2.0, 3.0, 4.0])
+    grads = jnp.array([0.0, 0.0, 4.0, 4.0])
+    P = jax.sharding.PartitionSpec
+
+    def step(g, p):  # each shard holds its rows of the parameters and of adam's moments
+        u, s = tx.update(g, tx.init(p), p)
+        return u, s.last_finite[None], s.inner_state[0].count[None]
+
+    rows = jax.sharding.NamedSharding(mesh, P("d"))
+    u, finite, count = jax.jit(
+        jax.shard_map(step, mesh=mesh, in_specs=(P("d"), P("d")), out_specs=P("d"))
+    )(jax.device_put(grads, rows), jax.device_put(params, rows))
+    np.testing.assert_array_equal(u, np.zeros(4))
+    np.testing.assert_array_equal(finite, [False, False])
+    np.testing.assert_array_equal(count, [0, 0])
