@@ -216,10 +216,13 @@ def loss_scaling(
     inner))`` does, but from the finiteness check's own reduction: one pass over
     the gradients instead of two (XLA:CPU also writes the unscaled gradients
     out for a second reduction). A skipped step leaves ``inner``'s state as it
-    was without copying it, also when the step donates its buffers (see
-    ``jaxnum/precision/_exact_skip.py``). ``inner``'s state keeps the dtypes its
-    ``init`` gave it (float16 parameters: a float16 state fed float32 gradients is
-    cast back), so the state's type is the same at every step.
+    was without copying it, also when the step donates its buffers, by
+    re-evaluating ``inner.update``'s jaxpr with ``jax.extend`` (see
+    ``jaxnum/precision/_exact_skip.py``); should a jax release break that, it
+    warns and uses a ``lax.cond`` (the same values, more bytes accessed).
+    ``inner``'s state keeps the dtypes its ``init`` gave it (float16 parameters: a
+    float16 state fed float32 gradients is cast back), so the state's type is the
+    same at every step.
 
     Float options may be traced (under ``jit`` or ``optax.inject_hyperparams``);
     ``growth_interval`` may be an integer array there too. A traced value out of

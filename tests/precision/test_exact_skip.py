@@ -1,6 +1,9 @@
 """update_or_keep: the same values as ``where(ok, inner.update(...), old)``, bit for bit,
-for transformations whose updates read their new state, and no copy of donated state."""
+for transformations whose updates read their new state; on a donated step about the
+bytes plain optax accesses (XLA's cost analysis) and no copy of a parameter-sized array;
+and the same values through its lax.cond fallback when the jaxpr cannot be re-evaluated."""
 
+import functools
 import re
 
 import jax
@@ -10,6 +13,7 @@ import optax
 import pytest
 
 import jaxnum as jn
+import jaxnum.precision._exact_skip as exact_skip
 from jaxnum.precision._exact_skip import update_or_keep
 
 
@@ -114,15 +118,23 @@ def _plain_select_loss_scaling(inner):
     return optax.GradientTransformation(jn.loss_scaling(inner).init, update)
 
 
-def _mlp_step(tx, donate):
+PARAM_SHAPES = ((64, 96), (96, 8))
+
+
+def _mlp_step(tx, donate=True, scaled=True):
+    """Costs of the compiled MLP step: (bytes accessed, bytes that ``copy`` instructions
+    write for parameter-sized f32 arrays)."""
     k1, k2 = jax.random.split(jax.random.key(0))
-    params = {"w1": jax.random.normal(k1, (64, 96)), "w2": jax.random.normal(k2, (96, 8))}
+    params = {"w1": jax.random.normal(k1, PARAM_SHAPES[0]), "w2": jax.random.normal(k2, (96, 8))}
     x = jnp.ones((16, 64))
 
     def loss_fn(p):
         return jnp.mean(jnp.tanh(x @ p["w1"]) @ p["w2"]) ** 2
 
-    grad_fn = jn.scaled_value_and_grad(loss_fn)
+    if scaled:
+        grad_fn = jn.scaled_value_and_grad(loss_fn)
+    else:
+        grad_fn = lambda s, p: (None, jax.grad(loss_fn)(p))  # noqa: E731
 
     def step(carry):
         p, s = carry
@@ -131,29 +143,73 @@ def _mlp_step(tx, donate):
         return optax.apply_updates(p, u), s
 
     args = ((params, tx.init(params)),)
-    return jax.jit(step, donate_argnums=0 if donate else ()).lower(*args).compile().as_text()
+    compiled = jax.jit(step, donate_argnums=0 if donate else ()).lower(*args).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    text = compiled.as_text()
+    copied = 0
+    for dims in re.findall(r"= f32\[([\d,]*)\]\{[0-9,]*\} copy\(", text):
+        shape = tuple(int(d) for d in dims.split(",") if d)
+        copied += 4 * int(np.prod(shape)) if shape in PARAM_SHAPES else 0
+    return float(cost["bytes accessed"]), copied
+
+
+@functools.cache
+def _optax_bytes(clip):
+    inner = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3)) if clip else None
+    return _mlp_step(inner or optax.adam(1e-3), scaled=False)[0]
 
 
 @pytest.mark.parametrize(
-    "tx",
+    "tx, clip",
     [
-        jn.loss_scaling(optax.adam(1e-3)),
-        jn.loss_scaling(optax.adam(1e-3), max_norm=1.0),
-        jn.loss_scaling(optax.chain(jn.clip_by_global_norm(1.0), optax.adam(1e-3))),
+        (jn.loss_scaling(optax.adam(1e-3)), False),
+        (jn.loss_scaling(optax.adam(1e-3), max_norm=1.0), True),
+        (jn.loss_scaling(optax.chain(jn.clip_by_global_norm(1.0), optax.adam(1e-3))), True),
     ],
     ids=["adam", "max_norm", "clip in chain"],
 )
-def test_a_donated_step_copies_no_parameter_sized_array(tx):
-    assert _state_copies(_mlp_step(tx, donate=True)) == 0
+def test_a_donated_step_reads_about_what_optax_reads_and_copies_no_parameter(tx, clip):
+    # Against plain optax (adam, or clip_by_global_norm + adam) with no loss scaling:
+    # measured 1.07x, 0.80x and 0.95x of its bytes accessed (XLA:CPU, jaxlib 0.10).
+    accessed, copied = _mlp_step(tx)
+    assert accessed <= 1.2 * _optax_bytes(clip)
+    assert copied == 0
 
 
-def test_the_plain_select_copies_each_moment_when_donated():
-    """The premise (XLA:CPU, jaxlib 0.10): a select after adam's update copies mu and nu."""
-    text = _mlp_step(_plain_select_loss_scaling(optax.adam(1e-3)), donate=True)
-    assert _state_copies(text) == 4
-    assert _state_copies(_mlp_step(jn.loss_scaling(optax.adam(1e-3)), donate=False)) == 0
+def test_the_plain_select_and_the_cond_read_more_bytes_when_donated():
+    """Why the interpreter is kept: a select after adam's update and a lax.cond around it
+    (the fallback) access more bytes than the skip (issue 22: 56.9 and 48.9 MB against
+    42.2 MB on the benchmark's MLP)."""
+    ours = _mlp_step(jn.loss_scaling(optax.adam(1e-3)))[0]
+    assert _mlp_step(_plain_select_loss_scaling(optax.adam(1e-3)))[0] > 1.1 * ours
+    with pytest.MonkeyPatch.context() as patch, pytest.warns(RuntimeWarning):
+        patch.setattr(exact_skip, "bind_equation", _cannot_bind)
+        cond, copied = _mlp_step(jn.loss_scaling(optax.adam(1e-3)))
+    assert cond > 1.1 * ours and copied == 0
 
 
-def _state_copies(text):
-    entry = text[text.index("ENTRY") :]
-    return len(re.findall(r"= f32\[(?:64,96|96,8)\]\{[0-9,]*\} copy\(", entry))
+def _cannot_bind(eqn, invals):
+    raise NotImplementedError(f"no rule to bind {eqn.primitive}")  # as after a jax upgrade
+
+
+def test_the_lax_cond_fallback_gives_the_same_values_when_binding_fails(monkeypatch):
+    params, grads = _params(), _grads()
+    for name in ("adam", "passthrough state"):  # state computed, and state = an input
+        tx = INNERS[name]()
+        _, state = tx.update(grads, tx.init(params), params)
+        for ok in (True, False):
+            run = lambda g, s, p, ok=ok, tx=tx: update_or_keep(tx.update, jnp.array(ok), g, s, p)  # noqa: E731
+            want = jax.jit(run)(grads, state, params)
+            with monkeypatch.context() as patch:
+                patch.setattr(exact_skip, "bind_equation", _cannot_bind)
+                with pytest.warns(RuntimeWarning, match="no rule to bind .*using lax.cond"):
+                    got = jax.jit(lambda *a, run=run: run(*a))(grads, state, params)  # a new trace
+            assert jax.tree.structure(got) == jax.tree.structure(want)
+            for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+                assert a.dtype == b.dtype and a.shape == b.shape
+                np.testing.assert_array_equal(a, b)
+            if not ok:  # kept: the old state itself, and zero updates
+                for a, b in zip(jax.tree.leaves(got[1]), jax.tree.leaves(state), strict=True):
+                    np.testing.assert_array_equal(a, b)
+                assert not any(np.any(u) for u in jax.tree.leaves(got[0]))
