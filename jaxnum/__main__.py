@@ -8,9 +8,9 @@ import sys
 
 
 def _formats(args: argparse.Namespace) -> int:
-    from jaxnum.precision.formats import format_table
+    from jaxnum.precision.formats import _format_table
 
-    print(format_table())
+    print(_format_table())
     return 0
 
 

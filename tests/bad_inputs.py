@@ -532,13 +532,6 @@ PRECISION = [
       lambda: jn.precision.float_format("float33"),
       raises=(T, r"float_format: dtype='float33' is not a dtype")),
 
-    C("jn.format_table", "dtype", "rows=[1]",
-      lambda: jn.format_table([1]),
-      raises=(T, r"format_table: rows must be FloatFormat rows")),
-    C("jn.format_table", "empty tree", "rows=[]",
-      lambda: jn.format_table([]),
-      check=lambda r: len(r.splitlines()) == 2, outcome="the header and its rule, no rows"),
-
     C("jn.global_norm", "empty tree", "{}",
       lambda: jn.global_norm({}),
       raises=(E, r"global_norm: tree is an empty pytree")),

@@ -19,7 +19,7 @@ X = jnp.ones((12, 4)) + jnp.eye(12, 4)
 FD_METHODS = ("forward", "central", "richardson", "complex")
 # Host-side analysis tools, not traced programs, so not exported: gradcheck, taylor_test
 # (float64 checks that return Python reports), convergence_order (a numpy fit),
-# first_nonfinite (evaluates op by op), float_formats / format_table, lora.count (shapes).
+# first_nonfinite (evaluates op by op), float_formats, lora.count (shapes).
 
 
 class _MLPModule(nn.Module):

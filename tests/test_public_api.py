@@ -49,6 +49,14 @@ def test_top_level_reexports_are_the_subpackage_objects():
                 assert getattr(jaxnum, name) is getattr(sub, name)
 
 
+def test_the_formats_table_is_the_cli_s_not_the_api():
+    """format_table is an internal formatting helper (issue 22): python -m jaxnum formats
+    prints it; the API gives the rows (float_formats)."""
+    for module in (jaxnum, jaxnum.precision):
+        assert "format_table" not in module.__all__ and not hasattr(module, "format_table")
+    assert "float_formats" in jaxnum.__all__
+
+
 def test_simulated_devices_are_available():
     assert jax.device_count() == 4
 

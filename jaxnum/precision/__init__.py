@@ -2,7 +2,7 @@
 non-finite diagnostics and streaming softmax."""
 
 from jaxnum.precision.clipping import ClipByGlobalNormState, clip_by_global_norm, global_norm
-from jaxnum.precision.formats import FloatFormat, float_format, float_formats, format_table
+from jaxnum.precision.formats import FloatFormat, float_format, float_formats
 from jaxnum.precision.nonfinite import (
     NonfiniteOp,
     NonfiniteReport,
@@ -34,7 +34,6 @@ __all__ = [
     "first_nonfinite",
     "float_format",
     "float_formats",
-    "format_table",
     "global_norm",
     "loss_scaling",
     "nonfinite_report",

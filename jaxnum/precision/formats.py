@@ -83,8 +83,10 @@ def float_formats() -> list[FloatFormat]:
     return [float_format(name) for name in FORMAT_NAMES]
 
 
-def format_table(rows: list[FloatFormat] | None = None) -> str:
+def _format_table(rows: list[FloatFormat] | None = None) -> str:
     """Renders rows as an aligned text table (what ``python -m jaxnum formats`` prints).
+
+    Private: the CLI's formatting; users read the rows of :func:`float_formats`.
 
     Args:
       rows: rows from :func:`float_formats`; by default all of them.
@@ -93,14 +95,14 @@ def format_table(rows: list[FloatFormat] | None = None) -> str:
       The table as one string, a header line, a rule and one line per format.
 
     Examples:
-      >>> print(format_table()[:4])
+      >>> print(_format_table()[:4])
       name
     """
     rows = float_formats() if rows is None else rows
     for row in rows:
         if not isinstance(row, FloatFormat):
             raise TypeError(
-                f"format_table: rows must be FloatFormat rows (from float_formats()), got {row!r}"
+                f"_format_table: rows must be FloatFormat rows (from float_formats()), got {row!r}"
             )
     header = FloatFormat._fields
     cells = [list(header)]

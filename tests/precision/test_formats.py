@@ -6,7 +6,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from jaxnum.precision import float_format, float_formats, format_table
+from jaxnum.precision import float_format, float_formats
+from jaxnum.precision.formats import _format_table
 
 SMALL_FORMATS = {
     "float16": (np.float16, np.uint16),
@@ -72,7 +73,7 @@ def test_bfloat16_keeps_float32_range_and_float16_does_not():
 
 
 def test_table_is_aligned_and_parses_back_to_the_rows():
-    text = format_table()
+    text = _format_table()
     lines = text.splitlines()
     assert len({len(line) for line in lines}) == 1, "columns are not aligned"
     for line, row in zip(lines[2:], float_formats(), strict=True):
@@ -80,6 +81,9 @@ def test_table_is_aligned_and_parses_back_to_the_rows():
         assert cells[0] == row.name
         for cell, value in zip(cells[1:], row[1:], strict=True):
             assert float(cell) == pytest.approx(value, rel=1e-5)
+    assert len(_format_table([]).splitlines()) == 2  # the header and its rule
+    with pytest.raises(TypeError, match="_format_table: rows must be FloatFormat rows"):
+        _format_table([1])
 
 
 @pytest.mark.parametrize("bad", ["int32", np.int8, "not_a_dtype"])

@@ -25,7 +25,7 @@ Not walked here, to keep the file quick:
   Newton-CG (the ``scale_by_newton_cg`` step below in a loop);
 - the debugging tools that run eagerly one operation at a time
   (``first_nonfinite``, ``gradcheck``, ``taylor_test``, ``fd_error_curve``) and
-  the pure-Python ones (``float_formats``, ``format_table``, ``Policy``).
+  the pure-Python ones (``float_formats``, ``Policy``).
 
 Speed: all functions of one mesh are traced into one jitted program (one
 compilation per mesh, and one for the one-device reference); when that
