@@ -150,13 +150,35 @@ def test_integer_only_and_empty_trees_are_refused():
         jn.global_norm({})
 
 
-def test_state_survives_jit_round_trip():
+def test_state_round_trips_through_jitted_updates_like_eager_and_numpy():
+    # init, jit(update) twice: the state keeps its type, structure and dtypes, and
+    # equals the eager updates' and the float64 numpy norm (not clipped, then clipped).
     tx = jn.clip_by_global_norm(1.0)
-    _, state = tx.update({"w": jnp.ones(4)}, tx.init(None))
-    same = jax.jit(lambda s: s)(state)
-    assert type(same) is type(state)
-    for a, b in zip(same, state, strict=True):
-        assert a.dtype == b.dtype and np.asarray(a) == np.asarray(b)
+    params = {"h": jnp.ones(2, jnp.float16), "w": jnp.ones(4)}
+    grads = [
+        {"h": jnp.array([0.5, 0.5], jnp.float16), "w": jnp.full(4, 0.25)},  # norm 0.866
+        {"h": jnp.array([3.0, -4.0], jnp.float16), "w": jnp.arange(4.0)},  # norm sqrt(39)
+    ]
+    init = tx.init(params)
+    update = jax.jit(tx.update)
+    jitted = eager = init
+    for g in grads:
+        u_jit, jitted = update(g, jitted, params)
+        u_eager, eager = tx.update(g, eager, params)
+        assert type(jitted) is jn.ClipByGlobalNormState
+        assert jax.tree.structure(jitted) == jax.tree.structure(init)
+        assert [a.dtype for a in jitted] == [a.dtype for a in init]
+        assert [u.dtype for u in jax.tree.leaves(u_jit)] == [jnp.float16, jnp.float32]
+        for a, b in zip(
+            jax.tree.leaves((u_jit, jitted)), jax.tree.leaves((u_eager, eager)), strict=True
+        ):
+            np.testing.assert_allclose(np.asarray(a, np.float64), np.asarray(b, np.float64))
+        norm = np.sqrt(sum(np.sum(np.asarray(x, np.float64) ** 2) for x in jax.tree.leaves(g)))
+        np.testing.assert_allclose(jitted.norm, norm, rtol=1e-6)
+        assert bool(jitted.clipped) == (norm > 1.0)
+        scaled = {k: np.asarray(x, np.float64) * min(1.0, 1.0 / norm) for k, x in g.items()}
+        for k in g:
+            np.testing.assert_allclose(np.asarray(u_jit[k], np.float64), scaled[k], rtol=1e-3)
 
 
 @settings(max_examples=30, deadline=None)

@@ -261,6 +261,40 @@ def test_every_state_survives_a_jit_round_trip():
     assert min(scales) == 128.0
 
 
+def test_state_round_trips_through_jitted_updates_like_eager_and_optax():
+    # init, jit(update) twice (a finite step, then a nan one): the state keeps its
+    # structure and dtypes, equals the eager updates', and inner is optax.adam's state
+    # after the one applied step (float32 reference).
+    tx = jn.loss_scaling(optax.adam(0.1), initial_scale=4.0, growth_interval=1)
+    params = {"w": jnp.array([1.0, -2.0, 3.0])}
+    g = {"w": jnp.array([0.5, -1.0, 0.25])}
+    steps = [jax.tree.map(lambda x: 4.0 * x, g), {"w": jnp.array([jnp.nan, 1.0, 1.0])}]
+    init = tx.init(params)
+    update = jax.jit(tx.update)
+    jitted = eager = init
+    for grads in steps:
+        u_jit, jitted = update(grads, jitted, params)
+        u_eager, eager = tx.update(grads, eager, params)
+        assert isinstance(jitted, LossScalingState)
+        assert jax.tree.structure(jitted) == jax.tree.structure(init)
+        assert [a.dtype for a in jax.tree.leaves(jitted)] == [
+            a.dtype for a in jax.tree.leaves(init)
+        ]
+        for a, b in zip(
+            jax.tree.leaves((u_jit, jitted)), jax.tree.leaves((u_eager, eager)), strict=True
+        ):
+            np.testing.assert_allclose(a, b, rtol=1e-6)
+        if grads is steps[0]:
+            ref_updates, ref_state = optax.adam(0.1).update(g, optax.adam(0.1).init(params))
+            np.testing.assert_allclose(u_jit["w"], ref_updates["w"], rtol=1e-6)
+    np.testing.assert_array_equal(u_jit["w"], 0.0)  # the nan step: skipped
+    for a, b in zip(jax.tree.leaves(jitted.inner_state), jax.tree.leaves(ref_state), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)  # kept as after the applied step
+    # grew to 8 after the finite step (interval 1), backed off to 4 by the nan one
+    assert float(jitted.scale) == 4.0 and int(jitted.total_skipped) == 1
+    assert not bool(jitted.last_finite) and int(jitted.finite_steps) == 0
+
+
 def test_current_loss_scale_finds_the_state_inside_a_chain():
     tx = optax.chain(optax.scale(1.0), jn.loss_scaling(optax.sgd(0.1), initial_scale=8.0))
     state = tx.init(jnp.zeros(2))
