@@ -5,7 +5,7 @@ L2-regularised multinomial logistic regression on scikit-learn's digits
 (X / 16, W 64 x 10 and b 10, mean cross-entropy + 0.5 * 1e-3 * ||W||^2, from
 zeros). Float64 stops at a gradient 2-norm of 1e-6, float32 at 1e-4; every
 solver has memory 10 and maxiter 20000 and stops on that same rule:
-- jaxnum: ``minimize(fun, x0, *args, tol, ftol=0)``, one jitted while_loop;
+- jaxnum: ``minimize(fun, x0, *args, tol, options={"ftol": 0})``, one jitted while_loop;
   ``fun`` is the same module-level object on every call (one compile).
 - optax: ``optax.lbfgs(memory_size=10)`` (its zoom line search) in a jitted
   ``lax.while_loop`` driven the documented way (``value_and_grad_from_state``,
@@ -94,14 +94,15 @@ def _jaxnum(fun, p, dtype):
     x0, args, tol = p.x0(dtype), p.args(dtype), TOL[dtype]
 
     def call():
-        return minimize(fun, x0, *args, tol=tol, ftol=0.0, maxiter=MAXITER, memory_size=MEMORY)
+        options = {"ftol": 0.0, "memory_size": MEMORY}
+        return minimize(fun, x0, *args, tol=tol, maxiter=MAXITER, options=options)
 
     def outcome(r):
-        note = f"{r.message}; converged={bool(r.converged)}"
+        note = f"{r.message}; success={bool(r.success)}"
         extras = {
-            "line-search failures": int(r.num_linesearch_failures),
-            "memory resets": int(r.num_resets),
-            "non-finite trials": int(r.num_nonfinite),
+            "line-search failures": int(r.stats["num_linesearch_failures"]),
+            "memory resets": int(r.stats["num_resets"]),
+            "non-finite trials": int(r.stats["num_nonfinite"]),
         }
         note += "".join(f", {k} {v}" for k, v in extras.items() if v)
         return Outcome(int(r.nit), int(r.nfev), float(r.fun), float(r.grad_norm), r.x, note)

@@ -5,7 +5,7 @@ Problems (float64, from the L-BFGS benchmark): Rosenbrock n=100 and n=1000
 from (-1.2, 1, ...), and L2-regularised multinomial logistic regression on
 scikit-learn's digits (650 parameters, from zeros). Every solver stops at the
 first iterate whose gradient 2-norm is <= 1e-8 (maxiter 20000):
-- jaxnum: ``minimize(fun, x0, *args, method=..., tol=1e-8, ftol=0)``, one jitted
+- jaxnum: ``minimize(fun, x0, *args, method=..., tol=1e-8, options={"ftol": 0})``, one jitted
   while_loop; "newton-cg" (truncated CG on forward-over-reverse products, LM
   damping with the default initial lambda, 1e-3 times the curvature along the
   first gradient, factors 2 / 0.5, Armijo backtracking), "newton"
@@ -113,11 +113,12 @@ def _row_scipy(r, problem):
 
 
 def _row_jaxnum(r):
+    rejected = int(r.stats["num_rejected"])
     return dict(
-        nit=int(r.nit), nfev=int(r.nfev), njev=int(r.nit) - int(r.num_rejected) + 1,
-        nhev=int(r.nhev),
+        nit=int(r.nit), nfev=int(r.nfev), njev=int(r.nit) - rejected + 1,
+        nhev=int(r.stats["nhev"]),
         grad_norm=float(r.grad_norm), fun=float(r.fun),
-        note=r.message + (f", {int(r.num_rejected)} steps refused" if int(r.num_rejected) else ""),
+        note=r.message + (f", {rejected} steps refused" if rejected else ""),
     )  # fmt: skip
 
 
@@ -130,7 +131,7 @@ def _measure(problem, rounds, quick):
             methods.remove("newton")
         for method in methods:
             calls[f"jaxnum {method}"] = lambda m=method: minimize(
-                problem.fun, x0, *args, method=m, tol=TOL, ftol=0.0, maxiter=MAXITER
+                problem.fun, x0, *args, method=m, tol=TOL, maxiter=MAXITER, options={"ftol": 0.0}
             )
             kinds[f"jaxnum {method}"] = "jaxnum"
         for method in ("Newton-CG", "trust-ncg"):

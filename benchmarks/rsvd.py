@@ -29,7 +29,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.harness import compile_jitted, machine_summary, write_section
+from benchmarks.harness import (
+    compile_jitted,
+    compiled_costs,
+    cost_table,
+    machine_summary,
+    run_in_child,
+    write_section,
+)
 from jaxnum.linalg import randomized_svd
 
 RANK, OVERSAMPLE, POWER_ITERS = 50, 10, 4
@@ -106,6 +113,83 @@ def _sklearn(A, rounds):
         for seed in range(SEEDS)
     ]
     return (*best, results)
+
+
+def plain_process_time(path: str, dtype: str, who: str, rounds: int) -> float:
+    """Median seconds of one call in this process as users have it: no threadpoolctl
+    limit, jax's and numpy's default threads. Run in a fresh child per call
+    (:func:`benchmarks.harness.run_in_child`); ``who`` is ``"jaxnum"`` (its default
+    normaliser), ``"jaxnum lu"`` (the previous default) or ``"scikit-learn"``."""
+    A64 = np.load(path)
+    if who == "scikit-learn":
+        from sklearn.utils.extmath import randomized_svd as sk_rsvd
+
+        A = np.asarray(A64, dtype)
+        return _median_time(
+            lambda: sk_rsvd(A, RANK, n_oversamples=OVERSAMPLE, n_iter=POWER_ITERS, random_state=0),
+            rounds,
+        )
+    normalizer = {"jaxnum": "cholesky_qr", "jaxnum lu": "lu"}[who]
+    with jax.enable_x64(dtype == "float64"):
+        A = jnp.asarray(A64, dtype)
+        ours = jax.jit(
+            lambda a, key: randomized_svd(
+                a,
+                RANK,
+                key=key,
+                oversample=OVERSAMPLE,
+                power_iters=POWER_ITERS,
+                normalizer=normalizer,
+            )
+        )
+        return _median_time(lambda: ours(A, jax.random.key(0)), rounds)
+
+
+PLAIN_WHO = ("jaxnum", "jaxnum lu", "scikit-learn")
+
+
+def _plain_process_rows(problems, rounds, children):
+    """Median over ``children`` fresh processes of each one's median time, per problem,
+    dtype and method, the processes of the methods interleaved."""
+    import tempfile
+
+    times = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, A64 in problems.items():
+            path = f"{tmp}/{len(times)}.npy"
+            np.save(path, A64)
+            for dtype in ("float32", "float64"):
+                samples = {who: [] for who in PLAIN_WHO}
+                for _ in range(children):
+                    for who in PLAIN_WHO:
+                        samples[who].append(
+                            run_in_child(
+                                "benchmarks.rsvd:plain_process_time", path, dtype, who, rounds
+                            )
+                        )
+                times[name, dtype] = {w: statistics.median(t) for w, t in samples.items()}
+    return times
+
+
+def _normaliser_costs():
+    """Compiled cost of the 2000 x 2000 float64 rank-50 call per normaliser."""
+    A = np.random.default_rng(1).normal(size=(2000, 2000))
+    costs = {}
+    with jax.enable_x64(True):
+        A = jnp.asarray(A)
+        for normalizer in ("cholesky_qr", "lu", "qr"):
+            costs[normalizer] = compiled_costs(
+                lambda a, n=normalizer: randomized_svd(
+                    a,
+                    RANK,
+                    key=jax.random.key(0),
+                    oversample=OVERSAMPLE,
+                    power_iters=POWER_ITERS,
+                    normalizer=n,
+                ),
+                A,
+            )
+    return costs
 
 
 def _products_chain(a, block):
@@ -205,7 +289,20 @@ def run(quick: bool = False) -> None:
         "|---|---|---|---:|---:|---:|---:|",
     ]
     summary = []
-    for name, A64 in _problems(rng).items():
+    problems = _problems(rng)
+    plain = _plain_process_rows(problems, rounds, 1 if quick else 3)
+    plain_lines = [
+        "| problem | dtype | jaxnum (cholesky_qr, default) ms | jaxnum (lu, the previous "
+        "default) ms | scikit-learn ms | jaxnum / scikit-learn |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for (name, dtype), t in plain.items():
+        plain_lines.append(
+            f"| {name} | {dtype} | {t['jaxnum'] * 1e3:.1f} | {t['jaxnum lu'] * 1e3:.1f} | "
+            f"{t['scikit-learn'] * 1e3:.1f} | {t['jaxnum'] / t['scikit-learn']:.2f} |"
+        )
+    costs = _normaliser_costs()
+    for name, A64 in problems.items():
         s64 = np.linalg.svd(A64, compute_uv=False)
         optimum = s64[RANK] / s64[0]
         for dtype in (np.float32, np.float64):
@@ -256,6 +353,16 @@ def run(quick: bool = False) -> None:
     body = "\n\n".join(
         [
             "## rsvd: randomized SVD vs scikit-learn and the exact SVD",
+            "### In a plain process (what users run)\n\n"
+            "Each call timed in fresh processes with no thread limit (jax's and numpy's "
+            f"defaults), median over {1 if quick else 3} processes of each one's median of "
+            f"{rounds} calls; the methods' processes interleaved.",
+            "\n".join(plain_lines),
+            "Compiled cost of the 2000 x 2000 float64 rank-50 call per normaliser (XLA's "
+            "`cost_analysis()`; LAPACK custom calls such as LU and Householder QR count no "
+            "flops there, so the flops of the `lu` and `qr` rows are lower bounds):",
+            cost_table(costs, "lu"),
+            "### With the process's BLAS limited (threadpoolctl), the faster of 1 and 2 threads",
             f"Rank {RANK}, oversample {OVERSAMPLE}, {POWER_ITERS} power iterations for both; "
             "median of timed calls after warm-up (jax compiled before timing). scikit-learn's "
             "default normaliser; BLAS threads 1 and 2 tried, the faster shown. "

@@ -4,10 +4,11 @@ The classic K-FAC benchmark (Martens and Grosse 2015, Sec. 13) at small size:
 a 64-128-32-128-64 tanh autoencoder with Bernoulli outputs (sigmoid
 cross-entropy summed over the 64 pixels, mean over images), full batch of all
 1797 images, float32. Adam's learning rate is the best of {1e-3, 3e-3, 1e-2,
-3e-2} at step 1000; K-FAC uses jaxnum.kfac.optimizer (true Fisher from sampled
-targets, statistics from 256 random images per step) in its two forms: adaptive
-(step size and momentum from the exact quadratic model) and with a fixed
-learning rate and KL clip. Printed: each optimiser's loss and the number of
+3e-2} at step 1000; K-FAC (true Fisher from sampled targets, statistics from
+256 random images per step) in its two forms: jaxnum.kfac.adaptive_optimizer
+(step size and momentum from the exact quadratic model) and
+jaxnum.kfac.optimizer (a fixed learning rate and KL clip). Printed: each
+optimiser's loss and the number of
 steps K-FAC needs to reach Adam's step-1000 loss; with matplotlib installed,
 the convergence plot is written to kfac_digits_autoencoder.png (or the path
 given as the first argument).
@@ -78,7 +79,7 @@ def main(adam_steps=1000, kfac_steps=200, plot_path="kfac_digits_autoencoder.png
     sgd = run_first_order(optax.sgd(0.1, momentum=0.9), adam_steps)
     runs = {
         "kfac (adaptive)": run_kfac(
-            kfac.optimizer(None, damping=3e-3, decay=0.9, inverse_every=5), kfac_steps, True
+            kfac.adaptive_optimizer(damping=3e-3, decay=0.9, inverse_every=5), kfac_steps, True
         ),
         "kfac (lr 1, clip)": run_kfac(
             kfac.optimizer(1.0, damping=0.03, momentum=0.8, decay=0.9, inverse_every=5),

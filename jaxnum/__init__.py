@@ -6,6 +6,7 @@
 from jaxnum import autodiff, kfac, linalg, lora, optim, precision, serialization
 from jaxnum.kfac import scale_by_kfac
 from jaxnum.optim import (
+    Status,
     lbfgs,
     minimize,
     scale_by_lbfgs,
@@ -43,6 +44,7 @@ __all__ = [
     "NonfiniteOp",
     "NonfiniteReport",
     "Policy",
+    "Status",
     "all_finite",
     "autodiff",
     "clip_by_global_norm",

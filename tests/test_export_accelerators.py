@@ -10,6 +10,7 @@ import jaxnum as jn
 from jaxnum import autodiff, kfac, linalg, lora, optim
 from jaxnum.autodiff import gnvp_fn, hessian_trace, hvp
 from jaxnum.kfac import KroneckerFactors
+from jaxnum.kfac import _factors as kfac_factors
 from jaxnum.linalg import cg, lstsq, randomized_eigh, randomized_svd, spectral_density
 
 A = jnp.eye(12) + 0.1 * jnp.ones((12, 12))
@@ -106,7 +107,7 @@ CASES = {
                 value_fn=lambda q: jnp.sum(fn(q, x) ** 2),
             )
         )(
-            jn.kfac.optimizer(None),
+            jn.kfac.adaptive_optimizer(),
             {"l": {"kernel": w}},
             lambda p, x: jn.kfac.dense(x, p["l"]["kernel"], layer="l"),
         ),
@@ -248,17 +249,17 @@ CASES.update(
                 optax.chain(
                     jn.scale_by_lbfgs(5),
                     optax.scale(-1.0),
-                    jn.scale_by_strong_wolfe(has_aux=True),
+                    jn.scale_by_strong_wolfe(has_aux=True, aux_init=jnp.float32(0.0)),
                 )
             ),
             (jnp.ones(4),),
         ),
-        "truncated_cg": (
+        "scale_by_newton_cg, truncated CG (the shared pytree CG)": (
             lambda w: (
-                optim.truncated_cg(
-                    autodiff.hvp_fn(_loss, w), jax.grad(_loss)(w), 0.1, tol=1e-4, maxiter=4
-                ).step
-            ),
+                lambda tx: tx.update(
+                    jax.grad(_loss)(w), tx.init(w), w, value=_loss(w), value_fn=_loss
+                )
+            )(jn.scale_by_newton_cg(max_cg_iterations=4)),
             (jnp.ones(4),),
         ),
         "minimize newton-cg dense solver via scale_by_newton_cg": (
@@ -274,10 +275,11 @@ CASES.update(
             (jnp.ones(4),),
         ),
         "kfac factors: dense_factors, moving average, damping, precondition": (
-            lambda x, g, w: kfac.kronecker_precondition(
+            lambda x, g, w: kfac_factors.kronecker_precondition(
                 w,
-                kfac.factored_damping(
-                    kfac.update_moving_average(_F, kfac.dense_factors(x, g), 0.9), 1e-3
+                kfac_factors.factored_damping(
+                    kfac_factors.update_moving_average(_F, kfac_factors.dense_factors(x, g), 0.9),
+                    1e-3,
                 ),
             ),
             (jnp.ones((8, 4)), jnp.ones((8, 3)), jnp.ones((5, 3))),

@@ -21,9 +21,11 @@ from jax.flatten_util import ravel_pytree
 
 import jaxnum as jn
 from jaxnum.autodiff import hvp
-from jaxnum.kfac import KroneckerFactors, factored_damping, kronecker_precondition
+from jaxnum.kfac import KroneckerFactors
+from jaxnum.kfac._factors import factored_damping, kronecker_precondition
 from jaxnum.linalg import randomized_svd
-from jaxnum.optim import inverse_hessian_product, scale_by_lbfgs, two_loop
+from jaxnum.optim import scale_by_lbfgs
+from jaxnum.optim.quasi_newton import _inverse_hessian_product, _two_loop
 
 EPS64 = float(np.finfo(np.float64).eps)
 DECADES = st.floats(-3.0, 3.0)  # exponents of drawn scales: values over six decades
@@ -217,8 +219,8 @@ def test_lbfgs_two_loop_equals_dense_bfgs_matrix(memory, pairs, seed):
         for x, gx in zip(points, grads, strict=True):
             direction, state = update(tree(gx), state, tree(x))
         outputs = {
-            "two_loop": two_loop(tree(g), state),
-            "inverse_hessian_product": inverse_hessian_product(tree(g), state),
+            "two_loop": _two_loop(tree(g), state),
+            "inverse_hessian_product": _inverse_hessian_product(tree(g), state),
         }
         assert int(state.num_pairs) == len(kept)
         assert int(state.num_skipped) == len(diffs) - sum(s @ y > 0 for s, y in diffs)

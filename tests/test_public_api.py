@@ -49,6 +49,16 @@ def test_top_level_reexports_are_the_subpackage_objects():
                 assert getattr(jaxnum, name) is getattr(sub, name)
 
 
+def test_solvers_share_one_status_and_keep_internal_steps_private():
+    """One Status enum (issue 22): the same object at the top level, in optim and in
+    linalg; test oracles and internal steps are not exported."""
+    assert jaxnum.Status is jaxnum.optim.Status is jaxnum.linalg.Status
+    assert all(isinstance(s.message, str) and s.message for s in jaxnum.Status)
+    for name in ("two_loop", "more_thuente_step", "inverse_hessian_product", "truncated_cg",
+                 "TruncatedCGResult"):  # fmt: skip
+        assert name not in jaxnum.optim.__all__ and not hasattr(jaxnum.optim, name), name
+
+
 def test_the_formats_table_is_the_cli_s_not_the_api():
     """format_table is an internal formatting helper (issue 22): python -m jaxnum formats
     prints it; the API gives the rows (float_formats)."""

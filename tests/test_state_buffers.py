@@ -34,7 +34,7 @@ FACTORIES = {
         jn.scale_by_newton_cg, static_args=("max_cg_iterations", "max_backtracks")
     )(damping=0.5),
     "kfac.optimizer": lambda: kfac.optimizer(0.1),
-    "kfac.optimizer(None)": lambda: kfac.optimizer(None),
+    "kfac.adaptive_optimizer": lambda: kfac.adaptive_optimizer(),
     "inject_hyperparams(kfac.optimizer)": lambda: optax.inject_hyperparams(
         kfac.optimizer, static_args=("inverse_every",)
     )(learning_rate=0.1),

@@ -8,30 +8,29 @@
   positions).
 - :func:`value_grad_and_stats` (linen or plain function;
   :func:`jaxnum.kfac.nnx.value_grad_and_stats` for NNX): loss, gradients and
-  statistics from one forward and two backward passes (true or empirical
-  Fisher), averaged over a ``shard_map`` axis with ``axis_name``.
-- :func:`scale_by_kfac` and the ready chain :func:`optimizer`;
-  :func:`scale_by_adaptive_kfac` (``optimizer(None)``) picks step size and
-  momentum from the exact quadratic model (:func:`fisher_gram_fn`); the factor
-  mathematics in :mod:`jaxnum.kfac.factors`.
+  statistics (:class:`KroneckerFactors` per layer) from one forward and two
+  backward passes (true or empirical Fisher), averaged over a ``shard_map``
+  axis with ``axis_name``.
+- :func:`scale_by_kfac` (the preconditioner) and the ready chain
+  :func:`optimizer` (a fixed learning rate, momentum, KL clip);
+  :func:`adaptive_optimizer` picks step size and momentum every step from the
+  exact quadratic model (:func:`fisher_gram_fn`).
+
+The factor mathematics (batch factors, moving averages, factored damping, the
+Kronecker solve) are internal steps of :func:`scale_by_kfac`, not exported.
 """
 
 from jaxnum.kfac import nnx
+from jaxnum.kfac._factors import KroneckerFactors
 from jaxnum.kfac.adaptive import (
     ScaleByAdaptiveKFACState,
+    adaptive_optimizer,
     fisher_gram_fn,
-    scale_by_adaptive_kfac,
 )
 from jaxnum.kfac.capture import LOSSES, Conv, Dense, value_grad_and_stats
-from jaxnum.kfac.factors import (
-    KroneckerFactors,
-    dense_factors,
-    factored_damping,
-    kronecker_precondition,
-    update_moving_average,
-)
+from jaxnum.kfac.chains import optimizer
 from jaxnum.kfac.functional import conv, dense
-from jaxnum.kfac.transform import ScaleByKFACState, optimizer, scale_by_kfac
+from jaxnum.kfac.transform import ScaleByKFACState, scale_by_kfac
 
 __all__ = [
     "LOSSES",
@@ -40,16 +39,12 @@ __all__ = [
     "KroneckerFactors",
     "ScaleByAdaptiveKFACState",
     "ScaleByKFACState",
+    "adaptive_optimizer",
     "conv",
     "dense",
-    "dense_factors",
-    "factored_damping",
     "fisher_gram_fn",
-    "kronecker_precondition",
     "nnx",
     "optimizer",
-    "scale_by_adaptive_kfac",
     "scale_by_kfac",
-    "update_moving_average",
     "value_grad_and_stats",
 ]

@@ -23,9 +23,15 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxnum._src.checks import check_nonnegative, check_positive, check_positive_int
+from jaxnum._src.checks import (
+    check_interval,
+    check_nonnegative,
+    check_positive,
+    check_positive_int,
+)
+from jaxnum.kfac._common import Layer, python_zero
 from jaxnum.kfac.statistics import LOSSES
-from jaxnum.kfac.transform import ScaleByKFACState, _zero, scale_by_kfac
+from jaxnum.kfac.transform import ScaleByKFACState, scale_by_kfac
 
 
 def _apply_fn(model) -> Callable:
@@ -78,6 +84,23 @@ def fisher_gram_fn(
       inputs: the batch.
       key: PRNG key choosing the ``examples`` (needed with ``examples``).
       examples: use this many random examples of the batch (cheaper); None: all.
+
+    Returns:
+      ``gram(vectors)``: for a list of k parameter pytrees, the ``(k, k)``
+      float32 matrix of ``v_i^T F v_j``.
+
+    Examples:
+      A linear model ``x @ w`` with squared error has F = x^T x / batch:
+
+      >>> x = jnp.array([[1.0, 0.0], [0.0, 2.0]])
+      >>> gram = jn.kfac.fisher_gram_fn(lambda w, x: x @ w, "squared_error", jnp.zeros(2), x)
+      >>> gram([jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0])])
+      Array([[0.5, 0. ],
+             [0. , 2. ]], dtype=float32)
+
+    References:
+      Martens and Grosse 2015, Sec. 7 (the exact F products); Schraudolph 2002
+      (Gauss-Newton vector products).
     """
     if loss not in LOSSES:
         raise ValueError(f"fisher_gram_fn: loss must be one of {LOSSES}, got {loss!r}")
@@ -125,22 +148,24 @@ def _inner_products(trees) -> jax.Array:
     return rows @ rows.T
 
 
-def scale_by_adaptive_kfac(
+def adaptive_optimizer(
     *,
     damping: float = 1e-3,
     decay: float = 0.9,
     inverse_every: int = 5,
     weight_decay: float = 0.0,
     adapt_damping_every: int | None = 5,
-    layers=None,
+    layers: list[Layer] | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     """K-FAC whose output is the update itself: ``alpha Delta + mu delta_0`` (Sec. 7).
 
     ``update(grads, state, params, *, curvature, fisher_gram, value, value_fn)``
     with ``fisher_gram`` from :func:`fisher_gram_fn` at ``params``, ``value``
     the loss at ``params`` and ``value_fn(params)`` the same loss elsewhere (on
-    the same batch). The output is added to the parameters as it is (no
-    learning rate follows).
+    the same batch). The output is added to the parameters as it is: no
+    learning rate or momentum follows, so there is none to tune (this is the
+    K-FAC that ``kfac.optimizer(None)`` built before; :func:`optimizer` now
+    takes a learning rate only).
 
     Args:
       damping: the factors' Tikhonov damping, and the initial lambda of the
@@ -160,16 +185,42 @@ def scale_by_adaptive_kfac(
     A step whose 2 x 2 system is not positive definite or not finite emits a
     zero update, keeps the previous one, and is counted in ``rejected``.
 
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state
+      :class:`ScaleByAdaptiveKFACState`.
+
+    Examples:
+      >>> def model(params, x):
+      ...     return jn.kfac.dense(x, **params["out"], layer="out")
+      >>> def loss(params):  # squared_error on the batch, as value_grad_and_stats has it
+      ...     return 0.5 * jnp.mean(jnp.sum((model(params, x) - y) ** 2, axis=-1))
+      >>> params = {"out": {"kernel": jnp.zeros((3, 2)), "bias": jnp.zeros(2)}}
+      >>> x = jax.random.normal(jax.random.key(0), (16, 3))
+      >>> y = x @ jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]])
+      >>> stats_fn = jn.kfac.value_grad_and_stats(model, "squared_error")
+      >>> tx = jn.kfac.adaptive_optimizer(damping=1e-2)
+      >>> @jax.jit
+      ... def step(params, state, key):
+      ...     value, grads, stats = stats_fn(params, x, y, key)
+      ...     gram = jn.kfac.fisher_gram_fn(model, "squared_error", params, x)
+      ...     updates, state = tx.update(grads, state, params, curvature=stats,
+      ...                                fisher_gram=gram, value=value, value_fn=loss)
+      ...     return optax.apply_updates(params, updates), state, value
+      >>> new_params, state, value = step(params, tx.init(params), jax.random.key(1))
+      >>> bool(loss(new_params) < 0.5 * value), int(state.rejected)
+      (True, 0)
+
     References:
       Martens and Grosse 2015, Sec. 6.5 (Levenberg-Marquardt rule), Sec. 7
       (alpha*, mu* in the 2-D subspace).
     """
-    check_positive(damping, "scale_by_adaptive_kfac", "damping")
-    check_nonnegative(weight_decay, "scale_by_adaptive_kfac", "weight_decay")
+    fn = "kfac.adaptive_optimizer"
+    check_positive(damping, fn, "damping")
+    check_interval(decay, fn, "decay", at_least=0.0, below=1.0)
+    inverse_every = check_positive_int(inverse_every, fn, "inverse_every")
+    check_nonnegative(weight_decay, fn, "weight_decay")
     if adapt_damping_every is not None:
-        adapt_damping_every = check_positive_int(
-            adapt_damping_every, "scale_by_adaptive_kfac", "adapt_damping_every"
-        )
+        adapt_damping_every = check_positive_int(adapt_damping_every, fn, "adapt_damping_every")
     omega = (19.0 / 20.0) ** (adapt_damping_every or 1)
     preconditioner = scale_by_kfac(
         damping=damping, decay=decay, inverse_every=inverse_every, layers=layers
@@ -202,11 +253,11 @@ def scale_by_adaptive_kfac(
         del extra_args
         if adapt_damping_every is not None and (value is None or value_fn is None):
             raise ValueError(
-                "scale_by_adaptive_kfac: adapt_damping_every needs value= (the loss at "
+                f"{fn}: adapt_damping_every needs value= (the loss at "
                 "params) and value_fn= (the loss as a function of params) in update"
             )
         grads = updates
-        if not _zero(weight_decay):  # a traced weight decay is applied as it is
+        if not python_zero(weight_decay):  # a traced weight decay is applied as it is
             grads = jax.tree.map(lambda g, p: g + weight_decay * p, grads, params)
         natural, kfac_state = preconditioner.update(grads, state.kfac, params, curvature=curvature)
         direction = jax.tree.map(jnp.negative, natural)

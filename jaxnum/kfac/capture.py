@@ -20,22 +20,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxnum.kfac.functional import (
-    conv_kernel_matrix,
-    conv_patches,
-    kernel_from_matrix,
-    value_grad_and_stats_fn,
-)
+from jaxnum.kfac.functional import conv_kernel_matrix, conv_patches, value_grad_and_stats_fn
 from jaxnum.kfac.statistics import LOSSES, check_loss_and_fisher, value_grads_and_stats
 
-__all__ = [
-    "LOSSES",
-    "Conv",
-    "Dense",
-    "conv_kernel_matrix",
-    "kernel_from_matrix",
-    "value_grad_and_stats",
-]
+__all__ = ["LOSSES", "Conv", "Dense", "value_grad_and_stats"]
 
 INPUTS, OUTPUTS = "kfac_inputs", "kfac_outputs"
 
@@ -48,7 +36,23 @@ def _use_index(module: nn.Module) -> int:
 
 
 class Dense(nn.Module):
-    """``nn.Dense`` that records what K-FAC needs (inputs and output gradients)."""
+    """``nn.Dense`` that records what K-FAC needs (inputs and output gradients).
+
+    Same attributes, parameters and outputs as ``flax.linen.Dense``; inside
+    :func:`value_grad_and_stats` it also records its inputs (``sow``) and the
+    gradient with respect to its outputs (``perturb``).
+
+    Examples:
+      >>> import flax.linen as nn
+      >>> x = jax.random.normal(jax.random.key(0), (4, 3))
+      >>> ours = Dense(2).init(jax.random.key(1), x)["params"]
+      >>> flax = nn.Dense(2).init(jax.random.key(1), x)["params"]
+      >>> jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), ours, flax)
+      {'bias': True, 'kernel': True}
+      >>> bool(jnp.allclose(Dense(2).apply({"params": ours}, x),
+      ...                   nn.Dense(2).apply({"params": flax}, x)))
+      True
+    """
 
     features: int
     use_bias: bool = True
@@ -83,6 +87,15 @@ class Conv(nn.Module):
     KFC approximation (Grosse and Martens 2016): A averages patch outer
     products over examples and positions, G sums output-gradient outer
     products over positions.
+
+    Examples:
+      >>> import flax.linen as nn
+      >>> x = jax.random.normal(jax.random.key(0), (1, 5, 5, 2))
+      >>> conv = Conv(3, kernel_size=(3, 3))
+      >>> params = jax.jit(conv.init)(jax.random.key(1), x)["params"]
+      >>> reference = nn.Conv(3, kernel_size=(3, 3)).apply({"params": params}, x)
+      >>> bool(jnp.allclose(jax.jit(conv.apply)({"params": params}, x), reference, atol=1e-5))
+      True
     """
 
     features: int
@@ -165,6 +178,30 @@ def value_grad_and_stats(
       curvature_batch: estimate the statistics on this many examples of the
         batch, drawn at random (their outer products are the costly part of
         a K-FAC step; the moving average smooths the extra noise). None: all.
+
+    Returns:
+      ``f``; the loss is the mean over the batch, ``grads`` has the structure
+      of ``params``.
+
+    Examples:
+      >>> import flax.linen as nn
+      >>> class MLP(nn.Module):
+      ...     @nn.compact
+      ...     def __call__(self, x):
+      ...         h = jnp.tanh(Dense(4, name="hidden")(x))
+      ...         return Dense(2, name="out")(h)
+      >>> x, y = jnp.ones((8, 3)), jnp.zeros((8, 2))
+      >>> params = MLP().init(jax.random.key(0), x)["params"]
+      >>> f = jax.jit(value_grad_and_stats(MLP(), "squared_error"))
+      >>> loss, grads, stats = f(params, x, y, jax.random.key(1))
+      >>> {layer: (s.A.shape, s.G.shape) for layer, s in stats.items()}
+      {('hidden',): ((4, 4), (4, 4)), ('out',): ((5, 5), (2, 2))}
+
+      ``A`` of ``hidden`` is the mean outer product of its inputs with a 1
+      appended (for the bias):
+
+      >>> bool(jnp.allclose(stats[("hidden",)].A, jnp.ones((4, 4))))
+      True
 
     References:
       Martens and Grosse 2015, Sec. 5; Grosse and Martens 2016 (convolutions).

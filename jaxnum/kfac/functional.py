@@ -26,7 +26,8 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jaxnum.kfac.statistics import Layer, check_loss_and_fisher, value_grads_and_stats
+from jaxnum.kfac._common import Layer
+from jaxnum.kfac.statistics import check_loss_and_fisher, value_grads_and_stats
 
 
 class _Recorder:
@@ -90,6 +91,26 @@ def dense(x, kernel, bias=None, *, layer) -> jax.Array:
       kernel: ``(d_in, d_out)``.
       bias: ``(d_out,)`` or None.
       layer: where ``kernel`` sits in the parameters, ``"a/b"`` or ``("a", "b")``.
+
+    Returns:
+      ``x @ kernel + bias`` (outside a statistics pass exactly that).
+
+    Examples:
+      >>> x, kernel, bias = jnp.ones((2, 3)), jnp.ones((3, 4)), jnp.arange(4.0)
+      >>> dense(x, kernel, bias, layer="out")
+      Array([[3., 4., 5., 6.],
+             [3., 4., 5., 6.]], dtype=float32)
+
+      In a model given to :func:`jaxnum.kfac.value_grad_and_stats`, the layer
+      gets statistics under its path:
+
+      >>> def model(params, x):
+      ...     return dense(x, **params["block"]["out"], layer="block/out")
+      >>> params = {"block": {"out": {"kernel": kernel, "bias": bias}}}
+      >>> stats_fn = jax.jit(jn.kfac.value_grad_and_stats(model, "squared_error"))
+      >>> _, _, stats = stats_fn(params, x, jnp.zeros((2, 4)), jax.random.key(0))
+      >>> list(stats)
+      [('block', 'out')]
     """
     if kernel.ndim != 2 or x.shape[-1] != kernel.shape[0]:
         raise ValueError(
@@ -129,6 +150,26 @@ def conv(x, kernel, bias=None, *, layer, strides=(1, 1), padding="SAME") -> jax.
 
     Computed as patches times the kernel matrix, so the recorded inputs are the
     patches (Grosse and Martens 2016).
+
+    Args:
+      x: inputs ``(batch, height, width, c_in)``.
+      kernel: ``(kh, kw, c_in, c_out)``.
+      bias: ``(c_out,)`` or None.
+      layer: where ``kernel`` sits in the parameters, as in :func:`dense`.
+      strides: the two strides.
+      padding: ``"SAME"`` or ``"VALID"``.
+
+    Returns:
+      The convolution, NHWC (outside a statistics pass, that of
+      ``lax.conv_general_dilated`` up to rounding).
+
+    Examples:
+      >>> x = jax.random.normal(jax.random.key(0), (1, 5, 5, 2))
+      >>> kernel = jax.random.normal(jax.random.key(1), (3, 3, 2, 4))
+      >>> reference = jax.lax.conv_general_dilated(
+      ...     x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+      >>> bool(jnp.allclose(conv(x, kernel, layer="c"), reference, atol=1e-5))
+      True
     """
     if x.ndim != 4 or kernel.ndim != 4 or x.shape[-1] != kernel.shape[2]:
         raise ValueError(

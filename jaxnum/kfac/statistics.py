@@ -22,9 +22,8 @@ import jax
 import jax.numpy as jnp
 
 from jaxnum._src.checks import check_int
-from jaxnum.kfac.factors import KroneckerFactors, dense_factors
-
-Layer = tuple[Any, ...]
+from jaxnum.kfac._common import Layer
+from jaxnum.kfac._factors import KroneckerFactors, dense_factors
 
 LOSSES = ("softmax_cross_entropy", "sigmoid_cross_entropy", "squared_error")
 """The losses K-FAC knows the Fisher of (the ``loss`` argument of its transformations)."""

@@ -23,21 +23,19 @@ import optax
 
 from jaxnum._src.checks import (
     check_interval,
-    check_nonnegative,
     check_positive,
     check_positive_int,
 )
 from jaxnum._src.paths import describe_paths, leaves_by_path, plain_keys
-from jaxnum.kfac.capture import conv_kernel_matrix, kernel_from_matrix
-from jaxnum.kfac.factors import (
+from jaxnum.kfac._common import Layer, layer_name
+from jaxnum.kfac._factors import (
     KroneckerFactors,
     factored_damping,
     spd_inverse,
     update_moving_average,
 )
+from jaxnum.kfac.functional import conv_kernel_matrix, kernel_from_matrix
 from jaxnum.precision.scaling import all_finite
-
-Layer = tuple[str, ...]
 
 
 class ScaleByKFACState(NamedTuple):
@@ -68,10 +66,6 @@ def _dense_layers(params: Any) -> list[Layer]:
     ]
 
 
-def _name(layer) -> str:
-    return "/".join(map(str, layer))
-
-
 def _kernel_matrix(kernel: jax.Array) -> jax.Array:
     return conv_kernel_matrix(kernel) if kernel.ndim == 4 else kernel
 
@@ -82,13 +76,6 @@ def _masked(tree: Any) -> set[Layer]:
         tree, is_leaf=lambda x: isinstance(x, optax.MaskedNode)
     )[0]
     return {plain_keys(p)[:-1] for p, leaf in flat if isinstance(leaf, optax.MaskedNode)}
-
-
-def _zero(value: Any) -> bool:
-    """True for a Python number equal to 0. An array (traced or not: what
-    ``optax.inject_hyperparams`` passes, to init and to update alike) is never "zero",
-    so a chain built from it has the same parts in both and a traced 0 works."""
-    return isinstance(value, int | float) and value == 0
 
 
 def _factor_dtype(params: Any):
@@ -145,6 +132,35 @@ def scale_by_kfac(
         from ``curvature``, or from the parameters, is an error; statistics of
         layers not in ``layers`` are not used (with the default, statistics of
         a layer not found are an error).
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs`` with state
+      :class:`ScaleByKFACState`; its output is the preconditioned gradient
+      (a learning rate, e.g. ``optax.scale(-lr)``, follows in a chain).
+
+    Examples:
+      >>> def model(params, x):  # a plain function registering its layer
+      ...     return jn.kfac.dense(x, **params["out"], layer="out")
+      >>> params = {"out": {"kernel": jnp.zeros((3, 2)), "bias": jnp.zeros(2)}}
+      >>> x = jax.random.normal(jax.random.key(0), (16, 3))
+      >>> y = x @ jnp.array([[1.0, 0.0], [0.0, 1.0], [1.0, -1.0]])
+      >>> stats_fn = jax.jit(jn.kfac.value_grad_and_stats(model, "squared_error"))
+      >>> loss, grads, stats = stats_fn(params, x, y, jax.random.key(1))
+      >>> tx = optax.chain(scale_by_kfac(damping=1e-2), optax.scale(-0.5))
+      >>> update = jax.jit(tx.update)
+      >>> updates, state = update(grads, tx.init(params), params, curvature=stats)
+      >>> new_loss, _, _ = stats_fn(optax.apply_updates(params, updates), x, y, jax.random.key(2))
+      >>> bool(new_loss < loss)
+      True
+
+      The first step's factors are that batch's statistics:
+
+      >>> bool(jnp.array_equal(state[0].factors[("out",)].A, stats[("out",)].A))
+      True
+
+    References:
+      Martens and Grosse 2015, Sec. 5-6 (moving averages, factored Tikhonov
+      damping, eq. 13); Ba, Grosse and Martens 2017, Sec. 5 (KL clip).
     """
     fn = "scale_by_kfac"
     check_positive(damping, fn, "damping")
@@ -165,8 +181,8 @@ def scale_by_kfac(
             kernel = flat.get((*layer, "kernel"))
             if kernel is None or jnp.ndim(kernel) not in (2, 4):
                 raise ValueError(
-                    f"{fn}: layers names {_name(layer)}, but the parameters hold "
-                    f"no 2-D or 4-D kernel at {_name((*layer, 'kernel'))}; "
+                    f"{fn}: layers names {layer_name(layer)}, but the parameters hold "
+                    f"no 2-D or 4-D kernel at {layer_name((*layer, 'kernel'))}; "
                     f"parameter paths: {describe_paths(flat)}"
                 )
             shape = jnp.shape(kernel)  # (d_in, d_out) or (kh, kw, c_in, c_out)
@@ -206,13 +222,13 @@ def scale_by_kfac(
         for layer, old in state.factors.items():
             if layer not in curvature:
                 raise ValueError(
-                    f"{fn}: no curvature statistics for registered layer {_name(layer)}; "
-                    f"statistics were given for {sorted(_name(k) for k in curvature)}"
+                    f"{fn}: no curvature statistics for registered layer {layer_name(layer)}; "
+                    f"statistics were given for {sorted(layer_name(k) for k in curvature)}"
                 )
             new = curvature[layer]
             if new.A.shape != old.A.shape or new.G.shape != old.G.shape:
                 raise ValueError(
-                    f"{fn}: statistics of layer {_name(layer)} have shapes "
+                    f"{fn}: statistics of layer {layer_name(layer)} have shapes "
                     f"{new.A.shape}, {new.G.shape}; its parameters need "
                     f"{old.A.shape}, {old.G.shape}"
                 )
@@ -249,7 +265,7 @@ def scale_by_kfac(
             kernel_key, bias_key = (*layer, "kernel"), (*layer, "bias")
             if kernel_key not in flat:
                 raise ValueError(
-                    f"{fn}: the gradients hold no kernel of layer {_name(layer)} "
+                    f"{fn}: the gradients hold no kernel of layer {layer_name(layer)} "
                     f"(registered at init); gradient paths: {describe_paths(flat)}"
                 )
             grad_kernel = flat[kernel_key]
@@ -297,72 +313,3 @@ def scale_by_kfac(
         return out, ScaleByKFACState(state.count + 1, factors, inverses, skipped)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
-
-
-def optimizer(
-    learning_rate: float | None,
-    *,
-    momentum: float = 0.9,
-    damping: float = 1e-3,
-    decay: float = 0.95,
-    inverse_every: int = 10,
-    kl_clip: float | None = 1e-2,
-    weight_decay: float = 0.0,
-    layers: list[Layer] | None = None,
-) -> optax.GradientTransformationExtraArgs:
-    """The usual K-FAC chain: preconditioning (with KL clip), weight decay, momentum, step.
-
-    ``update(grads, state, params, *, curvature=stats)``; composes with
-    ``jn.clip_by_global_norm`` and ``jn.loss_scaling`` like any optax chain.
-    A NaN or inf gradient gets a zero preconditioned update and leaves the
-    factors as they were (counted in ``num_skipped``); the momentum carries on
-    with what it holds, so the state stays finite. To skip such a step whole
-    (no movement, every state unchanged), wrap the optimizer in
-    ``jn.loss_scaling(dynamic=False, initial_scale=1)``.
-
-    With ``learning_rate=None`` the step size and momentum are chosen every
-    step by the exact quadratic model (Martens and Grosse 2015, Sec. 7;
-    :func:`jaxnum.kfac.scale_by_adaptive_kfac`): ``momentum`` and ``kl_clip``
-    are then not used, and ``update`` also needs
-    ``fisher_gram=jaxnum.kfac.fisher_gram_fn(model, loss, params, inputs)``,
-    ``value`` (the loss) and ``value_fn`` (the loss of other parameters on
-    the same batch) for the Levenberg-Marquardt adaptation of lambda.
-
-    The float options (``learning_rate``, ``momentum``, ``weight_decay``,
-    ``damping``, ``kl_clip``) may be traced: under ``optax.inject_hyperparams``
-    pass ``static_args=("inverse_every",)``; an array ``momentum`` or
-    ``weight_decay`` always keeps its part of the chain (a traced 0 is exact).
-    Under ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` the same layers are
-    preconditioned as in the functional update (see :func:`scale_by_kfac`).
-    """
-    fn = "kfac.optimizer"
-    check_nonnegative(weight_decay, fn, "weight_decay")
-    if learning_rate is not None:
-        check_positive(learning_rate, fn, "learning_rate")
-        check_interval(momentum, fn, "momentum", at_least=0.0, below=1.0)
-    if learning_rate is None:
-        from jaxnum.kfac.adaptive import scale_by_adaptive_kfac
-
-        return scale_by_adaptive_kfac(
-            damping=damping,
-            decay=decay,
-            inverse_every=inverse_every,
-            weight_decay=weight_decay,
-            layers=layers,
-        )
-    parts = [
-        scale_by_kfac(
-            damping=damping,
-            decay=decay,
-            inverse_every=inverse_every,
-            kl_clip=kl_clip,
-            learning_rate=learning_rate,
-            layers=layers,
-        )
-    ]
-    if not _zero(weight_decay):
-        parts.append(optax.add_decayed_weights(weight_decay))
-    if not _zero(momentum):
-        parts.append(optax.trace(decay=momentum))
-    parts.append(optax.scale(-learning_rate))
-    return optax.chain(*parts)

@@ -1,5 +1,6 @@
 """Linear algebra: linear operators, randomized SVD and Nystrom, least squares, Krylov methods."""
 
+from jaxnum._src.status import Status
 from jaxnum.linalg.krylov import (
     CGResult,
     LanczosResult,
@@ -23,6 +24,7 @@ __all__ = [
     "LanczosResult",
     "LinearOperator",
     "SpectralDensity",
+    "Status",
     "as_operator",
     "cg",
     "condition_number",

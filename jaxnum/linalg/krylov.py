@@ -8,9 +8,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jaxnum._src.cg import conjugate_gradient
 from jaxnum._src.checks import check_int, check_nonnegative
-from jaxnum._src.norms import power_of_two_scale, tree_norm
+from jaxnum._src.norms import tree_norm
 from jaxnum._src.sharding import replicated, replicated_matmul, replicated_outputs
+from jaxnum._src.status import is_success, status_message
 from jaxnum.linalg.operators import LinearOperator
 from jaxnum.linalg.randomized import _compute_dtype
 
@@ -94,17 +96,33 @@ def _dimension(A: Any, n: int | None, fn: str) -> int:
 
 
 class CGResult(NamedTuple):
-    """Result of :func:`cg`: solution, iterations, residual norm, converged flag.
+    """Result of :func:`cg`: x, iterations ``nit``, a :class:`~jaxnum.Status` code and the
+    residual norm; ``success`` and ``message`` read the status.
 
+    ``status`` is ``CONVERGED`` (``||r|| <= tol ||b||``), ``MAXITER``,
+    ``NEGATIVE_CURVATURE`` (a direction with ``p^H A p <= 0``: A is not positive
+    definite; x is the iterate before it) or ``BREAKDOWN`` (a non-finite ``p^H A p``
+    or ``r^H M r <= 0``: NaN/inf in A or M, or M not positive definite).
     ``residual_norm`` is CG's recursively updated residual; in finite precision
     it drifts from the true ``||b - A x||`` on ill-conditioned systems
     (Greenbaum, "Iterative Methods for Solving Linear Systems", 1997, Ch. 7).
     """
 
     x: jax.Array
-    iterations: jax.Array
+    nit: jax.Array
+    status: jax.Array
     residual_norm: jax.Array
-    converged: jax.Array
+
+    @property
+    def success(self) -> jax.Array:
+        """``status == CONVERGED`` (an array: elementwise for a vmapped solve)."""
+        return is_success(self.status)
+
+    @property
+    def message(self) -> str | list:
+        """The status as a sentence (needs a concrete ``status``; a vmapped result gives a
+        nested list of sentences)."""
+        return status_message(self.status)
 
 
 def cg(
@@ -118,9 +136,13 @@ def cg(
 ) -> CGResult:
     """Solves ``A x = b`` for symmetric positive definite A by (preconditioned) CG.
 
-    One ``lax.while_loop``; stops when ``||r|| <= tol ||b||`` or after
-    ``maxiter`` iterations (default 10 n). Non-convergence is reported in the
-    result, not raised.
+    One ``lax.while_loop`` (the pytree CG Newton-CG uses too); stops when
+    ``||r|| <= tol ||b||`` (status ``CONVERGED``), after ``maxiter`` iterations
+    (default 10 n; ``MAXITER``), at a direction of non-positive curvature
+    ``p^H A p <= 0`` (``NEGATIVE_CURVATURE``: A is not positive definite; x is
+    the iterate before it) or on a breakdown (``BREAKDOWN``: a non-finite
+    ``p^H A p``, or ``r^H M r <= 0``). Nothing is raised at run time. Norms are
+    overflow-safe.
 
     Operands of different dtypes are promoted by jax's rules: CG runs in the
     dtype of b promoted with those of x0, ``A v`` and ``M v`` (float64 A and
@@ -137,12 +159,14 @@ def cg(
       maxiter: iteration cap (a Python int).
 
     Returns:
-      A :class:`CGResult`.
+      A :class:`CGResult` (x, nit, status, residual_norm; ``success``, ``message``).
 
     Examples:
       >>> r = cg(jnp.array([[4.0, 1.0], [1.0, 3.0]]), jnp.array([1.0, 2.0]))
-      >>> bool(r.converged), bool(jnp.allclose(r.x, jnp.array([1 / 11, 7 / 11]), atol=1e-5))
+      >>> bool(r.success), bool(jnp.allclose(r.x, jnp.array([1 / 11, 7 / 11]), atol=1e-5))
       (True, True)
+      >>> r.message
+      'converged: the gradient (or residual) norm is at most tol'
 
     References:
       Hestenes and Stiefel 1952; Saad, "Iterative Methods for Sparse Linear
@@ -156,7 +180,7 @@ def cg(
         raise TypeError(f"{fn}: b must be floating point, got dtype {b.dtype}")
     n = b.shape[0]
     matvec = _symmetric_matvec(A, n, fn)
-    precond = (lambda r: r) if M is None else _symmetric_matvec(M, n, fn, "M")
+    precond = None if M is None else _symmetric_matvec(M, n, fn, "M")
     maxiter = 10 * n if maxiter is None else maxiter
     maxiter = check_int(maxiter, fn, "maxiter", 0)
     check_nonnegative(tol, fn, "tol")
@@ -172,37 +196,12 @@ def cg(
     b = b.astype(dtype)
     matvec_in, precond_in = matvec, precond
     matvec = lambda v: matvec_in(v).astype(dtype)  # noqa: E731
-    precond = lambda v: precond_in(v).astype(dtype)  # noqa: E731
-    x = jnp.zeros_like(b) if x0 is None else replicated(jnp.asarray(x0)).astype(dtype)
-    # CG on b / s, s the power of two nearest max |b|: an exact scaling (the iterates are
-    # those of the unscaled problem), after which r^H z and the norms cannot overflow
-    # for entries past sqrt(max) (1.8e19 in float32), where ||b|| read inf and an
-    # untouched x = 0 passed as converged.
-    s = power_of_two_scale(b).astype(b.dtype)
-    b, x = b / s, x / s
-    r = b - matvec(x)
-    z = precond(r)
-    threshold = tol * jnp.linalg.norm(b)
-
-    def cond(state):
-        _, r, _, _, _, k = state
-        return (jnp.linalg.norm(r) > threshold) & (k < maxiter)
-
-    def body(state):
-        x, r, z, p, rz, k = state
-        Ap = matvec(p)
-        alpha = rz / jnp.vdot(p, Ap)
-        x = x + alpha * p
-        r = r - alpha * Ap
-        z = precond(r)
-        rz_new = jnp.vdot(r, z)
-        p = z + (rz_new / rz) * p
-        return x, r, z, p, rz_new, k + 1
-
-    state = (x, r, z, z, jnp.vdot(r, z), jnp.zeros([], jnp.int32))
-    x, r, _, _, _, k = jax.lax.while_loop(cond, body, state)
-    norm = jnp.linalg.norm(r)
-    return CGResult(x * s, k, norm * s, norm <= threshold)
+    if M is not None:
+        precond = lambda v: precond_in(v).astype(dtype)  # noqa: E731
+    x0 = None if x0 is None else replicated(jnp.asarray(x0)).astype(dtype)
+    threshold = jnp.asarray(tol).astype(tree_norm(b).dtype) * tree_norm(b)
+    out = conjugate_gradient(matvec, b, x0, precond=precond, tol=threshold, maxiter=maxiter)
+    return CGResult(out.x, out.nit, out.status, out.residual_norm)
 
 
 class LanczosResult(NamedTuple):

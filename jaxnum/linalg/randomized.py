@@ -31,7 +31,7 @@ def _compute_dtype(dtype) -> jnp.dtype:
     return dtype
 
 
-NORMALIZERS = ("lu", "qr")
+NORMALIZERS = ("cholesky_qr", "lu", "qr")
 
 
 def _orthonormal(Y: jax.Array) -> jax.Array:
@@ -50,10 +50,118 @@ def _lu_normalize(Y: jax.Array) -> jax.Array:
     return L[jnp.argsort(permutation)]
 
 
-_NORMALIZE = {"lu": _lu_normalize, "qr": _orthonormal}
+# The tall products of the Cholesky-QR passes in full precision on every backend (TPU and
+# TF32 GPUs round float32 matmuls by default; a Gram matrix must not be rounded so).
+_dot = functools.partial(jnp.matmul, precision=jax.lax.Precision.HIGHEST)
 
 
-def _range_finder(op, size, key, power_iters, dtype, normalizer="lu") -> jax.Array:
+def _shifted_cholesky(G: jax.Array, first_shift: float) -> jax.Array:
+    """Lower Cholesky factor of ``G + s I`` for the first shift s of the ladder
+    ``first_shift * tr(G)``, then ``eps, eps^(2/3), eps^(1/3), 1`` times ``tr(G)``
+    (the last always exists for a finite G) at which the factor has no NaN.
+
+    A shift keeps the factor defined when rounding makes the Gram matrix of an
+    ill-conditioned or rank-deficient block indefinite (Fukaya et al. 2020); it
+    changes R, not the identity ``Y = Q R`` with ``Q = Y R^-1``, so the span is
+    kept whatever the shift. Only a breakdown climbs the ladder.
+    """
+    dtype = G.dtype
+    eps = float(jnp.finfo(dtype).eps)
+    eye = jnp.eye(G.shape[0], dtype=dtype)
+    trace = jnp.maximum(jnp.trace(G), jnp.finfo(dtype).tiny)
+    ladder = jnp.asarray([first_shift, eps, eps ** (2 / 3), eps ** (1 / 3), 1.0], dtype)
+
+    def attempt(k):
+        return jnp.linalg.cholesky(G + (ladder[k] * trace) * eye)
+
+    def failed(carry):
+        L, k = carry
+        return jnp.any(jnp.isnan(L)) & (k < ladder.shape[0] - 1)
+
+    def next_shift(carry):
+        return attempt(carry[1] + 1), carry[1] + 1
+
+    return jax.lax.while_loop(failed, next_shift, (attempt(0), 0))[0]
+
+
+def _cholesky_pass(Q, R, G, shift):
+    """One Cholesky-QR pass on ``Y = Q R`` given ``G = Q^T Q``: ``Q L^-T``, ``L^T R``, L, L^-1."""
+    L = _shifted_cholesky(G, shift)
+    L_inv = jax.scipy.linalg.solve_triangular(L, jnp.eye(G.shape[0], dtype=G.dtype), lower=True)
+    return _dot(Q, L_inv.T), _dot(L.T, R), L, L_inv
+
+
+def _cholesky_qr(Y: jax.Array, orthonormal: bool) -> tuple[jax.Array, jax.Array]:
+    """``Y = Q R`` (R upper triangular) by shifted Cholesky-QR: a well-conditioned Q, or
+    with ``orthonormal`` a Q orthonormal to rounding.
+
+    Each pass is two tall products in XLA (the Gram matrix ``Q^T Q`` and
+    ``Q L^-T``) and the Cholesky factor L and its inverse of an l-by-l matrix:
+    no factorisation of the tall block (on CPU those are LAPACK calls whose
+    OpenBLAS threads fight XLA's own pool). The columns are first scaled by
+    their largest entry (no overflow in the Gram matrix). The first pass is
+    shifted by eps tr(G): it takes cond(Y) up to about 1/eps down to about
+    sqrt(l eps) cond(Y) (Fukaya et al. 2020). Between products one pass is
+    kept when ``eps (||L||_F ||L^-1||_F)^2`` (a bound on eps cond(Y)^2, the
+    loss of orthogonality) is below 1e-3, else a second shifted pass follows.
+    For an orthonormal Q, shifted passes repeat (at most three in all) until
+    ``||Q^T Q - I||_F <= 1/2``, then an unshifted pass makes Q orthonormal to
+    rounding (CholeskyQR2 of Yamamoto et al. 2015 when cond(Y) < eps^(-1/2),
+    shifted CholeskyQR3 of Fukaya et al. beyond); if the check still fails
+    (a block of exact lower rank than its columns, such as a zero matrix's:
+    Cholesky-QR cannot invent the missing directions) a Householder QR of Y
+    replaces it, in a ``lax.cond`` (under ``vmap`` both branches run).
+    """
+    dtype, l = Y.dtype, Y.shape[1]
+    eps = float(jnp.finfo(dtype).eps)
+    eye = jnp.eye(l, dtype=dtype)
+    scale = jnp.max(jnp.abs(Y), axis=0)
+    scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))  # a zero column stays zero
+    Q, R = Y / scale, jnp.diag(scale)
+    Q, R, L, L_inv = _cholesky_pass(Q, R, _dot(Q.T, Q), eps)
+    if not orthonormal:
+        kappa2 = jnp.sum(L * L) * jnp.sum(L_inv * L_inv)
+        again = ~(eps * kappa2 <= 1e-3)  # True for NaN: the pass below keeps it NaN
+        return jax.lax.cond(
+            again, lambda: _cholesky_pass(Q, R, _dot(Q.T, Q), eps)[:2], lambda: (Q, R)
+        )
+
+    def defect(G):
+        return jnp.sqrt(jnp.sum((G - eye) ** 2))
+
+    def ill_conditioned(carry):
+        return (defect(carry[2]) > 0.5) & (carry[3] < 2)
+
+    def shifted_pass(carry):
+        Q, R, G, k = carry
+        Q, R = _cholesky_pass(Q, R, G, eps)[:2]
+        return Q, R, _dot(Q.T, Q), k + 1
+
+    Q, R, G, _ = jax.lax.while_loop(ill_conditioned, shifted_pass, (Q, R, _dot(Q.T, Q), 0))
+    return jax.lax.cond(
+        defect(G) <= 0.5,  # False for NaN
+        lambda: _cholesky_pass(Q, R, G, 0.0)[:2],
+        lambda: tuple(jnp.linalg.qr(Y)),
+    )
+
+
+def _cholesky_qr_normalize(Y: jax.Array) -> jax.Array:
+    """A well-conditioned basis of range(Y) between products (shifted Cholesky-QR)."""
+    return _cholesky_qr(Y, orthonormal=False)[0]
+
+
+def _orthonormal_factor(Y: jax.Array, normalizer: str) -> tuple[jax.Array, jax.Array]:
+    """``Y = Q R`` with orthonormal Q: Householder QR for "lu" and "qr", Cholesky-QR
+    (with its Householder fallback) for "cholesky_qr"."""
+    if normalizer != "cholesky_qr":
+        return jnp.linalg.qr(Y)
+    return _cholesky_qr(Y, orthonormal=True)
+
+
+_NORMALIZE = {"cholesky_qr": _cholesky_qr_normalize, "lu": _lu_normalize, "qr": _orthonormal}
+
+
+def _range_finder(op, size, key, power_iters, dtype, normalizer="cholesky_qr") -> jax.Array:
     """Halko et al. 2011, Algorithm 4.4: subspace iteration, each product normalised."""
     normalize = _NORMALIZE[normalizer]
     omega = jax.random.normal(key, (op.shape[1], size), dtype)
@@ -64,7 +172,7 @@ def _range_finder(op, size, key, power_iters, dtype, normalizer="lu") -> jax.Arr
         return op.matmat(Z).astype(dtype)
 
     Q = jax.lax.fori_loop(0, power_iters, power_step, Q)
-    return _orthonormal(Q)
+    return _orthonormal_factor(Q, normalizer)[0]
 
 
 def _check_normalizer(normalizer: str, fn: str) -> None:
@@ -73,7 +181,7 @@ def _check_normalizer(normalizer: str, fn: str) -> None:
 
 
 def randomized_range_finder(
-    A: Any, size: int, *, key: jax.Array, power_iters: int = 4, normalizer: str = "lu"
+    A: Any, size: int, *, key: jax.Array, power_iters: int = 4, normalizer: str = "cholesky_qr"
 ) -> jax.Array:
     """An m-by-size orthonormal basis Q whose range captures the dominant range of A.
 
@@ -130,7 +238,7 @@ def _rsvd_operator(op, rank, key, oversample, power_iters, normalizer):
     Q = _range_finder(op, size, key, power_iters, dtype, normalizer)
     # B = Q^T A = (A^T Q)^T. A QR of the tall n x l block B^T = Q2 R2 leaves the
     # SVD of the small l x l R2^T = Ur S Wt: B = Ur S (Q2 W)^T.
-    Q2, R2 = jnp.linalg.qr(op.rmatmat(Q).astype(dtype))
+    Q2, R2 = _orthonormal_factor(op.rmatmat(Q).astype(dtype), normalizer)
     Ur, S, Wt = jnp.linalg.svd(R2.T)
     return (Q @ Ur)[:, :rank], S[:rank], (Wt @ Q2.T)[:rank]
 
@@ -150,7 +258,7 @@ def randomized_svd(
     key: jax.Array,
     oversample: int = 10,
     power_iters: int = 4,
-    normalizer: str = "lu",
+    normalizer: str = "cholesky_qr",
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Rank-``rank`` truncated SVD ``A ~ U diag(S) Vt`` by randomized subspace iteration.
 

@@ -3,16 +3,17 @@
 L-BFGS (:func:`scale_by_lbfgs`, :func:`lbfgs`) with a More-Thuente strong-Wolfe
 line search (:func:`scale_by_strong_wolfe`), and :func:`minimize`, a whole
 full-batch solve in one jitted ``lax.while_loop``. Newton-Raphson root finding
-(:func:`newton_root`) and the empirical order of convergence
+(:func:`newton_root`); every solver reports a :class:`Status` and the empirical order of convergence
 (:func:`convergence_order`). Hessian-free Newton with Levenberg-Marquardt
 damping (:func:`scale_by_newton_cg`; ``minimize(method="newton-cg"|"newton")``)
 and Gauss-Newton / Levenberg-Marquardt least squares (:func:`gauss_newton`).
 """
 
+from jaxnum._src.status import Status
 from jaxnum.optim.driver import MinimizeResult, minimize
 from jaxnum.optim.linesearch import (
+    StrongWolfeResult,
     StrongWolfeState,
-    more_thuente_step,
     scale_by_strong_wolfe,
     strong_wolfe_search,
 )
@@ -22,19 +23,13 @@ from jaxnum.optim.newton import (
     convergence_order,
     newton_root,
 )
-from jaxnum.optim.newton_cg import (
-    ScaleByNewtonCGState,
-    TruncatedCGResult,
-    scale_by_newton_cg,
-    truncated_cg,
-)
+from jaxnum.optim.newton_cg import ScaleByNewtonCGState, scale_by_newton_cg
 from jaxnum.optim.nonlinear_least_squares import GaussNewtonResult, gauss_newton
 from jaxnum.optim.quasi_newton import (
     ScaleByLBFGSState,
-    inverse_hessian_product,
     lbfgs,
+    reset_lbfgs_memory,
     scale_by_lbfgs,
-    two_loop,
 )
 
 __all__ = [
@@ -44,19 +39,17 @@ __all__ = [
     "NewtonRootResult",
     "ScaleByLBFGSState",
     "ScaleByNewtonCGState",
+    "Status",
+    "StrongWolfeResult",
     "StrongWolfeState",
-    "TruncatedCGResult",
     "convergence_order",
     "gauss_newton",
-    "inverse_hessian_product",
     "lbfgs",
     "minimize",
-    "more_thuente_step",
     "newton_root",
+    "reset_lbfgs_memory",
     "scale_by_lbfgs",
     "scale_by_newton_cg",
     "scale_by_strong_wolfe",
     "strong_wolfe_search",
-    "truncated_cg",
-    "two_loop",
 ]

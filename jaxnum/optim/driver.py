@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -23,34 +23,20 @@ from jaxnum._src.norms import (
     tree_norm,
     wide_dtype,
 )
-from jaxnum._src.status import status_message
+from jaxnum._src.status import Status, is_success, status_message
 from jaxnum._src.trees import check_floating_tree
 from jaxnum.optim import linesearch as ls
 from jaxnum.optim.newton_cg import scale_by_newton_cg
-from jaxnum.optim.quasi_newton import lbfgs
-
-# Status codes of MinimizeResult.status.
-CONVERGED_GRAD = 0
-CONVERGED_F = 1
-MAXITER = 2
-LINESEARCH_FAILED = 3
-NONFINITE_START = 4
-NO_DECREASE = 5
-NONFINITE_X0 = 6
-UNBOUNDED = 7
-
-STATUS_MESSAGES = {
-    CONVERGED_GRAD: "converged: gradient norm <= tol",
-    CONVERGED_F: "converged: relative decrease of f <= ftol",
-    MAXITER: "stopped: maximum number of iterations reached",
-    LINESEARCH_FAILED: "stopped: the line search found no decrease, even along -grad",
-    NONFINITE_START: "stopped: f or its gradient is not finite at x0",
-    NO_DECREASE: "stopped: no decrease, even with the largest damping",
-    NONFINITE_X0: "stopped: x0 has NaN or inf entries",
-    UNBOUNDED: "stopped: f = -inf at a trial point: the objective is unbounded below",
-}
+from jaxnum.optim.quasi_newton import ScaleByLBFGSState, lbfgs, reset_lbfgs_memory
 
 METHODS = ("lbfgs", "newton-cg", "newton")
+FTOL = 2.220446049250313e-09  # scipy L-BFGS-B's factr * eps
+# The settings of each method (``options``) and their defaults.
+OPTIONS = {
+    "lbfgs": {"ftol": FTOL, "memory_size": 10, "max_evaluations": 30},
+    "newton-cg": {"ftol": FTOL, "damping": 1e-3, "max_cg_iterations": 50},
+    "newton": {"ftol": FTOL, "damping": 1e-3},
+}
 MAX_BACKTRACKS = 10  # of the Newton methods' step, before it is refused
 # The Newton methods stop (NO_DECREASE) when a step is refused at this damping (or at
 # the dtype's largest value, if smaller: 65504 in float16).
@@ -58,15 +44,20 @@ MAX_DAMPING = 1e10
 
 
 class MinimizeResult(NamedTuple):
-    """Result of :func:`minimize` (arrays; ``message`` reads ``status`` when concrete).
+    """Result of :func:`minimize`, in scipy's ``OptimizeResult`` names.
 
-    ``num_nonfinite`` counts trial points where f or its slope was NaN/inf (the
-    line search backed off from each); ``num_linesearch_failures`` searches that
-    found no Wolfe point; ``num_resets`` times the L-BFGS memory was dropped
-    after a failed search. ``nhev`` counts curvature (Hessian-vector)
-    products of the Newton methods (n per dense Hessian, one for the initial
-    damping); ``num_rejected``
-    Newton steps refused by the reduction-ratio test (they count in ``nit``).
+    ``x``, ``fun`` (f at x), ``grad`` and ``grad_norm`` (its 2-norm), ``nit``,
+    ``nfev``, ``status`` (a :class:`~jaxnum.Status` code; ``success`` and
+    ``message`` read it), ``aux`` (with ``has_aux``) and ``stats``, the method's
+    own counters (int32 arrays):
+
+    - "lbfgs": ``num_nonfinite`` trial points where f or its slope was NaN/inf
+      (the line search backed off from each), ``num_linesearch_failures``
+      searches that found no Wolfe point, ``num_resets`` times the memory was
+      dropped after a failed search.
+    - "newton-cg", "newton": ``nhev`` curvature (Hessian-vector) products (n per
+      dense Hessian, one for the initial damping), ``num_rejected`` steps refused
+      by the reduction-ratio test (they count in ``nit``).
     """
 
     x: Any
@@ -75,20 +66,20 @@ class MinimizeResult(NamedTuple):
     grad_norm: jax.Array
     nit: jax.Array
     nfev: jax.Array
-    converged: jax.Array
     status: jax.Array
     aux: Any
-    num_nonfinite: jax.Array
-    num_linesearch_failures: jax.Array
-    num_resets: jax.Array
-    nhev: jax.Array | int = 0
-    num_rejected: jax.Array | int = 0
+    stats: dict
+
+    @property
+    def success(self) -> jax.Array:
+        """``status`` is CONVERGED or CONVERGED_F (an array: elementwise for a vmapped solve)."""
+        return is_success(self.status)
 
     @property
     def message(self) -> str | list:
         """The status as a sentence (needs a concrete ``status``; a vmapped result gives a
         nested list of sentences)."""
-        return status_message(self.status, STATUS_MESSAGES)
+        return status_message(self.status)
 
 
 class _Carry(NamedTuple):
@@ -107,6 +98,18 @@ class _Carry(NamedTuple):
 def _norm(tree: Any) -> jax.Array:
     """Overflow-safe 2-norm, in at least float32 (the stopping tests read it)."""
     return tree_norm(tree)
+
+
+def _find(state: Any, cls: type) -> Any:
+    """The one node of type ``cls`` in an optax chain's state (found by type, not position)."""
+    nodes = [
+        n
+        for n in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, cls))
+        if isinstance(n, cls)
+    ]
+    if len(nodes) != 1:
+        raise TypeError(f"minimize: expected one {cls.__name__} in the chain, found {len(nodes)}")
+    return nodes[0]
 
 
 def _all_finite(tree: Any) -> jax.Array:
@@ -158,7 +161,7 @@ def _start_status(x0, value, grad_norm, tol):
     finite = jnp.isfinite(value) & jnp.isfinite(grad_norm)
     return jnp.select(
         [~_all_finite(x0), ~finite, grad_norm <= tol],
-        [NONFINITE_X0, NONFINITE_START, CONVERGED_GRAD],
+        [int(Status.NONFINITE_X0), int(Status.NONFINITE_START), int(Status.CONVERGED)],
         -1,
     ).astype(jnp.int32)
 
@@ -179,7 +182,13 @@ def _status(
     small_decrease = decreased & (ftol > 0) & (rel_decrease <= ftol)
     return jnp.select(
         [unbounded, grad_norm <= tol, failed, small_decrease, nit >= maxiter],
-        [UNBOUNDED, CONVERGED_GRAD, failure, CONVERGED_F, MAXITER],
+        [
+            int(Status.UNBOUNDED),
+            int(Status.CONVERGED),
+            int(failure),
+            int(Status.CONVERGED_F),
+            int(Status.MAXITER),
+        ],
         -1,
     ).astype(jnp.int32)
 
@@ -196,15 +205,13 @@ def _solve(x0, args, tol, ftol, *, fun, has_aux, memory_size, maxiter, max_evalu
         return fun(x, *args)
 
     value_and_grad = _value_and_grad_fn(fun, args, has_aux)
-    opt = lbfgs(
-        memory_size=memory_size,
-        linesearch=ls.scale_by_strong_wolfe(max_evaluations=max_evaluations, has_aux=has_aux),
-    )
     (value, aux), grad = value_and_grad(x0)
     value = jnp.asarray(value, dtype)
+    search_tx = ls.scale_by_strong_wolfe(
+        max_evaluations=max_evaluations, has_aux=has_aux, aux_init=aux if has_aux else None
+    )
+    opt = lbfgs(memory_size=memory_size, linesearch=search_tx)
     opt_state = opt.init(x0)
-    if has_aux:
-        opt_state = optax.tree.set(opt_state, aux=aux)
     start = _Carry(
         x=x0, opt_state=opt_state, value=value, grad=grad, aux=aux,
         nit=jnp.zeros((), jnp.int32), nfev=jnp.ones((), jnp.int32),
@@ -219,23 +226,20 @@ def _solve(x0, args, tol, ftol, *, fun, has_aux, memory_size, maxiter, max_evalu
         updates, opt_state = opt.update(
             c.grad, c.opt_state, c.x, value=c.value, grad=c.grad, value_fn=value_fn
         )
-        memory_state, _, search = opt_state
+        search = _find(opt_state, ls.StrongWolfeState)
         x = optax.apply_updates(c.x, updates)
         value, grad = search.value, search.grad
-        no_decrease = search.status == ls.NO_DECREASE
+        no_decrease = search.status == int(Status.NO_DECREASE)
         # As L-BFGS-B does: after a failed search drop the memory and try again
         # along -grad; stop only when that fails too.
-        had_memory = memory_state.num_pairs > 0  # the direction used stored pairs
+        had_memory = _find(opt_state, ScaleByLBFGSState).num_pairs > 0  # direction used pairs
         reset = no_decrease & had_memory
-        memory_state = memory_state._replace(
-            num_pairs=jnp.where(reset, 0, memory_state.num_pairs).astype(jnp.int32)
-        )
-        opt_state = (memory_state, *opt_state[1:])
+        opt_state = reset_lbfgs_memory(opt_state, reset)
         nit = c.nit + 1
         status = _status(
             c.value, value, _norm(grad), nit, tol=tol, ftol=ftol, maxiter=maxiter,
-            failed=no_decrease & ~had_memory, failure=LINESEARCH_FAILED, decreased=~no_decrease,
-            unbounded=search.status == ls.UNBOUNDED,
+            failed=no_decrease & ~had_memory, failure=Status.LINESEARCH_FAILED,
+            decreased=~no_decrease, unbounded=search.status == int(Status.UNBOUNDED),
         )  # fmt: skip
         return _Carry(
             x=x, opt_state=opt_state, value=value, grad=grad, aux=search.aux if has_aux else None,
@@ -252,14 +256,13 @@ def _solve(x0, args, tol, ftol, *, fun, has_aux, memory_size, maxiter, max_evalu
         grad_norm=_norm(c.grad).astype(dtype),
         nit=c.nit,
         nfev=c.nfev,
-        converged=(c.status == CONVERGED_GRAD) | (c.status == CONVERGED_F),
         status=c.status,
         aux=c.aux,
-        num_nonfinite=c.num_nonfinite,
-        num_linesearch_failures=c.opt_state[2].num_failures,
-        num_resets=c.num_resets,
-        nhev=jnp.zeros((), jnp.int32),
-        num_rejected=jnp.zeros((), jnp.int32),
+        stats={
+            "num_nonfinite": c.num_nonfinite,
+            "num_linesearch_failures": _find(c.opt_state, ls.StrongWolfeState).num_failures,
+            "num_resets": c.num_resets,
+        },
     )
 
 
@@ -332,7 +335,7 @@ def _solve_newton(
         status = _status(
             c.value, value, _norm(grad), nit, tol=tol, ftol=ftol, maxiter=maxiter,
             failed=~accepted & (opt_state.damping >= bound_in_dtype(MAX_DAMPING, dtype)),
-            failure=NO_DECREASE,
+            failure=Status.NO_DECREASE,
             decreased=accepted,
             unbounded=opt_state.unbounded,
         )  # fmt: skip
@@ -345,11 +348,26 @@ def _solve_newton(
     c = jax.lax.while_loop(lambda c: c.status < 0, body, start)
     return MinimizeResult(
         x=c.x, fun=c.value, grad=c.grad, grad_norm=_norm(c.grad).astype(dtype), nit=c.nit,
-        nfev=c.nfev, converged=(c.status == CONVERGED_GRAD) | (c.status == CONVERGED_F),
-        status=c.status, aux=c.aux, num_nonfinite=zero, num_linesearch_failures=zero,
-        num_resets=zero, nhev=c.opt_state.num_products + 1,
-        num_rejected=c.opt_state.num_rejected,
+        nfev=c.nfev, status=c.status, aux=c.aux,
+        stats={"nhev": c.opt_state.num_products + 1, "num_rejected": c.opt_state.num_rejected},
     )  # fmt: skip
+
+
+def _method_options(options: Any, method: str, fn: str) -> dict:
+    """``options`` merged over the defaults of ``method``; a key the method does not take
+    is a ValueError naming the method and the keys it accepts (scipy's style)."""
+    accepted = OPTIONS[method]
+    if options is None:
+        return dict(accepted)
+    if not isinstance(options, Mapping):
+        raise TypeError(f"{fn}: options must be a dict or None, got {type(options).__name__}")
+    unknown = sorted(str(k) for k in options if k not in accepted)
+    if unknown:
+        raise ValueError(
+            f"{fn}: option(s) {', '.join(unknown)} do not apply to method={method!r}; it "
+            f"accepts {', '.join(accepted)}"
+        )
+    return {**accepted, **options}
 
 
 def minimize(
@@ -358,13 +376,9 @@ def minimize(
     *args: Any,
     method: str = "lbfgs",
     tol: float = 1e-5,
-    ftol: float = 2.220446049250313e-09,
     maxiter: int = 1000,
-    memory_size: int = 10,
-    max_evaluations: int = 30,
     has_aux: bool = False,
-    damping: float = 1e-3,
-    max_cg_iterations: int = 50,
+    options: Mapping[str, Any] | None = None,
 ) -> MinimizeResult:
     """Minimises ``fun(x, *args)`` over a pytree ``x`` in one jitted while_loop.
 
@@ -383,18 +397,20 @@ def minimize(
       - "newton": the same with the exact Hessian (n products, ``jax.hessian``
         equivalent) and a Cholesky solve: Newton's method for small n.
 
-    Stops, like scipy's L-BFGS-B, when ``||grad||_2 <= tol``, when the
-    relative decrease ``(f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1) <= ftol``
-    (scipy's default ``factr * eps``; 0 turns it off), when ``maxiter``
-    iterations are done, or when no decrease is found (the line search fails
-    even with the memory reset; the Newton damping reached MAX_DAMPING = 1e10,
-    or the dtype's largest value). Degenerate input is never ``converged``: a
-    NaN or inf in x0 stops at once (``NONFINITE_X0``), so does a non-finite f or
-    gradient at x0 (``NONFINITE_START``), and a trial point where f = -inf
-    stops the solve (``UNBOUNDED``; x stays at the last finite point). Norms
-    are overflow-safe (a gradient of 1e20 in float32 is finite). Compiled once
-    per ``fun`` object and static option set; callable inside the user's own
-    ``jit``, where ``tol``, ``ftol`` and ``damping`` may be traced.
+    Stops, like scipy's L-BFGS-B, when ``||grad||_2 <= tol`` (status
+    ``CONVERGED``), when the relative decrease ``(f_k - f_{k+1}) /
+    max(|f_k|, |f_{k+1}|, 1) <= ftol`` (``CONVERGED_F``; scipy's default ``factr *
+    eps``; 0 turns it off), when ``maxiter`` iterations are done (``MAXITER``),
+    or when no decrease is found (``LINESEARCH_FAILED``: the line search fails
+    even with the memory reset; ``NO_DECREASE``: the Newton damping reached
+    MAX_DAMPING = 1e10, or the dtype's largest value). Degenerate input is never
+    a success: a NaN or inf in x0 stops at once (``NONFINITE_X0``), so does a
+    non-finite f or gradient at x0 (``NONFINITE_START``), and a trial point where
+    f = -inf stops the solve (``UNBOUNDED``; x stays at the last finite point).
+    The codes are members of :class:`~jaxnum.Status`. Norms are overflow-safe (a
+    gradient of 1e20 in float32 is finite). Compiled once per ``fun`` object and
+    static option set; callable inside the user's own ``jit``, where ``tol``,
+    ``ftol`` and ``damping`` may be traced.
 
     Args:
       fun: scalar objective (``(value, aux)`` with ``has_aux``).
@@ -403,26 +419,45 @@ def minimize(
       *args: extra arguments of ``fun`` (traced, not static).
       method: "lbfgs", "newton-cg" or "newton".
       tol: gradient 2-norm tolerance (> 0).
-      ftol: relative-decrease tolerance (>= 0).
       maxiter: maximum number of iterations.
-      memory_size: L-BFGS memory m.
-      max_evaluations: value-and-grad evaluations allowed per line search.
       has_aux: ``fun`` returns ``(value, aux)``; ``aux`` at the solution is returned.
-      damping: initial Levenberg-Marquardt lambda of the Newton methods relative
-        to the curvature along the first gradient (> 0): ``lambda_0 = damping
-        |g.Hg| / g.g`` at x0 (one Hessian-vector product, counted in ``nhev`` and
-        ``nfev``), or ``damping`` itself where that curvature is 0.
-      max_cg_iterations: CG iterations per "newton-cg" step.
+      options: the method's settings, a dict (defaults in brackets); a key the
+        method does not take raises ValueError naming the keys it accepts.
+
+        - every method: ``ftol``, relative-decrease tolerance (>= 0) [2.22e-9].
+        - "lbfgs": ``memory_size``, the L-BFGS memory m [10];
+          ``max_evaluations``, value-and-grad evaluations per line search [30].
+        - "newton-cg", "newton": ``damping``, the initial Levenberg-Marquardt
+          lambda relative to the curvature along the first gradient (> 0):
+          ``lambda_0 = damping |g.Hg| / g.g`` at x0 (one Hessian-vector product,
+          counted in ``stats["nhev"]`` and ``nfev``), or ``damping`` itself where
+          that curvature is 0 [1e-3].
+        - "newton-cg": ``max_cg_iterations``, CG iterations per step [50].
 
     Returns:
       :class:`MinimizeResult`: x, fun, grad, grad_norm, nit, nfev (calls of
       ``fun``: every value, value-and-gradient and, for the Newton methods,
-      linearisation of the gradient), converged, status (``.message`` reads
-      it), aux and what went wrong on the way.
+      linearisation of the gradient), status (``success`` and ``message`` read
+      it), aux and ``stats``, the method's counters.
+
+    Examples:
+      >>> rosen = lambda x: jnp.sum(100.0 * (x[1:] - x[:-1] ** 2) ** 2 + (1 - x[:-1]) ** 2)
+      >>> r = minimize(rosen, jnp.zeros(3), tol=1e-4)
+      >>> bool(r.success), r.message, bool(jnp.allclose(r.x, 1.0, atol=1e-3))
+      (True, 'converged: the gradient (or residual) norm is at most tol', True)
+      >>> r = minimize(rosen, jnp.zeros(3), method="newton-cg", options={"max_cg_iterations": 5})
+      >>> bool(r.success), sorted(r.stats)
+      (True, ['nhev', 'num_rejected'])
+      >>> minimize(rosen, jnp.zeros(3), method="newton", options={"memory_size": 5})
+      Traceback (most recent call last):
+      ...
+      ValueError: minimize: option(s) memory_size do not apply to method='newton'; it accepts ...
     """
     name = "minimize"
     if method not in METHODS:
         raise ValueError(f"{name}: method must be one of {METHODS}, got {method!r}")
+    opts = _method_options(options, method, name)
+    ftol = opts["ftol"]
     if not callable(fun):
         raise TypeError(f"{name}: fun must be callable, got {type(fun).__name__}")
     check_floating_tree(x0, name, "x0")
@@ -439,47 +474,48 @@ def minimize(
         if isinstance(ftol, bool) or v is None or not v >= 0:
             raise ValueError(f"{name}: ftol must be a number >= 0, got {ftol!r}")
     maxiter = check_positive_int(maxiter, name, "maxiter")
-    memory_size = check_positive_int(memory_size, name, "memory_size")
-    max_evaluations = check_positive_int(max_evaluations, name, "max_evaluations")
-    check_positive(damping, name, "damping")
-    max_cg_iterations = check_positive_int(max_cg_iterations, name, "max_cg_iterations")
     dtype = jnp.result_type(*jax.tree.leaves(x0))
     # The tolerances in at least float32: the default ftol (2.2e-9) is 0 in float16.
     tol_dtype = wide_dtype(dtype)
+    if method == "lbfgs":
+        return _solve(
+            x0,
+            tuple(args),
+            jnp.asarray(tol, tol_dtype),
+            jnp.asarray(ftol, tol_dtype),
+            fun=fun,
+            has_aux=has_aux,
+            memory_size=check_positive_int(opts["memory_size"], name, "memory_size"),
+            maxiter=maxiter,
+            max_evaluations=check_positive_int(opts["max_evaluations"], name, "max_evaluations"),
+        )
+    damping = opts["damping"]
+    check_positive(damping, name, "damping")
+    max_cg_iterations = check_positive_int(
+        opts.get("max_cg_iterations", 1), name, "max_cg_iterations"
+    )
     if method == "newton":
         check_lapack_dtype(
             dtype, name, "method='newton' takes a Cholesky factor",
             "use a float32 or float64 x0, or method='newton-cg'",
         )  # fmt: skip
-    if method in ("newton-cg", "newton"):
-        dtypes = sorted({jnp.result_type(leaf).name for leaf in jax.tree.leaves(x0)})
-        if len(dtypes) > 1:
-            raise TypeError(
-                f"{name}: method={method!r} needs x0's leaves in one dtype, got "
-                f"{', '.join(dtypes)}; cast them to one, or use method='lbfgs', which "
-                "takes mixed dtypes"
-            )
-        fun = _value_in_dtype(fun, dtype, has_aux)
-        return _solve_newton(
-            x0,
-            tuple(args),
-            jnp.asarray(tol, tol_dtype),
-            jnp.asarray(ftol, tol_dtype),
-            jnp.asarray(damping, tol_dtype),
-            fun=fun,
-            has_aux=has_aux,
-            maxiter=maxiter,
-            linear_solver="cg" if method == "newton-cg" else "dense",
-            max_cg_iterations=max_cg_iterations,
+    dtypes = sorted({jnp.result_type(leaf).name for leaf in jax.tree.leaves(x0)})
+    if len(dtypes) > 1:
+        raise TypeError(
+            f"{name}: method={method!r} needs x0's leaves in one dtype, got "
+            f"{', '.join(dtypes)}; cast them to one, or use method='lbfgs', which "
+            "takes mixed dtypes"
         )
-    return _solve(
+    fun = _value_in_dtype(fun, dtype, has_aux)
+    return _solve_newton(
         x0,
         tuple(args),
         jnp.asarray(tol, tol_dtype),
         jnp.asarray(ftol, tol_dtype),
+        jnp.asarray(damping, tol_dtype),
         fun=fun,
         has_aux=has_aux,
-        memory_size=memory_size,
         maxiter=maxiter,
-        max_evaluations=max_evaluations,
+        linear_solver="cg" if method == "newton-cg" else "dense",
+        max_cg_iterations=max_cg_iterations,
     )

@@ -39,22 +39,13 @@ from jaxnum._src.checks import (
     concrete_value,
 )
 from jaxnum._src.norms import bound_in_dtype
+from jaxnum._src.status import Status, is_success, status_message
 from jaxnum._src.trees import tree_vdot
 
-# Status codes of one search (``StrongWolfeState.status``).
-WOLFE = 0  #: the accepted step satisfies the strong Wolfe conditions
-APPROXIMATE_WOLFE = 1  #: accepted under Hager-Zhang's approximate Wolfe test
-BEST_POINT = 2  #: no Wolfe point found in the budget; the best point seen (it decreases f)
-NO_DECREASE = 3  #: nothing decreased f: the step is zero and params do not move
-UNBOUNDED = 4  #: a trial value was -inf: the search stops; the best finite point seen (or zero)
-
-STATUS_MESSAGES = {
-    WOLFE: "strong Wolfe conditions hold",
-    APPROXIMATE_WOLFE: "approximate Wolfe conditions hold (f changes at rounding level)",
-    BEST_POINT: "no Wolfe point within the evaluation budget; took the best point seen",
-    NO_DECREASE: "no decrease found along the direction; step is zero",
-    UNBOUNDED: "f = -inf at a trial step (unbounded below); took the best finite point or zero",
-}
+# A search ends in one of WOLFE, APPROXIMATE_WOLFE, BEST_POINT (no Wolfe point in
+# the budget; the best point seen, which decreases f), NO_DECREASE (the step is
+# zero and params do not move) or UNBOUNDED (a trial value was -inf; the best
+# finite point seen, or zero): members of the shared :class:`~jaxnum.Status`.
 
 _XTRAPL = 1.1  # extrapolation limits while no minimiser is bracketed (More-Thuente)
 _XTRAPU = 4.0
@@ -66,8 +57,11 @@ class StrongWolfeState(NamedTuple):
 
     ``value`` and ``grad`` are those at the accepted point, so
     ``optax.value_and_grad_from_state`` reuses them without re-evaluation.
-    ``aux`` is the auxiliary output there (``has_aux=True``; None before the first
-    update: in a ``lax`` loop set a placeholder with ``optax.tree.set``).
+    ``aux`` is the auxiliary output there: None without ``has_aux``; with it,
+    zeros shaped like the factory's ``aux_init`` from ``init`` on, so the state's
+    tree structure never changes (a ``lax`` loop or ``jit`` carry takes it as is).
+    ``status`` is a :class:`~jaxnum.Status` code (WOLFE, APPROXIMATE_WOLFE,
+    BEST_POINT, NO_DECREASE or UNBOUNDED).
     """
 
     value: jax.Array
@@ -75,7 +69,7 @@ class StrongWolfeState(NamedTuple):
     aux: Any
     stepsize: jax.Array  # accepted step along the incoming direction
     num_evaluations: jax.Array  # value-and-grad evaluations in the last search
-    status: jax.Array  # WOLFE, APPROXIMATE_WOLFE, BEST_POINT, NO_DECREASE or UNBOUNDED
+    status: jax.Array  # a Status: WOLFE, APPROXIMATE_WOLFE, BEST_POINT, NO_DECREASE, UNBOUNDED
     num_nonfinite: jax.Array  # trial points with a non-finite value or slope, last search
     not_descent: jax.Array  # the incoming direction was not a descent direction
     num_failures: jax.Array  # searches so far that ended in BEST_POINT, NO_DECREASE or UNBOUNDED
@@ -101,7 +95,7 @@ def _secant_min(a, da, b, db):
     return a + da / jnp.where(den == 0, 1.0, den) * (b - a)
 
 
-def more_thuente_step(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stpmax):
+def _more_thuente_step(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stpmax):
     """One safeguarded interval update of More and Thuente (1994), Section 4.
 
     ``stx`` is the best step so far, ``sty`` the other end of the interval,
@@ -204,6 +198,47 @@ class _Search(NamedTuple):
     unbounded: jax.Array  # a trial value was -inf
 
 
+class StrongWolfeResult(NamedTuple):
+    """Result of :func:`strong_wolfe_search`.
+
+    ``stepsize`` is the accepted step t along the direction (0 when nothing
+    decreased f); ``fun``, ``grad`` and ``aux`` are f, its gradient and the
+    auxiliary output at ``params + t d`` (at ``params`` when t = 0); ``status`` a
+    :class:`~jaxnum.Status` code (WOLFE, APPROXIMATE_WOLFE, BEST_POINT,
+    NO_DECREASE or UNBOUNDED; ``success`` is True for the first two); ``nfev`` the
+    value-and-grad evaluations; ``stats["num_nonfinite"]`` the trial points whose
+    value or slope was NaN/inf.
+    """
+
+    stepsize: jax.Array
+    fun: jax.Array
+    grad: Any
+    aux: Any
+    status: jax.Array
+    nfev: jax.Array
+    stats: dict
+
+    @property
+    def success(self) -> jax.Array:
+        """The accepted step satisfies the (strong or approximate) Wolfe conditions."""
+        return is_success(self.status)
+
+    @property
+    def message(self) -> str | list:
+        """The status as a sentence (needs a concrete ``status``)."""
+        return status_message(self.status)
+
+
+def _like_aux(new: Any, ref: Any, fn: str) -> Any:
+    """``new`` (the aux a trial returned) in the structure and dtypes of ``ref``."""
+    if jax.tree.structure(new) != jax.tree.structure(ref):
+        raise TypeError(
+            f"{fn}: value_fn's aux has tree structure {jax.tree.structure(new)}, but the "
+            f"state's aux (aux_init) has {jax.tree.structure(ref)}"
+        )
+    return jax.tree.map(lambda a, r: jnp.asarray(a).astype(jnp.result_type(r)), new, ref)
+
+
 def _check_options(
     fn, max_evaluations, slope_rtol, curv_rtol, xtol, max_stepsize, approx_rtol
 ) -> None:
@@ -233,7 +268,7 @@ def strong_wolfe_search(
     xtol: float = 0.1,
     max_stepsize: float = 1e10,
     max_evaluations: int = 30,
-):
+) -> StrongWolfeResult:
     """Finds a step ``t`` along ``direction`` meeting the strong Wolfe conditions.
 
     ``f(x + t d) <= f(x) + slope_rtol t g.d`` and ``|grad(x + t d).d| <=
@@ -248,8 +283,16 @@ def strong_wolfe_search(
     unbounded below) and the best finite point seen, or a zero step. The
     float options may be traced.
 
-    Returns ``(step, value, grad, aux, status, num_evaluations, num_nonfinite)``
-    with value/grad/aux at the accepted point (at ``params`` when the step is 0).
+    Returns a :class:`StrongWolfeResult` (stepsize, fun, grad, aux at the
+    accepted point, status, nfev, stats).
+
+    Examples:
+      >>> f = lambda x: jnp.sum((x - 1.0) ** 2)
+      >>> x = jnp.zeros(2)
+      >>> vg = lambda p: ((f(p), None), jax.grad(f)(p))
+      >>> r = strong_wolfe_search(vg, x, -jax.grad(f)(x), f(x), jax.grad(f)(x))
+      >>> float(r.stepsize), r.status == Status.WOLFE, int(r.nfev)
+      (0.5, Array(True, dtype=bool), 2)
     """
     # (initial_stepsize may be a step computed at run time: clipped to [0, max_stepsize].)
     _check_options(
@@ -286,6 +329,8 @@ def strong_wolfe_search(
             lambda p, d: (p + t.astype(p.dtype) * d).astype(p.dtype), params, direction
         )
         (f, aux_t), g = value_and_grad_fn(point)
+        if aux is not None:  # the caller's placeholder fixes aux's structure and dtypes
+            aux_t = _like_aux(aux_t, aux, "strong_wolfe_search")
         f = jnp.asarray(f, dtype)
         dg = tree_vdot(g, direction).astype(dtype)
         return _Trial(t, f, dg, g, aux_t, jnp.isfinite(f) & jnp.isfinite(dg))
@@ -320,7 +365,7 @@ def strong_wolfe_search(
         stage_two = s.stage_two | ((tr.f <= ftest) & (tr.dg >= 0))
         modified = ~stage_two & (tr.f <= s.fx) & (tr.f > ftest)
         shift_d = jnp.where(modified, gtest, 0.0).astype(dtype)
-        (stx, fx, dx, sty, fy, dy, stp_next, brackt, x_moved) = more_thuente_step(
+        (stx, fx, dx, sty, fy, dy, stp_next, brackt, x_moved) = _more_thuente_step(
             s.stx, s.fx - s.stx * shift_d, s.dx - shift_d,
             s.sty, s.fy - s.sty * shift_d, s.dy - shift_d,
             tr.stp, tr.f - tr.stp * shift_d, tr.dg - shift_d,
@@ -410,8 +455,12 @@ def strong_wolfe_search(
     step = jnp.where(s.accepted, last.stp, jnp.where(decreased, best_step, zero))
     status = jnp.where(
         s.accepted,
-        jnp.where(s.approximate, APPROXIMATE_WOLFE, WOLFE),
-        jnp.where(s.unbounded, UNBOUNDED, jnp.where(decreased, BEST_POINT, NO_DECREASE)),
+        jnp.where(s.approximate, int(Status.APPROXIMATE_WOLFE), int(Status.WOLFE)),
+        jnp.where(
+            s.unbounded,
+            int(Status.UNBOUNDED),
+            jnp.where(decreased, int(Status.BEST_POINT), int(Status.NO_DECREASE)),
+        ),
     ).astype(jnp.int32)
     use_last = s.accepted | (~s.accepted & decreased & last_better)
     use_x = ~use_last & decreased
@@ -421,7 +470,10 @@ def strong_wolfe_search(
     value_out = choose(last.f, s.x_value, f0)
     grad_out = choose(last.grad, s.x_grad, grad)
     aux_out = choose(last.aux, s.x_aux, aux)
-    return step, value_out, grad_out, aux_out, status, s.num_evaluations, s.num_nonfinite
+    return StrongWolfeResult(
+        stepsize=step, fun=value_out, grad=grad_out, aux=aux_out, status=status,
+        nfev=s.num_evaluations, stats={"num_nonfinite": s.num_nonfinite},
+    )  # fmt: skip
 
 
 def scale_by_strong_wolfe(
@@ -434,6 +486,7 @@ def scale_by_strong_wolfe(
     initial_stepsize: float = 1.0,
     max_stepsize: float = 1e10,
     has_aux: bool = False,
+    aux_init: Any = None,
 ) -> optax.GradientTransformationExtraArgs:
     """Scales the incoming descent direction by a strong-Wolfe step.
 
@@ -464,10 +517,35 @@ def scale_by_strong_wolfe(
       max_stepsize: upper bound on the step (clipped to the largest value of the
         value's dtype: 65504 in float16).
       has_aux: ``value_fn`` returns ``(value, aux)``.
+      aux_init: with ``has_aux``, a pytree of arrays (or ``jax.ShapeDtypeStruct``)
+        shaped like that aux: ``init`` stores zeros of its shapes and dtypes, so
+        the state has one tree structure from ``init`` on (required with
+        ``has_aux=True``).
+
+    Examples:
+      >>> f = lambda x: jnp.sum((x - 1.0) ** 2)
+      >>> tx = scale_by_strong_wolfe()
+      >>> x = jnp.zeros(2)
+      >>> g = jax.grad(f)(x)
+      >>> step, state = tx.update(-g, tx.init(x), x, value=f(x), grad=g, value_fn=f)
+      >>> step.tolist(), float(state.value), state.status == Status.WOLFE
+      ([1.0, 1.0], 0.0, Array(True, dtype=bool))
     """
     fn = "scale_by_strong_wolfe"
     _check_options(fn, max_evaluations, slope_rtol, curv_rtol, xtol, max_stepsize, approx_rtol)
     check_positive(initial_stepsize, fn, "initial_stepsize")
+    if has_aux and aux_init is None:
+        raise ValueError(
+            f"{fn}: has_aux=True needs aux_init= (a pytree shaped like value_fn's aux, e.g. "
+            "value_fn(params)[1]), so the state keeps one structure from init on"
+        )
+    if not has_aux and aux_init is not None:
+        raise ValueError(f"{fn}: aux_init is for has_aux=True, got has_aux=False")
+    aux_zeros = (
+        None
+        if aux_init is None
+        else jax.tree.map(lambda a: jnp.zeros(jnp.shape(a), jnp.result_type(a)), aux_init)
+    )
 
     def init_fn(params):
         leaves = jax.tree.leaves(params)
@@ -475,7 +553,7 @@ def scale_by_strong_wolfe(
         return StrongWolfeState(
             value=jnp.array(jnp.inf, dtype),
             grad=optax.tree.zeros_like(params),
-            aux=None,
+            aux=jax.tree.map(jnp.array, aux_zeros),
             stepsize=jnp.zeros((), dtype),
             num_evaluations=jnp.zeros((), jnp.int32),
             status=jnp.zeros((), jnp.int32),
@@ -502,25 +580,26 @@ def scale_by_strong_wolfe(
             v, g = jax.value_and_grad(value_fn)(p)
             return (v, None), g
 
-        step, new_value, new_grad, aux, status, nevals, nnonfinite = strong_wolfe_search(
+        search = strong_wolfe_search(
             value_and_grad_fn, params, direction, value, grad, state.aux,
             initial_stepsize=initial_stepsize, slope_rtol=slope_rtol, curv_rtol=curv_rtol,
             approx_rtol=approx_rtol, xtol=xtol, max_stepsize=max_stepsize,
             max_evaluations=max_evaluations,
         )  # fmt: skip
+        step, status = search.stepsize, search.status
         # A zero step is an exact zero update, also when the direction is not finite.
         new_updates = jax.tree.map(
             lambda d: jnp.where(step > 0, step.astype(d.dtype) * d, jnp.zeros_like(d)), direction
         )
-        failed = status >= BEST_POINT
+        failed = ~is_success(status)
         new_state = StrongWolfeState(
-            value=new_value.astype(dtype),
-            grad=new_grad,
-            aux=aux,
+            value=search.fun.astype(dtype),
+            grad=search.grad,
+            aux=search.aux,
             stepsize=step.astype(dtype),
-            num_evaluations=nevals,
+            num_evaluations=search.nfev,
             status=status,
-            num_nonfinite=nnonfinite,
+            num_nonfinite=search.stats["num_nonfinite"],
             not_descent=~descent,
             num_failures=state.num_failures + failed.astype(jnp.int32),
         )

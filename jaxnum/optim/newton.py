@@ -27,52 +27,42 @@ from jax.flatten_util import ravel_pytree
 from jaxnum._src.checks import check_int, check_lapack_dtype, check_positive
 from jaxnum._src.norms import tree_norm
 from jaxnum._src.sharding import replicated, replicated_outputs
-from jaxnum._src.status import status_message
-
-ROOT_CONVERGED = 0
-ROOT_MAXITER = 1
-ROOT_NO_DECREASE = 2
-ROOT_NONFINITE_START = 3
-ROOT_CONVERGED_STEP = 4
-
-ROOT_MESSAGES = {
-    ROOT_CONVERGED: "converged: ||F|| <= tol",
-    ROOT_MAXITER: "stopped: maximum number of iterations reached",
-    ROOT_NO_DECREASE: (
-        "stopped: the Newton step does not reduce ||F|| (a singular Jacobian at a "
-        "stationary point of ||F||^2, or a local minimum of ||F|| that is not a root)"
-    ),
-    ROOT_NONFINITE_START: "stopped: x0 or F(x0) is not finite",
-    ROOT_CONVERGED_STEP: (
-        "converged: the Newton step solves the linearised equations and is at most "
-        "xtol (||x|| + xtol)"
-    ),
-}
+from jaxnum._src.status import Status, is_success, status_message
 
 JACOBIAN_MODES = ("auto", "fwd", "rev")
 
 
 class NewtonRootResult(NamedTuple):
-    """x, F(x), ||F(x)||, the residual-norm history (nan after ``nit``), iterations,
-    whether it converged (``||F|| <= tol`` or a Newton step at the rounding level of
-    x, see :func:`newton_root`), a status (``.message`` reads it) and the number of
-    iterations whose Jacobian was rank-deficient (its least-squares step is then the
-    minimum-norm one)."""
+    """Result of :func:`newton_root`, in scipy's ``OptimizeResult`` names.
+
+    ``x``, ``fun`` (F(x)), ``residual_norm`` (``||F(x)||_2``), ``nit``, ``nfev``
+    (evaluations of F, the line search's included), ``status`` (a
+    :class:`~jaxnum.Status` code: CONVERGED ``||F|| <= tol``, CONVERGED_STEP a
+    Newton step at the rounding level of x, MAXITER, NO_DECREASE or
+    NONFINITE_START; ``success`` and ``message`` read it) and ``stats``:
+    ``residual_norms``, the history of ``||F||`` (maxiter + 1 entries, nan after
+    ``nit``), and ``num_singular``, the iterations whose Jacobian was
+    rank-deficient (the least-squares step is then the minimum-norm one).
+    """
 
     x: Any
     fun: Any
     residual_norm: jax.Array
-    residual_norms: jax.Array
     nit: jax.Array
-    converged: jax.Array
+    nfev: jax.Array
     status: jax.Array
-    num_singular: jax.Array
+    stats: dict
+
+    @property
+    def success(self) -> jax.Array:
+        """``status`` is CONVERGED or CONVERGED_STEP (elementwise for a vmapped solve)."""
+        return is_success(self.status)
 
     @property
     def message(self) -> str | list:
         """The status as a sentence (needs a concrete ``status``; a vmapped result gives a
         nested list of sentences)."""
-        return status_message(self.status, ROOT_MESSAGES)
+        return status_message(self.status)
 
 
 def check_jacobian_mode(jacobian: Any, fn: str) -> None:
@@ -185,7 +175,7 @@ def newton_root(
         Sec. 7.2): near a simple root the error after such a step is at the
         rounding level of x. (A root of multiplicity > 1 whose F loses its
         accuracy near the root, e.g. an expanded polynomial, may stop with
-        ``ROOT_NO_DECREASE`` at about ``sqrt(eps)`` from it; pass a larger xtol
+        ``Status.NO_DECREASE`` at about ``sqrt(eps)`` from it; pass a larger xtol
         or a tol.) May be traced.
       max_step: the step's length is capped at ``max_step (||x||_2 + 1)`` before
         the line search (default 1: a step at most doubles ||x|| + 1). Keeps a
@@ -203,14 +193,15 @@ def newton_root(
     Returns:
       :class:`NewtonRootResult`. A step that cannot reduce ``||F||`` (e.g. a singular
       Jacobian whose least-squares step is zero) leaves x unchanged and the loop
-      stops with ``converged=False``; nothing becomes NaN. An x0 or F(x0) that is
-      not finite stops at once (status ``ROOT_NONFINITE_START``, never converged).
+      stops with status ``NO_DECREASE`` (``success`` False); nothing becomes NaN. An
+      x0 or F(x0) that is not finite stops at once (``NONFINITE_START``, never a
+      success).
       Norms are overflow-safe (scaled by the largest entry).
 
     Examples:
       >>> r = newton_root(lambda x: x**2 - 2.0, jnp.float32(1.0))
-      >>> bool(r.converged), float(r.x)
-      (True, 1.4142135381698608)
+      >>> bool(r.success), float(r.x), r.status == Status.CONVERGED_STEP
+      (True, 1.4142135381698608, Array(True, dtype=bool))
 
     References:
       J. Nocedal and S. Wright, Numerical Optimization, 2nd ed., Sec. 11.1-11.2.
@@ -276,7 +267,7 @@ def _newton_solve(
     max_step = _float_option(max_step, dtype)
 
     def step(carry):
-        k, x, r, norms, _, singular = carry
+        k, x, r, norms, _, singular, nfev = carry
         J = jac(x)
         p, _, rank, _ = jnp.linalg.lstsq(J, -r)
         p = jnp.where(jnp.isfinite(p), multiplicity * p, 0.0)
@@ -295,31 +286,32 @@ def _newton_solve(
         r_new = jnp.where(accepted, r_t, r)
         norms = norms.at[k + 1].set(tree_norm(r_new))
         singular = singular + (rank < min(n, m)).astype(jnp.int32)
-        done = jnp.where(small, ROOT_CONVERGED_STEP, jnp.where(accepted, -1, ROOT_NO_DECREASE))
-        return k + 1, x_new, r_new, norms, done.astype(jnp.int32), singular
+        done = jnp.where(
+            small, int(Status.CONVERGED_STEP), jnp.where(accepted, -1, int(Status.NO_DECREASE))
+        )
+        return k + 1, x_new, r_new, norms, done.astype(jnp.int32), singular, nfev + i + 1
 
     def keep_going(carry):
-        k, _, r, _, done, _ = carry
+        k, _, r, _, done, _, _ = carry
         return (k < maxiter) & ~(tree_norm(r) <= tol) & (done < 0)
 
     r0 = residual(flat0)
     finite0 = jnp.all(jnp.isfinite(flat0)) & jnp.all(jnp.isfinite(r0))
     norms0 = jnp.full((maxiter + 1,), jnp.nan, r0.dtype).at[0].set(tree_norm(r0))
-    start = jnp.where(finite0, -1, ROOT_NONFINITE_START).astype(jnp.int32)
-    k, x, r, norms, done, singular = jax.lax.while_loop(
-        keep_going,
-        step,
-        (jnp.zeros((), jnp.int32), flat0, r0, norms0, start, jnp.zeros((), jnp.int32)),
+    start = jnp.where(finite0, -1, int(Status.NONFINITE_START)).astype(jnp.int32)
+    zero = jnp.zeros((), jnp.int32)
+    k, x, r, norms, done, singular, nfev = jax.lax.while_loop(
+        keep_going, step, (zero, flat0, r0, norms0, start, zero, jnp.ones((), jnp.int32))
     )
     norm = tree_norm(r)
     small_f = finite0 & (norm <= tol)
-    status = jnp.where(small_f, ROOT_CONVERGED, jnp.where(done >= 0, done, ROOT_MAXITER)).astype(
-        jnp.int32
-    )
-    converged = (status == ROOT_CONVERGED) | (status == ROOT_CONVERGED_STEP)
+    status = jnp.where(
+        small_f, int(Status.CONVERGED), jnp.where(done >= 0, done, int(Status.MAXITER))
+    ).astype(jnp.int32)
     return NewtonRootResult(
-        unravel(x), f(unravel(x), *args), norm, norms, k, converged, status, singular
-    )
+        x=unravel(x), fun=f(unravel(x), *args), residual_norm=norm, nit=k, nfev=nfev,
+        status=status, stats={"residual_norms": norms, "num_singular": singular},
+    )  # fmt: skip
 
 
 class ConvergenceOrder(NamedTuple):

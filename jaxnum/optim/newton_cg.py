@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import optax
 from jax.flatten_util import ravel_pytree
 
+from jaxnum._src.cg import conjugate_gradient
 from jaxnum._src.checks import (
     check_int,
     check_interval,
@@ -29,8 +30,9 @@ from jaxnum._src.checks import (
     check_positive_int,
     concrete_value,
 )
-from jaxnum._src.norms import bound_in_dtype, power_of_two_scale, tree_norm
+from jaxnum._src.norms import bound_in_dtype, tree_norm
 from jaxnum._src.sharding import replicated, sharded_like
+from jaxnum._src.status import Status, code
 from jaxnum._src.trees import check_like, tree_vdot
 from jaxnum.autodiff.hessian_vector import gnvp_fn
 
@@ -62,77 +64,42 @@ class ScaleByNewtonCGState(NamedTuple):
     unbounded: jax.Array
 
 
-class TruncatedCGResult(NamedTuple):
-    """Step p, the damped model value ``g.p + p.(B + lambda I)p / 2``, iterations,
-    and whether a direction of non-positive curvature stopped the solve."""
+class _TruncatedCGResult(NamedTuple):
+    """Step p, the damped model value ``g.p + p.(B + lambda I)p / 2``, CG iterations
+    (curvature products) and the CG :class:`~jaxnum.Status` code (``NEGATIVE_CURVATURE``
+    when a direction of non-positive curvature stopped the solve)."""
 
     step: Any
     model_value: jax.Array
-    iterations: jax.Array
-    negative_curvature: jax.Array
+    nit: jax.Array
+    status: jax.Array
 
 
-def _scaled_add(a: Any, alpha: Any, b: Any) -> Any:
-    return jax.tree.map(lambda x, y: x + alpha * y, a, b)
-
-
-def truncated_cg(
+def _truncated_cg(
     matvec: Callable[[Any], Any], g: Any, damping: Any, *, tol: Any, maxiter: int
-) -> TruncatedCGResult:
+) -> _TruncatedCGResult:
     """Approximately solves ``(B + damping I) p = -g`` from p = 0 by CG.
 
-    Stops when ``||r|| <= tol``, after ``maxiter`` iterations, or at the first
-    search direction d with ``d.(B + damping I)d <= 0``: then the iterate so far
-    is returned, or ``-g`` if it is the first (Nocedal and Wright, Alg. 7.1).
-    The model value is tracked without extra products: each CG step lowers it
-    by ``alpha ||r||^2 / 2``. The solve is linear in g, so it runs on g divided
-    by a power of two near ``max |g|`` (exact) and is scaled back: ``||g||^2``
-    and ``d.Bd`` do not overflow for large gradients (1e20 in float32).
+    The shared pytree CG (``jaxnum/_src/cg.py``): stops when ``||r|| <= tol``, after
+    ``maxiter`` iterations, or at the first search direction d with
+    ``d.(B + damping I)d <= 0`` (or not finite): then the iterate so far is
+    returned, or ``-g`` if it is the first (Nocedal and Wright, Alg. 7.1). The
+    model value is tracked without extra products; the solve runs on g scaled by
+    a power of two (exact), so large gradients (1e20 in float32) do not overflow.
     """
     maxiter = check_positive_int(maxiter, "truncated_cg", "maxiter")
     check_like(g, jax.eval_shape(matvec, g), "truncated_cg", "matvec(g)", "g")
-    scale = power_of_two_scale(g)
-    g = jax.tree.map(lambda x: x / scale.astype(x.dtype), g)
-    rr0 = tree_vdot(g, g)
-    dtype = rr0.dtype
-    damping = jnp.asarray(damping).astype(dtype)
-    tol = (jnp.asarray(tol).astype(scale.dtype) / scale).astype(dtype)
 
     def damped(v):
-        return _scaled_add(matvec(v), damping, v)
+        return jax.tree.map(lambda bv, vv: bv + jnp.asarray(damping).astype(vv.dtype) * vv,
+                            matvec(v), v)  # fmt: skip
 
-    def keep_going(c):
-        j, _, _, _, rr, _, stop, _ = c
-        return (j < maxiter) & ~stop & (jnp.sqrt(rr) > tol)
-
-    def body(c):
-        j, z, r, d, rr, q, _, _ = c
-        Bd = damped(d)
-        dBd = tree_vdot(d, Bd)
-        negative = ~(dBd > 0)  # also nan
-        alpha = jnp.where(negative, 0.0, rr / jnp.where(negative, 1.0, dBd)).astype(dtype)
-        first = j == 0
-        z_new = jax.tree.map(
-            lambda zi, di: jnp.where(negative, jnp.where(first, di, zi), zi + alpha * di), z, d
-        )
-        # At the first iteration d = -g, so the model at -g is -||g||^2 + dBd / 2.
-        q_new = jnp.where(negative, jnp.where(first, -rr + 0.5 * dBd, q), q - 0.5 * alpha * rr)
-        r_new = _scaled_add(r, alpha, Bd)
-        rr_new = tree_vdot(r_new, r_new)
-        beta = rr_new / jnp.where(rr > 0, rr, 1.0)
-        d_new = jax.tree.map(lambda ri, di: -ri + beta * di, r_new, d)
-        iterations = j + 1
-        return iterations, z_new, r_new, d_new, rr_new, q_new, negative, negative
-
-    zeros = jax.tree.map(jnp.zeros_like, g)
-    start = (
-        jnp.zeros((), jnp.int32), zeros, g, jax.tree.map(jnp.negative, g), rr0,
-        jnp.zeros((), dtype), jnp.asarray(False), jnp.asarray(False),
+    out = conjugate_gradient(
+        damped, jax.tree.map(jnp.negative, g), tol=tol, maxiter=maxiter,
+        first_direction_on_negative_curvature=True,
     )  # fmt: skip
-    j, z, _, _, _, q, _, negative = jax.lax.while_loop(keep_going, body, start)
-    z = jax.tree.map(lambda x: x * scale.astype(x.dtype), z)
-    q = (scale * (scale * q.astype(scale.dtype))).astype(dtype)
-    return TruncatedCGResult(z, q, j, negative)
+    dtype = tree_vdot(g, g).dtype
+    return _TruncatedCGResult(out.x, out.model_value.astype(dtype), out.nit, out.status)
 
 
 def _dense_solve(matvec, g, damping):
@@ -157,7 +124,7 @@ def _dense_solve(matvec, g, damping):
     p = -jax.scipy.linalg.cho_solve(factor, flat_g)
     model = 0.5 * jnp.vdot(flat_g, p)  # g.p + p.(B + damping I)p / 2 with (B + damping I)p = -g
     step = jax.tree.map(sharded_like, unravel(p), g)
-    return TruncatedCGResult(step, model, jnp.asarray(n, jnp.int32), jnp.asarray(False))
+    return _TruncatedCGResult(step, model, jnp.asarray(n, jnp.int32), code(Status.CONVERGED))
 
 
 def scale_by_newton_cg(
@@ -325,8 +292,10 @@ def scale_by_newton_cg(
                 if cg_tol is None
                 else jnp.asarray(cg_tol).astype(wide)
             )
-            solve = truncated_cg(matvec, g, lam, tol=forcing * grad_norm, maxiter=max_cg_iterations)
-        products = solve.iterations
+            solve = _truncated_cg(
+                matvec, g, lam, tol=forcing * grad_norm, maxiter=max_cg_iterations
+            )
+        products = solve.nit
         step = solve.step
         step_norm = tree_norm(step).astype(dtype)
         model_value = solve.model_value.astype(dtype)
@@ -388,7 +357,7 @@ def scale_by_newton_cg(
         new_state = ScaleByNewtonCGState(
             damping=new_damping.astype(dtype),
             rho=rho.astype(dtype),
-            cg_iterations=solve.iterations.astype(jnp.int32),
+            cg_iterations=solve.nit.astype(jnp.int32),
             num_products=state.num_products + products.astype(jnp.int32),
             num_rejected=state.num_rejected + (~accept).astype(jnp.int32),
             num_evaluations=state.num_evaluations + evaluations,

@@ -35,6 +35,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxnum._src.checks import check_lapack_dtype, check_positive, check_positive_int
 from jaxnum._src.norms import tree_norm
+from jaxnum._src.status import Status, is_success, status_message
 from jaxnum.optim.newton import (
     _float_option,
     backtrack,
@@ -45,43 +46,38 @@ from jaxnum.optim.newton import (
 METHODS = ("lm", "gn")
 GN_MAX_HALVINGS = 30  # of the Gauss-Newton step before no decrease is declared
 
-CONVERGED_GRAD = 0
-CONVERGED_STEP = 1
-MAXITER = 2
-NO_DECREASE = 3
-NONFINITE_START = 4
-
-STATUS_MESSAGES = {
-    CONVERGED_GRAD: "converged: ||J^T r||_inf <= gtol (by default: at the rounding level)",
-    CONVERGED_STEP: "converged: an accepted step <= xtol (||x|| + xtol)",
-    MAXITER: "stopped: maximum number of iterations reached",
-    NO_DECREASE: "stopped: no step reduces the cost",
-    NONFINITE_START: "stopped: x0, the residuals or the Jacobian are not finite at x0",
-}
-
 
 class GaussNewtonResult(NamedTuple):
-    """Result of :func:`gauss_newton`.
+    """Result of :func:`gauss_newton`, in the names of scipy's ``least_squares``.
 
-    ``cost`` is ``||r||^2 / 2``; ``costs`` its history (nan after ``nit``);
-    ``nfev``/``njev`` residual and Jacobian evaluations.
+    ``x``; ``fun`` the residuals there (a pytree like ``residual_fn``'s output);
+    ``cost`` ``||r||^2 / 2``; ``grad_norm`` the 2-norm of the gradient ``J^T r``
+    (the ``gtol`` test reads the inf-norm, or the cosine test); ``nit``;
+    ``nfev`` residual evaluations; ``status`` a :class:`~jaxnum.Status` code
+    (CONVERGED, CONVERGED_STEP, MAXITER, NO_DECREASE or NONFINITE_START;
+    ``success`` and ``message`` read it); ``stats``: ``njev`` Jacobian
+    evaluations and ``costs`` the cost history (maxiter + 1 entries, nan after
+    ``nit``).
     """
 
     x: Any
+    fun: Any
     cost: jax.Array
-    residuals: Any
     grad_norm: jax.Array
-    costs: jax.Array
     nit: jax.Array
     nfev: jax.Array
-    njev: jax.Array
-    converged: jax.Array
     status: jax.Array
+    stats: dict
 
     @property
-    def message(self) -> str:
+    def success(self) -> jax.Array:
+        """``status`` is CONVERGED or CONVERGED_STEP."""
+        return is_success(self.status)
+
+    @property
+    def message(self) -> str | list:
         """The status as a sentence (needs a concrete ``status``)."""
-        return STATUS_MESSAGES[int(self.status)]
+        return status_message(self.status)
 
 
 class _Carry(NamedTuple):
@@ -161,7 +157,9 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter, jacobian_
         costs=jnp.full((maxiter + 1,), jnp.nan, flat0.dtype).at[0].set(cost(r0)),
         nit=jnp.zeros((), jnp.int32), nfev=jnp.ones((), jnp.int32), njev=jnp.ones((), jnp.int32),
         status=jnp.where(
-            ~finite, NONFINITE_START, jnp.where(grad_small(J0, r0), CONVERGED_GRAD, -1)
+            ~finite,
+            int(Status.NONFINITE_START),
+            jnp.where(grad_small(J0, r0), int(Status.CONVERGED), -1),
         ).astype(jnp.int32),
     )  # fmt: skip
 
@@ -219,14 +217,15 @@ def _solve(x0, args, gtol, xtol, tau, *, residual_fn, method, maxiter, jacobian_
             stuck = ~accept
         else:  # LM: mu has grown far past J^T J's scale and still nothing lowers the cost
             stuck = ~accept & ~(lam < 10**7.5 * jnp.hypot(1.0, max_col(J)))
-        status = jnp.where(
-            grad_small(J, r),
-            CONVERGED_GRAD,
-            jnp.where(
-                small_step,
-                CONVERGED_STEP,
-                jnp.where(stuck, NO_DECREASE, jnp.where(nit >= maxiter, MAXITER, -1)),
-            ),
+        status = jnp.select(
+            [grad_small(J, r), small_step, stuck, nit >= maxiter],
+            [
+                int(Status.CONVERGED),
+                int(Status.CONVERGED_STEP),
+                int(Status.NO_DECREASE),
+                int(Status.MAXITER),
+            ],
+            -1,
         ).astype(jnp.int32)
         return _Carry(
             x=x, r=r, J=J, lam=lam, nu=nu, costs=c.costs.at[nit].set(cost(r)), nit=nit,
@@ -277,19 +276,19 @@ def gauss_newton(
         (e.g. arguments of a surrounding ``jax.jit``).
 
     Returns:
-      :class:`GaussNewtonResult` with the cost history. A singular Jacobian is
-      not an error: LM's damping keeps the step finite; GN takes the
-      minimum-norm step. A non-finite x0, or residuals or Jacobian that are not
-      finite at x0, stop at once with status ``NONFINITE_START`` (never
-      converged). ``cost`` is inf when ``||r||^2`` overflows, but the decisions
+      :class:`GaussNewtonResult` (the cost history in ``stats["costs"]``). A
+      singular Jacobian is not an error: LM's damping keeps the step finite; GN
+      takes the minimum-norm step. A non-finite x0, or residuals or Jacobian that
+      are not finite at x0, stop at once with status ``NONFINITE_START`` (never a
+      success). ``cost`` is inf when ``||r||^2`` overflows, but the decisions
       are taken on norms scaled by ``||r||``, which do not overflow.
 
     Examples:
       >>> t = jnp.linspace(0.0, 1.0, 8)
       >>> fit = gauss_newton(lambda p: p["a"] * jnp.exp(-p["b"] * t) - 2.0 * jnp.exp(-3.0 * t),
       ...                    {"a": jnp.array(1.0), "b": jnp.array(1.0)})
-      >>> bool(fit.converged), round(float(fit.x["b"]), 4)
-      (True, 3.0)
+      >>> bool(fit.success), round(float(fit.x["b"]), 4), fit.status == Status.CONVERGED_STEP
+      (True, 3.0, Array(True, dtype=bool))
     """
     fn = "gauss_newton"
     if method not in METHODS:
@@ -331,13 +330,11 @@ def gauss_newton(
     x = unravel(c.x)
     return GaussNewtonResult(
         x=x,
+        fun=residual_fn(x, *args),
         cost=c.costs[c.nit],
-        residuals=residual_fn(x, *args),
-        grad_norm=jnp.max(jnp.abs(c.J.T @ c.r)),
-        costs=c.costs,
+        grad_norm=tree_norm(c.J.T @ c.r).astype(c.x.dtype),
         nit=c.nit,
         nfev=c.nfev,
-        njev=c.njev,
-        converged=(c.status == CONVERGED_GRAD) | (c.status == CONVERGED_STEP),
         status=c.status,
+        stats={"njev": c.njev, "costs": c.costs},
     )

@@ -109,7 +109,7 @@ def _chronological(state: ScaleByLBFGSState):
     return order, valid
 
 
-def inverse_hessian_product(grad: Any, state: ScaleByLBFGSState, pairs_grad=None) -> Any:
+def _inverse_hessian_product(grad: Any, state: ScaleByLBFGSState, pairs_grad=None) -> Any:
     """``H g``: the two-loop recursion (Nocedal-Wright Algorithm 7.4) in matrix form.
 
     With the pairs in chronological order, the first loop's coefficients
@@ -123,7 +123,7 @@ def inverse_hessian_product(grad: Any, state: ScaleByLBFGSState, pairs_grad=None
     ``pairs_grad`` is the memory times g (interleaved: s_0^T g, y_0^T g, ...)
     when the caller has it already.
     """
-    check_like(state.prev_params, grad, "inverse_hessian_product", "grad", "the parameters")
+    check_like(state.prev_params, grad, "_inverse_hessian_product", "grad", "the parameters")
     dtype = state.sy.dtype
     memory = state.sy.shape[0]
     if pairs_grad is None:
@@ -147,13 +147,13 @@ def inverse_hessian_product(grad: Any, state: ScaleByLBFGSState, pairs_grad=None
     )
 
 
-def two_loop(grad: Any, state: ScaleByLBFGSState) -> Any:
+def _two_loop(grad: Any, state: ScaleByLBFGSState) -> Any:
     """``H g`` by the two loops exactly as written in Nocedal-Wright Algorithm 7.4.
 
-    The reference for :func:`inverse_hessian_product` (same result to
+    The reference for :func:`_inverse_hessian_product` (same result to
     rounding); 4 m vector operations, so slower on small problems.
     """
-    check_like(state.prev_params, grad, "two_loop", "grad", "the parameters")
+    check_like(state.prev_params, grad, "_two_loop", "grad", "the parameters")
     dtype = state.sy.dtype
     order, valid = _chronological(state)
     rho = 1 / jnp.where(valid, jnp.diagonal(state.sy)[order], 1)
@@ -173,6 +173,44 @@ def two_loop(grad: Any, state: ScaleByLBFGSState) -> Any:
     return r
 
 
+def reset_lbfgs_memory(state: Any, where: Any = True) -> Any:
+    """``state`` with the memory of every :class:`ScaleByLBFGSState` in it dropped where
+    ``where`` holds (a bool, maybe traced).
+
+    ``state`` is the state of :func:`scale_by_lbfgs` or of any chain holding it (as
+    :func:`lbfgs` does); the states are found by type, so their position in the chain
+    does not matter. Dropping the memory (``num_pairs = 0``) makes the next direction
+    the scaled gradient, as L-BFGS-B restarts after a failed line search; the ring and
+    the previous point stay, so the next pair is formed as usual.
+
+    Examples:
+      >>> tx = lbfgs()
+      >>> state = tx.init(jnp.zeros(2))
+      >>> state = state[0]._replace(num_pairs=jnp.int32(3)), *state[1:]
+      >>> int(reset_lbfgs_memory(state, True)[0].num_pairs)
+      0
+    """
+    fn = "reset_lbfgs_memory"
+    where = jnp.asarray(where)
+    if where.shape != () or where.dtype != jnp.bool_:
+        raise ValueError(
+            f"{fn}: where must be a bool scalar, got shape {where.shape} and dtype {where.dtype}"
+        )
+    is_state = lambda x: isinstance(x, ScaleByLBFGSState)  # noqa: E731
+    if not any(is_state(n) for n in jax.tree.leaves(state, is_leaf=is_state)):
+        raise TypeError(f"{fn}: state holds no ScaleByLBFGSState (give the state of "
+                        "scale_by_lbfgs or of a chain holding it)")  # fmt: skip
+
+    def reset(node):
+        if not isinstance(node, ScaleByLBFGSState):
+            return node
+        return node._replace(
+            num_pairs=jnp.where(where, 0, node.num_pairs).astype(node.num_pairs.dtype)
+        )
+
+    return jax.tree.map(reset, state, is_leaf=is_state)
+
+
 def scale_by_lbfgs(
     memory_size: int = 10,
     *,
@@ -186,7 +224,7 @@ def scale_by_lbfgs(
     buffer of ``memory_size`` slots when its curvature is safely positive,
     ``s^T y > curvature_rtol ||s|| ||y||`` and finite (otherwise it is skipped
     and counted, so ``H`` stays positive definite), then applies the two-loop
-    recursion (:func:`inverse_hessian_product`) with ``H_0 = gamma I``,
+    recursion (``_inverse_hessian_product``) with ``H_0 = gamma I``,
     ``gamma = s^T y / y^T y`` of the newest pair (Nocedal-Wright eq. 7.20).
     Memory O(m n), time O(m n) per step. Non-finite gradients never enter the
     memory.
@@ -283,7 +321,7 @@ def scale_by_lbfgs(
             state = state._replace(
                 gamma=jnp.where(state.num_pairs == 0, first.astype(dtype), state.gamma)
             )
-        direction = inverse_hessian_product(updates, state, pairs_grad)
+        direction = _inverse_hessian_product(updates, state, pairs_grad)
         # A non-finite gradient is no end point of a later pair: keep the last finite one.
         finite = jnp.isfinite(gnorm)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731

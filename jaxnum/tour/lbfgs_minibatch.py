@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from jaxnum.optim import lbfgs, minimize
+from jaxnum.optim import Status, lbfgs, minimize
 from jaxnum.tour._common import pyplot
 from jaxnum.tour.result import ClaimResult
 
@@ -70,7 +70,8 @@ def _run_lbfgs(X, y, l2, batch_size, steps, key):
         value, grad = jax.value_and_grad(value_fn)(p)
         updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=value_fn)
         p = jax.tree.map(lambda a, u: a + u, p, updates)
-        failed = state[-1].status >= 2
+        search = state[-1].status  # a Status: WOLFE or APPROXIMATE_WOLFE is a success
+        failed = (search != Status.WOLFE) & (search != Status.APPROXIMATE_WOLFE)
         return (p, state), (_loss(p, X, y, l2), failed)
 
     keys = jax.random.split(key, steps)

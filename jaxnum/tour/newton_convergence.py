@@ -92,7 +92,7 @@ def _gd_iterates(loss, x0, lr, steps):
 
 def _root_orders():
     def history(result):
-        return np.asarray(result.residual_norms)[: int(result.nit) + 1]
+        return np.asarray(result.stats["residual_norms"])[: int(result.nit) + 1]
 
     simple = newton_root(lambda x: x**2 - 2.0, 1.0, tol=1e-15)
     double = lambda x: (x - 1.0) ** 2 * (x + 2.0)  # noqa: E731 - double root at 1

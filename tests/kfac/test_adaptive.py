@@ -64,7 +64,7 @@ def test_alpha_and_mu_minimise_the_quadratic_model(x64):
     loss = "softmax_cross_entropy"
     model, params, x, y = _setup(loss)
     damping = 1e-2
-    tx = kfac.scale_by_adaptive_kfac(
+    tx = kfac.adaptive_optimizer(
         damping=damping, decay=0.9, inverse_every=1, adapt_damping_every=None
     )
     stats_fn = kfac.value_grad_and_stats(model, loss)
@@ -102,7 +102,7 @@ def test_adaptive_kfac_trains_without_a_learning_rate():
     x = jax.random.normal(jax.random.key(0), (64, 4))
     y = jnp.tanh(x @ jax.random.normal(jax.random.key(1), (4, 4)))
     params = model.init(jax.random.key(2), x)["params"]
-    tx = kfac.optimizer(None, damping=1e-2)
+    tx = kfac.adaptive_optimizer(damping=1e-2, decay=0.95, inverse_every=10)
     stats_fn = kfac.value_grad_and_stats(model, "squared_error")
 
     @jax.jit
@@ -131,7 +131,7 @@ def test_adaptive_kfac_trains_without_a_learning_rate():
 
 def test_a_non_finite_model_rejects_the_step_and_keeps_the_state():
     model, params, x, y = _setup("squared_error", jnp.float32)
-    tx = kfac.optimizer(None)
+    tx = kfac.adaptive_optimizer()
     state = tx.init(params)
     _, grads, stats = kfac.value_grad_and_stats(model, "squared_error")(
         params, x, y, jax.random.key(0)
@@ -175,7 +175,7 @@ def test_levenberg_marquardt_adapts_lambda_from_the_reduction_ratio(x64):
     # Measured every 2 steps, before the loss converges to rounding (then rho is noise):
     # a non-finite new loss grows lambda twice, then exact steps (rho = 1) shrink it back
     # to its floor, the initial damping.
-    tx = kfac.scale_by_adaptive_kfac(damping=1e-2, adapt_damping_every=2)
+    tx = kfac.adaptive_optimizer(damping=1e-2, adapt_damping_every=2)
     state, p = tx.init(params), params
     omega = 0.95**2
     for value_fn, expected in ((lambda q: jnp.nan, 1e-2 / omega**2), (loss, 1e-2)):
@@ -197,8 +197,16 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="key"):
         kfac.fisher_gram_fn(MLP(), "squared_error", {}, jnp.ones((2, 4)), examples=1)
     with pytest.raises(ValueError, match="damping"):
-        kfac.scale_by_adaptive_kfac(damping=0.0)
-    tx = kfac.scale_by_adaptive_kfac()
+        kfac.adaptive_optimizer(damping=0.0)
+    # The adaptive K-FAC has its own factory; optimizer(None) no longer switches to it
+    # (silently dropping momentum and kl_clip).
+    with pytest.raises(
+        ValueError,
+        match=r"kfac.optimizer: learning_rate .* got None; .*"
+        r"jaxnum.kfac.adaptive_optimizer",
+    ):
+        kfac.optimizer(None, momentum=0.5, kl_clip=1e-3)
+    tx = kfac.adaptive_optimizer()
     params = {"out": {"kernel": jnp.ones((2, 2))}}
     with pytest.raises(ValueError, match="value_fn"):
         tx.update(params, tx.init(params), params, curvature={}, fisher_gram=None)

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxnum.kfac import (
-    KroneckerFactors,
+from jaxnum.kfac import KroneckerFactors
+from jaxnum.kfac._factors import (
     dense_factors,
     factored_damping,
     kronecker_precondition,

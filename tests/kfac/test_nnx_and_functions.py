@@ -255,7 +255,7 @@ def test_kfac_under_nnx_optimizer_equals_the_functional_update():
     state = nnx.state(model, nnx.Param)
     boxed = jax.tree.map(lambda a: nn.Partitioned(a, (None,) * a.ndim), nnx.to_pure_dict(state))
     for form in (state, nnx.to_pure_dict(state), nnx.as_pure(state), boxed):
-        assert set(kfac.scale_by_adaptive_kfac().init(form).kfac.factors) == layers
+        assert set(kfac.adaptive_optimizer().init(form).kfac.factors) == layers
 
     @nnx.jit
     def nnx_step(model, opt, key):

@@ -10,11 +10,11 @@ import pytest
 from jaxnum.kfac import (
     Dense,
     KroneckerFactors,
-    factored_damping,
     optimizer,
     scale_by_kfac,
     value_grad_and_stats,
 )
+from jaxnum.kfac._factors import factored_damping
 
 
 class MLP(nn.Module):

@@ -71,7 +71,7 @@ def test_cg_against_jax_scipy_and_a_dense_solve():
     b = jnp.asarray(rng.normal(size=50), jnp.float32)
     ours = jax.jit(lambda A, b: cg(A, b, tol=1e-6))(A, b)
     ref, _ = jax.scipy.sparse.linalg.cg(A, b, tol=1e-6)
-    assert bool(ours.converged)
+    assert bool(ours.success)
     np.testing.assert_allclose(
         ours.x, np.linalg.solve(np.asarray(A, np.float64), b), rtol=1e-4, atol=1e-5
     )
@@ -83,7 +83,7 @@ def test_cg_against_jax_scipy_and_a_dense_solve():
 def test_cg_reports_non_convergence_instead_of_raising():
     A = jnp.diag(jnp.logspace(0, 4, 30))
     res = cg(A, jnp.ones(30), tol=1e-10, maxiter=3)
-    assert not bool(res.converged) and int(res.iterations) == 3
+    assert not bool(res.success) and int(res.nit) == 3
     assert float(res.residual_norm) > 1e-10 * float(jnp.linalg.norm(jnp.ones(30)))
 
 
@@ -174,7 +174,7 @@ def test_cg_promotes_mixed_dtypes_and_checks_the_matvec(x64):
         dict(A=lambda v: jnp.asarray(A) @ v, b=jnp.asarray(b, jnp.float32), M=jnp.asarray(M)),
     ]:
         r = cg(tol=1e-12, **kwargs)
-        assert r.x.dtype == jnp.float64 and bool(r.converged)
+        assert r.x.dtype == jnp.float64 and bool(r.success)
         np.testing.assert_allclose(r.x, ref, rtol=1e-9)
     C = rng.normal(size=(6, 6)) + 1j * rng.normal(size=(6, 6))
     H = C @ C.conj().T + 6 * np.eye(6)  # Hermitian positive definite, real b
@@ -182,7 +182,7 @@ def test_cg_promotes_mixed_dtypes_and_checks_the_matvec(x64):
     assert r.x.dtype == jnp.complex128
     np.testing.assert_allclose(r.x, np.linalg.solve(H, b), rtol=1e-9)
     x = cg(np.zeros((0, 0)), np.zeros(0))  # nothing to solve: x = [], converged
-    assert x.x.shape == (0,) and bool(x.converged)
+    assert x.x.shape == (0,) and bool(x.success)
     with pytest.raises(ValueError, match=r"cg: A \(its matvec\) maps a vector of shape \(6,\) "
                                          r"to shape \(5,\); expected shape \(6,\)"):  # fmt: skip
         cg(lambda v: v[:5], b)
@@ -222,7 +222,7 @@ def test_entries_past_sqrt_max_do_not_overflow_in_float32():
     b = A @ np.ones(4)
     A32, b32 = jnp.asarray(A, jnp.float32), jnp.asarray(b, jnp.float32)
     r = cg(A32, b32, tol=1e-6)
-    assert bool(r.converged) and np.isfinite(float(r.residual_norm))
+    assert bool(r.success) and np.isfinite(float(r.residual_norm))
     np.testing.assert_allclose(r.x, np.linalg.solve(A, b), rtol=1e-3)
     w, _ = top_eigenvalues(A32, 2, key=jax.random.key(0))
     np.testing.assert_allclose(w, np.linalg.eigvalsh(A)[::-1][:2], rtol=1e-5)

@@ -6,7 +6,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxnum.optim import inverse_hessian_product, scale_by_lbfgs, two_loop
+from jaxnum.optim import scale_by_lbfgs
+from jaxnum.optim.quasi_newton import _inverse_hessian_product, _two_loop
 
 
 def _quadratic(n, seed, cond=100.0):
@@ -79,7 +80,7 @@ def test_matrix_form_equals_the_two_loops_of_algorithm_7_4(x64):
     _, state = _feed(scale_by_lbfgs(5), points, grads)
     g = jnp.asarray(rng.normal(size=n))
     np.testing.assert_allclose(
-        inverse_hessian_product(g, state), two_loop(g, state), rtol=1e-10, atol=1e-13
+        _inverse_hessian_product(g, state), _two_loop(g, state), rtol=1e-10, atol=1e-13
     )
 
 

@@ -9,8 +9,7 @@ import optax
 import pytest
 import scipy.optimize as so
 
-from jaxnum.optim import lbfgs, scale_by_strong_wolfe, strong_wolfe_search
-from jaxnum.optim.linesearch import BEST_POINT, NO_DECREASE, WOLFE
+from jaxnum.optim import Status, lbfgs, scale_by_strong_wolfe, strong_wolfe_search
 
 
 def _rosen(x):
@@ -45,11 +44,13 @@ def test_accepted_steps_satisfy_strong_wolfe_like_scipy(x64, f, scale):
     for _ in range(4):
         x = jnp.asarray(rng.normal(size=6))
         d = -scale * jax.grad(f)(x)
-        step, value, grad, _, status, nevals, _ = search(x, d)
+        r = search(x, d)
+        step, value, grad, status, nevals = r.stepsize, r.fun, r.grad, r.status, r.nfev
+        assert bool(r.success) and r.message == Status.WOLFE.message
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # scipy LineSearchWarning
             ref = so.line_search(fn, jac, np.asarray(x), np.asarray(d), c1=1e-4, c2=0.9)
-        assert int(status) == WOLFE
+        assert int(status) == Status.WOLFE
         assert _wolfe(f, x, d, float(step)), (float(step), ref[0])
         if ref[0] is not None:  # scipy's search (10 iterations) gives up on some long steps
             assert _wolfe(f, x, d, ref[0])
@@ -65,11 +66,10 @@ def test_backs_off_from_a_nonfinite_trial(x64):
 
     x = jnp.array([0.0])
     d = jnp.array([4.0])  # a unit step lands at 4: NaN
-    step, value, _, _, status, _, nonfinite = strong_wolfe_search(
-        _vg(f), x, d, f(x), jax.grad(f)(x)
-    )
-    assert int(nonfinite) >= 1
-    assert int(status) == WOLFE
+    r = strong_wolfe_search(_vg(f), x, d, f(x), jax.grad(f)(x))
+    step, value, status = r.stepsize, r.fun, r.status
+    assert int(r.stats["num_nonfinite"]) >= 1
+    assert int(status) == Status.WOLFE
     assert 0 < float(step) * 4.0 < 1.0 and bool(jnp.isfinite(value))
     assert float(value) < float(f(x))
 
@@ -84,7 +84,7 @@ def test_no_decrease_gives_a_zero_step_and_finite_state(x64):
     updates, state = tx.update(
         jnp.array([1.0]), state, x, value=f(x), grad=jax.grad(f)(x), value_fn=f
     )
-    assert int(state.status) == NO_DECREASE and float(state.stepsize) == 0.0
+    assert int(state.status) == Status.NO_DECREASE and float(state.stepsize) == 0.0
     assert float(updates[0]) == 0.0 and int(state.num_failures) == 1
     assert float(state.value) == float(f(x))
 
@@ -97,7 +97,7 @@ def test_exhausted_budget_takes_the_best_point(x64):
     state = tx.init(x)
     g = jax.grad(f)(x)
     updates, state = tx.update(-0.05 * g, state, x, value=f(x), grad=g, value_fn=f)
-    assert int(state.status) == BEST_POINT
+    assert int(state.status) == Status.BEST_POINT
     assert float(f(x + updates)) < float(f(x)) and float(state.value) == float(f(x + updates))
 
 
@@ -116,9 +116,10 @@ def test_aux_at_the_accepted_point_and_reuse_through_value_and_grad_from_state(x
         r = x - jnp.arange(3.0)
         return jnp.sum(r**2), {"residual": r}
 
-    tx = scale_by_strong_wolfe(has_aux=True)
     x = jnp.zeros(3)
-    state = optax.tree.set(tx.init(x), aux={"residual": jnp.zeros(3)})
+    tx = scale_by_strong_wolfe(has_aux=True, aux_init=f(x)[1])
+    state = tx.init(x)
+    np.testing.assert_array_equal(state.aux["residual"], np.zeros(3))
     (v, _), g = jax.value_and_grad(f, has_aux=True)(x)
     updates, state = tx.update(-0.3 * g, state, x, value=v, grad=g, value_fn=f)
     new_x = x + updates
@@ -168,11 +169,13 @@ def test_float32_steps_below_rounding_of_x_still_find_the_minimiser():
     f = lambda z: jnp.sum((z - target) ** 2)  # noqa: E731
     d = jnp.full(8, 0.4 * ulp, jnp.float32)
     g = jax.grad(f)(x)
-    step, value, *_ = strong_wolfe_search(_vg(f), x, d, f(x), g)
+    r = strong_wolfe_search(_vg(f), x, d, f(x), g)
+    step, value = r.stepsize, r.fun
     assert float(value) < float(f(x)) and float(step) > 1.0
     # The exact More-Thuente test alone reads the flat values as "too long" and gives up.
-    step_exact, _, _, _, status, _, _ = strong_wolfe_search(_vg(f), x, d, f(x), g, approx_rtol=None)
-    assert int(status) == NO_DECREASE and float(step_exact) == 0.0
+    r = strong_wolfe_search(_vg(f), x, d, f(x), g, approx_rtol=None)
+    step_exact, status = r.stepsize, r.status
+    assert int(status) == Status.NO_DECREASE and float(step_exact) == 0.0
 
 
 def test_max_stepsize_may_be_traced_and_caps_the_step():

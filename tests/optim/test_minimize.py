@@ -9,16 +9,7 @@ import pytest
 import scipy.optimize as so
 from jax.experimental import io_callback
 
-from jaxnum.optim import minimize
-from jaxnum.optim.driver import (
-    CONVERGED_F,
-    CONVERGED_GRAD,
-    LINESEARCH_FAILED,
-    MAXITER,
-    NONFINITE_X0,
-    STATUS_MESSAGES,
-    UNBOUNDED,
-)
+from jaxnum.optim import Status, minimize
 
 
 def _rosen(x):
@@ -27,8 +18,8 @@ def _rosen(x):
 
 def test_rosenbrock_like_scipy_lbfgsb(x64):
     x0 = jnp.array([-1.2, 1.0] * 5)
-    r = minimize(_rosen, x0, tol=1e-8, ftol=0.0, maxiter=2000)
-    assert bool(r.converged) and int(r.status) == CONVERGED_GRAD, r.message
+    r = minimize(_rosen, x0, tol=1e-8, maxiter=2000, options={"ftol": 0.0})
+    assert bool(r.success) and int(r.status) == Status.CONVERGED, r.message
     np.testing.assert_allclose(r.x, np.ones(10), atol=1e-7)
     assert float(r.grad_norm) <= 1e-8
     ref = so.minimize(
@@ -50,8 +41,8 @@ def test_logistic_regression_on_a_pytree_matches_scipy(x64):
         return jnp.mean(jnp.logaddexp(0.0, z) - y * z) + 0.5 * lam * jnp.sum(p["w"] ** 2)
 
     p0 = {"w": jnp.zeros(5), "b": jnp.zeros(())}
-    r = minimize(loss, p0, jnp.asarray(X), jnp.asarray(y), tol=1e-9, ftol=0.0)
-    assert int(r.status) == CONVERGED_GRAD
+    r = minimize(loss, p0, jnp.asarray(X), jnp.asarray(y), tol=1e-9, options={"ftol": 0.0})
+    assert int(r.status) == Status.CONVERGED
 
     def flat(v):
         p = {"w": jnp.asarray(v[:5]), "b": jnp.asarray(v[5])}
@@ -69,7 +60,7 @@ def test_aux_is_returned_at_the_solution(x64):
         return jnp.sum(r**2) + jnp.sum(r**4), {"residual": r, "count": jnp.int32(7)}
 
     r = minimize(fun, jnp.zeros(2), has_aux=True, tol=1e-10)
-    assert bool(r.converged)
+    assert bool(r.success)
     np.testing.assert_allclose(r.aux["residual"], fun(r.x)[1]["residual"])
     assert int(r.aux["count"]) == 7
 
@@ -77,10 +68,10 @@ def test_aux_is_returned_at_the_solution(x64):
 def test_relative_decrease_and_maxiter_stops():
     x0 = jnp.array([-1.2, 1.0] * 3)
     r = minimize(_rosen, x0, maxiter=3)
-    assert int(r.status) == MAXITER and int(r.nit) == 3 and not bool(r.converged)
+    assert int(r.status) == Status.MAXITER and int(r.nit) == 3 and not bool(r.success)
     assert "maximum" in r.message
-    r = minimize(_rosen, x0, tol=1e-30, ftol=1e-3)
-    assert int(r.status) == CONVERGED_F and bool(r.converged)
+    r = minimize(_rosen, x0, tol=1e-30, options={"ftol": 1e-3})
+    assert int(r.status) == Status.CONVERGED_F and bool(r.success)
 
 
 def test_nan_at_the_trial_point_backs_off_and_says_so(x64):
@@ -89,8 +80,8 @@ def test_nan_at_the_trial_point_backs_off_and_says_so(x64):
         return jnp.where(x[0] > 1.3, jnp.nan, f)
 
     r = minimize(fun, jnp.array([0.5]), tol=1e-10)
-    assert bool(r.converged), r.message
-    assert int(r.num_nonfinite) >= 1
+    assert bool(r.success), r.message
+    assert int(r.stats["num_nonfinite"]) >= 1
     np.testing.assert_allclose(r.x, [1.0], atol=1e-8)
 
 
@@ -102,7 +93,7 @@ def test_wrong_gradient_stops_with_a_failed_search_and_finite_result(x64):
     fun.defjvp(lambda p, t: (fun(p[0]), -2.0 * jnp.sum(p[0] * t[0])))  # wrong sign
     x0 = jnp.array([1.0, 2.0])
     r = minimize(fun, x0)
-    assert int(r.status) == LINESEARCH_FAILED and not bool(r.converged)
+    assert int(r.status) == Status.LINESEARCH_FAILED and not bool(r.success)
     np.testing.assert_allclose(r.x, x0)
     assert bool(jnp.isfinite(r.fun))
 
@@ -111,7 +102,7 @@ def test_float32_solve_keeps_float32_under_x64(x64):
     x0 = jnp.array([-1.2, 1.0] * 2, jnp.float32)
     r = minimize(_rosen, x0, tol=1e-4)
     assert r.x.dtype == jnp.float32 and r.fun.dtype == jnp.float32
-    assert bool(r.converged), r.message
+    assert bool(r.success), r.message
 
 
 def test_callable_inside_a_users_jit_and_vmap():
@@ -126,7 +117,7 @@ def test_callable_inside_a_users_jit_and_vmap():
 def test_bad_input_fails_clearly():
     f = lambda x: jnp.sum(x**2)  # noqa: E731
     with pytest.raises(ValueError, match="memory_size"):
-        minimize(f, jnp.ones(2), memory_size=0)
+        minimize(f, jnp.ones(2), options={"memory_size": 0})
     with pytest.raises(ValueError, match="tol"):
         minimize(f, jnp.ones(2), tol=0.0)
     with pytest.raises(ValueError, match="tol"):
@@ -140,7 +131,7 @@ def test_bad_input_fails_clearly():
     with pytest.raises(TypeError, match="aux"):
         minimize(f, jnp.ones(2), has_aux=True)
     with pytest.raises(ValueError, match="ftol"):
-        minimize(f, jnp.ones(2), ftol=-1.0)
+        minimize(f, jnp.ones(2), options={"ftol": -1.0})
 
 
 @pytest.mark.parametrize("method", ["lbfgs", "newton-cg"])
@@ -158,7 +149,7 @@ def test_float16_solve_keeps_the_default_ftol_and_warns_of_no_overflow(method):
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         r = minimize(f, jnp.zeros(8, jnp.float16), method=method, tol=1e-7)
-    assert int(r.status) == CONVERGED_F and bool(r.converged)
+    assert int(r.status) == Status.CONVERGED_F and bool(r.success)
     assert r.x.dtype == jnp.float16
     exact = np.linalg.solve(A, b)
     np.testing.assert_allclose(np.asarray(r.x, np.float64), exact, rtol=0, atol=0.02)
@@ -173,11 +164,11 @@ def test_degenerate_input_gets_a_status_never_converged(x64):
     and f = -sum(exp(x)) (closed form: inf f = -inf, reached in float64 beyond x = 709.8),
     f = sum(x) (inf f = -inf)."""
     r = minimize(_shifted, jnp.array([3.0, jnp.nan, 0.5]), method="newton-cg")
-    assert int(r.status) == NONFINITE_X0 and not bool(r.converged), r.message
+    assert int(r.status) == Status.NONFINITE_X0 and not bool(r.success), r.message
     assert "x0" in r.message and int(r.nit) == 0
     concave = lambda x: -jnp.sum(jnp.exp(x))  # noqa: E731
     r = minimize(concave, jnp.array([1.0, 0.5]), method="newton-cg")
-    assert int(r.status) == UNBOUNDED and not bool(r.converged), r.message
+    assert int(r.status) == Status.UNBOUNDED and not bool(r.success), r.message
     assert "unbounded" in r.message and int(r.nit) < 1000
     # the reported point is the last finite one, and fun is f there
     assert bool(jnp.all(jnp.isfinite(r.x))) and np.isfinite(float(r.fun))
@@ -185,7 +176,7 @@ def test_degenerate_input_gets_a_status_never_converged(x64):
     # a linear f in float32: zero curvature, the damping halves down to the smallest normal
     # number (not to 0, which made -g steps lost in x's rounding: 'converged' at f = -3e38)
     r = minimize(lambda x: jnp.sum(x), jnp.ones(2, jnp.float32), method="newton-cg")
-    assert int(r.status) == UNBOUNDED and int(r.nit) < 1000, r.message
+    assert int(r.status) == Status.UNBOUNDED and int(r.nit) < 1000, r.message
 
 
 def test_gradients_whose_squared_norm_overflows_float32():
@@ -198,7 +189,7 @@ def test_gradients_whose_squared_norm_overflows_float32():
         return 1e20 * jnp.sum(w * (x - c) ** 2)
 
     r = minimize(big, jnp.zeros(3, jnp.float32), method="newton-cg", tol=1e16)
-    assert bool(r.converged), r.message
+    assert bool(r.success), r.message
     np.testing.assert_allclose(r.x, c, atol=1e-3)
     assert np.isfinite(float(r.grad_norm))
 
@@ -215,7 +206,8 @@ def test_traced_options_under_strict_promotion_equal_the_concrete_solve(x64):
     minimiser of _shifted is 1)."""
 
     def solve(x0, t, ft, d, method):
-        return minimize(_shifted, x0, method=method, tol=t, ftol=ft, damping=d)
+        opts = {"ftol": ft, "damping": d}
+        return minimize(_shifted, x0, method=method, tol=t, options=opts)
 
     # float64 x0 shares the compiled NaN-x0 solve of the degenerate-input test; lbfgs (int32
     # counters under x64) under strict promotion is an audit case (tests/bad_paths.py).
@@ -223,9 +215,9 @@ def test_traced_options_under_strict_promotion_equal_the_concrete_solve(x64):
     with jax.numpy_dtype_promotion("strict"):
         traced = jax.jit(solve, static_argnames="method")(x0, 1e-6, 1e-12, 1e-3, "newton-cg")
     concrete = solve(x0, 1e-6, 1e-12, 1e-3, "newton-cg")
-    assert int(traced.status) == int(concrete.status) == CONVERGED_GRAD
+    assert int(traced.status) == int(concrete.status) == Status.CONVERGED
     assert traced.x.dtype == jnp.float64 and int(traced.nit) == int(concrete.nit)
-    assert traced.nfev.dtype == traced.nhev.dtype == jnp.int32
+    assert traced.nfev.dtype == traced.stats["nhev"].dtype == jnp.int32
     np.testing.assert_array_equal(traced.x, concrete.x)
     np.testing.assert_allclose(traced.x, np.ones(3), atol=1e-3)
 
@@ -275,7 +267,7 @@ def test_nfev_counts_every_call_of_fun_and_newton_cg_takes_scipys_iterations(x64
         ref = so.minimize(f_np, x0, jac=g_np, hess=h_np, method="Newton-CG")
         r = minimize(counted, jnp.asarray(x0), method="newton-cg")
         jax.block_until_ready(r)
-        assert bool(r.converged), (name, r.message)
+        assert bool(r.success), (name, r.message)
         assert int(r.nfev) == calls[0], (name, int(r.nfev), calls[0])
         assert float(r.fun) <= ref.fun + 1e-10, (name, float(r.fun), ref.fun)
         if name != "rosenbrock":
@@ -289,7 +281,7 @@ def test_newton_methods_take_a_narrower_loss_and_name_mixed_dtype_x0(method, los
     """A bfloat16 or float16 loss of float32 x solves (closed form x = 1; it was a
     while_loop/cond type error); x0 leaves of two dtypes get minimize's own TypeError."""
     r = minimize(lambda x: jnp.sum((x - 1.0) ** 2).astype(loss_dtype), jnp.zeros(2), method=method)
-    assert bool(r.converged) and r.fun.dtype == jnp.float32
+    assert bool(r.success) and r.fun.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(r.x), 1.0, atol=1e-3)
     mixed = {"a": jnp.zeros(2, jnp.float16), "b": jnp.zeros(2, jnp.float32)}
     with pytest.raises(TypeError, match=r"minimize: method='newton.*' needs x0's leaves in one"):
@@ -301,5 +293,5 @@ def test_message_of_a_vmapped_solve_is_a_sentence_per_element():
     arrays can be converted' TypeError)."""
     solve = jax.vmap(lambda c: minimize(lambda x: jnp.sum((x - c) ** 2), jnp.zeros(2)))
     r = solve(jnp.array([1.0, jnp.nan]))
-    assert r.message == [STATUS_MESSAGES[int(s)] for s in r.status]
+    assert r.message == [Status(int(s)).message for s in r.status]
     assert r.message[0].startswith("converged") and "not finite" in r.message[1]

@@ -10,7 +10,8 @@ import pytest
 import scipy.optimize
 
 import jaxnum as jn
-from jaxnum.optim import convergence_order, minimize, scale_by_newton_cg, truncated_cg
+from jaxnum.optim import Status, convergence_order, minimize, scale_by_newton_cg
+from jaxnum.optim.newton_cg import _truncated_cg
 
 
 def _logistic_problem(num_samples=400, num_features=10, seed=0):
@@ -50,22 +51,22 @@ def test_truncated_cg_solves_spd_systems_and_tracks_the_model(x64):
     Q = rng.standard_normal((8, 8))
     B = Q @ Q.T + 0.1 * np.eye(8)
     g = rng.standard_normal(8)
-    res = truncated_cg(lambda v: jnp.asarray(B) @ v, jnp.asarray(g), 0.5, tol=1e-13, maxiter=50)
+    res = _truncated_cg(lambda v: jnp.asarray(B) @ v, jnp.asarray(g), 0.5, tol=1e-13, maxiter=50)
     expected = np.linalg.solve(B + 0.5 * np.eye(8), -g)
     np.testing.assert_allclose(res.step, expected, rtol=1e-9)
     model = g @ expected + 0.5 * expected @ (B + 0.5 * np.eye(8)) @ expected
     np.testing.assert_allclose(res.model_value, model, rtol=1e-9)
-    assert not bool(res.negative_curvature) and int(res.iterations) <= 8 + 1
+    assert not res.status == Status.NEGATIVE_CURVATURE and int(res.nit) <= 8 + 1
 
 
 def test_truncated_cg_stops_at_negative_curvature(x64):
     B = jnp.diag(jnp.array([2.0, -1.0]))
-    first = truncated_cg(lambda v: B @ v, jnp.array([0.0, 1.0]), 0.0, tol=1e-12, maxiter=10)
-    assert bool(first.negative_curvature) and int(first.iterations) == 1
+    first = _truncated_cg(lambda v: B @ v, jnp.array([0.0, 1.0]), 0.0, tol=1e-12, maxiter=10)
+    assert first.status == Status.NEGATIVE_CURVATURE and int(first.nit) == 1
     np.testing.assert_allclose(first.step, [0.0, -1.0])  # -g when the first direction is bad
     np.testing.assert_allclose(first.model_value, -1.0 + 0.5 * -1.0)
-    later = truncated_cg(lambda v: B @ v, jnp.array([1.0, 1.0]), 0.0, tol=1e-12, maxiter=10)
-    assert bool(later.negative_curvature)
+    later = _truncated_cg(lambda v: B @ v, jnp.array([1.0, 1.0]), 0.0, tol=1e-12, maxiter=10)
+    assert later.status == Status.NEGATIVE_CURVATURE
     assert np.all(np.isfinite(later.step))
 
 
@@ -98,8 +99,10 @@ def test_newton_converges_quadratically_newton_cg_superlinearly(x64):
 def test_newton_cg_needs_far_fewer_iterations_than_gradient_descent(x64):
     X, y = _logistic_problem()
     X = X * jnp.logspace(-1, 1, 10)  # features on different scales: cond(H) ~ 1e4
-    result = minimize(_logistic, jnp.zeros(10), X, y, method="newton-cg", tol=1e-8, ftol=0.0)
-    assert bool(result.converged) and float(result.grad_norm) <= 1e-8
+    result = minimize(
+        _logistic, jnp.zeros(10), X, y, method="newton-cg", tol=1e-8, options={"ftol": 0.0}
+    )
+    assert bool(result.success) and float(result.grad_norm) <= 1e-8
     # Gradient descent with the step 1/L, L the largest Hessian eigenvalue bound.
     L = float(jnp.linalg.eigvalsh(X.T @ X)[-1]) / (4 * X.shape[0]) + 1e-3
     grad = jax.jit(jax.grad(_logistic))
@@ -134,8 +137,8 @@ def test_minimize_matches_scipy_on_rosenbrock_and_logistic(x64, method):
             options={"xtol": 1e-12} if method == "Newton-CG" else {"gtol": 1e-9},
         )
         for ours in ("newton-cg", "newton"):
-            result = minimize(f, x0, *args, method=ours, tol=1e-9, ftol=0.0)
-            assert bool(result.converged), result.message
+            result = minimize(f, x0, *args, method=ours, tol=1e-9, options={"ftol": 0.0})
+            assert bool(result.success), result.message
             np.testing.assert_allclose(result.x, ref.x, rtol=1e-6, atol=1e-8)
             np.testing.assert_allclose(result.fun, ref.fun, rtol=1e-8, atol=1e-14)
 
@@ -229,13 +232,17 @@ def test_minimize_newton_on_pytrees_and_statuses(x64):
         return jnp.sum((p["a"] - 1.0) ** 4) + jnp.sum((p["b"] + 2.0) ** 2)
 
     result = minimize(
-        f, {"a": jnp.zeros(2), "b": jnp.zeros(())}, method="newton-cg", tol=1e-7, ftol=0.0
+        f,
+        {"a": jnp.zeros(2), "b": jnp.zeros(())},
+        method="newton-cg",
+        tol=1e-7,
+        options={"ftol": 0.0},
     )
-    assert bool(result.converged), result.message
+    assert bool(result.success), result.message
     np.testing.assert_allclose(result.x["b"], -2.0, atol=1e-8)
     np.testing.assert_allclose(result.x["a"], 1.0, atol=3e-3)  # quartic: flat minimum
     capped = minimize(_rosenbrock, jnp.array([-1.2, 1.0]), method="newton", maxiter=3)
-    assert int(capped.nit) == 3 and not bool(capped.converged)
+    assert int(capped.nit) == 3 and not bool(capped.success)
     assert "maximum number" in capped.message
     bad = minimize(lambda x: jnp.sum(jnp.log(x)), jnp.array([-1.0]), method="newton-cg")
     assert "not finite" in bad.message

@@ -16,6 +16,7 @@ msgpack) are read with a warning. The project does not use orbax (no import
 anywhere).
 """
 
+import functools
 import hashlib
 from typing import Any, NamedTuple
 
@@ -182,7 +183,8 @@ def _kfac_run(adaptive):
     # k=4: the steps after the checkpoint reuse inverses computed before it.
     model, params0, x, y, loss = _kfac_problem()
     stats_fn = kfac.value_grad_and_stats(model, "squared_error", fisher="true")
-    tx = kfac.optimizer(None if adaptive else 0.1, damping=1e-2, inverse_every=3)
+    make = kfac.adaptive_optimizer if adaptive else functools.partial(kfac.optimizer, 0.1)
+    tx = make(damping=1e-2, inverse_every=3)
 
     @jax.jit
     def step(p, s, key):
@@ -202,7 +204,7 @@ BUILDERS = {
     "lbfgs": _lbfgs_run,
     "scale_by_newton_cg": _newton_cg_run,
     "kfac.optimizer(0.1)": lambda: _kfac_run(adaptive=False),
-    "kfac.optimizer(None) adaptive": lambda: _kfac_run(adaptive=True),
+    "kfac.adaptive_optimizer": lambda: _kfac_run(adaptive=True),
 }
 
 
@@ -332,7 +334,7 @@ def test_float64_states_keep_float64(x64):
         "hidden": {"kernel": jnp.ones((3, 6)), "bias": jnp.zeros(6)},
         "out": {"kernel": jnp.ones((6, 2)), "bias": jnp.zeros(2)},
     }
-    for tx in (jn.lbfgs(), jn.scale_by_newton_cg(), kfac.optimizer(0.1), kfac.optimizer(None)):
+    for tx in (jn.lbfgs(), jn.scale_by_newton_cg(), kfac.optimizer(0.1), kfac.adaptive_optimizer()):
         state = tx.init(params)
         assert jnp.dtype(jnp.float64) in {x.dtype for x in jax.tree.leaves(state)}
         _assert_identical(state, _round_trip(state, tx.init(params)))

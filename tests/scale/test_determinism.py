@@ -154,7 +154,7 @@ def test_minimize_lbfgs():
     # the solutions are compared to the solver's tolerance, not to rounding:
     # the Hessian is >= A >= I, so |x - x*| <= ||grad(x)|| for each, and their
     # distance is at most the sum.
-    assert bool(plain.converged) and bool(under_jit.converged)
+    assert bool(plain.success) and bool(under_jit.success)
     bound = float(plain.grad_norm) + float(under_jit.grad_norm)
     assert float(jnp.linalg.norm(plain.x - under_jit.x)) <= bound
 

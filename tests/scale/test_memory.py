@@ -136,9 +136,9 @@ def test_kfac_optimizers_add_one_vector_of_n():
     n = sum(x.size for x in jax.tree.leaves(params))
     # optimizer(lr): K-FAC, momentum (one n-vector: optax.trace), the step.
     assert _array_entries(_init_shapes(kfac.optimizer(0.1), params)) == KFAC_FACTOR_FLOATS + n
-    # optimizer(None): K-FAC, the previous update (n), and scalars (alpha, mu,
+    # adaptive_optimizer(): K-FAC, the previous update (n), and scalars (alpha, mu,
     # lambda, rho, the rejected-step count).
-    assert _array_entries(_init_shapes(kfac.optimizer(None), params)) == KFAC_FACTOR_FLOATS + n
+    assert _array_entries(_init_shapes(kfac.adaptive_optimizer(), params)) == KFAC_FACTOR_FLOATS + n
 
 
 def _memory(fn, *args):

@@ -235,11 +235,6 @@ WALK: dict[str, tuple] = {
         ("x", "S", "b"),
         SOLVER,
     ),
-    "truncated_cg": (
-        lambda S, b: optim.truncated_cg(lambda v: _matvec(S, v), b, 0.1, tol=1e-6, maxiter=8),
-        ("S", "b"),
-        SOLVER,
-    ),
 }
 
 
