@@ -140,3 +140,23 @@ def status_message(status: Any) -> str | list:
     if codes.ndim == 0:
         return Status(int(codes)).message
     return np.vectorize(lambda c: Status(int(c)).message, otypes=[object])(codes).tolist()
+
+
+def _result_success(result: Any) -> Any:
+    return is_success(result.status)
+
+
+def _result_message(result: Any) -> str | list:
+    return status_message(result.status)
+
+
+success_property = property(
+    _result_success,
+    doc="``status`` is a success (a convergence test, or for a line search a Wolfe "
+    "point): an array, elementwise for a vmapped solve.",
+)
+message_property = property(
+    _result_message,
+    doc="The status as a sentence (needs a concrete ``status``; a vmapped result gives "
+    "a nested list of sentences).",
+)

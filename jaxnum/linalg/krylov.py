@@ -12,7 +12,7 @@ from jaxnum._src.cg import conjugate_gradient
 from jaxnum._src.checks import check_int, check_nonnegative
 from jaxnum._src.norms import tree_norm
 from jaxnum._src.sharding import replicated, replicated_matmul, replicated_outputs
-from jaxnum._src.status import is_success, status_message
+from jaxnum._src.status import message_property, success_property
 from jaxnum.linalg.operators import LinearOperator
 from jaxnum.linalg.randomized import _compute_dtype
 
@@ -113,16 +113,8 @@ class CGResult(NamedTuple):
     status: jax.Array
     residual_norm: jax.Array
 
-    @property
-    def success(self) -> jax.Array:
-        """``status == CONVERGED`` (an array: elementwise for a vmapped solve)."""
-        return is_success(self.status)
-
-    @property
-    def message(self) -> str | list:
-        """The status as a sentence (needs a concrete ``status``; a vmapped result gives a
-        nested list of sentences)."""
-        return status_message(self.status)
+    success = success_property
+    message = message_property
 
 
 def cg(

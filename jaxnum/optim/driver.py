@@ -23,7 +23,7 @@ from jaxnum._src.norms import (
     tree_norm,
     wide_dtype,
 )
-from jaxnum._src.status import Status, is_success, status_message
+from jaxnum._src.status import Status, message_property, success_property
 from jaxnum._src.trees import check_floating_tree
 from jaxnum.optim import linesearch as ls
 from jaxnum.optim.newton_cg import scale_by_newton_cg
@@ -70,16 +70,8 @@ class MinimizeResult(NamedTuple):
     aux: Any
     stats: dict
 
-    @property
-    def success(self) -> jax.Array:
-        """``status`` is CONVERGED or CONVERGED_F (an array: elementwise for a vmapped solve)."""
-        return is_success(self.status)
-
-    @property
-    def message(self) -> str | list:
-        """The status as a sentence (needs a concrete ``status``; a vmapped result gives a
-        nested list of sentences)."""
-        return status_message(self.status)
+    success = success_property
+    message = message_property
 
 
 class _Carry(NamedTuple):

@@ -39,17 +39,19 @@ from jaxnum._src.checks import (
     concrete_value,
 )
 from jaxnum._src.norms import bound_in_dtype
-from jaxnum._src.status import Status, is_success, status_message
+from jaxnum._src.status import Status, is_success, message_property, success_property
 from jaxnum._src.trees import tree_vdot
+from jaxnum.optim._more_thuente import (
+    BISECT_IF_ABOVE,
+    XTRAPL,
+    XTRAPU,
+    more_thuente_step,
+)
 
 # A search ends in one of WOLFE, APPROXIMATE_WOLFE, BEST_POINT (no Wolfe point in
 # the budget; the best point seen, which decreases f), NO_DECREASE (the step is
 # zero and params do not move) or UNBOUNDED (a trial value was -inf; the best
 # finite point seen, or zero): members of the shared :class:`~jaxnum.Status`.
-
-_XTRAPL = 1.1  # extrapolation limits while no minimiser is bracketed (More-Thuente)
-_XTRAPU = 4.0
-_BISECT_IF_ABOVE = 0.66  # bisect when the bracket did not shrink by this factor
 
 
 class StrongWolfeState(NamedTuple):
@@ -73,90 +75,6 @@ class StrongWolfeState(NamedTuple):
     num_nonfinite: jax.Array  # trial points with a non-finite value or slope, last search
     not_descent: jax.Array  # the incoming direction was not a descent direction
     num_failures: jax.Array  # searches so far that ended in BEST_POINT, NO_DECREASE or UNBOUNDED
-
-
-def _cubic_min(a, fa, da, b, fb, db):
-    """Minimiser of the cubic through (a, fa, da) and (b, fb, db) (More-Thuente, Sec. 4)."""
-    theta = 3.0 * (fa - fb) / (b - a) + da + db
-    s = jnp.maximum(jnp.maximum(jnp.abs(theta), jnp.abs(da)), jnp.abs(db))
-    s = jnp.where(s > 0, s, 1.0)
-    disc = (theta / s) ** 2 - (da / s) * (db / s)
-    gamma = s * jnp.sqrt(jnp.maximum(disc, 0.0))
-    gamma = jnp.where(b < a, -gamma, gamma)
-    p = (gamma - da) + theta
-    q = ((gamma - da) + gamma) + db
-    r = p / jnp.where(q == 0, 1.0, q)
-    return a + r * (b - a), disc, r, gamma
-
-
-def _secant_min(a, da, b, db):
-    """Zero of the line through the derivatives (a, da), (b, db)."""
-    den = da - db
-    return a + da / jnp.where(den == 0, 1.0, den) * (b - a)
-
-
-def _more_thuente_step(stx, fx, dx, sty, fy, dy, stp, fp, dp, brackt, stpmin, stpmax):
-    """One safeguarded interval update of More and Thuente (1994), Section 4.
-
-    ``stx`` is the best step so far, ``sty`` the other end of the interval,
-    ``stp`` the current trial, each with its value and derivative. Returns the
-    updated ``(stx, fx, dx, sty, fy, dy)``, the next trial step, the bracketing
-    flag and whether ``stx`` moved to ``stp``. Pure ``jnp``: usable under jit.
-    """
-    opposite = jnp.sign(dp) * jnp.sign(dx) < 0
-    higher = fp > fx
-
-    # Case 1: higher value: a minimiser is bracketed; take the cubic step, or
-    # halfway to the quadratic (value-based) step when the cubic lies further.
-    c1_cubic, _, _, _ = _cubic_min(stx, fx, dx, stp, fp, dp)
-    c1_quad = stx + dx / ((fx - fp) / (stp - stx) + dx) / 2.0 * (stp - stx)
-    case1 = jnp.where(
-        jnp.abs(c1_cubic - stx) < jnp.abs(c1_quad - stx),
-        c1_cubic,
-        c1_cubic + (c1_quad - c1_cubic) / 2.0,
-    )
-
-    # Case 2: lower value, derivatives of opposite sign: bracketed; the step
-    # (cubic or secant) further from stp.
-    c2_cubic, _, _, _ = _cubic_min(stp, fp, dp, stx, fx, dx)
-    c2_secant = _secant_min(stp, dp, stx, dx)
-    case2 = jnp.where(jnp.abs(c2_cubic - stp) > jnp.abs(c2_secant - stp), c2_cubic, c2_secant)
-
-    # Case 3: lower value, same sign, derivative decreasing in magnitude: the
-    # cubic may not have a minimiser in the right direction; extrapolate with
-    # care.
-    c3_cubic, _, r3, g3 = _cubic_min(stp, fp, dp, stx, fx, dx)
-    c3_cubic = jnp.where((r3 < 0) & (g3 != 0), c3_cubic, jnp.where(stp > stx, stpmax, stpmin))
-    c3_secant = _secant_min(stp, dp, stx, dx)
-    c3_bracketed = jnp.where(
-        jnp.abs(c3_cubic - stp) < jnp.abs(c3_secant - stp), c3_cubic, c3_secant
-    )
-    toward_y = stp + _BISECT_IF_ABOVE * (sty - stp)
-    c3_bracketed = jnp.where(
-        stp > stx, jnp.minimum(toward_y, c3_bracketed), jnp.maximum(toward_y, c3_bracketed)
-    )
-    c3_open = jnp.where(jnp.abs(c3_cubic - stp) > jnp.abs(c3_secant - stp), c3_cubic, c3_secant)
-    c3_open = jnp.clip(c3_open, stpmin, stpmax)
-    case3 = jnp.where(brackt, c3_bracketed, c3_open)
-
-    # Case 4: lower value, same sign, derivative not decreasing: the cubic
-    # through stp and sty when bracketed, else go to the end of the range.
-    c4_cubic, _, _, _ = _cubic_min(stp, fp, dp, sty, fy, dy)
-    case4 = jnp.where(brackt, c4_cubic, jnp.where(stp > stx, stpmax, stpmin))
-
-    decreasing = jnp.abs(dp) < jnp.abs(dx)
-    stpf = jnp.where(higher, case1, jnp.where(opposite, case2, jnp.where(decreasing, case3, case4)))
-    brackt = brackt | higher | opposite
-
-    # Interval update (More-Thuente, "updating algorithm").
-    new_sty = jnp.where(higher, stp, jnp.where(opposite, stx, sty))
-    new_fy = jnp.where(higher, fp, jnp.where(opposite, fx, fy))
-    new_dy = jnp.where(higher, dp, jnp.where(opposite, dx, dy))
-    x_moved = ~higher
-    new_stx = jnp.where(x_moved, stp, stx)
-    new_fx = jnp.where(x_moved, fp, fx)
-    new_dx = jnp.where(x_moved, dp, dx)
-    return new_stx, new_fx, new_dx, new_sty, new_fy, new_dy, stpf, brackt, x_moved
 
 
 class _Trial(NamedTuple):
@@ -218,15 +136,8 @@ class StrongWolfeResult(NamedTuple):
     nfev: jax.Array
     stats: dict
 
-    @property
-    def success(self) -> jax.Array:
-        """The accepted step satisfies the (strong or approximate) Wolfe conditions."""
-        return is_success(self.status)
-
-    @property
-    def message(self) -> str | list:
-        """The status as a sentence (needs a concrete ``status``)."""
-        return status_message(self.status)
+    success = success_property
+    message = message_property
 
 
 def _like_aux(new: Any, ref: Any, fn: str) -> Any:
@@ -365,7 +276,7 @@ def strong_wolfe_search(
         stage_two = s.stage_two | ((tr.f <= ftest) & (tr.dg >= 0))
         modified = ~stage_two & (tr.f <= s.fx) & (tr.f > ftest)
         shift_d = jnp.where(modified, gtest, 0.0).astype(dtype)
-        (stx, fx, dx, sty, fy, dy, stp_next, brackt, x_moved) = _more_thuente_step(
+        (stx, fx, dx, sty, fy, dy, stp_next, brackt, x_moved) = more_thuente_step(
             s.stx, s.fx - s.stx * shift_d, s.dx - shift_d,
             s.sty, s.fy - s.sty * shift_d, s.dy - shift_d,
             tr.stp, tr.f - tr.stp * shift_d, tr.dg - shift_d,
@@ -374,12 +285,12 @@ def strong_wolfe_search(
         fx, dx = fx + stx * shift_d, dx + shift_d
         fy, dy = fy + sty * shift_d, dy + shift_d
 
-        shrink = brackt & (jnp.abs(sty - stx) >= _BISECT_IF_ABOVE * s.width_prev)
+        shrink = brackt & (jnp.abs(sty - stx) >= BISECT_IF_ABOVE * s.width_prev)
         stp_next = jnp.where(shrink, stx + 0.5 * (sty - stx), stp_next)
         width_prev = jnp.where(brackt, s.width, s.width_prev)
         width = jnp.where(brackt, jnp.abs(sty - stx), s.width)
-        stmin = jnp.where(brackt, jnp.minimum(stx, sty), stp_next + _XTRAPL * (stp_next - stx))
-        stmax = jnp.where(brackt, jnp.maximum(stx, sty), stp_next + _XTRAPU * (stp_next - stx))
+        stmin = jnp.where(brackt, jnp.minimum(stx, sty), stp_next + XTRAPL * (stp_next - stx))
+        stmax = jnp.where(brackt, jnp.maximum(stx, sty), stp_next + XTRAPU * (stp_next - stx))
         stp_next = jnp.clip(stp_next, 0.0, s.step_cap)
         interval_gone = brackt & (
             (stp_next <= stmin) | (stp_next >= stmax) | (stmax - stmin <= xtol * stmax)
@@ -434,7 +345,7 @@ def strong_wolfe_search(
         trial=first, stx=zero, fx=f0, dx=slope0, sty=zero, fy=f0, dy=slope0,
         brackt=jnp.array(False), stage_two=jnp.array(False),
         width=width0, width_prev=2.0 * width0,
-        stmin=zero, stmax=stp0 + _XTRAPU * stp0, step_cap=jnp.asarray(max_stepsize, dtype),
+        stmin=zero, stmax=stp0 + XTRAPU * stp0, step_cap=jnp.asarray(max_stepsize, dtype),
         x_value=f0, x_grad=grad, x_aux=aux,
         accepted=accepted, approximate=accepted & not_wolfe,
         stop=accepted | ~searchable | (max_evaluations <= 1) | (first.f == -jnp.inf),

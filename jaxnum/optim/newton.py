@@ -27,7 +27,7 @@ from jax.flatten_util import ravel_pytree
 from jaxnum._src.checks import check_int, check_lapack_dtype, check_positive
 from jaxnum._src.norms import tree_norm
 from jaxnum._src.sharding import replicated, replicated_outputs
-from jaxnum._src.status import Status, is_success, status_message
+from jaxnum._src.status import Status, message_property, success_property
 
 JACOBIAN_MODES = ("auto", "fwd", "rev")
 
@@ -53,16 +53,8 @@ class NewtonRootResult(NamedTuple):
     status: jax.Array
     stats: dict
 
-    @property
-    def success(self) -> jax.Array:
-        """``status`` is CONVERGED or CONVERGED_STEP (elementwise for a vmapped solve)."""
-        return is_success(self.status)
-
-    @property
-    def message(self) -> str | list:
-        """The status as a sentence (needs a concrete ``status``; a vmapped result gives a
-        nested list of sentences)."""
-        return status_message(self.status)
+    success = success_property
+    message = message_property
 
 
 def check_jacobian_mode(jacobian: Any, fn: str) -> None:

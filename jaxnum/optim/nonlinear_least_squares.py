@@ -35,7 +35,7 @@ from jax.flatten_util import ravel_pytree
 
 from jaxnum._src.checks import check_lapack_dtype, check_positive, check_positive_int
 from jaxnum._src.norms import tree_norm
-from jaxnum._src.status import Status, is_success, status_message
+from jaxnum._src.status import Status, message_property, success_property
 from jaxnum.optim.newton import (
     _float_option,
     backtrack,
@@ -69,15 +69,8 @@ class GaussNewtonResult(NamedTuple):
     status: jax.Array
     stats: dict
 
-    @property
-    def success(self) -> jax.Array:
-        """``status`` is CONVERGED or CONVERGED_STEP."""
-        return is_success(self.status)
-
-    @property
-    def message(self) -> str | list:
-        """The status as a sentence (needs a concrete ``status``)."""
-        return status_message(self.status)
+    success = success_property
+    message = message_property
 
 
 class _Carry(NamedTuple):
