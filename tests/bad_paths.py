@@ -967,6 +967,19 @@ def _kfac_fisher_gram_nnx():
     return kfac.fisher_gram_fn(net, "squared_error", nnx.state(net, nnx.Param), jnp.ones((4, 3)))
 
 
+def _kfac_gram_nnx_recipe(vectors=None):
+    """(fisher_gram_fn's NNX recipe: params the nnx.split nnx.Param state, vectors the plain
+    arrays nnx.Optimizer passes; the closed form mean_b t_i . t_j, t = x K + b, in numpy)."""
+    net, grads, _ = _kfac_nnx_net()
+    graphdef, variables, rest = nnx.split(net, nnx.Param, ...)
+    apply = lambda p, x: nnx.merge(graphdef, p, rest)(x)  # noqa: E731
+    x = jnp.array([[1.0, 2.0, 0.0], [0.0, -1.0, 3.0]])
+    vectors = vectors or [nnx.as_pure(grads), nnx.to_pure_dict(variables)]
+    gram = kfac.fisher_gram_fn(apply, "squared_error", variables, x)(vectors)
+    t = [np.asarray(x @ v["out"]["kernel"] + v["out"]["bias"], np.float64) for v in vectors]
+    return gram, np.array([[np.mean(np.sum(a * b, -1)) for b in t] for a in t])
+
+
 def _kfac_half_grads():
     """scale_by_kfac on float32 params, float16 gradients of 100 whose update exceeds 65504."""
     params = {"out": {"kernel": jnp.ones((3, 4)), "bias": jnp.zeros(4)}}
@@ -1044,6 +1057,29 @@ NNX += [
             ValueError,
             r"scale_by_kfac: curvature= holds statistics for the layers out, "
             r"but no layer was found there .* layers found: head; ",
+        ),
+    ),
+    Case(
+        "jn.kfac.fisher_gram_fn",
+        "method",
+        "its NNX recipe (params: nnx.Param variables of nnx.split), vectors plain arrays as"
+        " nnx.Optimizer passes them",
+        _kfac_gram_nnx_recipe,
+        path="nnx",
+        check=lambda out: np.allclose(out[0], out[1], rtol=1e-5),
+        outcome="the closed-form x^T x Gram, to rounding (was: jax.jvp refused the tangents'"
+        " tree structure)",
+    ),
+    Case(
+        "jn.kfac.fisher_gram_fn",
+        "shape",
+        "NNX recipe, a vector with the bias only (1 leaf of 2)",
+        lambda: _kfac_gram_nnx_recipe([{"out": {"bias": jnp.ones(4)}}]),
+        path="nnx",
+        raises=(
+            ValueError,
+            r"fisher_gram_fn: vectors\[0\] must hold the parameters' leaves \(same count and "
+            r"shapes, in order\), got 1 leaves of shapes \[\(4,\)\].* the parameters have 2",
         ),
     ),
     Case(

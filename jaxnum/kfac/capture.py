@@ -158,7 +158,7 @@ def value_grad_and_stats(
     """``f(params, inputs, targets, key) -> (loss_value, grads, stats)``.
 
     ``stats`` maps each captured layer's path (a tuple of module names) to its
-    :class:`~jaxnum.kfac.factors.KroneckerFactors` for this batch, computed in
+    :class:`~jaxnum.kfac.KroneckerFactors` for this batch, computed in
     one forward pass and (for the true Fisher) two backward passes.
 
     Args:

@@ -333,3 +333,72 @@ def test_models_without_capture_layers_and_parameters_without_layers_fail_clearl
         tx.update(partly, tx.init(partly), partly, curvature=stats)
     with pytest.raises(ValueError, match=r"layers names hidden, but the parameters hold no"):
         kfac.scale_by_kfac(layers=[("hidden",)]).init(renamed)
+
+
+@pytest.mark.slow
+def test_adaptive_kfac_under_nnx_optimizer_with_the_documented_recipe():
+    """fisher_gram_fn's NNX recipe jvp's nnx.Param variables with the directions nnx.Optimizer
+    hands over (plain arrays): the first update equals the functional adaptive update on the
+    pure dict with the plain-function model, and a few steps train."""
+
+    class Net(nnx.Module):  # the parameters of plain_mlp
+        def __init__(self, rngs):
+            self.hidden = kfac.nnx.Linear(4, 5, rngs=rngs)
+            self.out = kfac.nnx.Linear(5, 3, rngs=rngs)
+
+        def __call__(self, x):
+            return self.out(jnp.tanh(self.hidden(x)))
+
+    x, y = _data()
+    model = Net(nnx.Rngs(0))
+    make = lambda: kfac.adaptive_optimizer(damping=1e-2, adapt_damping_every=1)  # noqa: E731
+    opt = nnx.Optimizer(model, make(), wrt=nnx.Param)
+    stats_fn = kfac.nnx.value_grad_and_stats("softmax_cross_entropy")
+    xent = optax.softmax_cross_entropy_with_integer_labels
+
+    @nnx.jit
+    def nnx_step(model, opt, key):
+        loss, grads, stats = stats_fn(model, x, y, key)
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        apply = lambda p, x: nnx.merge(graphdef, p, rest)(x)  # noqa: E731
+        value_fn = lambda p: xent(apply(p, x), y).mean()  # noqa: E731
+        gram = kfac.fisher_gram_fn(apply, "softmax_cross_entropy", params, x)
+        opt.update(model, grads, curvature=stats, fisher_gram=gram, value=loss, value_fn=value_fn)
+        return loss, grads, stats
+
+    tx = make()
+
+    @jax.jit
+    def functional_update(params, grads, stats, value, boxed):
+        gram = kfac.fisher_gram_fn(plain_mlp, "softmax_cross_entropy", params, x)
+        value_fn = lambda p: xent(plain_mlp(p, x), y).mean()  # noqa: E731
+        update = tx.update(
+            grads, tx.init(params), params, curvature=stats, fisher_gram=gram,
+            value=value, value_fn=value_fn,
+        )  # fmt: skip
+        # And vice versa: directions held as nnx.Param variables, parameters plain arrays.
+        return update, gram([grads, params]), gram([boxed, params])
+
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    loss, grads, stats = nnx_step(model, opt, jax.random.key(0))
+    (updates, state), want_gram, boxed_gram = functional_update(
+        params, nnx.to_pure_dict(grads), stats, loss, grads
+    )
+    assert isinstance(grads["out"]["kernel"], nnx.Param)
+    np.testing.assert_allclose(boxed_gram, want_gram, rtol=1e-6)
+    got = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    want = optax.apply_updates(params, updates)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert max(float(jnp.abs(u).max()) for u in jax.tree.leaves(updates)) > 1e-2
+    ours = opt.opt_state
+    for name in ("alpha", "mu", "damping", "rho"):  # rho: value_fn ran on the NNX path
+        np.testing.assert_allclose(getattr(ours, name)[...], getattr(state, name), rtol=1e-5)
+    assert np.isfinite(float(state.rho)) and int(ours.rejected[...]) == 0
+    gram = kfac.fisher_gram_fn(plain_mlp, "softmax_cross_entropy", params, x)
+    with pytest.raises(ValueError, match=r"fisher_gram_fn: vectors\[0\] must hold the param"):
+        gram([{"hidden": params["hidden"]}, updates])
+
+    losses = [float(loss)] + [float(nnx_step(model, opt, jax.random.key(i))[0]) for i in (1, 2, 3)]
+    assert np.isfinite(losses).all() and losses[-1] < 0.7 * losses[0]
+    assert int(opt.opt_state.rejected[...]) == 0
