@@ -96,6 +96,7 @@ def test_run_in_child_adds_environment_variables():
 
 
 @pytest.mark.skipif(one_core() is None, reason="needs Linux affinity and two or more cores")
+@pytest.mark.slow
 def test_run_in_child_runs_the_function_in_a_fresh_process_pinned_if_asked():
     assert run_in_child("benchmarks.harness:affinity", pin_one_core=True) == [one_core()]
     assert run_in_child("benchmarks.harness:affinity") == affinity()

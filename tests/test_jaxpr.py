@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from jaxnum._src.jaxpr import bind_equation, evaluate
 
@@ -22,6 +23,7 @@ def _program(x, w):
     return jnp.sum(_softplus(h) + jax.checkpoint(jnp.square)(h)), h
 
 
+@pytest.mark.slow
 def test_evaluate_with_bind_equation_equals_the_function_and_sees_every_equation(x64):
     x = jax.random.normal(jax.random.key(0), (4, 3), jnp.float64)
     w = jax.random.normal(jax.random.key(1), (3, 2), jnp.float64)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -118,6 +119,7 @@ def _spectra(draw, r):
 
 @settings(max_examples=25, deadline=None)
 @given(case=st.sampled_from(RSVD_CASES), data=st.data(), seed=st.integers(0, 2**32 - 1))
+@pytest.mark.slow
 def test_randomized_svd_error_between_eckart_young_and_hmt_bound(case, data, seed):
     m, n, k, oversample, q, dtype = case
     r = min(m, n)
@@ -188,6 +190,7 @@ _pair = st.tuples(
     pairs=st.lists(_pair, min_size=1, max_size=8),
     seed=st.integers(0, 2**32 - 1),
 )
+@pytest.mark.slow
 def test_lbfgs_two_loop_equals_dense_bfgs_matrix(memory, pairs, seed):
     rng = np.random.default_rng(seed)
     n = 7

@@ -71,6 +71,7 @@ def test_simulated_devices_are_available():
     assert jax.device_count() == 4
 
 
+@pytest.mark.slow
 def test_cli_formats_prints_every_format_with_finfo_values():
     out = subprocess.run(
         [sys.executable, "-m", "jaxnum", "formats"], capture_output=True, text=True, check=True

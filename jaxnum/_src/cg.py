@@ -23,9 +23,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jaxnum._src.norms import power_of_two_scale, tree_norm
+from jaxnum._src.norms import divide_by_power_of_two, power_of_two_scale, tree_norm, wide_dtype
 from jaxnum._src.status import Status
-from jaxnum._src.trees import tree_vdot
 
 _RUNNING = -1
 
@@ -39,6 +38,18 @@ class CGOutput(NamedTuple):
     status: jax.Array
     residual_norm: jax.Array
     model_value: jax.Array
+
+
+def tree_vdot(a: Any, b: Any) -> jax.Array:
+    """Sum over leaves of ``vdot``, accumulated in at least float32: in bfloat16 or
+    float16 ``r^H r`` underflowed to 0 (a false breakdown) long before x was as good
+    as the dtype allows."""
+
+    def wide(x):
+        return x.astype(wide_dtype(x.dtype)) if jnp.issubdtype(x.dtype, jnp.floating) else x
+
+    pairs = zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    return sum(jnp.sum(jnp.conj(wide(x)) * wide(y)) for x, y in pairs)
 
 
 def _axpy(alpha, x, y):
@@ -68,9 +79,9 @@ def conjugate_gradient(
     dtype = dot.dtype  # the scalars' dtype (complex for complex b)
     scale = power_of_two_scale(b)
     acc = scale.dtype
-    unscale = lambda t: jax.tree.map(lambda v: v / scale.astype(v.dtype), t)  # noqa: E731
+    unscale = lambda t: divide_by_power_of_two(t, scale)  # noqa: E731
     b = unscale(b)
-    tol = jnp.asarray(tol).astype(acc) / scale
+    tol = divide_by_power_of_two(jnp.asarray(tol).astype(acc), scale)
     if precond is None:
         precond = lambda v: v  # noqa: E731
     if x0 is None:
@@ -83,8 +94,13 @@ def conjugate_gradient(
     rz = tree_vdot(r, z).astype(dtype)
     rnorm = tree_norm(r)
     status = jnp.select(
-        [rnorm <= tol, ~jnp.isfinite(rz) | ~(jnp.real(rz) > 0), jnp.asarray(maxiter <= 0)],
-        [int(Status.CONVERGED), int(Status.BREAKDOWN), int(Status.MAXITER)],
+        [
+            ~jnp.isfinite(rnorm),  # NaN or inf in b (an inf tol * ||b|| must not pass)
+            rnorm <= tol,
+            ~jnp.isfinite(rz) | ~(jnp.real(rz) > 0),
+            jnp.asarray(maxiter <= 0),
+        ],
+        [int(Status.BREAKDOWN), int(Status.CONVERGED), int(Status.BREAKDOWN), int(Status.MAXITER)],
         _RUNNING,
     ).astype(jnp.int32)
 
@@ -104,6 +120,11 @@ def conjugate_gradient(
                 lambda xp, xo, pp: jnp.where(take_p, (xo + pp).astype(xo.dtype), xp), x_new, x, p
             )
             q_new = jnp.where(take_p, (-jnp.real(rz) + 0.5 * curv).astype(q.dtype), q_new)
+        # An iterate that overflows (b outside a singular A's range: the iterates grow
+        # without bound) is not taken: x stays the last finite one, status BREAKDOWN.
+        x_finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in jax.tree.leaves(x_new)]))
+        x_new = jax.tree.map(lambda xn, xo: jnp.where(x_finite, xn, xo), x_new, x)
+        stop = stop | ~x_finite
         r_new = _axpy(-alpha, Ap, r)
         z_new = precond(r_new)
         rz_new = tree_vdot(r_new, z_new).astype(dtype)
@@ -114,7 +135,7 @@ def conjugate_gradient(
         k = k + 1
         status = jnp.select(
             [
-                negative,
+                negative & x_finite,
                 stop,
                 rnorm_new <= tol,
                 ~jnp.isfinite(rz_new) | ~(jnp.real(rz_new) > 0),

@@ -70,8 +70,9 @@ def tree_norm(tree: Any) -> jax.Array:
 def power_of_two_scale(tree: Any) -> jax.Array:
     """A power of two in ``(max|x| / 2, max|x|]`` over ``tree`` (1 if that is 0 or not finite).
 
-    Dividing by it is exact, so a solve on the rescaled data rounds as the
-    original would, without its overflow; it fits in the tree's own dtype.
+    Dividing by it (with :func:`divide_by_power_of_two`, not ``/``) is exact, so a
+    solve on the rescaled data rounds as the original would, without its overflow;
+    it fits in the tree's own dtype.
     """
     leaves = jax.tree.leaves(tree)
     acc = accumulation_dtype(tree)
@@ -79,3 +80,22 @@ def power_of_two_scale(tree: Any) -> jax.Array:
     ok = jnp.isfinite(m) & (m > 0)
     _, exponent = jnp.frexp(jnp.where(ok, m, jnp.ones((), acc)))
     return jnp.where(ok, jnp.ldexp(jnp.ones((), acc), exponent - 1), jnp.ones((), acc))
+
+
+def _ldexp(x: jax.Array, exponent: jax.Array) -> jax.Array:
+    """``x * 2**exponent`` computed by exponent arithmetic (complex parts apart)."""
+    if jnp.iscomplexobj(x):
+        return jax.lax.complex(_ldexp(x.real, exponent), _ldexp(x.imag, exponent))
+    return jnp.ldexp(x, exponent.astype(jnp.int32))
+
+
+def divide_by_power_of_two(tree: Any, scale: jax.Array) -> Any:
+    """Every leaf of ``tree`` divided by ``scale``, a power of two, exactly.
+
+    Not ``x / scale``: XLA rewrites a division by a broadcast scalar into a
+    multiplication by its reciprocal, and for a scale in the dtype's top binade
+    (2**127 in float32) the reciprocal is subnormal, which CPUs flush to zero: the
+    quotient came out 0. The exponent is subtracted instead (``jnp.ldexp``).
+    """
+    exponent = 1 - jnp.frexp(scale)[1]  # scale = 0.5 * 2**e: divide by 2**(e - 1)
+    return jax.tree.map(lambda x: _ldexp(x, exponent), tree)

@@ -36,8 +36,11 @@ class Status(enum.IntEnum):
     - ``UNBOUNDED``: f = -inf at a trial point (minimize, the line search).
     - ``NEGATIVE_CURVATURE``: cg met a direction with ``p^H A p <= 0`` (A is not
       positive definite; Newton-CG's truncated solve stops there by design).
-    - ``BREAKDOWN``: cg met a non-finite ``p^H A p`` or ``r^H M r <= 0`` (NaN in A
-      or M, or M not positive definite).
+    - ``BREAKDOWN``: cg met a non-finite residual, ``p^H A p`` or iterate, or
+      ``r^H M r <= 0`` (NaN in b, A or M, b outside a singular A's range, or M not
+      positive definite).
+    - ``STAGNATED``: cg's recursive residual met tol but the true residual did not,
+      even after restarts from x (the dtype cannot reach tol on this system).
     - ``WOLFE``, ``APPROXIMATE_WOLFE``, ``BEST_POINT``: a line search's accepted
       step (strong Wolfe; Hager-Zhang's approximate test; no Wolfe point within the
       budget, the best point seen, which decreases f).
@@ -63,6 +66,7 @@ class Status(enum.IntEnum):
     WOLFE = 11
     APPROXIMATE_WOLFE = 12
     BEST_POINT = 13
+    STAGNATED = 14
 
     @property
     def message(self) -> str:
@@ -91,8 +95,12 @@ _MESSAGES = {
     Status.UNBOUNDED: "stopped: f = -inf at a trial point: the objective is unbounded below",
     Status.NEGATIVE_CURVATURE: "stopped: a direction of non-positive curvature p^H A p <= 0 "
     "(the operator is not positive definite)",
-    Status.BREAKDOWN: "stopped: CG broke down: p^H A p is not finite or r^H M r <= 0 "
-    "(NaN or inf in the operator, or a preconditioner that is not positive definite)",
+    Status.BREAKDOWN: "stopped: CG broke down: the residual, p^H A p or the next iterate is "
+    "not finite, or r^H M r <= 0 (NaN or inf in b or the operator, b outside the range of "
+    "a singular operator, or a preconditioner that is not positive definite)",
+    Status.STAGNATED: "stopped: the recursive residual met tol but the true residual "
+    "||b - A x|| does not, even after restarting from x (rounding in this dtype limits "
+    "the attainable accuracy)",
     Status.WOLFE: "strong Wolfe conditions hold",
     Status.APPROXIMATE_WOLFE: "approximate Wolfe conditions hold (f changes at rounding level)",
     Status.BEST_POINT: "no Wolfe point within the evaluation budget; took the best point seen",

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
 from jaxnum._src.checks import check_nonnegative
-from jaxnum._src.norms import power_of_two_scale
+from jaxnum._src.norms import divide_by_power_of_two, power_of_two_scale
 from jaxnum._src.sharding import replicated
 from jaxnum.linalg.randomized import _compute_dtype
 
@@ -120,8 +120,10 @@ def lstsq(
         r = jnp.asarray(ridge, X.dtype)
         cx = jnp.maximum(power_of_two_scale(X), power_of_two_scale(jnp.sqrt(r)))
         cy = power_of_two_scale(y)
-        Xs, ys = X / cx, y / cy
-        G = Xs.T @ Xs + (r / cx / cx) * jnp.eye(n, dtype=X.dtype)
+        Xs, ys = divide_by_power_of_two(X, cx), divide_by_power_of_two(y, cy)
+        G = Xs.T @ Xs + divide_by_power_of_two(divide_by_power_of_two(r, cx), cx) * jnp.eye(
+            n, dtype=X.dtype
+        )
         rhs = Xs.T @ ys
         L, _ = jsl.cho_factor(G, lower=True)
         pivots = jnp.diagonal(L) ** 2

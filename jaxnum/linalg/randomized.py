@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnum._src.checks import check_int
+from jaxnum._src.norms import divide_by_power_of_two, power_of_two_scale
 from jaxnum.linalg.operators import LinearOperator, as_operator
 
 
@@ -91,6 +92,15 @@ def _cholesky_pass(Q, R, G, shift):
     return _dot(Q, L_inv.T), _dot(L.T, R), L, L_inv
 
 
+def _column_scales(Y: jax.Array) -> jax.Array:
+    """Per column, a power of two in ``(max|y| / 2, max|y|]`` (1 for a zero or non-finite
+    column)."""
+    top = jnp.max(jnp.abs(Y), axis=0)
+    ok = jnp.isfinite(top) & (top > 0)
+    _, exponent = jnp.frexp(jnp.where(ok, top, jnp.ones_like(top)))
+    return jnp.where(ok, jnp.ldexp(jnp.ones_like(top), exponent - 1), jnp.ones_like(top))
+
+
 def _cholesky_qr(Y: jax.Array, orthonormal: bool) -> tuple[jax.Array, jax.Array]:
     """``Y = Q R`` (R upper triangular) by shifted Cholesky-QR: a well-conditioned Q, or
     with ``orthonormal`` a Q orthonormal to rounding.
@@ -115,9 +125,11 @@ def _cholesky_qr(Y: jax.Array, orthonormal: bool) -> tuple[jax.Array, jax.Array]
     dtype, l = Y.dtype, Y.shape[1]
     eps = float(jnp.finfo(dtype).eps)
     eye = jnp.eye(l, dtype=dtype)
-    scale = jnp.max(jnp.abs(Y), axis=0)
-    scale = jnp.where(scale > 0, scale, jnp.ones_like(scale))  # a zero column stays zero
-    Q, R = Y / scale, jnp.diag(scale)
+    # Each column divided by a power of two near its largest entry, by exponent
+    # arithmetic: XLA turns ``Y / max`` into ``Y * (1 / max)``, and for a column max in
+    # float32's top binade that reciprocal is subnormal and flushed to 0 on CPU.
+    scale = _column_scales(Y)
+    Q, R = divide_by_power_of_two(Y, scale), jnp.diag(scale)
     Q, R, L, L_inv = _cholesky_pass(Q, R, _dot(Q.T, Q), eps)
     if not orthonormal:
         kappa2 = jnp.sum(L * L) * jnp.sum(L_inv * L_inv)
@@ -393,8 +405,8 @@ def randomized_eigh(
     # magnitude, so eigenvalues near the dtype's largest do not overflow. A zero A
     # (scale 0) keeps scale 1.
     top = jnp.max(jnp.abs(Y))
-    scale = jnp.where((top > 0) & jnp.isfinite(top), top, jnp.ones_like(top))
-    Y = Y / scale
+    scale = power_of_two_scale(Y)  # exact division (see _cholesky_qr), 1 for a zero A
+    Y = divide_by_power_of_two(Y, scale)
     core = omega.T @ Y
     d, W = jnp.linalg.eigh(0.5 * (core + core.T))  # Omega^T A Omega, ascending
     negative = d[0] < -1e3 * eps * jnp.max(jnp.abs(d))  # beyond rounding: A is not PSD

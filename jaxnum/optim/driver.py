@@ -19,6 +19,7 @@ from jaxnum._src.checks import (
 from jaxnum._src.norms import (
     accumulation_dtype,
     bound_in_dtype,
+    divide_by_power_of_two,
     power_of_two_scale,
     tree_norm,
     wide_dtype,
@@ -264,7 +265,7 @@ def _initial_damping(value_fn, x0, grad, damping, dtype):
     take ``tau max diag(J^T J)``). One Hessian-vector product; ``damping`` itself when
     that curvature is 0 or not finite."""
     scale = power_of_two_scale(grad)
-    u = jax.tree.map(lambda g: g / scale.astype(g.dtype), grad)
+    u = divide_by_power_of_two(grad, scale)
     _, hu = jax.jvp(jax.grad(value_fn), (x0,), (u,))
     acc = accumulation_dtype(grad)
     wide = lambda t: [x.astype(acc) for x in jax.tree.leaves(t)]  # noqa: E731

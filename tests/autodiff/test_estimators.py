@@ -30,6 +30,7 @@ def test_trace_within_three_standard_errors(x64, method):
     assert est.num_matvecs == 60
 
 
+@pytest.mark.slow
 def test_hutch_plus_plus_has_lower_variance_on_a_decaying_spectrum(x64):
     A = jnp.asarray(_spd(60, 1, decay=0.7))  # low-rank dominated
     exact = float(jnp.trace(A))
@@ -53,6 +54,7 @@ def test_hutch_plus_plus_has_lower_variance_on_a_decaying_spectrum(x64):
     assert xtr.var() < hpp.var()  # every sample used twice
 
 
+@pytest.mark.slow
 def test_hessian_trace_and_diag_of_a_small_network_loss(x64):
     rng = np.random.default_rng(3)
     x = jnp.asarray(rng.normal(size=(6, 3)))
@@ -107,6 +109,7 @@ def test_bad_input_is_refused_by_name(kwargs, error, match):
         hessian_trace(jnp.sum, jnp.arange(3), key=jax.random.key(0), num_samples=3)
 
 
+@pytest.mark.slow
 def test_complex_operators_are_estimated_with_conjugate_transposes(x64):
     # Issue 21: a Hermitian 20x20 with trace ~800 gave -45.8-94.7j by XTrace (transposes
     # where conjugate transposes were needed). Reference: numpy's trace in complex128.

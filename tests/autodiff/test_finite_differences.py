@@ -52,6 +52,7 @@ def test_default_steps_reach_the_best_attainable_accuracy(x64):
     assert float(default_step(x, jnp.ones(()), "central")) == pytest.approx(eps ** (1 / 3))
 
 
+@pytest.mark.slow
 def test_directional_derivative_of_a_small_network_matches_jvp(x64):
     rng = np.random.default_rng(0)
     params = {"W": jnp.asarray(rng.normal(size=(4, 3))), "b": jnp.asarray(rng.normal(size=3))}

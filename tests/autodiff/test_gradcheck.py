@@ -41,6 +41,7 @@ def mlp():
 
 
 @pytest.mark.parametrize("order", [1, 2])
+@pytest.mark.slow
 def test_correct_network_passes_in_both_modes(mlp, order):
     model, params, x = mlp
     report = gradcheck(lambda p, inp: jnp.sum(model.apply(p, inp) ** 2), params, x, order=order)
@@ -49,6 +50,7 @@ def test_correct_network_passes_in_both_modes(mlp, order):
     assert "upcast to float64" in report.note
 
 
+@pytest.mark.slow
 def test_vector_outputs_are_checked_through_random_cotangents(mlp):
     model, params, x = mlp
     assert gradcheck(model.apply, params, x, full=True).passed
@@ -81,6 +83,7 @@ def test_forward_mode_on_a_custom_vjp_says_so_by_name():
         gradcheck(lambda x: jnp.sum(bad(x)), jnp.ones(3))
 
 
+@pytest.mark.slow
 def test_wrong_custom_jvp_is_caught_in_both_modes():
     bad = _wrong_jvp(0.9)
     params = {"a": jnp.ones((2, 2)), "w": jnp.linspace(-1.0, 1.0, 6).reshape(2, 3)}

@@ -38,6 +38,7 @@ def _dense_hessian(f, params, *args):
 
 
 @pytest.mark.parametrize("mode", ["fwd-rev", "rev-rev", "rev-fwd"])
+@pytest.mark.slow
 def test_hvp_matches_the_dense_hessian_on_a_small_mlp(mlp_problem, mode):
     params, x, t, _, loss = mlp_problem
     H, unravel = _dense_hessian(loss, params, x, t)
@@ -47,6 +48,7 @@ def test_hvp_matches_the_dense_hessian_on_a_small_mlp(mlp_problem, mode):
     np.testing.assert_allclose(ravel_pytree(got)[0], H @ ravel_pytree(v)[0], rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_hvp_on_a_mixed_shape_pytree_against_numpy(x64):
     # f(a, B) = sum(a**2 * (B @ a)); Hessian blocks written out by hand below.
     def f(p):
@@ -111,6 +113,7 @@ def test_hvp_fn_follows_the_x64_setting_for_the_same_function():
             np.testing.assert_allclose(got, expected, rtol=2e-5)
 
 
+@pytest.mark.slow
 def test_hvp_fn_is_exact_through_nested_jit_scan_cond_and_checkpoint(x64):
     def layer(w, x):
         return jnp.tanh(x @ w)
@@ -129,6 +132,7 @@ def test_hvp_fn_is_exact_through_nested_jit_scan_cond_and_checkpoint(x64):
         np.testing.assert_allclose(np.ravel(hvp_fn(g, w, x)(v)), dense @ np.ravel(v), rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_hvp_fn_under_jit_vmap_and_differentiation(x64):
     def f(w, x):
         return jnp.sum(jnp.tanh(x @ w))
@@ -150,6 +154,7 @@ def test_hvp_fn_under_jit_vmap_and_differentiation(x64):
     np.testing.assert_allclose(tangent, expected[0], rtol=1e-12, atol=1e-13)
 
 
+@pytest.mark.slow
 def test_per_example_hvps_under_vmap(x64):
     def f(w, xi):
         return jnp.sum(jnp.sin(w * xi))
@@ -162,6 +167,7 @@ def test_per_example_hvps_under_vmap(x64):
     np.testing.assert_allclose(per_example, np.stack(expected), rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_gnvp_matches_jacobian_formula_and_is_psd(mlp_problem):
     params, x, t, model_fn, _ = mlp_problem
 

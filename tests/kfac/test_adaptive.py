@@ -49,6 +49,7 @@ def _dense_fisher(model, loss, params, x):
 
 
 @pytest.mark.parametrize("loss", kfac.LOSSES)
+@pytest.mark.slow
 def test_fisher_gram_equals_the_dense_gauss_newton_form(x64, loss):
     model, params, x, _ = _setup(loss)
     F, unravel = _dense_fisher(model, loss, params, x)
@@ -60,6 +61,7 @@ def test_fisher_gram_equals_the_dense_gauss_newton_form(x64, loss):
     np.testing.assert_allclose(gram, flat @ F @ flat.T, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_alpha_and_mu_minimise_the_quadratic_model(x64):
     loss = "softmax_cross_entropy"
     model, params, x, y = _setup(loss)
@@ -97,6 +99,7 @@ def test_alpha_and_mu_minimise_the_quadratic_model(x64):
     assert int(state.rejected) == 0
 
 
+@pytest.mark.slow
 def test_adaptive_kfac_trains_without_a_learning_rate():
     model = MLP(out=4)
     x = jax.random.normal(jax.random.key(0), (64, 4))
@@ -129,6 +132,7 @@ def test_adaptive_kfac_trains_without_a_learning_rate():
     assert float(state.alpha) > 0 and int(state.rejected) == 0
 
 
+@pytest.mark.slow
 def test_a_non_finite_model_rejects_the_step_and_keeps_the_state():
     model, params, x, y = _setup("squared_error", jnp.float32)
     tx = kfac.adaptive_optimizer()
@@ -151,6 +155,7 @@ def test_a_non_finite_model_rejects_the_step_and_keeps_the_state():
         np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_levenberg_marquardt_adapts_lambda_from_the_reduction_ratio(x64):
     """On a linear model with squared error the quadratic model is exact (rho = 1), so
     lambda shrinks by (19/20)^T1 at each measurement (down to the initial damping); a

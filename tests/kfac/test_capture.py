@@ -113,6 +113,7 @@ def test_conv_is_a_drop_in_for_nn_conv():
         )
 
 
+@pytest.mark.slow
 def test_conv_statistics_follow_kfc(x64):
     model = ConvNet()
     x = jax.random.normal(jax.random.key(0), (5, 4, 4, 2), jnp.float64)
@@ -139,6 +140,7 @@ def test_conv_statistics_follow_kfc(x64):
     np.testing.assert_allclose(stats[("conv",)].G, g.T @ g / 5, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_a_layer_called_twice_sums_its_uses(x64):
     class Shared(nn.Module):
         @nn.compact

@@ -45,6 +45,7 @@ def _step(stats_fn, tx):
     return step
 
 
+@pytest.mark.slow
 def test_batch_sharded_under_jit_gives_global_statistics(x64):
     model, params, x, y, mesh = _setup()
     tx = kfac.optimizer(0.1, inverse_every=1)
@@ -58,6 +59,7 @@ def test_batch_sharded_under_jit_gives_global_statistics(x64):
 
 
 @pytest.mark.parametrize("check_vma", [True, False])
+@pytest.mark.slow
 def test_shard_map_with_axis_name_averages_over_the_axis(x64, check_vma):
     model, params, x, y, mesh = _setup()
     key = jax.random.key(2)
@@ -81,6 +83,7 @@ def test_shard_map_with_axis_name_averages_over_the_axis(x64, check_vma):
     _assert_trees_close(single, sharded)
 
 
+@pytest.mark.slow
 def test_shard_map_true_fisher_samples_independently_per_shard(x64):
     model, params, x, y, mesh = _setup()
     fn = kfac.value_grad_and_stats(model, "softmax_cross_entropy", axis_name="data")

@@ -49,6 +49,7 @@ TRANSFORMS = {
 
 
 @pytest.mark.parametrize("name", list(TRANSFORMS))
+@pytest.mark.slow
 def test_state_round_trips_through_jit(name):
     make, adaptive = TRANSFORMS[name]
     tx = make()

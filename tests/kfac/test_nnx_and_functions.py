@@ -47,6 +47,7 @@ def _by_hand(params, x, y):
     return out
 
 
+@pytest.mark.slow
 def test_plain_function_statistics_equal_per_example_quantities(x64):
     x, y = _data(jnp.float64)
     params = {
@@ -119,6 +120,7 @@ def test_nnx_statistics_equal_per_example_quantities(x64):
     )
 
 
+@pytest.mark.slow
 def test_nnx_layers_are_drop_ins():
     x = jax.random.normal(jax.random.key(0), (2, 6, 6, 3))
     ours, theirs = kfac.nnx.Linear(3, 4, rngs=nnx.Rngs(1)), nnx.Linear(3, 4, rngs=nnx.Rngs(1))
@@ -132,6 +134,7 @@ def test_nnx_layers_are_drop_ins():
         dilated(x)
 
 
+@pytest.mark.slow
 def test_nnx_model_trains_with_nnx_optimizer_under_nnx_jit():
     class ConvNet(nnx.Module):
         def __init__(self, rngs):
@@ -160,6 +163,7 @@ def test_nnx_model_trains_with_nnx_optimizer_under_nnx_jit():
     assert losses[-1] < 0.3 * losses[0]
 
 
+@pytest.mark.slow
 def test_linen_and_plain_function_give_the_same_statistics():
     class MLP(nn.Module):
         @nn.compact
@@ -200,6 +204,7 @@ def test_bad_input_to_registration():
         kfac.nnx.value_grad_and_stats("hinge")
 
 
+@pytest.mark.slow
 def test_curvature_batch_estimates_the_same_statistics_from_a_subset(x64):
     x, y = _data(jnp.float64)
     params = jax.tree.map(
@@ -240,6 +245,7 @@ def test_curvature_batch_estimates_the_same_statistics_from_a_subset(x64):
         kfac.value_grad_and_stats(plain_mlp, "squared_error", curvature_batch=0)
 
 
+@pytest.mark.slow
 def test_kfac_under_nnx_optimizer_equals_the_functional_update():
     """nnx.Optimizer hands K-FAC paths ending in `.value` (init) and pure arrays (update):
     it must precondition the same layers as the functional update on a pure dict."""

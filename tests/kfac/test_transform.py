@@ -48,6 +48,7 @@ def test_single_layer_update_equals_the_dense_damped_kronecker_solve(x64):
     np.testing.assert_allclose(out["layer"]["bias"], dense[3], rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_trains_in_an_optax_chain_under_jit_and_beats_sgd_in_steps():
     model, params, x, y = _problem()
     stats_fn = value_grad_and_stats(model, "squared_error")
@@ -94,6 +95,7 @@ def test_ready_optimizer_chain_trains():
     assert float(value) < 0.2 * first
 
 
+@pytest.mark.slow
 def test_inverses_are_reused_between_recomputations():
     model, params, x, y = _problem()
     stats_fn = value_grad_and_stats(model, "squared_error")
@@ -126,6 +128,7 @@ def test_bad_input_names_the_layer():
         scale_by_kfac(inverse_every=0)
 
 
+@pytest.mark.slow
 def test_conv_layers_are_preconditioned_and_train():
     from tests.kfac.test_capture import ConvNet
 
@@ -152,6 +155,7 @@ def test_conv_layers_are_preconditioned_and_train():
     assert float(value) < 0.5 * first, (first, float(value))
 
 
+@pytest.mark.slow
 def test_a_nan_gradient_gives_a_zero_update_and_keeps_the_factors():
     """A bad batch's gradient: exact zeros out (never a NaN a momentum would keep), the
     factors as they were, the step counted; the optimizer's momentum stays finite."""

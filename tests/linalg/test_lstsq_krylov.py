@@ -23,6 +23,7 @@ from jaxnum.linalg.least_squares import METHODS
 
 @pytest.mark.parametrize("method", ["svd", "qr", "cholesky", "normal"])
 @pytest.mark.parametrize("ridge", [0.0, 0.3])
+@pytest.mark.slow
 def test_lstsq_matches_numpy_in_float64(x64, method, ridge):
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(40, 6)), rng.normal(size=(40, 2))
@@ -37,6 +38,7 @@ def test_lstsq_matches_numpy_in_float64(x64, method, ridge):
     )
 
 
+@pytest.mark.slow
 def test_normal_equations_square_the_condition_number_and_lose_digits(x64):
     rng = np.random.default_rng(1)
     U, _ = np.linalg.qr(rng.normal(size=(60, 8)))
@@ -64,6 +66,7 @@ def test_svd_method_gives_the_minimum_norm_solution_for_rank_deficient_x(x64):
     )
 
 
+@pytest.mark.slow
 def test_cg_against_jax_scipy_and_a_dense_solve():
     rng = np.random.default_rng(3)
     B = rng.normal(size=(50, 50))
@@ -87,6 +90,7 @@ def test_cg_reports_non_convergence_instead_of_raising():
     assert float(res.residual_norm) > 1e-10 * float(jnp.linalg.norm(jnp.ones(30)))
 
 
+@pytest.mark.slow
 def test_lanczos_top_eigenvalues_of_a_network_hessian(x64):
     model = nn.Sequential([nn.Dense(6), jnp.tanh, nn.Dense(1)])
     x = jax.random.normal(jax.random.key(0), (10, 3))
@@ -116,6 +120,7 @@ def test_lanczos_at_full_depth_reproduces_the_spectrum(x64):
     np.testing.assert_allclose(np.linalg.eigvalsh(T), np.linalg.eigvalsh(np.asarray(A)), atol=1e-9)
 
 
+@pytest.mark.slow
 def test_spectral_density_integrates_to_one_and_matches_the_histogram():
     rng = np.random.default_rng(5)
     Q, _ = np.linalg.qr(rng.normal(size=(200, 200)))
@@ -159,6 +164,7 @@ def test_lstsq_without_rows_or_columns_matches_numpy(x64):
             np.testing.assert_array_equal(b, ref)
 
 
+@pytest.mark.slow
 def test_cg_promotes_mixed_dtypes_and_checks_the_matvec(x64):
     # Issue 21: float64 A with float32 b (and x0, M of other dtypes) failed with a
     # while_loop carry-type error. CG now runs in the promoted dtype; the reference is
@@ -212,6 +218,7 @@ def test_cg_promotes_mixed_dtypes_and_checks_the_matvec(x64):
             call()
 
 
+@pytest.mark.slow
 def test_entries_past_sqrt_max_do_not_overflow_in_float32():
     # Entries ~1e20 > sqrt(float32 max) = 1.8e19: ||b|| read inf and cg reported an
     # untouched x = 0 as converged, Lanczos gave NaN, lstsq's s^2 and X^T X overflowed
@@ -233,6 +240,7 @@ def test_entries_past_sqrt_max_do_not_overflow_in_float32():
             np.testing.assert_allclose(got, ref, rtol=2e-3, err_msg=f"{method}, ridge={lam}")
 
 
+@pytest.mark.slow
 def test_linalg_under_strict_dtype_promotion(x64):
     # Issue 21: jnp.promote_types(dtype, float32) raised under strict promotion in every
     # decomposition. Same-dtype inputs work (numpy float64 references); mixed dtypes are
@@ -267,6 +275,7 @@ def _breakdown_hessian():
     return a, hessian_operator(lambda x: jnp.dot(a, x) ** 2, jnp.zeros(50))
 
 
+@pytest.mark.slow
 def test_lanczos_breakdown_gives_eigenvalues_of_a():
     _, H = _breakdown_hessian()
     a64 = np.arange(1.0, 51.0) / 50
@@ -295,6 +304,7 @@ def test_lanczos_of_the_identity_breaks_down_to_exact_zeros():
         np.testing.assert_allclose(res.basis @ res.basis.T, np.eye(3), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_spectral_density_of_a_rank_one_hessian_sits_at_its_two_eigenvalues():
     _, H = _breakdown_hessian()
     a64 = np.arange(1.0, 51.0) / 50
@@ -324,6 +334,7 @@ def _lstsq_ref(X, y, ridge=0.0):
     return np.linalg.solve(X.T @ X + ridge * np.eye(X.shape[1]), X.T @ y)
 
 
+@pytest.mark.slow
 def test_lstsq_tiny_entries_and_rank_deficient_x_match_numpy():
     # X^T X underflowed for entries 1e-25 (cholesky, normal: NaN); with column 3 = column 1
     # qr gave +-1e8 and normal/cholesky NaN without a word. Now: scaled by powers of two,

@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.flatten_util import ravel_pytree
 
 from jaxnum.linalg import LinearOperator, jacobian_operator, lanczos, randomized_svd
@@ -52,6 +53,7 @@ def test_lanczos_under_jit_matches_eager():
     np.testing.assert_allclose(jitted.betas, eager.betas, rtol=1e-6, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_randomized_svd_in_float64_reaches_float64_accuracy(x64):
     rng = np.random.default_rng(1)
     U, _ = np.linalg.qr(rng.normal(size=(80, 20)))

@@ -51,6 +51,7 @@ def test_small_singular_values_survive_in_float32(normalizer):
     np.testing.assert_allclose(S, s[:50], rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_error_falls_as_power_iterations_grow():
     rng = np.random.default_rng(1)
     A = rng.normal(size=(400, 300)) / np.sqrt(300)  # flat spectrum: hard for q = 0
@@ -64,6 +65,7 @@ def test_error_falls_as_power_iterations_grow():
     assert errors[0] > errors[1] > errors[2] >= 1.0
 
 
+@pytest.mark.slow
 def test_batches_and_operators_give_the_same_result():
     A, _ = _decaying(120, 80, seed=3)
     Aj = jnp.asarray(A, jnp.float32)
@@ -77,6 +79,7 @@ def test_batches_and_operators_give_the_same_result():
     np.testing.assert_allclose(S[0], S_dense, rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_jacobian_of_a_network_never_materialised():
     W = jax.random.normal(jax.random.key(0), (30, 20)) / 5
 
@@ -102,6 +105,7 @@ def test_oversampling_shrinks_to_fit():
     np.testing.assert_allclose(S, s[:8], rtol=1e-4)
 
 
+@pytest.mark.slow
 def test_range_finder_is_orthonormal_and_captures_the_range():
     A, _ = _decaying(50, 40, rate=0.3, seed=6)
     Q = randomized_range_finder(jnp.asarray(A, jnp.float32), 10, key=jax.random.key(0))
@@ -110,6 +114,7 @@ def test_range_finder_is_orthonormal_and_captures_the_range():
     assert np.linalg.norm(A - Qn @ (Qn.T @ A), 2) < 1e-4
 
 
+@pytest.mark.slow
 def test_nystrom_eigenvalues_of_a_psd_matrix(x64):
     rng = np.random.default_rng(7)
     V, _ = np.linalg.qr(rng.normal(size=(100, 100)))

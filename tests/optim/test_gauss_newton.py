@@ -22,6 +22,7 @@ def _decay(p, t, y):
 
 
 @pytest.mark.parametrize("method", ["lm", "gn"])
+@pytest.mark.slow
 def test_exponential_fit_matches_scipy_least_squares(x64, method):
     t, y = _decay_data()
     x0 = {"a": jnp.array(1.0), "b": jnp.array(0.1), "c": jnp.array(0.0)}
@@ -37,6 +38,7 @@ def test_exponential_fit_matches_scipy_least_squares(x64, method):
     assert np.all(np.diff(costs) <= 1e-15)  # refused steps keep the cost
 
 
+@pytest.mark.slow
 def test_gaussian_peak_on_a_pytree_matches_scipy_trf(x64):
     x = np.linspace(-3.0, 3.0, 80)
     y = 1.7 * np.exp(-((x - 0.4) ** 2) / (2 * 0.6**2)) + 0.01 * np.cos(7 * x)
@@ -123,6 +125,7 @@ def _softplus_data():
     return t, np.log1p(np.exp(1.5 * t - 0.3)) + 0.01 * np.sin(5 * t)
 
 
+@pytest.mark.slow
 def test_custom_vjp_residual_in_every_jacobian_mode_matches_scipy(x64):
     # n = 2 <= m = 12 would pick forward mode, which a custom_vjp does not have:
     # "auto" falls back to reverse mode, "rev" asks for it, "fwd" is refused by name.
@@ -152,6 +155,7 @@ def _big_linear(p):
     return jnp.stack([p[0] - 3e20, p[1] - 1e20, p[0] + p[1] - 4e20, p[0] - p[1] - 2e20])
 
 
+@pytest.mark.slow
 def test_nonfinite_start_and_overflowing_residual_norms():
     fit = gauss_newton(lambda p: p - 1.0, jnp.array([np.nan, 1.0]))  # the same start in "gn"
     assert fit.status == Status.NONFINITE_START and int(fit.nit) == 0 and not bool(fit.success)
@@ -168,6 +172,7 @@ def test_nonfinite_start_and_overflowing_residual_norms():
     np.testing.assert_allclose(fit.x, [1.0, 2.0], rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_traced_float_options_give_the_concrete_result():
     t = jnp.linspace(0.0, 1.0, 8)
 
@@ -185,6 +190,7 @@ def test_traced_float_options_give_the_concrete_result():
     np.testing.assert_allclose(traced.x, [2.0, 3.0], rtol=1e-5)  # the exact fit
 
 
+@pytest.mark.slow
 def test_strict_dtype_promotion_in_float32_and_float64_from_a_far_start():
     t, y = _decay_data()
     ref = scipy.optimize.least_squares(
@@ -210,6 +216,7 @@ def _cond11_problem(dtype):
     return X, ref
 
 
+@pytest.mark.slow
 def test_lm_does_not_count_a_refused_tiny_step_as_convergence():
     # Was: LM in float32 stopped with "step <= xtol" on a step refused with mu grown
     # huge, x[3] off by 8e-4 relative (sqrt(eps) accuracy) while claiming convergence.

@@ -38,6 +38,7 @@ def _feed(tx, points, grads):
 
 
 @pytest.mark.parametrize("steps", [3, 6, 9])
+@pytest.mark.slow
 def test_direction_equals_dense_bfgs_including_ring_wraparound(x64, steps):
     n, memory = 8, 4
     A, b = _quadratic(n, seed=steps)
@@ -52,6 +53,7 @@ def test_direction_equals_dense_bfgs_including_ring_wraparound(x64, steps):
     assert int(state.num_skipped) == 0
 
 
+@pytest.mark.slow
 def test_kept_inner_products_are_the_chronological_upper_triangle(x64):
     """sy holds s_i^T y_j for pair i not newer than j (0 elsewhere), yy all of Y^T Y."""
     n, memory = 5, 3
@@ -71,6 +73,7 @@ def test_kept_inner_products_are_the_chronological_upper_triangle(x64):
     np.testing.assert_allclose(yy, Y @ Y.T, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_matrix_form_equals_the_two_loops_of_algorithm_7_4(x64):
     n = 6
     A, b = _quadratic(n, seed=3)
@@ -104,6 +107,7 @@ def test_pytree_params_match_the_flat_problem(x64):
     )
 
 
+@pytest.mark.slow
 def test_converges_in_n_exact_line_search_steps_on_a_convex_quadratic(x64):
     n = 10
     A, b = _quadratic(n, seed=5, cond=1e3)
@@ -190,6 +194,7 @@ def test_bad_arguments_fail_clearly():
         tx.update(jnp.ones(2), tx.init(jnp.ones(2)))
 
 
+@pytest.mark.slow
 def test_whole_lbfgs_chain_state_keeps_its_dtypes_under_x64(x64):
     # optax#1210: optax.lbfgs's state changes dtype under x64 and breaks lax loops.
     from jaxnum.optim import lbfgs
@@ -213,6 +218,7 @@ def test_whole_lbfgs_chain_state_keeps_its_dtypes_under_x64(x64):
     assert float(jnp.linalg.norm(jax.grad(f)(params_out)["w"])) < 1e-4
 
 
+@pytest.mark.slow
 def test_float_options_work_traced_and_equal_the_concrete_update(x64):
     """learning_rate and curvature_rtol of lbfgs, and every float option of its strong-Wolfe
     search, as jit arguments: the same iterates as with Python floats."""

@@ -36,6 +36,7 @@ def _wolfe(f, x, d, t, c1=1e-4, c2=0.9):
 
 @pytest.mark.parametrize("f", [_rosen, _quartic, _logsumexp], ids=lambda f: f.__name__)
 @pytest.mark.parametrize("scale", [1e-3, 1.0, 30.0])
+@pytest.mark.slow
 def test_accepted_steps_satisfy_strong_wolfe_like_scipy(x64, f, scale):
     rng = np.random.default_rng(0)
     search = jax.jit(lambda x, d: strong_wolfe_search(_vg(f), x, d, f(x), jax.grad(f)(x)))
@@ -161,6 +162,7 @@ def test_bad_hyperparameters_fail_clearly():
         lbfgs(linesearch="zoom")
 
 
+@pytest.mark.slow
 def test_float32_steps_below_rounding_of_x_still_find_the_minimiser():
     # x + t d rounds to x for t <= 1: f is flat there and only the slope says "go on".
     x = jnp.ones(8, jnp.float32)

@@ -30,6 +30,7 @@ def test_rosenbrock_like_scipy_lbfgsb(x64):
     assert int(r.nfev) <= 1.25 * ref.nfev, (int(r.nfev), ref.nfev)
 
 
+@pytest.mark.slow
 def test_logistic_regression_on_a_pytree_matches_scipy(x64):
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 5))
@@ -65,6 +66,7 @@ def test_aux_is_returned_at_the_solution(x64):
     assert int(r.aux["count"]) == 7
 
 
+@pytest.mark.slow
 def test_relative_decrease_and_maxiter_stops():
     x0 = jnp.array([-1.2, 1.0] * 3)
     r = minimize(_rosen, x0, maxiter=3)
@@ -85,6 +87,7 @@ def test_nan_at_the_trial_point_backs_off_and_says_so(x64):
     np.testing.assert_allclose(r.x, [1.0], atol=1e-8)
 
 
+@pytest.mark.slow
 def test_wrong_gradient_stops_with_a_failed_search_and_finite_result(x64):
     @jax.custom_jvp
     def fun(x):
@@ -105,6 +108,7 @@ def test_float32_solve_keeps_float32_under_x64(x64):
     assert bool(r.success), r.message
 
 
+@pytest.mark.slow
 def test_callable_inside_a_users_jit_and_vmap():
     f = lambda x, c: jnp.sum((x - c) ** 2) + jnp.sum(x**4)  # noqa: E731
     solve = jax.jit(jax.vmap(lambda c: minimize(f, jnp.zeros(3), c, tol=1e-6).x))
@@ -135,6 +139,7 @@ def test_bad_input_fails_clearly():
 
 
 @pytest.mark.parametrize("method", ["lbfgs", "newton-cg"])
+@pytest.mark.slow
 def test_float16_solve_keeps_the_default_ftol_and_warns_of_no_overflow(method):
     """2.2e-9 is 0 in float16 and 1e10 (step and damping bounds) is inf: neither may be
     lost to the cast; the relative-decrease rule still stops the solve."""
@@ -159,6 +164,7 @@ def _shifted(x):
     return jnp.sum((x - 1.0) ** 2) + jnp.sum((x - 1.0) ** 4)
 
 
+@pytest.mark.slow
 def test_degenerate_input_gets_a_status_never_converged(x64):
     """Newton-CG (lbfgs: the audit, tests/bad_paths.py): NaN in x0 (closed form: no answer)
     and f = -sum(exp(x)) (closed form: inf f = -inf, reached in float64 beyond x = 709.8),
@@ -238,6 +244,7 @@ def _counting(f):
     return counted, calls
 
 
+@pytest.mark.slow
 def test_nfev_counts_every_call_of_fun_and_newton_cg_takes_scipys_iterations(x64):
     """Newton-CG's nfev equals the calls of fun counted at run time (trial, backtracking,
     linearisation and gradient calls; Rosenbrock backtracks and refuses steps); its initial
@@ -288,6 +295,7 @@ def test_newton_methods_take_a_narrower_loss_and_name_mixed_dtype_x0(method, los
         minimize(lambda x: jnp.sum(x["b"] ** 2), mixed, method=method)
 
 
+@pytest.mark.slow
 def test_message_of_a_vmapped_solve_is_a_sentence_per_element():
     """Each element's status read through the status table (was a raw 'Only scalar
     arrays can be converted' TypeError)."""

@@ -206,6 +206,7 @@ def _sin(x):
 _sin.defvjp(lambda x: (jnp.sin(x), jnp.cos(x)), lambda cos, g: (cos * g,))
 
 
+@pytest.mark.slow
 def test_jacobian_modes_and_custom_vjp(x64):
     # A custom_vjp has no forward mode: "auto" falls back to reverse mode.
     for mode in ("auto", "rev"):

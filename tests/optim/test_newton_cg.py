@@ -83,6 +83,7 @@ def test_dense_newton_step_on_a_quadratic_is_exact(x64):
     np.testing.assert_allclose(state.rho, 1.0, rtol=1e-8)  # the model is the function
 
 
+@pytest.mark.slow
 def test_newton_converges_quadratically_newton_cg_superlinearly(x64):
     X, y = _logistic_problem()
     f = lambda w: _logistic(w, X, y)  # noqa: E731
@@ -118,6 +119,7 @@ def test_newton_cg_needs_far_fewer_iterations_than_gradient_descent(x64):
 
 
 @pytest.mark.parametrize("method", ["Newton-CG", "trust-ncg"])
+@pytest.mark.slow
 def test_minimize_matches_scipy_on_rosenbrock_and_logistic(x64, method):
     X, y = _logistic_problem()
     problems = {
@@ -143,6 +145,7 @@ def test_minimize_matches_scipy_on_rosenbrock_and_logistic(x64, method):
             np.testing.assert_allclose(result.fun, ref.fun, rtol=1e-8, atol=1e-14)
 
 
+@pytest.mark.slow
 def test_gauss_newton_curvature_is_the_dense_gauss_newton_step(x64):
     x = jax.random.normal(jax.random.key(1), (6, 3))
     t = jax.random.normal(jax.random.key(2), (6, 2))
@@ -171,6 +174,7 @@ def test_gauss_newton_curvature_is_the_dense_gauss_newton_step(x64):
         pytest.fail("a Gauss-Newton step of a small damped least-squares problem was refused")
 
 
+@pytest.mark.slow
 def test_gauss_newton_transform_trains_a_flax_network_in_a_chain():
     import flax.linen as nn
 
@@ -211,6 +215,7 @@ def test_nonfinite_gradient_is_refused_without_corrupting_state():
     assert np.all(np.asarray(step) == 0) and int(new.num_rejected) == 2
 
 
+@pytest.mark.slow
 def test_float16_damping_tops_out_at_the_largest_float16_not_inf():
     """Every step refused (the claimed value is below any trial): the damping doubles up to
     max_damping, which float16 holds only as its largest finite value, 65504."""

@@ -16,6 +16,7 @@ def _quartic(x):
     return jnp.sum((x - 1.0) ** 4) + jnp.sum((x - 1.0) ** 2)
 
 
+@pytest.mark.slow
 def test_one_status_enum_with_one_code_per_meaning_across_solvers():
     """NO_DECREASE was 5, 3, 3 and 2 in the four tables; now every solver reports the same
     member (reference: the Status member itself; each solve is a known no-decrease case)."""
@@ -38,6 +39,7 @@ def test_one_status_enum_with_one_code_per_meaning_across_solvers():
     assert not bool(fit.success) and fit.message == Status(int(fit.status)).message
 
 
+@pytest.mark.slow
 def test_result_vocabulary_and_2_norm_grad_norm_against_numpy_and_scipy(x64):
     """gauss_newton's grad_norm was ||J^T r||_inf; now the 2-norm, as minimize's, checked
     against numpy on the Jacobian at the solution; x against scipy's least_squares."""
@@ -69,6 +71,7 @@ def test_result_vocabulary_and_2_norm_grad_norm_against_numpy_and_scipy(x64):
             assert hasattr(r, name), (type(r).__name__, name)
 
 
+@pytest.mark.slow
 def test_options_are_checked_per_method_and_traced_values_work():
     expected = (
         r"option\(s\) memory_size do not apply to "
@@ -86,6 +89,7 @@ def test_options_are_checked_per_method_and_traced_values_work():
     np.testing.assert_array_equal(solve(1e-3), concrete)
 
 
+@pytest.mark.slow
 def test_reset_lbfgs_memory_finds_the_state_by_type():
     tx = optax.chain(optax.scale(1.0), lbfgs())  # the L-BFGS state no longer first
     x = jnp.zeros(2)
@@ -103,6 +107,7 @@ def test_reset_lbfgs_memory_finds_the_state_by_type():
     np.testing.assert_array_equal(dropped[1][0].sy, memory.sy)  # only the count moves
 
 
+@pytest.mark.slow
 def test_pytree_cg_against_numpy_solve_with_preconditioner_and_negative_curvature(x64):
     """One CG for linalg.cg and Newton-CG: a pytree system against numpy.linalg.solve,
     pTAp = 0 and < 0 stop with NEGATIVE_CURVATURE (finite x), NaN with BREAKDOWN."""
@@ -152,6 +157,7 @@ def _value_fn_aux(p):
 
 
 @pytest.mark.parametrize("name", ["lbfgs", "strong_wolfe_aux", "newton_cg"])
+@pytest.mark.slow
 def test_state_jit_round_trip_keeps_structure_and_dtypes_and_equals_eager(x64, name):
     """init, jit(update) twice: the state's tree structure and leaf dtypes never change,
     and the jitted states equal the un-jitted ones (reference: the eager update)."""

@@ -66,6 +66,7 @@ def _train(problem, policy, tx, scaled):
     return float(_loss_fn(jn.Policy(), x, y)(params) / LOSS_FACTOR), state
 
 
+@pytest.mark.slow
 def test_float16_gradients_underflow_without_scaling(problem):
     x, y, params = problem
     grads = jax.grad(_loss_fn(jn.Policy.parse("p=f32,c=f16,o=f32"), x, y))(params)

@@ -628,6 +628,7 @@ def test_loss_scaling_inside_masked_or_multi_transform_is_refused_outside_equals
         np.testing.assert_allclose(updates[k], reference[k], rtol=1e-7)
 
 
+@pytest.mark.slow
 def test_check_updates_skips_nan_that_inner_makes_from_finite_gradients():
     # A traced max_norm <= 0 inside inner: jn.clip_by_global_norm answers nan, never a
     # sign flip. check_updates=True skips the step and keeps inner's state bit for bit;

@@ -229,6 +229,7 @@ def result(request):
     return _result(request.param)
 
 
+@pytest.mark.slow
 def test_every_state_type_survives_to_bytes_and_from_bytes(result):
     tx, params0 = result.run.tx, result.run.params0
     for _, state in (result.at_k, result.at_end):
@@ -388,6 +389,7 @@ def test_a_different_memory_size_is_refused():
         _round_trip(state, template)
 
 
+@pytest.mark.slow
 def test_scale_by_lbfgs_updates_a_state_restored_by_flax_outside_jit():
     # flax's from_bytes returns numpy leaves; the update must accept them too.
     run, (params, state) = _result("lbfgs")[:2]

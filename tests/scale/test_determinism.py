@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import jaxnum as jn
 from jaxnum import kfac
@@ -102,11 +103,13 @@ def _matrices():
 LINALG_RTOL = 1e-4
 
 
+@pytest.mark.slow
 def test_randomized_svd():
     A, _ = _matrices()
     _check(lambda A, key: randomized_svd(A, 5, key=key), (A,), rtol=LINALG_RTOL)
 
 
+@pytest.mark.slow
 def test_randomized_eigh():
     _, P = _matrices()
     _check(lambda P, key: randomized_eigh(P, 5, key=key), (P,), rtol=LINALG_RTOL)
@@ -122,6 +125,7 @@ def test_hessian_trace():
     _check(lambda x, key: hessian_trace(f, x, key=key, num_samples=9), (x,), rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_spectral_density():
     _, P = _matrices()
     # Lanczos with full reorthogonalisation: Ritz values move by ~eps ||P||, the
@@ -138,6 +142,7 @@ def _convex(z, A):
     return 0.5 * z @ A @ z - jnp.sum(z) + 0.1 * jnp.sum(z**4)
 
 
+@pytest.mark.slow
 def test_minimize_lbfgs():
     A = jnp.diag(jnp.geomspace(1.0, 100.0, 6))
     x0 = jnp.zeros(6)
@@ -159,6 +164,7 @@ def test_minimize_lbfgs():
     assert float(jnp.linalg.norm(plain.x - under_jit.x)) <= bound
 
 
+@pytest.mark.slow
 def test_loss_scaling_training_step():
     x = jax.random.normal(jax.random.key(0), (32, 4))
     y = jnp.sin(jnp.sum(x, axis=1, keepdims=True))
@@ -190,6 +196,7 @@ class _Softmax(nn.Module):
         return kfac.Dense(3, name="out")(x)
 
 
+@pytest.mark.slow
 def test_kfac_step_with_true_fisher_sampling():
     x = jax.random.normal(jax.random.key(0), (32, 4))
     y = jnp.arange(32) % 3

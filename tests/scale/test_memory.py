@@ -152,6 +152,7 @@ def _quartic(x):
     return jnp.sum((x - 1.0) ** 2) + 0.1 * jnp.sum(x**4)
 
 
+@pytest.mark.slow
 def test_lbfgs_update_memory_grows_linearly_in_n():
     # XLA:CPU gives a memory analysis. An n x n temporary (a dense inverse
     # Hessian) would make temp_size grow 16x from n to 4n and reach 256 MB at
@@ -169,6 +170,7 @@ def test_lbfgs_update_memory_grows_linearly_in_n():
     assert temps[1] <= 6 * temps[0], temps
 
 
+@pytest.mark.slow
 def test_lbfgs_with_line_search_temporaries_fit_in_its_state():
     # The whole jn.lbfgs step (gradient, two-loop recursion, strong-Wolfe
     # search evaluating value_fn at trial points): its temporaries are O(n)

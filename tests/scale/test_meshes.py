@@ -281,6 +281,7 @@ def _mismatch(name: str, actual, expected, floor: float = 0.0) -> str | None:
 
 
 @pytest.mark.parametrize("mesh_name", list(MESHES))
+@pytest.mark.slow
 def test_walk_equals_one_device(mesh_name):
     """Every function of WALK on sharded inputs under jit equals the one-device result."""
     mesh = _mesh(mesh_name)

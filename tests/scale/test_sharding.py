@@ -219,6 +219,7 @@ def _one_device(name: str):
 
 
 @pytest.mark.parametrize("kind", AXIS_TYPES)
+@pytest.mark.slow
 def test_loss_scaled_adam_steps_equal_one_device(x64, kind):
     (params, x, y), (s_params, s_x, s_y) = _sharded_problem(kind)
     bad_x = x.at[BATCH - 1, 0].set(jnp.inf)  # in the last example: data shard 1 only
@@ -304,6 +305,7 @@ def test_clip_by_global_norm_uses_the_global_norm(x64, kind):
     # tests/scale/test_meshes.py walks newton-cg too.
     [("auto", "lbfgs"), ("auto", "newton-cg"), ("explicit", "lbfgs"), ("explicit", "newton")],
 )
+@pytest.mark.slow
 def test_minimize_equals_one_device(x64, kind, method):
     """jn.lbfgs (scale_by_lbfgs + strong Wolfe) / scale_by_newton_cg (Hessian) steps in a loop."""
     _, (s_params, s_x, s_y) = _sharded_problem(kind)
@@ -317,6 +319,7 @@ def test_minimize_equals_one_device(x64, kind, method):
     _assert_same_shardings(result.x, s_params)
 
 
+@pytest.mark.slow
 def test_newton_cg_gauss_newton_steps_equal_one_device(x64):
     # The Hessian form is the method="newton-cg" solve above; Explicit axes fail there first.
     _, (s_params, s_x, s_y) = _sharded_problem("auto")
@@ -333,6 +336,7 @@ def test_newton_cg_gauss_newton_steps_equal_one_device(x64):
 
 
 @pytest.mark.parametrize("kind", AXIS_TYPES)
+@pytest.mark.slow
 def test_kfac_factors_with_sharded_params_and_batch_equal_one_device(x64, kind):
     _, (s_params, s_x, s_y) = _sharded_problem(kind)
     sharded = _kfac_run(s_params, s_x, s_y, 2)
@@ -427,6 +431,7 @@ def test_shard_map_gauss_newton_equals_global_batch(x64):
 # --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_shard_map_split_optimizer_checks_finiteness_and_norm_over_the_axis(x64):
     """ZeRO style: each shard updates its slice of a flat parameter vector.
 
@@ -497,6 +502,7 @@ def test_shard_map_split_optimizer_checks_finiteness_and_norm_over_the_axis(x64)
 
 
 @pytest.mark.parametrize("kind", ["auto", "explicit"])
+@pytest.mark.slow
 def test_hvp_fn_with_sharded_params_and_batch_equals_one_device(x64, kind):
     """hvp_fn keeps jax's own pullback for sharded arrays (no residual stored transposed)."""
     (params, x, y), (s_params, s_x, s_y) = _sharded_problem(kind)
