@@ -200,18 +200,17 @@ def randomized_range_finder(
     Gaussian test matrix, then ``power_iters`` rounds of subspace iteration
     with the block normalised after every product, so that the small singular
     directions are not lost to rounding in float32 (Halko et al., Algorithm
-    4.4), and a final Householder QR. ``normalizer="lu"`` (default) uses the
-    pivoted LU factor, as scikit-learn and fbpca do: the same subspace as QR at
-    a fraction of the cost, and as robust in float32 (tested down to
-    sigma_k / sigma_1 = 2e-5). ``"qr"`` is Algorithm 4.4 verbatim.
-
-    Performance on CPU: XLA runs LU, QR and SVD through LAPACK in the
-    process's OpenBLAS; with more than one OpenBLAS thread those calls fight
-    XLA's own thread pool (a 60 x 60 SVD inside the solve took 41 ms instead of
-    3.5 ms on 2 cores). Limit BLAS to one thread around jaxnum on CPU:
-    ``OPENBLAS_NUM_THREADS=1`` before Python starts, or
-    ``threadpoolctl.threadpool_limits(1, "blas")`` entered after jax has run
-    one linear-algebra op (threadpoolctl limits only the libraries loaded then).
+    4.4), and a final orthonormalisation. The default ``normalizer="cholesky_qr"``
+    is shifted Cholesky-QR (Yamamoto et al. 2015, CholeskyQR2; Fukaya et al.
+    2020, shifted CholeskyQR3 for ill-conditioned blocks): the tall n x size
+    work is matrix products in XLA and only a size x size Cholesky factor is
+    computed, so on CPU no LAPACK factorisation of the tall block runs in the
+    process's OpenBLAS threads, which fight XLA's own pool on few cores; a
+    block of exactly lower rank (a zero matrix) falls back to Householder QR.
+    ``"lu"`` uses the pivoted LU factor between products and a Householder QR
+    at the end, as scikit-learn and fbpca do (the previous default); ``"qr"``
+    is Algorithm 4.4 verbatim. Timings and compiled costs of the three:
+    ``python -m benchmarks rsvd`` (BENCHMARKS.md).
 
     Args:
       A: an m-by-n real floating matrix or a :class:`LinearOperator` (m, n >= 1);
@@ -219,7 +218,8 @@ def randomized_range_finder(
       size: number of columns of Q (1 <= size <= min(m, n)).
       key: PRNG key of the test matrix.
       power_iters: subspace iterations (0 is Algorithm 4.1).
-      normalizer: ``"lu"`` or ``"qr"``, between products.
+      normalizer: ``"cholesky_qr"`` (default), ``"lu"`` or ``"qr"``: the
+        orthonormalisation between products and at the end (see above).
 
     Returns:
       Q with orthonormal columns, in float32 for half-precision input.
@@ -292,8 +292,8 @@ def randomized_svd(
       key: PRNG key.
       oversample: extra columns of the test matrix (10).
       power_iters: subspace iterations (4).
-      normalizer: ``"lu"`` (default) or ``"qr"`` between products, see
-        :func:`randomized_range_finder` (also for the CPU thread note).
+      normalizer: ``"cholesky_qr"`` (default), ``"lu"`` or ``"qr"``, see
+        :func:`randomized_range_finder`.
 
     Returns:
       ``(U, S, Vt)`` of shapes (m, rank), (rank,), (rank, n) (with the batch
