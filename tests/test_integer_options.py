@@ -217,6 +217,7 @@ def _same(a, b) -> bool:
 
 
 @pytest.mark.parametrize("opt", OPTIONS, ids=[f"{o.function}:{o.arg}" for o in OPTIONS])
+@pytest.mark.slow
 def test_an_integer_option_takes_numpy_ints_and_refuses_other_types(opt):
     if opt.run == "equal":  # the reference: the same call with the Python int
         assert _same(opt.call(np.int64(opt.good)), opt.call(opt.good))

@@ -32,6 +32,7 @@ class Attention(nn.Module):
         return nn.Dense(8, name="out")(jax.nn.softmax(q @ k.T) @ v)
 
 
+@pytest.mark.slow
 def test_split_selects_by_path_and_merge_restores_the_model():
     model = Attention()
     x = jax.random.normal(jax.random.key(0), (5, 8))
@@ -65,6 +66,7 @@ def test_mismatched_trees_and_bad_ranks_fail_clearly():
         split({"b": jnp.ones(3)}, 1)
 
 
+@pytest.mark.slow
 def test_split_and_merge_find_the_same_paths_in_nnx_states_and_pure_dicts():
     """An nnx.State flattens every leaf under a trailing `.value`: paths and `where` read
     without it, so adapters split from the State merge into its pure dict and back."""

@@ -56,6 +56,7 @@ def test_vector_outputs_are_checked_through_random_cotangents(mlp):
     assert gradcheck(model.apply, params, x, full=True).passed
 
 
+@pytest.mark.slow
 def test_wrong_custom_vjp_is_caught_and_named(mlp):
     bad = _wrong_vjp(1.01)
     params = {"a": jnp.ones(3), "w": jnp.linspace(0.0, 1.0, 5)}
@@ -134,6 +135,7 @@ def test_a_too_large_step_fails_a_correct_gradient_at_default_tolerances():
     assert not gradcheck(f, jnp.ones(3), eps=0.5).passed
 
 
+@pytest.mark.slow
 def test_taylor_test_passes_float32_and_catches_a_ten_percent_error():
     x = jax.random.normal(jax.random.key(1), (20,), jnp.float32)
     good = taylor_test(lambda z: jnp.sum(jnp.sin(z) * z), x)

@@ -63,6 +63,7 @@ def test_hvp_on_a_mixed_shape_pytree_against_numpy(x64):
         np.testing.assert_allclose(ravel_pytree(hvp(f, p, v, mode=mode))[0], H @ flat_v, rtol=1e-12)
 
 
+@pytest.mark.slow
 def test_hvp_fn_gives_the_same_products_and_vmaps(mlp_problem):
     params, x, t, _, loss = mlp_problem
     H, unravel = _dense_hessian(loss, params, x, t)

@@ -38,6 +38,7 @@ def test_error_within_1_1_of_optimal_and_top_singular_values(shape, normalizer):
 
 
 @pytest.mark.parametrize("normalizer", ["lu", "qr"])
+@pytest.mark.slow
 def test_small_singular_values_survive_in_float32(normalizer):
     # sigma_50 / sigma_1 = 0.8**49 = 2e-5, far below sqrt(eps) of float32:
     # normalising after every product keeps these directions (a Cholesky-QR
@@ -181,6 +182,7 @@ def test_bad_input_is_refused_by_name(call, error, match):
         call()
 
 
+@pytest.mark.slow
 def test_nystrom_on_zero_huge_and_indefinite_matrices_against_numpy_eigh(x64):
     # Issue 21: a zero matrix gave NaN, eigenvalues ~1e19 overflowed to NaN in float32, an
     # indefinite matrix with a positive diagonal gave NaN instead of the promised error.

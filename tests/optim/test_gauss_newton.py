@@ -255,6 +255,7 @@ def _scaled(x, scale):
     return scale * (x - 1.0)
 
 
+@pytest.mark.slow
 def test_residuals_past_sqrt_of_float32_max():
     # ||r||^2 and LM's initial mu = tau ||J||^2 (1e47) overflow float32; was: stuck at x0
     # with "no step reduces the cost". The closed form is x = 1.

@@ -61,6 +61,7 @@ def test_accepted_steps_satisfy_strong_wolfe_like_scipy(x64, f, scale):
         assert 1 <= int(nevals) <= 30
 
 
+@pytest.mark.slow
 def test_backs_off_from_a_nonfinite_trial(x64):
     def f(x):  # finite only for |x| < 1
         return jnp.where(jnp.abs(x[0]) < 1.0, (x[0] - 0.5) ** 2, jnp.nan)

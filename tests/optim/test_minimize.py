@@ -55,6 +55,7 @@ def test_logistic_regression_on_a_pytree_matches_scipy(x64):
     np.testing.assert_allclose(r.fun, ref.fun, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_aux_is_returned_at_the_solution(x64):
     def fun(x):
         r = x - jnp.array([1.0, -2.0])
@@ -76,6 +77,7 @@ def test_relative_decrease_and_maxiter_stops():
     assert int(r.status) == Status.CONVERGED_F and bool(r.success)
 
 
+@pytest.mark.slow
 def test_nan_at_the_trial_point_backs_off_and_says_so(x64):
     def fun(x):  # NaN beyond x = 1.3; the first (unit-length) step lands at 1.5
         f = 0.25 * x[0] ** 4 - x[0]
@@ -101,6 +103,7 @@ def test_wrong_gradient_stops_with_a_failed_search_and_finite_result(x64):
     assert bool(jnp.isfinite(r.fun))
 
 
+@pytest.mark.slow
 def test_float32_solve_keeps_float32_under_x64(x64):
     x0 = jnp.array([-1.2, 1.0] * 2, jnp.float32)
     r = minimize(_rosen, x0, tol=1e-4)
@@ -284,6 +287,7 @@ def test_nfev_counts_every_call_of_fun_and_newton_cg_takes_scipys_iterations(x64
 @pytest.mark.parametrize(
     ("method", "loss_dtype"), [("newton-cg", jnp.bfloat16), ("newton", jnp.float16)]
 )
+@pytest.mark.slow
 def test_newton_methods_take_a_narrower_loss_and_name_mixed_dtype_x0(method, loss_dtype):
     """A bfloat16 or float16 loss of float32 x solves (closed form x = 1; it was a
     while_loop/cond type error); x0 leaves of two dtypes get minimize's own TypeError."""

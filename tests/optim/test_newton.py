@@ -38,6 +38,7 @@ def test_system_matches_scipy_root(x64):
     np.testing.assert_allclose([result.x["x"], result.x["y"]], reference.x, rtol=1e-10)
 
 
+@pytest.mark.slow
 def test_double_root_is_linear_and_modified_newton_restores_quadratic(x64):
     f = lambda x: (x - 1.0) ** 2 * (x + 2.0)  # noqa: E731 - root of multiplicity 2 at 1
     plain = newton_root(f, 3.0, tol=1e-13, maxiter=100)
@@ -155,6 +156,7 @@ def test_step_cap_keeps_the_first_step_out_of_a_flat_region():
     assert bool(result.success) and abs(float(result.x)) < 1e-6, result.message
 
 
+@pytest.mark.slow
 def test_nonfinite_start_and_overflowing_residual_norms():
     for x0 in (jnp.float32(np.nan), jnp.asarray([1.0, np.inf], jnp.float32)):
         result = newton_root(lambda x: x - 1.0, x0)

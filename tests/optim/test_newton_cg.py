@@ -97,6 +97,7 @@ def test_newton_converges_quadratically_newton_cg_superlinearly(x64):
     assert convergence_order(truncated, floor=1e-13).order > 1.2
 
 
+@pytest.mark.slow
 def test_newton_cg_needs_far_fewer_iterations_than_gradient_descent(x64):
     X, y = _logistic_problem()
     X = X * jnp.logspace(-1, 1, 10)  # features on different scales: cond(H) ~ 1e4
@@ -232,6 +233,7 @@ def test_float16_damping_tops_out_at_the_largest_float16_not_inf():
     assert np.all(np.asarray(step) == 0) and int(state.num_rejected) == 20
 
 
+@pytest.mark.slow
 def test_minimize_newton_on_pytrees_and_statuses(x64):
     def f(p):
         return jnp.sum((p["a"] - 1.0) ** 4) + jnp.sum((p["b"] + 2.0) ** 2)
@@ -276,6 +278,7 @@ def test_bad_input_is_refused_clearly():
         minimize(jnp.sum, jnp.ones(2), method="newton", maxiter=0)
 
 
+@pytest.mark.slow
 def test_float_options_work_traced_and_equal_the_concrete_update(x64):
     """Every float option of scale_by_newton_cg as a jit argument: two updates equal the
     same updates with Python floats (reference: the concrete path)."""

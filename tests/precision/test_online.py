@@ -70,6 +70,7 @@ def test_infinite_rows():
     np.testing.assert_array_equal(jn.online_softmax(x[2:], block_size=1), [[1.0, 0.0]])
 
 
+@pytest.mark.slow
 def test_vmap_and_grad():
     x = jnp.asarray(np.random.default_rng(4).normal(size=(3, 10)), jnp.float32)
     batched = jax.vmap(lambda r: jn.online_logsumexp(r, block_size=4))(x)

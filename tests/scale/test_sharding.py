@@ -404,6 +404,7 @@ def test_shard_map_loss_scaled_adam_equals_global_batch_and_skips_globally(x64):
     assert int(sharded[1].total_skipped) == 1 and bool(sharded[1].inner_state[0].clipped)
 
 
+@pytest.mark.slow
 def test_shard_map_gauss_newton_equals_global_batch(x64):
     mesh = jax.make_mesh((2, 2), ("data", "model"))
     params, x, y = _problem()
