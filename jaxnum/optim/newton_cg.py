@@ -192,6 +192,19 @@ def scale_by_newton_cg(
         Each tried step costs one ``value_fn`` call (none when the full step is
         taken), counted in ``num_evaluations``.
 
+    Examples:
+      >>> def f(x):  # a convex quartic with its minimum at x = 1
+      ...     return jnp.sum((x - 1.0) ** 4 + (x - 1.0) ** 2)
+      >>> tx = scale_by_newton_cg(damping=1e-3)
+      >>> x = jnp.zeros(3)
+      >>> state = tx.init(x)
+      >>> step = jax.jit(lambda x, s: tx.update(jax.grad(f)(x), s, x, value=f(x), value_fn=f))
+      >>> for _ in range(8):
+      ...     p, state = step(x, state)
+      ...     x = optax.apply_updates(x, p)
+      >>> bool(jnp.allclose(x, 1.0, atol=1e-4))
+      True
+
     References:
       J. Martens, "Deep learning via Hessian-free optimization", ICML 2010;
       J. Nocedal and S. Wright, Numerical Optimization, 2nd ed., Alg. 7.1 and
