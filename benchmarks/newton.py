@@ -113,10 +113,14 @@ def _row_scipy(r, problem):
 
 
 def _row_jaxnum(r):
-    rejected = int(r.stats["num_rejected"])
+    # Newton methods: one gradient per accepted step and at x0; L-BFGS (no
+    # num_rejected or nhev in its stats) evaluates value and gradient together.
+    newton = "num_rejected" in r.stats
+    rejected = int(r.stats["num_rejected"]) if newton else 0
     return dict(
-        nit=int(r.nit), nfev=int(r.nfev), njev=int(r.nit) - rejected + 1,
-        nhev=int(r.stats["nhev"]),
+        nit=int(r.nit), nfev=int(r.nfev),
+        njev=int(r.nit) - rejected + 1 if newton else int(r.nfev),
+        nhev=int(r.stats["nhev"]) if newton else 0,
         grad_norm=float(r.grad_norm), fun=float(r.fun),
         note=r.message + (f", {rejected} steps refused" if rejected else ""),
     )  # fmt: skip

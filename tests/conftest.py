@@ -51,11 +51,18 @@ def pytest_collection_modifyitems(config, items):
     # collection order, and the tour's files (last alphabetically, up to a minute of
     # set-up each) left one worker running alone for the last two minutes of the
     # suite. Longest first, the short unit-test files fill in at the end.
-    items.sort(key=lambda item: 0 if _whole_programs(item) else 1)
+    items.sort(key=_schedule_rank)
 
 
-def _whole_programs(item) -> bool:
-    return item.path.name in SLOW_FILES or item.path.parent.name == "tour"
+# The unit-test files that take a minute or more of one worker (the audit's 477 cases,
+# the mesh walks): after the whole programs, before the short files.
+LONG_UNIT_FILES = ("test_bad_inputs.py", "test_meshes.py", "test_sharding.py")
+
+
+def _schedule_rank(item) -> int:
+    if item.path.name in SLOW_FILES or item.path.parent.name == "tour":
+        return 0
+    return 1 if item.path.name in LONG_UNIT_FILES else 2
 
 
 @pytest.fixture
