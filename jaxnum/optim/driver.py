@@ -294,6 +294,9 @@ def _solve_newton(
     """
     _check_output(fun, x0, args, has_aux)
     dtype = jnp.result_type(*jax.tree.leaves(x0))
+    # Cast here, not in ``minimize``: a new wrapper per call would be a new static
+    # argument, and every call would compile again.
+    fun = _value_in_dtype(fun, dtype, has_aux)
 
     def value_fn(x):  # the trial values need no aux
         return fun(x, *args)[0] if has_aux else fun(x, *args)
@@ -499,7 +502,6 @@ def minimize(
             f"{', '.join(dtypes)}; cast them to one, or use method='lbfgs', which "
             "takes mixed dtypes"
         )
-    fun = _value_in_dtype(fun, dtype, has_aux)
     return _solve_newton(
         x0,
         tuple(args),

@@ -307,3 +307,21 @@ def test_message_of_a_vmapped_solve_is_a_sentence_per_element():
     r = solve(jnp.array([1.0, jnp.nan]))
     assert r.message == [Status(int(s)).message for s in r.status]
     assert r.message[0].startswith("converged") and "not finite" in r.message[1]
+
+
+@pytest.mark.parametrize("method", ["lbfgs", "newton-cg", "newton"])
+def test_a_second_call_with_the_same_fun_does_not_compile_again(method):
+    # The docstring's promise: compiled once per fun object and static option set. A
+    # wrapper made per call (as the float cast once was) recompiled every call: the
+    # newton benchmark took 758 ms per Rosenbrock solve instead of 4 ms.
+    traces = []
+
+    def counted(x):
+        traces.append(1)
+        return _rosen(x)
+
+    r1 = minimize(counted, jnp.zeros(4), method=method, tol=1e-4)
+    first = len(traces)
+    r2 = minimize(counted, jnp.full(4, 0.5, jnp.float32), method=method, tol=1e-3)
+    assert first > 0 and len(traces) == first, (first, len(traces))
+    assert bool(r1.success) and bool(r2.success), (r1.message, r2.message)
