@@ -421,7 +421,7 @@ def _observations(p, dtype, rows):
                 f"{where}: reports grad norm {r.out.grad_norm:.3e}, at its x it is {gnorm:.3e}"
             )
     ours = rows["jaxnum"].out
-    if ("converged=True" in ours.note) != (ours.grad_norm <= tol):
+    if ("success=True" in ours.note) != (ours.grad_norm <= tol):
         notes.append(
             f"{p.name} {np.dtype(dtype).name} jaxnum: {ours.note}, grad norm {ours.grad_norm:.3e}"
         )
