@@ -93,10 +93,11 @@ def test_pinn_example_lbfgs_refines_what_adam_found():
 
 
 def test_kfac_autoencoder_example_reaches_adams_loss_in_fewer_steps(tmp_path):
-    out = run_example("kfac_digits_autoencoder.py", str(tmp_path / "plot.png"))
-    assert (tmp_path / "plot.png").stat().st_size > 10_000, out  # the convergence plot
-    adaptive, fixed = (int(n) for n in re.findall(r"loss in (\d+) steps", out))
-    # Measured: adaptive 45-50 steps for Adam's step-1000 loss (the issue asks for <= 65),
-    # fixed learning rate about 80.
-    assert adaptive <= 65
-    assert fixed < 1000 / 8
+    out = run_example("kfac_digits_autoencoder.py", "--quick", "--plot", str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 10_000, out  # the convergence plot
+    adaptive, fixed = (int(n) for n in re.findall(r"step-300 loss in (\d+) steps", out))
+    # At the quick size (Adam 300 steps) measured: adaptive 26 steps for Adam's step-300
+    # loss, fixed learning rate 51. The full size (Adam 1000 steps: 49 and 84) is in
+    # BENCHMARKS.md's kfac section.
+    assert adaptive <= 300 / 8
+    assert fixed < 300 / 4
