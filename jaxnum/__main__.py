@@ -1,4 +1,4 @@
-"""Command line: ``python -m jaxnum tour|formats``."""
+"""Command line: python -m jaxnum tour | formats."""
 
 from __future__ import annotations
 
@@ -17,9 +17,26 @@ def _formats(args: argparse.Namespace) -> int:
 def _tour(args: argparse.Namespace) -> int:
     from jaxnum.tour.runner import run_tour
 
-    names = None if args.only is None else [n for n in args.only.split(",") if n]
-    outcomes = run_tour(names, quick=args.quick, out=args.out, seed=args.seed)
+    outcomes = run_tour(args.only, quick=args.quick, out=args.out, seed=args.seed)
     return 1 if any(o.result is None for o in outcomes) else 0
+
+
+def _available() -> list[str]:
+    from jaxnum.tour.runner import available
+
+    return available()
+
+
+def _experiment_names(text: str) -> list[str]:
+    """``--only``'s value: known experiment names, or an argparse error naming the known."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in _available()]
+    if not names or unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown experiment(s) {', '.join(unknown) or repr(text)}; "
+            f"choose from {', '.join(_available())}"
+        )
+    return names
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,10 +48,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     formats.set_defaults(run=_formats)
     tour = commands.add_parser(
-        "tour", help="measure every claim about training numerics and write a report"
+        "tour",
+        help="measure every claim about training numerics and write a report",
+        description="Measures each claim about training numerics on this machine and writes "
+        "report.md, results.json and one figure per claim (figures need matplotlib: "
+        'pip install -e ".[tour]").',
+        epilog="experiments: " + ", ".join(_available()),
     )
-    tour.add_argument("--quick", action="store_true", help="small sizes: all in a few minutes")
-    tour.add_argument("--only", help="comma-separated experiment names (default: all)")
+    tour.add_argument(
+        "--quick", action="store_true", help="small sizes: the whole tour in under 2 minutes"
+    )
+    tour.add_argument(
+        "--only",
+        type=_experiment_names,
+        metavar="NAME,...",
+        help="comma-separated experiment names (default: all, listed below)",
+    )
     tour.add_argument("--out", default="report", help="report directory (default: report/)")
     tour.add_argument("--seed", type=int, default=0, help="the key every experiment folds from")
     tour.set_defaults(run=_tour)

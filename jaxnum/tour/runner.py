@@ -204,6 +204,14 @@ def write_report(outcomes: Sequence[Outcome], out: Path, *, quick: bool, seed: i
     (out / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=False))
 
 
+def _time_left(start: float, done: int, total: int) -> str:
+    """``"; about N s left"``: the mean time per experiment so far times those left."""
+    if done == total:
+        return f"; {time.perf_counter() - start:.0f} s in all"
+    left = (time.perf_counter() - start) / done * (total - done)
+    return f"; about {left:.0f} s left" if left < 120 else f"; about {left / 60:.0f} min left"
+
+
 def run_tour(
     names: Sequence[str] | None = None,
     *,
@@ -228,13 +236,15 @@ def run_tour(
     out.mkdir(parents=True, exist_ok=True)
     key = jax.random.key(seed)
     outcomes = []
+    start = time.perf_counter()
     for i, name in enumerate(names, 1):
         print(f"[{i}/{len(names)}] {name} ...", end=" ", file=stream, flush=True)
         # Each experiment's key depends on its name only, so --only reproduces the full run.
         name_key = jax.random.fold_in(key, list(EXPERIMENTS).index(name))
         outcome = run_experiment(name, quick=quick, key=name_key, out=out)
         status = outcome.result.verdict if outcome.result else "ERROR"
-        print(f"{status} ({outcome.seconds:.1f} s)", file=stream, flush=True)
+        print(f"{status} ({outcome.seconds:.1f} s){_time_left(start, i, len(names))}",
+              file=stream, flush=True)  # fmt: skip
         outcomes.append(outcome)
     write_report(outcomes, out, quick=quick, seed=seed)
     print("\n" + table(outcomes), file=stream)

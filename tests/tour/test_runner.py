@@ -8,6 +8,7 @@ that division honest.
 """
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,3 +70,21 @@ def test_a_failing_experiment_is_reported_and_fails_the_command(tmp_path, monkey
 def test_unknown_experiment_is_refused(tmp_path):
     with pytest.raises(ValueError, match="unknown experiments"):
         tour.run_tour(["no_such_claim"], quick=True, out=tmp_path)
+
+
+def test_an_unknown_only_name_is_an_argparse_error_naming_the_known(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tour", "--quick", "--only", "float_range,nosuch"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "unknown experiment(s) nosuch" in err and "float_range" in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["tour", "--help"], ["formats", "--help"]])
+def test_help_is_plain_text(argv, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    out = capsys.readouterr().out
+    assert "usage:" in out
+    assert not re.search(r"``|:(func|class|mod|meth):", out), out
