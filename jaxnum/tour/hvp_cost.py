@@ -235,6 +235,13 @@ def _analyse(rows, large_sizes):
     }
 
 
+# What a failed check means, in the report's words.
+CHECK_TEXT = {
+    "hvp_small_multiple_of_f": f"an HVP cost more than {HVP_FACTOR:g}x f",
+    "hessian_costs_order_n_hvps": f"the Hessian cost less than {HESSIAN_FRACTION:g} n HVPs",
+}
+
+
 def run(config: Config, key) -> tuple[ClaimResult, object]:
     """Times f, HVPs and Hessians over both size sweeps; returns the row and a figure."""
     results = {}
@@ -296,7 +303,7 @@ def _texts(data):
             f"{design}: an HVP costs {_span(over_f, lambda x: f'{x:.1f}')}x f (limit "
             f"{HVP_FACTOR:g}x) and the Hessian {_span(frac, lambda x: f'{x:.2f}')} n HVPs (limit"
             f" >= {HESSIAN_FRACTION:g} n) at n = {sizes}"
-            + (f", failed {', '.join(failed)}" if failed else "")
+            + (f"; {'; '.join(CHECK_TEXT[k] for k in failed)}" if failed else "")
         )
     measured = (
         "; ".join(measured_parts)

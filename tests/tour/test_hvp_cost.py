@@ -132,3 +132,10 @@ def test_bad_configuration_fails_by_name():
         experiment.Config(dense_sizes=(1024, 2048, 32768))
     with pytest.raises(ValueError, match="repeats"):
         experiment.Config(repeats=3)
+
+
+def test_every_check_has_words_for_the_report():
+    # A failed check is reported in words, not by its internal name.
+    checks = experiment.CHECK_TEXT
+    assert set(checks) == {"hvp_small_multiple_of_f", "hessian_costs_order_n_hvps"}
+    assert all("_" not in text for text in checks.values())

@@ -54,3 +54,10 @@ def test_bad_config_is_refused():
         experiment.Config(cost_sizes=(1, 4))
     with pytest.raises(ValueError, match="empty"):
         experiment.Config(adam_lrs=())
+
+
+def test_the_step_cost_text_follows_the_measured_ratio():
+    # The why once said "each K-FAC step costs more" while measuring 0.9x Adam's step time.
+    assert "costs less" in experiment._step_cost_text(0.8)
+    assert "about an Adam step (1.00x)" in experiment._step_cost_text(1.0)
+    assert "costs 2.5x an Adam step" in experiment._step_cost_text(2.5)
