@@ -46,7 +46,8 @@ def init_from_svd(
     Args:
       W: a 2-D kernel (Flax Dense layout, (d_in, d_out)).
       rank: adapter rank, 1 <= rank <= min(W.shape).
-      key: PRNG key for :func:`jaxnum.linalg.randomized_svd`; None uses the exact SVD.
+      key: PRNG key for [`jaxnum.linalg.randomized_svd`][jaxnum.linalg.randomized_svd]; None uses
+          the exact SVD.
 
     Returns:
       ``(frozen, Adapter(A, B))``.
@@ -114,7 +115,7 @@ def split(
 
     Returns:
       ``(frozen, adapters)``: the tree with selected leaves replaced by their
-      residuals, and a dict from path string to :class:`Adapter`.
+      residuals, and a dict from path string to [`Adapter`][jaxnum.lora.Adapter].
 
     Examples:
       >>> p = {"dense": {"kernel": jnp.ones((4, 3)), "bias": jnp.zeros(3)}}
@@ -146,7 +147,7 @@ def split(
 def merge(frozen: Any, adapters: dict[str, Adapter]) -> Any:
     """``frozen + A @ B`` at every adapted path: the full parameters to run the model with.
 
-    ``frozen`` may be any form of the tree :func:`split` took (linen params, an NNX
+    ``frozen`` may be any form of the tree [`split`][jaxnum.lora.split] took (linen params, an NNX
     pure dict or ``nnx.State``): paths are matched without a Flax variable's ``.value``.
 
     Raises:

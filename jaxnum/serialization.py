@@ -4,11 +4,14 @@
 L-BFGS state with ``memory_size=3`` restores into a ``memory_size=5`` template
 as (4, n) arrays, a float32 state into a float64 template stays float32, a
 layer the template lacks is dropped without a word, and a flipped byte inside
-an array restores as other values. :func:`to_bytes` here writes flax's msgpack
+an array restores as other values. [`to_bytes`][jaxnum.serialization.to_bytes] here writes flax's
+msgpack
 inside a small versioned envelope with a SHA-256 checksum of the payload;
-:func:`from_bytes` verifies the envelope, then compares every leaf of the
+[`from_bytes`][jaxnum.serialization.from_bytes] verifies the envelope, then compares every leaf of
+the
 checkpoint with the template (path, shape, dtype, and the state types) and
-raises :class:`CheckpointError` naming what is wrong; what it returns are jax
+raises [`CheckpointError`][jaxnum.serialization.CheckpointError] naming what is wrong; what it
+returns are jax
 arrays of the template's dtypes, so a resumed run continues bit for bit.
 
 The format (version 1), a 60-byte header and the payload:
@@ -49,7 +52,8 @@ HEADER_BYTES = len(MAGIC) + _FIELDS.size + 8  # 60
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be restored: damaged, truncated, not a checkpoint, or
-    not matching the template (then the subclass :class:`CheckpointMismatchError`).
+    not matching the template (then the subclass
+    [`CheckpointMismatchError`][jaxnum.serialization.CheckpointMismatchError]).
 
     The message says which: ``"checksum mismatch: the checkpoint is damaged"``,
     ``"truncated: expected N bytes, got M"``, ``"not a jaxnum checkpoint (bad
@@ -87,7 +91,7 @@ def to_bytes(tree: Any) -> bytes:
     states, optax chains and Flax params round-trip) together with the class
     names of the NamedTuple states, inside a versioned envelope carrying the
     payload's length and SHA-256 checksum (the module docstring gives the
-    layout). Read it back with :func:`from_bytes`.
+    layout). Read it back with [`from_bytes`][jaxnum.serialization.from_bytes].
 
     Args:
       tree: the pytree to save, e.g. ``{"params": params, "opt_state": state}``.
@@ -197,7 +201,8 @@ def _fail(message: str) -> CheckpointError:
 
 def _open_envelope(data: bytes) -> tuple[Any, dict[str, str] | None]:
     """The checkpoint's state dict and state types (None for the old format), after
-    checking the envelope; :class:`CheckpointError` naming the damage otherwise."""
+    checking the envelope; [`CheckpointError`][jaxnum.serialization.CheckpointError] naming the
+    damage otherwise."""
     n = len(data)
     if n == 0:
         raise _fail("the data is empty (0 bytes), not a checkpoint")
@@ -268,14 +273,16 @@ def from_bytes(template: Any, data: bytes, *, check_types: bool = True) -> Any:
     """Restores ``data`` into the structure of ``template``, checking the bytes and every leaf.
 
     First the envelope: the magic, the header's own check, the length and the
-    payload's SHA-256; any damage raises :class:`CheckpointError` saying what
+    payload's SHA-256; any damage raises [`CheckpointError`][jaxnum.serialization.CheckpointError]
+    saying what
     (``"checksum mismatch: the checkpoint is damaged"``, ``"truncated: expected
     N bytes, got M"``, ``"not a jaxnum checkpoint (bad magic)"``, empty data).
     Then the content: the checkpoint must hold exactly the template's leaves
     and empty states (same paths), each leaf with the template leaf's shape and
     dtype, and each NamedTuple state of the template's class name (e.g. adam's
     ``ScaleByAdamState`` is not adabelief's ``ScaleByBeliefState``); otherwise
-    :class:`CheckpointMismatchError` lists every difference by path. Build the
+    [`CheckpointMismatchError`][jaxnum.serialization.CheckpointMismatchError] lists every
+    difference by path. Build the
     template as at the start of the run (``tx.init(params)`` with the same
     transformation and model). Two transformations whose states are of the same
     classes, fields, shapes and dtypes (e.g. adam and adamax) cannot be told apart.
@@ -287,7 +294,8 @@ def from_bytes(template: Any, data: bytes, *, check_types: bool = True) -> Any:
     Args:
       template: a pytree like the one saved (its values are not used: an abstract
         one from ``jax.eval_shape`` or ``nnx.eval_shape`` works too).
-      data: bytes from :func:`to_bytes` (or, old format, ``flax.serialization.to_bytes``).
+      data: bytes from [`to_bytes`][jaxnum.serialization.to_bytes] (or, old format,
+          ``flax.serialization.to_bytes``).
       check_types: compare the class names of the NamedTuple states too (default
         True). False restores a checkpoint whose state classes were renamed since
         (e.g. by an optax upgrade) when paths, shapes and dtypes all match.
@@ -298,7 +306,8 @@ def from_bytes(template: Any, data: bytes, *, check_types: bool = True) -> Any:
     Raises:
       TypeError: ``data`` is not bytes.
       CheckpointError: the bytes are empty, truncated, damaged or not a checkpoint.
-      CheckpointMismatchError: (a :class:`CheckpointError`) paths missing or extra,
+      CheckpointMismatchError: (a [`CheckpointError`][jaxnum.serialization.CheckpointError]) paths
+          missing or extra,
         a state of another class, or a shape or dtype differs.
 
     Examples:

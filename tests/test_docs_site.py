@@ -76,3 +76,14 @@ def test_guide_code_runs(page):
         pytest.skip("no python code on this page")
     namespace: dict = {}
     exec(compile("\n".join(blocks), str(DOCS / page), "exec"), namespace)
+
+
+def test_no_sphinx_role_is_left_as_literal_text(site):
+    # mkdocstrings renders ":func:`x`" as it is; cross-references are [`x`][jaxnum.module.x].
+    role = re.compile(r":(func|class|meth|mod|attr|data|obj|exc):`")
+    found = {
+        page.relative_to(site).as_posix(): len(role.findall(page.read_text()))
+        for page in site.rglob("*.html")
+        if role.search(page.read_text())
+    }
+    assert not found, f"literal Sphinx roles in the built site: {found}"

@@ -30,7 +30,8 @@ _RUNNING = -1
 
 
 class CGOutput(NamedTuple):
-    """x, iterations (matrix-vector products in the loop), status (a :class:`Status`
+    """x, iterations (matrix-vector products in the loop), status (a
+    [`Status`][jaxnum.linalg.Status]
     code), the recursive residual norm and the model change ``q(x) - q(x0)``."""
 
     x: Any

@@ -1,7 +1,7 @@
 """Argument checks shared by every domain: fail at trace time, by name.
 
-One interval check (:func:`check_interval`, each end open or closed by name) and
-one integer check (:func:`check_int`); the others are shorthands of these.
+One interval check (`check_interval`, each end open or closed by name) and
+one integer check (`check_int`); the others are shorthands of these.
 """
 
 from __future__ import annotations
@@ -78,12 +78,12 @@ def check_interval(
 
 
 def check_positive(value: Any, fn: str, arg: str) -> None:
-    """:func:`check_interval` with ``above=0``."""
+    """`check_interval` with ``above=0``."""
     check_interval(value, fn, arg, above=0)
 
 
 def check_nonnegative(value: Any, fn: str, arg: str) -> None:
-    """:func:`check_interval` with ``at_least=0``."""
+    """`check_interval` with ``at_least=0``."""
     check_interval(value, fn, arg, at_least=0)
 
 
@@ -138,7 +138,7 @@ def check_int(
 
 
 def check_positive_int(value: Any, fn: str, arg: str) -> int:
-    """:func:`check_int` with minimum 1: ``int(value)`` for a Python or numpy int >= 1."""
+    """`check_int` with minimum 1: ``int(value)`` for a Python or numpy int >= 1."""
     return check_int(value, fn, arg, 1)
 
 

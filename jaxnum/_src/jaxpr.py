@@ -1,6 +1,7 @@
 """Evaluating a jaxpr equation by equation, for interpreters that act between equations.
 
-Used by :func:`jaxnum.first_nonfinite` (checks each equation's outputs) and by
+Used by [`jaxnum.first_nonfinite`][jaxnum.precision.first_nonfinite] (checks each equation's
+outputs) and by
 ``jaxnum.precision``'s exact skip (selects each state output where it is computed).
 It relies on ``jax.extend.core`` (``Var``, ``Literal``, ``DropVar``) and on
 equation internals (``eqn.ctx``, ``Primitive.get_bind_params``, ``bind``), as in
@@ -32,7 +33,7 @@ def evaluate(
     run: Callable[[int, Any, list[Any]], list[Any]],
 ) -> list[Any]:
     """The outputs of ``jaxpr`` on ``consts`` and ``args``, each equation run by
-    ``run(index, eqn, invals) -> outvals`` (:func:`bind_equation` for plain evaluation)."""
+    ``run(index, eqn, invals) -> outvals`` (`bind_equation` for plain evaluation)."""
     env = dict(zip(jaxpr.constvars, consts, strict=True))
     env.update(zip(jaxpr.invars, args, strict=True))
 

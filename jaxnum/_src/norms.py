@@ -54,7 +54,7 @@ def _rescaled_norm(operands):
 def tree_norm(tree: Any) -> jax.Array:
     """The 2-norm of a pytree of real arrays, without overflow or underflow.
 
-    Returned in :func:`accumulation_dtype`; inf only if an entry is inf (or the
+    Returned in `accumulation_dtype`; inf only if an entry is inf (or the
     norm itself exceeds that dtype's range), NaN if an entry is NaN.
     """
     leaves = jax.tree.leaves(tree)
@@ -70,7 +70,7 @@ def tree_norm(tree: Any) -> jax.Array:
 def power_of_two_scale(tree: Any) -> jax.Array:
     """A power of two in ``(max|x| / 2, max|x|]`` over ``tree`` (1 if that is 0 or not finite).
 
-    Dividing by it (with :func:`divide_by_power_of_two`, not ``/``) is exact, so a
+    Dividing by it (with `divide_by_power_of_two`, not ``/``) is exact, so a
     solve on the rescaled data rounds as the original would, without its overflow;
     it fits in the tree's own dtype.
     """

@@ -5,7 +5,7 @@ pure dict (``nnx.to_pure_dict``), but at ``("hidden", "kernel", .value)`` in an
 ``nnx.State`` of ``nnx.Param`` variables, in what ``nnx.Optimizer`` hands to
 ``tx.init``, and in its state (``OptArray`` leaves): a Flax box (an
 ``nnx.Variable``, or a linen ``nn.Partitioned``) flattens to its value under the
-attribute key ``value``. :func:`param_path` drops that key, so code that finds
+attribute key ``value``. `param_path` drops that key, so code that finds
 layers by path (K-FAC, LoRA) sees the same paths in every form.
 """
 

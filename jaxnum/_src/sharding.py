@@ -7,7 +7,7 @@ no mesh, XLA's propagation decides and these helpers do nothing.
 The rule the linear algebra follows on an explicit mesh (the same on every
 backend, nothing here depends on the platform): a matrix the caller gives keeps
 its layout, and every product with it comes out whole on every device
-(:func:`replicated_matmul`). The vectors and thin blocks of the algorithms
+(`replicated_matmul`). The vectors and thin blocks of the algorithms
 (Krylov vectors, sketches ``A @ Omega``, probes) are n-vectors or n-by-k blocks,
 small beside the matrix; holding them whole means that
 
@@ -21,7 +21,7 @@ small beside the matrix; holding them whole means that
 A factorization of the matrix itself (``lstsq``'s QR or SVD,
 ``condition_number``'s SVD, the exact SVD of ``lora.init_from_svd``, the dense
 Jacobians of ``newton_root`` and ``gauss_newton``) gathers it with
-:func:`replicated` first. tests/scale/test_meshes.py walks the public functions
+`replicated` first. tests/scale/test_meshes.py walks the public functions
 on 1-D and 2-D meshes with Explicit and Auto axes.
 """
 

@@ -1,6 +1,6 @@
 """One status vocabulary for every solver, read as sentences for one solve or a batch.
 
-:class:`Status` is shared by ``minimize`` (every method), ``gauss_newton``,
+[`Status`][jaxnum.linalg.Status] is shared by ``minimize`` (every method), ``gauss_newton``,
 ``newton_root``, the strong-Wolfe line search and ``cg``: the same code means the
 same thing everywhere (``Status.NO_DECREASE`` is one number), and each member
 carries its sentence (``Status.MAXITER.message``).

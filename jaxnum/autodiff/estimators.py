@@ -140,7 +140,7 @@ def trace_estimate(
       chunk_size: probes per vmapped batch (None: all).
 
     Returns:
-      A :class:`TraceEstimate`.
+      A [`TraceEstimate`][jaxnum.autodiff.TraceEstimate].
 
     Examples:
       >>> A = jnp.diag(jnp.arange(1.0, 6.0))
@@ -189,7 +189,7 @@ def trace_estimate(
 
 
 def _xtrace(columns, n, dtype, key, num_samples) -> TraceEstimate:
-    """XTrace with Gaussian test vectors; see :func:`trace_estimate`."""
+    """XTrace with Gaussian test vectors; see [`trace_estimate`][jaxnum.autodiff.trace_estimate]."""
     k = min(num_samples // 2, n)
     real = jnp.finfo(dtype).dtype
     omega = jax.random.normal(key, (n, k), real).astype(dtype)
@@ -236,11 +236,11 @@ def diagonal_estimate(
     complex A (a complex ``x_like``) too.
 
     Args:
-      matvec: as for :func:`trace_estimate`.
-      x_like: as for :func:`trace_estimate`.
-      key: as for :func:`trace_estimate`.
-      num_samples: as for :func:`trace_estimate`.
-      chunk_size: as for :func:`trace_estimate`.
+      matvec: as for [`trace_estimate`][jaxnum.autodiff.trace_estimate].
+      x_like: as for [`trace_estimate`][jaxnum.autodiff.trace_estimate].
+      key: as for [`trace_estimate`][jaxnum.autodiff.trace_estimate].
+      num_samples: as for [`trace_estimate`][jaxnum.autodiff.trace_estimate].
+      chunk_size: as for [`trace_estimate`][jaxnum.autodiff.trace_estimate].
 
     Returns:
       The estimated diagonal, a pytree like ``x_like``.
@@ -275,7 +275,8 @@ def hessian_trace(
 ) -> TraceEstimate:
     """Estimates the trace of the Hessian of ``f(x, *args)`` at ``x`` from Hessian-vector products.
 
-    :func:`trace_estimate` on :func:`hvp_fn` (the gradient is linearized once).
+    [`trace_estimate`][jaxnum.autodiff.trace_estimate] on [`hvp_fn`][jaxnum.autodiff.hvp_fn] (the
+    gradient is linearized once).
     Complex ``x`` raises TypeError (the Hessian of a real function of complex
     variables is not a complex-linear operator).
 
@@ -286,7 +287,7 @@ def hessian_trace(
       True
 
     References:
-      See :func:`trace_estimate`.
+      See [`trace_estimate`][jaxnum.autodiff.trace_estimate].
     """
     check_floating_tree(x, "hessian_trace", "x")
     _check_real_tree(x, "hessian_trace", "x")
@@ -311,7 +312,7 @@ def hessian_diag(
 ) -> Any:
     """Estimates the diagonal of the Hessian of ``f(x, *args)`` (Bekas et al. 2007).
 
-    Complex ``x`` raises TypeError, as for :func:`hessian_trace`.
+    Complex ``x`` raises TypeError, as for [`hessian_trace`][jaxnum.autodiff.hessian_trace].
 
     Examples:
       >>> hessian_diag(lambda x: jnp.sum(x**3), jnp.array([1.0, 2.0]), key=jax.random.key(0),
@@ -319,7 +320,7 @@ def hessian_diag(
       Array([ 6., 12.], dtype=float32)
 
     References:
-      See :func:`diagonal_estimate`.
+      See [`diagonal_estimate`][jaxnum.autodiff.diagonal_estimate].
     """
     check_floating_tree(x, "hessian_diag", "x")
     _check_real_tree(x, "hessian_diag", "x")

@@ -28,7 +28,7 @@ def _inf_norm(tree: Any) -> jax.Array:
 
 
 def default_step(x: Any, v: Any, method: str) -> jax.Array:
-    """The step :func:`derivative` uses when ``h=None``.
+    """The step [`derivative`][jaxnum.autodiff.derivative] uses when ``h=None``.
 
     ``h = eps**k * max(1, |x|_inf) / |v|_inf`` with the machine epsilon of
     ``x``'s dtype and k = 1/2 (forward: error h + eps/h), 1/3 (central:
@@ -109,7 +109,7 @@ def derivative(
       for real-analytic ``f`` written with complex-safe operations; otherwise a
       ValueError says so.
 
-    With ``h=None`` the step is :func:`default_step`: finite differences lose
+    With ``h=None`` the step is `default_step`: finite differences lose
     accuracy both to truncation (large h) and to cancellation in
     ``f(x + h v) - f(x)`` (small h: rounding of order eps/h), and the best step
     balances the two (eps**(1/2) for forward, eps**(1/3) for central), scaled by
@@ -121,7 +121,7 @@ def derivative(
       x: the point, a pytree of floating arrays.
       v: the direction, like ``x``; may be omitted when ``x`` has a single entry.
       method: ``"central"`` (default), ``"forward"``, ``"richardson"`` or ``"complex"``.
-      h: the step (may be traced), or None for :func:`default_step`.
+      h: the step (may be traced), or None for `default_step`.
 
     Returns:
       The directional derivative, with the structure of ``f(x)``.
@@ -179,7 +179,8 @@ class ErrorCurve(NamedTuple):
 def fd_error_curve(
     f: Callable[[Any], Any], x: Any, hs: Any, method: str = "central", v: Any = None
 ) -> ErrorCurve:
-    """Error of :func:`derivative` against forward-mode AD for each step in ``hs``.
+    """Error of [`derivative`][jaxnum.autodiff.derivative] against forward-mode AD for each step in
+    ``hs``.
 
     Plotted on log-log axes it is the V-shaped curve of finite differences:
     truncation error falling as h**p (p = 1 forward, 2 central, 4 Richardson)
@@ -187,14 +188,14 @@ def fd_error_curve(
     has no rising branch.
 
     Args:
-      f: as for :func:`derivative`.
-      x: as for :func:`derivative`.
-      v: as for :func:`derivative`.
-      method: as for :func:`derivative`.
+      f: as for [`derivative`][jaxnum.autodiff.derivative].
+      x: as for [`derivative`][jaxnum.autodiff.derivative].
+      v: as for [`derivative`][jaxnum.autodiff.derivative].
+      method: as for [`derivative`][jaxnum.autodiff.derivative].
       hs: a 1-D array of step sizes.
 
     Returns:
-      An :class:`ErrorCurve`.
+      An [`ErrorCurve`][jaxnum.autodiff.ErrorCurve].
 
     Examples:
       >>> with jax.enable_x64(True):

@@ -18,7 +18,7 @@ LOCALIZE_MAX_ENTRIES = 4096
 
 
 class GradcheckReport(NamedTuple):
-    """What :func:`gradcheck` found.
+    """What [`gradcheck`][jaxnum.autodiff.gradcheck] found.
 
     Attributes:
       passed: every compared value within ``atol + rtol * max(|AD|, |FD|)``.
@@ -55,7 +55,8 @@ class GradcheckReport(NamedTuple):
 
 
 class GradcheckError(AssertionError):
-    """Raised by :func:`gradcheck` with ``raise_on_failure=True``; carries the report."""
+    """Raised by [`gradcheck`][jaxnum.autodiff.gradcheck] with ``raise_on_failure=True``; carries
+    the report."""
 
     def __init__(self, report: GradcheckReport):
         super().__init__(str(report))
@@ -190,17 +191,18 @@ def gradcheck(
       num_probes: random directions per leaf (directional mode).
       full: check every coordinate instead of random directions.
       eps: the finite-difference step (None: the balancing step of
-        :func:`derivative` for Richardson differences in float64).
+        [`derivative`][jaxnum.autodiff.derivative] for Richardson differences in float64).
       atol: a value passes if ``|AD - FD| <= atol + rtol * max(|AD|, |FD|)``
         (None: 1e-8).
       rtol: see ``atol`` (None: 1e-6).
       key: PRNG key for the probes (default ``jax.random.key(0)``: the check is
         deterministic unless a key is given).
-      raise_on_failure: raise :class:`GradcheckError` instead of returning a
+      raise_on_failure: raise [`GradcheckError`][jaxnum.autodiff.GradcheckError] instead of
+          returning a
         failed report.
 
     Returns:
-      A :class:`GradcheckReport`.
+      A [`GradcheckReport`][jaxnum.autodiff.GradcheckReport].
 
     Examples:
       >>> gradcheck(lambda x: jnp.sum(jnp.sin(x) ** 2), jnp.array([0.1, 0.7])).passed
@@ -312,7 +314,7 @@ def _gradcheck64(f, args, order, modes, argnum, num_probes, full, eps, atol, rto
 
 
 class TaylorTest(NamedTuple):
-    """Result of :func:`taylor_test`.
+    """Result of [`taylor_test`][jaxnum.autodiff.taylor_test].
 
     Attributes:
       passed: the fitted slope is at least ``min_slope``.
@@ -356,7 +358,7 @@ def taylor_test(
       min_slope: the slope required to pass.
 
     Returns:
-      A :class:`TaylorTest`.
+      A [`TaylorTest`][jaxnum.autodiff.TaylorTest].
 
     Examples:
       >>> taylor_test(lambda x: jnp.sum(jnp.exp(x)), jnp.array([0.5, -1.0])).passed

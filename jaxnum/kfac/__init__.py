@@ -1,23 +1,26 @@
 """K-FAC (Martens and Grosse 2015) as an optax transformation, for Flax models.
 
-- Capture: linen layers :class:`Dense` and :class:`Conv` (2-D, the KFC
-  approximation), NNX layers :class:`jaxnum.kfac.nnx.Linear` and
-  :class:`jaxnum.kfac.nnx.Conv`, and for plain-function models the
-  registering layers :func:`dense` and :func:`conv`. A layer called several
+- Capture: linen layers [`Dense`][jaxnum.kfac.Dense] and [`Conv`][jaxnum.kfac.Conv] (2-D, the KFC
+  approximation), NNX layers [`jaxnum.kfac.nnx.Linear`][jaxnum.kfac.nnx.Linear] and
+  [`jaxnum.kfac.nnx.Conv`][jaxnum.kfac.nnx.Conv], and for plain-function models the
+  registering layers [`dense`][jaxnum.kfac.dense] and [`conv`][jaxnum.kfac.conv]. A layer called
+  several
   times in one forward pass contributes every use (summed, as KFC sums
   positions).
-- :func:`value_grad_and_stats` (linen or plain function;
-  :func:`jaxnum.kfac.nnx.value_grad_and_stats` for NNX): loss, gradients and
-  statistics (:class:`KroneckerFactors` per layer) from one forward and two
+- [`value_grad_and_stats`][jaxnum.kfac.value_grad_and_stats] (linen or plain function;
+  [`jaxnum.kfac.nnx.value_grad_and_stats`][jaxnum.kfac.nnx.value_grad_and_stats] for NNX): loss,
+  gradients and
+  statistics ([`KroneckerFactors`][jaxnum.kfac.KroneckerFactors] per layer) from one forward and two
   backward passes (true or empirical Fisher), averaged over a ``shard_map``
   axis with ``axis_name``.
-- :func:`scale_by_kfac` (the preconditioner) and the ready chain
-  :func:`optimizer` (a fixed learning rate, momentum, KL clip);
-  :func:`adaptive_optimizer` picks step size and momentum every step from the
-  exact quadratic model (:func:`fisher_gram_fn`).
+- [`scale_by_kfac`][jaxnum.kfac.scale_by_kfac] (the preconditioner) and the ready chain
+  [`optimizer`][jaxnum.kfac.optimizer] (a fixed learning rate, momentum, KL clip);
+  [`adaptive_optimizer`][jaxnum.kfac.adaptive_optimizer] picks step size and momentum every step
+  from the
+  exact quadratic model ([`fisher_gram_fn`][jaxnum.kfac.fisher_gram_fn]).
 
 The factor mathematics (batch factors, moving averages, factored damping, the
-Kronecker solve) are internal steps of :func:`scale_by_kfac`, not exported.
+Kronecker solve) are internal steps of [`scale_by_kfac`][jaxnum.kfac.scale_by_kfac], not exported.
 """
 
 from jaxnum.kfac import nnx

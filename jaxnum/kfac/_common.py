@@ -1,4 +1,4 @@
-"""Small helpers shared by the K-FAC modules (private to :mod:`jaxnum.kfac`)."""
+"""Small helpers shared by the K-FAC modules (private to [`jaxnum.kfac`][jaxnum.kfac])."""
 
 from __future__ import annotations
 

@@ -47,7 +47,8 @@ def dense_factors(inputs: jax.Array, output_grads: jax.Array, *, bias: bool = Tr
       bias: append a column of ones to the inputs (the bias row of W).
 
     Returns:
-      :class:`KroneckerFactors` ``A = a_aug^T a_aug / batch``, ``G = g^T g / batch``
+      [`KroneckerFactors`][jaxnum.kfac.KroneckerFactors] ``A = a_aug^T a_aug / batch``, ``G = g^T g
+      / batch``
       in float32 (float64 for float64 inputs), whatever the compute dtype.
     """
     if inputs.ndim != 2 or output_grads.ndim != 2 or inputs.shape[0] != output_grads.shape[0]:

@@ -9,7 +9,8 @@ with (alpha, mu) minimising the quadratic model
 in the 2-D subspace, F the exact Fisher (the Gauss-Newton matrix J^T H_L J
 for these losses) of the current batch. That needs only the 2 x 2 Gram
 matrix ``v_i^T F v_j`` of the two vectors: two forward-mode products through
-the model (:func:`fisher_gram_fn`), no learning rate and no momentum to tune.
+the model ([`fisher_gram_fn`][jaxnum.kfac.fisher_gram_fn]), no learning rate and no momentum to
+tune.
 """
 
 from __future__ import annotations
@@ -79,7 +80,7 @@ def fisher_gram_fn(
       model: a linen Module or a function ``model(params, inputs)`` (for an NNX
         module, ``lambda p, x: nnx.merge(graphdef, p, rest)(x)``; the module
         itself is a ``TypeError``).
-      loss: one of :data:`jaxnum.kfac.LOSSES`.
+      loss: one of [`jaxnum.kfac.LOSSES`][jaxnum.kfac.LOSSES].
       params: the point.
       inputs: the batch.
       key: PRNG key choosing the ``examples`` (needed with ``examples``).
@@ -170,21 +171,22 @@ def adaptive_optimizer(
     """K-FAC whose output is the update itself: ``alpha Delta + mu delta_0`` (Sec. 7).
 
     ``update(grads, state, params, *, curvature, fisher_gram, value, value_fn)``
-    with ``fisher_gram`` from :func:`fisher_gram_fn` at ``params``, ``value``
+    with ``fisher_gram`` from [`fisher_gram_fn`][jaxnum.kfac.fisher_gram_fn] at ``params``,
+    ``value``
     the loss at ``params`` and ``value_fn(params)`` the same loss elsewhere (on
     the same batch). The output is added to the parameters as it is: no
     learning rate or momentum follows, so there is none to tune (this is the
-    K-FAC that ``kfac.optimizer(None)`` built before; :func:`optimizer` now
+    K-FAC that ``kfac.optimizer(None)`` built before; [`optimizer`][jaxnum.kfac.optimizer] now
     takes a learning rate only).
 
     Args:
       damping: the factors' Tikhonov damping, and the initial lambda of the
         quadratic model.
-      decay: as in :func:`scale_by_kfac`. Default 0.9, not the 0.95 of
-        :func:`optimizer` (see below).
-      inverse_every: as in :func:`scale_by_kfac`. Default 5, not the 10 of
-        :func:`optimizer`.
-      layers: as in :func:`scale_by_kfac`.
+      decay: as in [`scale_by_kfac`][jaxnum.kfac.scale_by_kfac]. Default 0.9, not the 0.95 of
+        [`optimizer`][jaxnum.kfac.optimizer] (see below).
+      inverse_every: as in [`scale_by_kfac`][jaxnum.kfac.scale_by_kfac]. Default 5, not the 10 of
+        [`optimizer`][jaxnum.kfac.optimizer].
+      layers: as in [`scale_by_kfac`][jaxnum.kfac.scale_by_kfac].
       weight_decay: eta; adds ``eta * params`` to the gradient and eta to lambda.
       adapt_damping_every: every T1 steps, evaluate ``value_fn`` at the new
         point, the reduction ratio rho = (h(new) - h) / (M(delta) - M(0)), and
@@ -198,7 +200,7 @@ def adaptive_optimizer(
     zero update, keeps the previous one, and is counted in ``rejected``.
 
     The factor defaults (``decay=0.9``, ``inverse_every=5``) differ from
-    :func:`optimizer`'s (0.95, 10). They are the settings the adaptive form
+    [`optimizer`][jaxnum.kfac.optimizer]'s (0.95, 10). They are the settings the adaptive form
     was introduced and benchmarked with (``benchmarks/kfac.py``); the history
     records no measurement against 0.95/10. The likely reason: with no
     learning rate after it, the step is only as good as the direction, and
@@ -208,14 +210,14 @@ def adaptive_optimizer(
     ``decay=0.95, inverse_every=10`` for the same factors.
 
     Under ``nnx.Optimizer`` (``wrt=nnx.Param``), build ``fisher_gram`` and
-    ``value_fn`` with the recipe of :func:`fisher_gram_fn` (``nnx.merge`` of
+    ``value_fn`` with the recipe of [`fisher_gram_fn`][jaxnum.kfac.fisher_gram_fn] (``nnx.merge`` of
     the ``nnx.split`` parameters). The update hands them plain arrays:
     ``nnx.merge`` takes those as they are, and the Gram reads them into the
     variables' structure leaf by leaf.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state
-      :class:`ScaleByAdaptiveKFACState`.
+      [`ScaleByAdaptiveKFACState`][jaxnum.kfac.ScaleByAdaptiveKFACState].
 
     Examples:
       >>> def model(params, x):

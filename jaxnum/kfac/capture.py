@@ -1,10 +1,11 @@
 """Capture of K-FAC statistics from Flax linen models.
 
-:class:`Dense` is a drop-in ``flax.linen.Dense`` (same parameter names and
-shapes), :class:`Conv` one for a 2-D ``nn.Conv`` (computed as patches times a
+[`Dense`][jaxnum.kfac.Dense] is a drop-in ``flax.linen.Dense`` (same parameter names and
+shapes), [`Conv`][jaxnum.kfac.Conv] one for a 2-D ``nn.Conv`` (computed as patches times a
 matrix). Each records its inputs with ``sow`` (collection ``"kfac_inputs"``)
 and exposes the gradient with respect to its outputs through ``perturb``
-(collection ``"kfac_outputs"``). :func:`value_grad_and_stats` runs one forward
+(collection ``"kfac_outputs"``). [`value_grad_and_stats`][jaxnum.kfac.value_grad_and_stats] runs
+one forward
 pass and two backward passes through ``jax.vjp``: one with the loss on the
 true targets (the gradients), one with targets sampled from the model's
 predictive distribution (the true Fisher, Martens-Grosse Sec. 5), or reuses
@@ -13,7 +14,7 @@ the first (the empirical Fisher, named as such).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import flax.linen as nn
@@ -39,7 +40,8 @@ class Dense(nn.Module):
     """``nn.Dense`` that records what K-FAC needs (inputs and output gradients).
 
     Same attributes, parameters and outputs as ``flax.linen.Dense``; inside
-    :func:`value_grad_and_stats` it also records its inputs (``sow``) and the
+    [`value_grad_and_stats`][jaxnum.kfac.value_grad_and_stats] it also records its inputs (``sow``)
+    and the
     gradient with respect to its outputs (``perturb``).
 
     Examples:
@@ -158,16 +160,19 @@ def value_grad_and_stats(
     """``f(params, inputs, targets, key) -> (loss_value, grads, stats)``.
 
     ``stats`` maps each captured layer's path (a tuple of module names) to its
-    :class:`~jaxnum.kfac.KroneckerFactors` for this batch, computed in
+    [`KroneckerFactors`][jaxnum.kfac.KroneckerFactors] for this batch, computed in
     one forward pass and (for the true Fisher) two backward passes.
 
     Args:
-      model: a linen Module built with :class:`Dense`/:class:`Conv` (a model
+      model: a linen Module built with [`Dense`][jaxnum.kfac.Dense]/[`Conv`][jaxnum.kfac.Conv] (a
+          model
         in which none runs is a ``ValueError`` when ``f`` is traced), or a plain
         function ``model(params, inputs)`` registering its layers with
-        :func:`jaxnum.kfac.dense`/:func:`jaxnum.kfac.conv`. (An NNX module has
-        its own form, :func:`jaxnum.kfac.nnx.value_grad_and_stats`.)
-      loss: one of :data:`LOSSES` (mean over the batch).
+        [`jaxnum.kfac.dense`][jaxnum.kfac.dense]/[`jaxnum.kfac.conv`][jaxnum.kfac.conv]. (An NNX
+        module has
+        its own form,
+        [`jaxnum.kfac.nnx.value_grad_and_stats`][jaxnum.kfac.nnx.value_grad_and_stats].)
+      loss: one of [`LOSSES`][jaxnum.kfac.LOSSES] (mean over the batch).
       fisher: ``"true"`` (targets sampled from the model's predictive
         distribution, a second backward pass) or ``"empirical"`` (the gradients
         of the loss on the data's own targets).
@@ -238,6 +243,7 @@ def value_grad_and_stats(
         return out, (_by_use(state[INPUTS], 2), None)
 
     def f(params, inputs, targets, key):
+        _check_not_variables(model, params, inputs)
         value, grads, stats, _ = value_grads_and_stats(
             forward,
             params,
@@ -258,6 +264,23 @@ def value_grad_and_stats(
         return value, grads, stats
 
     return f
+
+
+def _check_not_variables(model, params, inputs) -> None:
+    """A clear error for the whole ``model.init(...)`` dict passed as ``params``.
+
+    Traced only when ``params`` has a top-level "params" key, and an error only
+    when the model cannot be applied to it.
+    """
+    if not (isinstance(params, Mapping) and "params" in params):
+        return
+    try:
+        jax.eval_shape(lambda p: model.apply({"params": p}, inputs), params)
+    except Exception as err:  # flax's scope error names a missing parameter
+        raise ValueError(
+            "value_grad_and_stats: params is the whole dict model.init(...) returns "
+            f'(keys {sorted(params)}); pass its inside, model.init(...)["params"]'
+        ) from err
 
 
 def _is_nnx(model) -> bool:

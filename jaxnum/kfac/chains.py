@@ -1,9 +1,11 @@
 """The ready K-FAC optimizer: preconditioning, weight decay, momentum and a fixed step.
 
-:func:`optimizer` is to :func:`jaxnum.kfac.scale_by_kfac` what ``optax.sgd`` is
+[`optimizer`][jaxnum.kfac.optimizer] is to [`jaxnum.kfac.scale_by_kfac`][jaxnum.kfac.scale_by_kfac]
+what ``optax.sgd`` is
 to ``optax.trace``: the usual chain around the preconditioner. K-FAC with the
 step size and momentum chosen every step by the exact quadratic model has its
-own factory, :func:`jaxnum.kfac.adaptive_optimizer` (its output is the update
+own factory, [`jaxnum.kfac.adaptive_optimizer`][jaxnum.kfac.adaptive_optimizer] (its output is the
+update
 itself, so it takes no learning rate and no momentum).
 """
 
@@ -45,24 +47,24 @@ def optimizer(
     pass ``static_args=("inverse_every",)``; an array ``momentum`` or
     ``weight_decay`` always keeps its part of the chain (a traced 0 is exact).
     Under ``nnx.Optimizer(model, tx, wrt=nnx.Param)`` the same layers are
-    preconditioned as in the functional update (see :func:`scale_by_kfac`).
+    preconditioned as in the functional update (see [`scale_by_kfac`][jaxnum.kfac.scale_by_kfac]).
 
     Args:
       learning_rate: the step (> 0). ``None`` is a ``ValueError``: the step
         size and momentum chosen by the quadratic model are
-        :func:`jaxnum.kfac.adaptive_optimizer`.
+        [`jaxnum.kfac.adaptive_optimizer`][jaxnum.kfac.adaptive_optimizer].
       momentum: heavy-ball decay of ``optax.trace``, in [0, 1).
-      damping: as in :func:`scale_by_kfac`.
-      decay: as in :func:`scale_by_kfac`.
-      inverse_every: as in :func:`scale_by_kfac`.
-      kl_clip: as in :func:`scale_by_kfac` (None: no clip).
+      damping: as in [`scale_by_kfac`][jaxnum.kfac.scale_by_kfac].
+      decay: as in [`scale_by_kfac`][jaxnum.kfac.scale_by_kfac].
+      inverse_every: as in [`scale_by_kfac`][jaxnum.kfac.scale_by_kfac].
+      kl_clip: as in [`scale_by_kfac`][jaxnum.kfac.scale_by_kfac] (None: no clip).
       weight_decay: coefficient of ``optax.add_decayed_weights`` (>= 0),
         added after the preconditioning.
-      layers: as in :func:`scale_by_kfac`.
+      layers: as in [`scale_by_kfac`][jaxnum.kfac.scale_by_kfac].
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` (an ``optax.chain``) whose
-      state's first element is a :class:`ScaleByKFACState`.
+      state's first element is a [`ScaleByKFACState`][jaxnum.kfac.ScaleByKFACState].
 
     Examples:
       >>> def model(params, x):  # a plain function registering its layer

@@ -1,9 +1,10 @@
 """Registration of layers in models written as plain functions (no Flax).
 
-Inside ``model(params, inputs)`` call :func:`dense` and :func:`conv` for the
+Inside ``model(params, inputs)`` call [`dense`][jaxnum.kfac.dense] and [`conv`][jaxnum.kfac.conv]
+for the
 layers K-FAC should precondition, naming with ``layer`` where their ``kernel``
 (and ``bias``) sit in ``params``. Outside a statistics pass they are ordinary
-layers; inside :func:`value_grad_and_stats_fn` they record their inputs and
+layers; inside `value_grad_and_stats_fn` they record their inputs and
 expose the gradient with respect to their outputs. The recording lives only
 while the model is traced, so the functions stay pure (jit, vmap, grad).
 
@@ -61,7 +62,7 @@ _ACTIVE: contextvars.ContextVar[_Recorder | None] = contextvars.ContextVar(
 
 @contextlib.contextmanager
 def recording(perturbations):
-    """Make a :class:`_Recorder` the active one while a forward pass is traced."""
+    """Make a `_Recorder` the active one while a forward pass is traced."""
     recorder = _Recorder(perturbations)
     token = _ACTIVE.set(recorder)
     try:
@@ -101,7 +102,8 @@ def dense(x, kernel, bias=None, *, layer) -> jax.Array:
       Array([[3., 4., 5., 6.],
              [3., 4., 5., 6.]], dtype=float32)
 
-      In a model given to :func:`jaxnum.kfac.value_grad_and_stats`, the layer
+      In a model given to [`jaxnum.kfac.value_grad_and_stats`][jaxnum.kfac.value_grad_and_stats],
+      the layer
       gets statistics under its path:
 
       >>> def model(params, x):
@@ -134,13 +136,13 @@ def conv_patches(x, kernel_size, strides, padding):
 
 def conv_kernel_matrix(kernel: jax.Array) -> jax.Array:
     """A ``(kh, kw, c_in, c_out)`` kernel as the ``(c_in * kh * kw, c_out)`` matrix that
-    multiplies :func:`conv_patches` features (channel-major)."""
+    multiplies `conv_patches` features (channel-major)."""
     kh, kw, c_in, c_out = kernel.shape
     return jnp.transpose(kernel, (2, 0, 1, 3)).reshape(c_in * kh * kw, c_out)
 
 
 def kernel_from_matrix(matrix: jax.Array, kernel_shape) -> jax.Array:
-    """Inverse of :func:`conv_kernel_matrix`."""
+    """Inverse of `conv_kernel_matrix`."""
     kh, kw, c_in, c_out = kernel_shape
     return jnp.transpose(matrix.reshape(c_in, kh, kw, c_out), (1, 2, 0, 3))
 
@@ -155,7 +157,7 @@ def conv(x, kernel, bias=None, *, layer, strides=(1, 1), padding="SAME") -> jax.
       x: inputs ``(batch, height, width, c_in)``.
       kernel: ``(kh, kw, c_in, c_out)``.
       bias: ``(c_out,)`` or None.
-      layer: where ``kernel`` sits in the parameters, as in :func:`dense`.
+      layer: where ``kernel`` sits in the parameters, as in [`dense`][jaxnum.kfac.dense].
       strides: the two strides.
       padding: ``"SAME"`` or ``"VALID"``.
 
@@ -186,7 +188,7 @@ def conv(x, kernel, bias=None, *, layer, strides=(1, 1), padding="SAME") -> jax.
 
 
 def recorded_forward(run: Callable):
-    """``forward(params, perturbations, inputs)`` for :func:`value_grads_and_stats` from
+    """``forward(params, perturbations, inputs)`` for `value_grads_and_stats` from
     ``run(params, recorder, inputs) -> (outputs, extra)`` whose captured layers report to
     the active recorder; the forward's aux is ``(recorded inputs, (layer outputs,
     extra))``. NNX layers do not know their own path: ``run`` fills
@@ -224,10 +226,11 @@ def value_grad_and_stats_fn(
 ):
     """``f(params, inputs, targets, key) -> (loss_value, grads, stats)`` for a plain function.
 
-    ``model(params, inputs) -> outputs`` registers its layers with :func:`dense`
-    and :func:`conv` (a model registering none is a ``ValueError`` when ``f`` is
+    ``model(params, inputs) -> outputs`` registers its layers with [`dense`][jaxnum.kfac.dense]
+    and [`conv`][jaxnum.kfac.conv] (a model registering none is a ``ValueError`` when ``f`` is
     traced); ``loss`` and ``fisher`` as in
-    :func:`jaxnum.kfac.value_grad_and_stats`. With ``axis_name`` (inside
+    [`jaxnum.kfac.value_grad_and_stats`][jaxnum.kfac.value_grad_and_stats]. With ``axis_name``
+    (inside
     ``shard_map``) the results are averaged over that axis.
     """
     check_loss_and_fisher("value_grad_and_stats_fn", loss, fisher, curvature_batch)

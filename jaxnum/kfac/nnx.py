@@ -1,5 +1,6 @@
-"""K-FAC capture for Flax NNX models: :class:`Linear`, :class:`Conv` and the NNX form
-of :func:`value_grad_and_stats`.
+"""K-FAC capture for Flax NNX models: [`Linear`][jaxnum.kfac.nnx.Linear],
+[`Conv`][jaxnum.kfac.nnx.Conv] and the NNX form
+of [`value_grad_and_stats`][jaxnum.kfac.nnx.value_grad_and_stats].
 
 The layers are ``nnx.Linear`` / ``nnx.Conv`` (same constructor, parameters and
 outputs) that, inside a statistics pass, report their inputs and expose the
@@ -135,13 +136,16 @@ def value_grad_and_stats(
     """``f(model, inputs, targets, key) -> (loss_value, grads, stats)`` for an NNX model.
 
     ``grads`` is an ``nnx.State`` of the ``nnx.Param`` gradients (as
-    ``nnx.grad`` returns); ``stats`` maps each :class:`Linear`/:class:`Conv`
+    ``nnx.grad`` returns); ``stats`` maps each
+    [`Linear`][jaxnum.kfac.nnx.Linear]/[`Conv`][jaxnum.kfac.nnx.Conv]
     path (e.g. ``("blocks", 0, "dense")``) to its Kronecker factors; pass them
     as ``nnx.Optimizer.update(model, grads, curvature=stats)``. Non-parameter
     state changed by the forward pass (batch statistics, RNG counters) is
     written back to ``model``, as ``nnx.grad`` would. ``loss``, ``fisher``
-    and ``axis_name`` as in :func:`jaxnum.kfac.value_grad_and_stats`. A model
-    in which no :class:`Linear`/:class:`Conv` runs is a ``ValueError``.
+    and ``axis_name`` as in [`jaxnum.kfac.value_grad_and_stats`][jaxnum.kfac.value_grad_and_stats].
+    A model
+    in which no [`Linear`][jaxnum.kfac.nnx.Linear]/[`Conv`][jaxnum.kfac.nnx.Conv] runs is a
+    ``ValueError``.
 
     Examples:
       >>> class Net(nnx.Module):

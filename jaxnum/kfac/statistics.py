@@ -43,9 +43,11 @@ def check_targets(fn: str, loss: str, outputs, targets) -> None:
     shape, dtype = jnp.shape(targets), jnp.result_type(targets)
     if loss == "softmax_cross_entropy":
         if shape != outputs.shape[:-1] or not jnp.issubdtype(dtype, jnp.integer):
+            one_hot = shape == outputs.shape
             raise ValueError(
                 f"{fn}: softmax_cross_entropy needs integer class labels of shape "
                 f"{outputs.shape[:-1]} (outputs {outputs.shape}), got {dtype} {shape}"
+                + ("; for one-hot labels pass labels.argmax(-1)" if one_hot else "")
             )
     elif shape != outputs.shape:
         raise ValueError(

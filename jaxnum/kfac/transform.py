@@ -1,7 +1,8 @@
 """``scale_by_kfac``: K-FAC preconditioning as an optax transformation.
 
 The curvature statistics arrive as an extra argument (``curvature=stats`` from
-:func:`jaxnum.kfac.value_grad_and_stats`); the transformation keeps the rest:
+[`jaxnum.kfac.value_grad_and_stats`][jaxnum.kfac.value_grad_and_stats]); the transformation keeps
+the rest:
 moving averages of the Kronecker factors, their damped inverses (recomputed
 every ``inverse_every`` steps inside a ``lax.cond`` and reused in between),
 and applies ``G^-1 dW A^-1`` per captured layer, identity elsewhere, with an
@@ -55,7 +56,7 @@ class ScaleByKFACState(NamedTuple):
 def _dense_layers(params: Any) -> list[Layer]:
     """Paths of the sub-trees holding a 2-D (dense) or 4-D (conv) ``kernel``.
 
-    Paths are read through :func:`jaxnum._src.paths.plain_keys`, so linen
+    Paths are read through `jaxnum._src.paths.plain_keys`, so linen
     params, NNX pure dicts, ``nnx.State`` of ``nnx.Param`` and an
     ``nnx.Optimizer``'s arrays give the same layers.
     """
@@ -135,7 +136,7 @@ def scale_by_kfac(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state
-      :class:`ScaleByKFACState`; its output is the preconditioned gradient
+      [`ScaleByKFACState`][jaxnum.kfac.ScaleByKFACState]; its output is the preconditioned gradient
       (a learning rate, e.g. ``optax.scale(-lr)``, follows in a chain).
 
     Examples:

@@ -98,7 +98,8 @@ def _dimension(A: Any, n: int | None, fn: str) -> int:
 
 
 class CGResult(NamedTuple):
-    """Result of :func:`cg`: x, iterations ``nit``, a :class:`~jaxnum.Status` code and the
+    """Result of [`cg`][jaxnum.linalg.cg]: x, iterations ``nit``, a
+    [`Status`][jaxnum.linalg.Status] code and the
     residual norm; ``success`` and ``message`` read the status.
 
     ``status`` is ``CONVERGED`` (``||r|| <= tol ||b||``), ``MAXITER``,
@@ -155,7 +156,8 @@ def cg(
       maxiter: iteration cap (a Python int).
 
     Returns:
-      A :class:`CGResult` (x, nit, status, residual_norm; ``success``, ``message``).
+      A [`CGResult`][jaxnum.linalg.CGResult] (x, nit, status, residual_norm; ``success``,
+      ``message``).
 
     Examples:
       >>> r = cg(jnp.array([[4.0, 1.0], [1.0, 3.0]]), jnp.array([1.0, 2.0]))
@@ -255,7 +257,8 @@ def _is_pytree(b: Any) -> bool:
 
 
 def _pytree_cg(A, b, *, x0, M, tol, maxiter) -> CGResult:
-    """:func:`cg` on a pytree b: A and M are callables on pytrees like b; solved on the
+    """[`cg`][jaxnum.linalg.cg] on a pytree b: A and M are callables on pytrees like b; solved on
+    the
     raveled vector (``jax.flatten_util.ravel_pytree``), x returned in b's structure."""
     fn = "cg"
     if not callable(A) or (M is not None and not callable(M)):
@@ -346,7 +349,7 @@ def lanczos(A: Any, v0: jax.Array, num_iters: int) -> LanczosResult:
       num_iters: a Python int, 1 <= num_iters <= n.
 
     Returns:
-      A :class:`LanczosResult`.
+      A [`LanczosResult`][jaxnum.linalg.LanczosResult].
 
     Examples:
       >>> res = lanczos(jnp.diag(jnp.arange(1.0, 5.0)), jnp.ones(4), 4)
@@ -418,7 +421,7 @@ def top_eigenvalues(
 ) -> tuple[jax.Array, jax.Array]:
     """The k largest eigenvalues (and Ritz vectors) of a symmetric operator by Lanczos.
 
-    Runs in the dtype of ``A v`` (at least float32), as :func:`lanczos`.
+    Runs in the dtype of ``A v`` (at least float32), as [`lanczos`][jaxnum.linalg.lanczos].
 
     Args:
       A: real symmetric matrix, LinearOperator, or matvec callable (then give
@@ -432,7 +435,7 @@ def top_eigenvalues(
     Returns:
       ``(eigenvalues, vectors)``: (k,) descending and (n, k). When the Krylov
       space of the start vector is exhausted (A of low rank or with repeated
-      eigenvalues) Lanczos restarts orthogonally (see :func:`lanczos`), so the
+      eigenvalues) Lanczos restarts orthogonally (see [`lanczos`][jaxnum.linalg.lanczos]), so the
       values stay eigenvalues of A.
 
     Examples:
@@ -484,7 +487,7 @@ def spectral_density(
     and smoothing each node with a Gaussian of width sigma gives the density.
     Where the Krylov space of a probe is exhausted before ``num_iters`` steps
     (A of low rank, repeated eigenvalues), Lanczos sets that beta to 0 and
-    restarts orthogonally (:func:`lanczos`): T is block diagonal, the nodes of
+    restarts orthogonally ([`lanczos`][jaxnum.linalg.lanczos]): T is block diagonal, the nodes of
     the later blocks are eigenvalues of A with weight 0 (their Ritz vectors
     have no first component; a node shared between blocks gets the first
     block's weight in total), so the quadrature is that of the first block,
@@ -492,7 +495,7 @@ def spectral_density(
 
     Args:
       A: real symmetric matrix, LinearOperator, or matvec callable (then give
-        ``n``); checked as in :func:`top_eigenvalues`.
+        ``n``); checked as in [`top_eigenvalues`][jaxnum.linalg.top_eigenvalues].
       key: PRNG key of the probes.
       num_probes: probes (Python int >= 1).
       num_iters: Lanczos steps per probe.
@@ -501,7 +504,7 @@ def spectral_density(
       sigma: kernel width (default 1% of the spectral range, at least 1e-6).
 
     Returns:
-      A :class:`SpectralDensity`.
+      A [`SpectralDensity`][jaxnum.linalg.SpectralDensity].
 
     References:
       Ghorbani, Krishnan, Xiao, "An investigation into neural net optimization

@@ -136,7 +136,8 @@ def jacobian_operator(f: Callable[[Any], Any], x: Any) -> LinearOperator:
 
 
 def hessian_operator(f: Callable[..., Any], x: Any, *args: Any) -> LinearOperator:
-    """The (symmetric) Hessian of ``f(x, *args)`` at ``x``, by :func:`jaxnum.autodiff.hvp_fn`."""
+    """The (symmetric) Hessian of ``f(x, *args)`` at ``x``, by
+    [`jaxnum.autodiff.hvp_fn`][jaxnum.autodiff.hvp_fn]."""
     check_floating_tree(x, "hessian_operator", "x")
     x_flat, unravel = ravel_pytree(x)
     product = hvp_fn(f, x, *args)

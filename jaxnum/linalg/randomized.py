@@ -213,8 +213,10 @@ def randomized_range_finder(
     ``python -m benchmarks rsvd`` (BENCHMARKS.md).
 
     Args:
-      A: an m-by-n real floating matrix or a :class:`LinearOperator` (m, n >= 1);
-        integer or complex input raises TypeError, as in :func:`randomized_svd`.
+      A: an m-by-n real floating matrix or a [`LinearOperator`][jaxnum.linalg.LinearOperator] (m, n
+          >= 1);
+        integer or complex input raises TypeError, as in
+        [`randomized_svd`][jaxnum.linalg.randomized_svd].
       size: number of columns of Q (1 <= size <= min(m, n)).
       key: PRNG key of the test matrix.
       power_iters: subspace iterations (0 is Algorithm 4.1).
@@ -275,7 +277,8 @@ def randomized_svd(
     """Rank-``rank`` truncated SVD ``A ~ U diag(S) Vt`` by randomized subspace iteration.
 
     Stage A finds an orthonormal Q of ``rank + oversample`` columns spanning the
-    dominant range (:func:`randomized_range_finder`); stage B takes the SVD of
+    dominant range ([`randomized_range_finder`][jaxnum.linalg.randomized_range_finder]); stage B
+    takes the SVD of
     the small matrix ``Q^T A`` and maps its left vectors back with Q
     (Halko et al., Algorithm 5.1), here through a QR of the tall block
     ``A^T Q`` so that only an l-by-l SVD remains. With q power iterations the expected
@@ -286,14 +289,15 @@ def randomized_svd(
     Args:
       A: an m-by-n real floating matrix, a stack of matrices (leading axes
         are batched, each with its own key; an empty stack gives empty
-        factors), or a :class:`LinearOperator` (never materialised). Integer
+        factors), or a [`LinearOperator`][jaxnum.linalg.LinearOperator] (never materialised).
+        Integer
         or complex input raises TypeError.
       rank: 1 <= rank <= min(m, n), a Python int.
       key: PRNG key.
       oversample: extra columns of the test matrix (10).
       power_iters: subspace iterations (4).
       normalizer: ``"cholesky_qr"`` (default), ``"lu"`` or ``"qr"``, see
-        :func:`randomized_range_finder`.
+        [`randomized_range_finder`][jaxnum.linalg.randomized_range_finder].
 
     Returns:
       ``(U, S, Vt)`` of shapes (m, rank), (rank,), (rank, n) (with the batch

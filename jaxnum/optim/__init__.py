@@ -1,12 +1,17 @@
 """Second-order optax transformations and the ``minimize`` driver.
 
-L-BFGS (:func:`scale_by_lbfgs`, :func:`lbfgs`) with a More-Thuente strong-Wolfe
-line search (:func:`scale_by_strong_wolfe`), and :func:`minimize`, a whole
+L-BFGS ([`scale_by_lbfgs`][jaxnum.optim.scale_by_lbfgs], [`lbfgs`][jaxnum.optim.lbfgs]) with a
+More-Thuente strong-Wolfe
+line search ([`scale_by_strong_wolfe`][jaxnum.optim.scale_by_strong_wolfe]), and
+[`minimize`][jaxnum.optim.minimize], a whole
 full-batch solve in one jitted ``lax.while_loop``. Newton-Raphson root finding
-(:func:`newton_root`); every solver reports a :class:`Status` and the empirical order of convergence
-(:func:`convergence_order`). Hessian-free Newton with Levenberg-Marquardt
-damping (:func:`scale_by_newton_cg`; ``minimize(method="newton-cg"|"newton")``)
-and Gauss-Newton / Levenberg-Marquardt least squares (:func:`gauss_newton`).
+([`newton_root`][jaxnum.optim.newton_root]); every solver reports a [`Status`][jaxnum.optim.Status]
+and the empirical order of convergence
+([`convergence_order`][jaxnum.optim.convergence_order]). Hessian-free Newton with
+Levenberg-Marquardt
+damping ([`scale_by_newton_cg`][jaxnum.optim.scale_by_newton_cg];
+``minimize(method="newton-cg"|"newton")``)
+and Gauss-Newton / Levenberg-Marquardt least squares ([`gauss_newton`][jaxnum.optim.gauss_newton]).
 """
 
 from jaxnum._src.status import Status

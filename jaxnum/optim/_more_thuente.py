@@ -1,7 +1,8 @@
 """The safeguarded step of More and Thuente's line search (1994, Section 4).
 
 One interval update and the next trial step, from the cubic and secant
-minimisers of the values and slopes seen; :func:`jaxnum.optim.strong_wolfe_search`
+minimisers of the values and slopes seen;
+[`jaxnum.optim.strong_wolfe_search`][jaxnum.optim.strong_wolfe_search]
 runs it in its ``lax.while_loop``. Private: the search is the public entry.
 
 Reference:

@@ -45,10 +45,10 @@ MAX_DAMPING = 1e10
 
 
 class MinimizeResult(NamedTuple):
-    """Result of :func:`minimize`, in scipy's ``OptimizeResult`` names.
+    """Result of [`minimize`][jaxnum.optim.minimize], in scipy's ``OptimizeResult`` names.
 
     ``x``, ``fun`` (f at x), ``grad`` and ``grad_norm`` (its 2-norm), ``nit``,
-    ``nfev``, ``status`` (a :class:`~jaxnum.Status` code; ``success`` and
+    ``nfev``, ``status`` (a [`Status`][jaxnum.optim.Status] code; ``success`` and
     ``message`` read it), ``aux`` (with ``has_aux``) and ``stats``, the method's
     own counters (int32 arrays):
 
@@ -379,10 +379,10 @@ def minimize(
     """Minimises ``fun(x, *args)`` over a pytree ``x`` in one jitted while_loop.
 
     Methods:
-      - "lbfgs": :func:`lbfgs`, the two-loop recursion plus the More-Thuente
+      - "lbfgs": [`lbfgs`][jaxnum.optim.lbfgs], the two-loop recursion plus the More-Thuente
         strong-Wolfe search.
-      - "newton-cg": :func:`scale_by_newton_cg`, Hessian-free Newton: truncated
-        CG on forward-over-reverse Hessian-vector products with the forcing
+      - "newton-cg": [`scale_by_newton_cg`][jaxnum.optim.scale_by_newton_cg], Hessian-free
+        Newton: truncated CG on forward-over-reverse Hessian-vector products with the forcing
         term ``min(1/2, sqrt(||g||))``, Levenberg-Marquardt damping from the
         reduction ratio (initial lambda ``damping`` times the curvature along
         the gradient at x0, ``|g.Hg| / g.g``, so scale-free; times 2 after a poor step,
@@ -403,7 +403,7 @@ def minimize(
     a success: a NaN or inf in x0 stops at once (``NONFINITE_X0``), so does a
     non-finite f or gradient at x0 (``NONFINITE_START``), and a trial point where
     f = -inf stops the solve (``UNBOUNDED``; x stays at the last finite point).
-    The codes are members of :class:`~jaxnum.Status`. Norms are overflow-safe (a
+    The codes are members of [`Status`][jaxnum.optim.Status]. Norms are overflow-safe (a
     gradient of 1e20 in float32 is finite). Compiled once per ``fun`` object and
     static option set; callable inside the user's own ``jit``, where ``tol``,
     ``ftol`` and ``damping`` may be traced.
@@ -431,7 +431,7 @@ def minimize(
         - "newton-cg": ``max_cg_iterations``, CG iterations per step [50].
 
     Returns:
-      :class:`MinimizeResult`: x, fun, grad, grad_norm, nit, nfev (calls of
+      [`MinimizeResult`][jaxnum.optim.MinimizeResult]: x, fun, grad, grad_norm, nit, nfev (calls of
       ``fun``: every value, value-and-gradient and, for the Newton methods,
       linearisation of the gradient), status (``success`` and ``message`` read
       it), aux and ``stats``, the method's counters.

@@ -51,18 +51,18 @@ from jaxnum.optim._more_thuente import (
 # A search ends in one of WOLFE, APPROXIMATE_WOLFE, BEST_POINT (no Wolfe point in
 # the budget; the best point seen, which decreases f), NO_DECREASE (the step is
 # zero and params do not move) or UNBOUNDED (a trial value was -inf; the best
-# finite point seen, or zero): members of the shared :class:`~jaxnum.Status`.
+# finite point seen, or zero): members of the shared [`Status`][jaxnum.optim.Status].
 
 
 class StrongWolfeState(NamedTuple):
-    """State of :func:`scale_by_strong_wolfe`.
+    """State of [`scale_by_strong_wolfe`][jaxnum.optim.scale_by_strong_wolfe].
 
     ``value`` and ``grad`` are those at the accepted point, so
     ``optax.value_and_grad_from_state`` reuses them without re-evaluation.
     ``aux`` is the auxiliary output there: None without ``has_aux``; with it,
     zeros shaped like the factory's ``aux_init`` from ``init`` on, so the state's
     tree structure never changes (a ``lax`` loop or ``jit`` carry takes it as is).
-    ``status`` is a :class:`~jaxnum.Status` code (WOLFE, APPROXIMATE_WOLFE,
+    ``status`` is a [`Status`][jaxnum.optim.Status] code (WOLFE, APPROXIMATE_WOLFE,
     BEST_POINT, NO_DECREASE or UNBOUNDED).
     """
 
@@ -117,12 +117,12 @@ class _Search(NamedTuple):
 
 
 class StrongWolfeResult(NamedTuple):
-    """Result of :func:`strong_wolfe_search`.
+    """Result of [`strong_wolfe_search`][jaxnum.optim.strong_wolfe_search].
 
     ``stepsize`` is the accepted step t along the direction (0 when nothing
     decreased f); ``fun``, ``grad`` and ``aux`` are f, its gradient and the
     auxiliary output at ``params + t d`` (at ``params`` when t = 0); ``status`` a
-    :class:`~jaxnum.Status` code (WOLFE, APPROXIMATE_WOLFE, BEST_POINT,
+    [`Status`][jaxnum.optim.Status] code (WOLFE, APPROXIMATE_WOLFE, BEST_POINT,
     NO_DECREASE or UNBOUNDED; ``success`` is True for the first two); ``nfev`` the
     value-and-grad evaluations; ``stats["num_nonfinite"]`` the trial points whose
     value or slope was NaN/inf.
@@ -194,7 +194,7 @@ def strong_wolfe_search(
     unbounded below) and the best finite point seen, or a zero step. The
     float options may be traced.
 
-    Returns a :class:`StrongWolfeResult` (stepsize, fun, grad, aux at the
+    Returns a [`StrongWolfeResult`][jaxnum.optim.StrongWolfeResult] (stepsize, fun, grad, aux at the
     accepted point, status, nfev, stats).
 
     Examples:
@@ -405,7 +405,8 @@ def scale_by_strong_wolfe(
     is the search direction ``d`` (already signed, e.g. ``-H g``), ``value`` and
     ``grad`` are f and its gradient at ``params``, ``value_fn(params)`` returns f
     (or ``(f, aux)`` with ``has_aux``). Returns ``t d`` with ``t`` from
-    :func:`strong_wolfe_search` (More-Thuente; Hager-Zhang's approximate Wolfe
+    [`strong_wolfe_search`][jaxnum.optim.strong_wolfe_search] (More-Thuente; Hager-Zhang's
+    approximate Wolfe
     test when ``approx_rtol`` is not None). The state keeps value, grad and aux at
     the accepted point (``optax.value_and_grad_from_state`` reads them) and what
     happened: ``status``, ``num_evaluations``, ``num_nonfinite``, ``not_descent``,

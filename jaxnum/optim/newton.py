@@ -33,11 +33,11 @@ JACOBIAN_MODES = ("auto", "fwd", "rev")
 
 
 class NewtonRootResult(NamedTuple):
-    """Result of :func:`newton_root`, in scipy's ``OptimizeResult`` names.
+    """Result of [`newton_root`][jaxnum.optim.newton_root], in scipy's ``OptimizeResult`` names.
 
     ``x``, ``fun`` (F(x)), ``residual_norm`` (``||F(x)||_2``), ``nit``, ``nfev``
     (evaluations of F, the line search's included), ``status`` (a
-    :class:`~jaxnum.Status` code: CONVERGED ``||F|| <= tol``, CONVERGED_STEP a
+    [`Status`][jaxnum.optim.Status] code: CONVERGED ``||F|| <= tol``, CONVERGED_STEP a
     Newton step at the rounding level of x, MAXITER, NO_DECREASE or
     NONFINITE_START; ``success`` and ``message`` read it) and ``stats``:
     ``residual_norms``, the history of ``||F||`` (maxiter + 1 entries, nan after
@@ -58,7 +58,7 @@ class NewtonRootResult(NamedTuple):
 
 
 def check_jacobian_mode(jacobian: Any, fn: str) -> None:
-    """Raises unless ``jacobian`` is one of :data:`JACOBIAN_MODES`."""
+    """Raises unless ``jacobian`` is one of `JACOBIAN_MODES`."""
     if not isinstance(jacobian, str):
         raise TypeError(f"{fn}: jacobian must be a str, one of {JACOBIAN_MODES}, got {jacobian!r}")
     if jacobian not in JACOBIAN_MODES:
@@ -183,7 +183,8 @@ def newton_root(
         ``jax.custom_vjp`` has no forward mode); "fwd" or "rev" force one.
 
     Returns:
-      :class:`NewtonRootResult`. A step that cannot reduce ``||F||`` (e.g. a singular
+      [`NewtonRootResult`][jaxnum.optim.NewtonRootResult]. A step that cannot reduce ``||F||``
+      (e.g. a singular
       Jacobian whose least-squares step is zero) leaves x unchanged and the loop
       stops with status ``NO_DECREASE`` (``success`` False); nothing becomes NaN. An
       x0 or F(x0) that is not finite stops at once (``NONFINITE_START``, never a
@@ -248,7 +249,8 @@ def newton_root(
 def _newton_solve(
     x0, args, tol, xtol, max_step, *, f, maxiter, multiplicity, max_backtracks, jacobian
 ):
-    """The loop of :func:`newton_root` (arguments checked), compiled once per f."""
+    """The loop of [`newton_root`][jaxnum.optim.newton_root] (arguments checked), compiled once per
+    f."""
     fn = "newton_root"
     flat0, unravel, residual, jac, m = flat_residual(f, x0, args, jacobian, fn)
     n = flat0.size

@@ -41,7 +41,7 @@ LINEAR_SOLVERS = ("cg", "dense")
 
 
 class ScaleByNewtonCGState(NamedTuple):
-    """State of :func:`scale_by_newton_cg`.
+    """State of [`scale_by_newton_cg`][jaxnum.optim.scale_by_newton_cg].
 
     ``damping`` is lambda (or mu, with ``lambda = mu ||g||``, when the damping
     is scaled by the gradient norm); ``rho`` the last reduction ratio (nan if
@@ -66,7 +66,7 @@ class ScaleByNewtonCGState(NamedTuple):
 
 class _TruncatedCGResult(NamedTuple):
     """Step p, the damped model value ``g.p + p.(B + lambda I)p / 2``, CG iterations
-    (curvature products) and the CG :class:`~jaxnum.Status` code (``NEGATIVE_CURVATURE``
+    (curvature products) and the CG [`Status`][jaxnum.optim.Status] code (``NEGATIVE_CURVATURE``
     when a direction of non-positive curvature stopped the solve)."""
 
     step: Any

@@ -4,7 +4,8 @@ Minimises ``F(x) = ||r(x)||^2 / 2`` for residuals ``r: R^n -> R^m`` (m >= n
 usually: curve fitting). The Jacobian J is formed (by default forward mode
 when n <= m, reverse otherwise, and the other mode when the residuals cannot be
 differentiated in that one; ``jacobian=`` chooses), so this is for small n; for
-networks use :func:`scale_by_newton_cg` with ``curvature="gauss-newton"``.
+networks use [`scale_by_newton_cg`][jaxnum.optim.scale_by_newton_cg] with
+``curvature="gauss-newton"``.
 Norms, the gain ratio and the line search are computed relative to ||r||, so
 residuals whose squares overflow (1e20 in float32) are handled.
 
@@ -48,12 +49,13 @@ GN_MAX_HALVINGS = 30  # of the Gauss-Newton step before no decrease is declared
 
 
 class GaussNewtonResult(NamedTuple):
-    """Result of :func:`gauss_newton`, in the names of scipy's ``least_squares``.
+    """Result of [`gauss_newton`][jaxnum.optim.gauss_newton], in the names of scipy's
+    ``least_squares``.
 
     ``x``; ``fun`` the residuals there (a pytree like ``residual_fn``'s output);
     ``cost`` ``||r||^2 / 2``; ``grad_norm`` the 2-norm of the gradient ``J^T r``
     (the ``gtol`` test reads the inf-norm, or the cosine test); ``nit``;
-    ``nfev`` residual evaluations; ``status`` a :class:`~jaxnum.Status` code
+    ``nfev`` residual evaluations; ``status`` a [`Status`][jaxnum.optim.Status] code
     (CONVERGED, CONVERGED_STEP, MAXITER, NO_DECREASE or NONFINITE_START;
     ``success`` and ``message`` read it); ``stats``: ``njev`` Jacobian
     evaluations and ``costs`` the cost history (maxiter + 1 entries, nan after
@@ -269,7 +271,8 @@ def gauss_newton(
         (e.g. arguments of a surrounding ``jax.jit``).
 
     Returns:
-      :class:`GaussNewtonResult` (the cost history in ``stats["costs"]``). A
+      [`GaussNewtonResult`][jaxnum.optim.GaussNewtonResult] (the cost history in
+      ``stats["costs"]``). A
       singular Jacobian is not an error: LM's damping keeps the step finite; GN
       takes the minimum-norm step. A non-finite x0, or residuals or Jacobian that
       are not finite at x0, stop at once with status ``NONFINITE_START`` (never a

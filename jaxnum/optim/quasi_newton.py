@@ -23,7 +23,7 @@ from jaxnum.optim.linesearch import scale_by_strong_wolfe
 
 
 class ScaleByLBFGSState(NamedTuple):
-    """State of :func:`scale_by_lbfgs`.
+    """State of [`scale_by_lbfgs`][jaxnum.optim.scale_by_lbfgs].
 
     ``pairs`` holds the last ``memory_size`` pairs, leaf by leaf as a matrix of
     shape ``(2 (memory_size + 1), leaf size)`` whose row ``2 i`` is s_i and row
@@ -150,7 +150,7 @@ def _inverse_hessian_product(grad: Any, state: ScaleByLBFGSState, pairs_grad=Non
 def _two_loop(grad: Any, state: ScaleByLBFGSState) -> Any:
     """``H g`` by the two loops exactly as written in Nocedal-Wright Algorithm 7.4.
 
-    The reference for :func:`_inverse_hessian_product` (same result to
+    The reference for `_inverse_hessian_product` (same result to
     rounding); 4 m vector operations, so slower on small problems.
     """
     check_like(state.prev_params, grad, "_two_loop", "grad", "the parameters")
@@ -174,11 +174,14 @@ def _two_loop(grad: Any, state: ScaleByLBFGSState) -> Any:
 
 
 def reset_lbfgs_memory(state: Any, where: Any = True) -> Any:
-    """``state`` with the memory of every :class:`ScaleByLBFGSState` in it dropped where
+    """``state`` with the memory of every [`ScaleByLBFGSState`][jaxnum.optim.ScaleByLBFGSState] in
+    it dropped where
     ``where`` holds (a bool, maybe traced).
 
-    ``state`` is the state of :func:`scale_by_lbfgs` or of any chain holding it (as
-    :func:`lbfgs` does); the states are found by type, so their position in the chain
+    ``state`` is the state of [`scale_by_lbfgs`][jaxnum.optim.scale_by_lbfgs] or of any chain
+    holding it (as
+    [`lbfgs`][jaxnum.optim.lbfgs] does); the states are found by type, so their position in the
+    chain
     does not matter. Dropping the memory (``num_pairs = 0``) makes the next direction
     the scaled gradient, as L-BFGS-B restarts after a failed line search; the ring and
     the previous point stay, so the next pair is formed as usual.
@@ -241,7 +244,7 @@ def scale_by_lbfgs(
         of unit length, as L-BFGS-B does) instead of 1.
 
     Works under any step rule: ``optax.chain(scale_by_lbfgs(), optax.scale(-lr))``,
-    a schedule, or the strong-Wolfe search in :func:`lbfgs`.
+    a schedule, or the strong-Wolfe search in [`lbfgs`][jaxnum.optim.lbfgs].
     """
     fn = "scale_by_lbfgs"
     memory_size = check_positive_int(memory_size, fn, "memory_size")
@@ -343,11 +346,13 @@ def lbfgs(
     curvature_rtol: float | None = None,
     scale_first_step: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
-    """L-BFGS: :func:`scale_by_lbfgs`, the sign (and learning rate), a line search.
+    """L-BFGS: [`scale_by_lbfgs`][jaxnum.optim.scale_by_lbfgs], the sign (and learning rate), a
+    line search.
 
     ``update(grads, state, params, *, value, grad, value_fn)`` as optax's line
     searches expect, so ``optax.value_and_grad_from_state`` loops work unchanged.
-    ``linesearch="strong-wolfe"`` (default) is :func:`scale_by_strong_wolfe`;
+    ``linesearch="strong-wolfe"`` (default) is
+    [`scale_by_strong_wolfe`][jaxnum.optim.scale_by_strong_wolfe];
     pass another transformation, or None for a fixed step ``learning_rate``.
     ``learning_rate`` and ``curvature_rtol`` may be traced (a jit argument).
     """

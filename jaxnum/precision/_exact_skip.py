@@ -12,7 +12,7 @@ accessed for plain optax, 42.2 MB for this module's skip, 48.9 MB for the
 ``lax.cond`` and 56.9 MB (7 copies) for the select (issue 22;
 ``python -m benchmarks loss_scaling`` gives the current figures).
 
-:func:`update_or_keep` evaluates ``inner.update``'s jaxpr equation by equation
+`update_or_keep` evaluates ``inner.update``'s jaxpr equation by equation
 and passes each state output through the select as soon as it is computed, so
 everything after it, the updates included, reads the selected state. When
 ``ok`` the selected state is the new one, so every value is the same as
@@ -23,7 +23,7 @@ Re-evaluating a jaxpr is not "public API only" in the narrow sense: it uses
 ``jax.extend.core`` (``Var``, ``Literal``, ``DropVar``) and each equation's
 ``primitive.bind`` with its params and context (``jaxnum/_src/jaxpr.py``), which
 jax may change between releases. If that evaluation raises anything (a primitive
-it cannot bind, a changed equation field), :func:`update_or_keep` warns and falls
+it cannot bind, a changed equation field), `update_or_keep` warns and falls
 back to ``lax.cond(ok, inner.update, keep)``: the same values, more bytes accessed.
 """
 

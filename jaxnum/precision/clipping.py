@@ -52,7 +52,8 @@ def global_norm(tree: Any) -> jax.Array:
 
 
 def sharded_global_norm(tree: Any, axis_name: str | tuple[str, ...] | None) -> jax.Array:
-    """:func:`global_norm` with the squares also summed over ``axis_name`` (inside shard_map)."""
+    """[`global_norm`][jaxnum.precision.global_norm] with the squares also summed over
+    ``axis_name`` (inside shard_map)."""
     norm = global_norm(tree)
     if axis_name is None:
         return norm
@@ -60,7 +61,7 @@ def sharded_global_norm(tree: Any, axis_name: str | tuple[str, ...] | None) -> j
 
 
 class ClipByGlobalNormState(NamedTuple):
-    """State of :func:`clip_by_global_norm`.
+    """State of [`clip_by_global_norm`][jaxnum.precision.clip_by_global_norm].
 
     Attributes:
       norm: the global norm of the last incoming updates (float32).
@@ -76,9 +77,11 @@ def clip_by_global_norm(
 ) -> optax.GradientTransformation:
     """Scales updates down so that their global norm is at most ``max_norm``.
 
-    ``updates * min(1, max_norm / norm)`` with the norm of :func:`global_norm`
+    ``updates * min(1, max_norm / norm)`` with the norm of
+    [`global_norm`][jaxnum.precision.global_norm]
     (float32 accumulation). A non-finite norm gives nan updates, which a
-    surrounding :func:`jaxnum.loss_scaling` then skips; they are never silently
+    surrounding [`jaxnum.loss_scaling`][jaxnum.precision.loss_scaling] then skips; they are never
+    silently
     turned into zeros. That includes finite float32 gradients whose norm
     overflows float32 (beyond about 1.8e19). Put it inside ``loss_scaling`` so
     it sees unscaled gradients. ``max_norm`` may be traced

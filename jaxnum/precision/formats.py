@@ -12,7 +12,7 @@ FORMAT_NAMES = ("float32", "float16", "bfloat16", "float8_e4m3fn", "float8_e5m2"
 
 
 class FloatFormat(NamedTuple):
-    """One row of :func:`float_formats`.
+    """One row of [`float_formats`][jaxnum.precision.float_formats].
 
     Attributes:
       name: the dtype's name, e.g. ``"bfloat16"``.
@@ -42,7 +42,7 @@ def float_format(dtype) -> FloatFormat:
       dtype: a floating dtype or its name (``"float16"``, ``jnp.bfloat16``...).
 
     Returns:
-      A :class:`FloatFormat`.
+      A [`FloatFormat`][jaxnum.precision.FloatFormat].
 
     Examples:
       >>> float_format("float16").max
@@ -70,7 +70,7 @@ def float_formats() -> list[FloatFormat]:
     digits less precision); float16 trades range (max 65504) for precision.
 
     Returns:
-      A list of :class:`FloatFormat` rows in the order of ``FORMAT_NAMES``.
+      A list of [`FloatFormat`][jaxnum.precision.FloatFormat] rows in the order of ``FORMAT_NAMES``.
 
     Examples:
       >>> [f.name for f in float_formats()][:3]
@@ -86,10 +86,11 @@ def float_formats() -> list[FloatFormat]:
 def _format_table(rows: list[FloatFormat] | None = None) -> str:
     """Renders rows as an aligned text table (what ``python -m jaxnum formats`` prints).
 
-    Private: the CLI's formatting; users read the rows of :func:`float_formats`.
+    Private: the CLI's formatting; users read the rows of
+        [`float_formats`][jaxnum.precision.float_formats].
 
     Args:
-      rows: rows from :func:`float_formats`; by default all of them.
+      rows: rows from [`float_formats`][jaxnum.precision.float_formats]; by default all of them.
 
     Returns:
       The table as one string, a header line, a rule and one line per format.

@@ -17,7 +17,8 @@ from jaxnum._src.jaxpr import bind_equation, evaluate
 
 @dataclasses.dataclass(frozen=True)
 class NonfiniteReport:
-    """Counts of nan, +inf and -inf per floating leaf, from :func:`nonfinite_report`.
+    """Counts of nan, +inf and -inf per floating leaf, from
+    [`nonfinite_report`][jaxnum.precision.nonfinite_report].
 
     A pytree (``paths`` is static), so it can be returned from a jitted function.
 
@@ -78,7 +79,8 @@ def nonfinite_report(tree: Any) -> NonfiniteReport:
       tree: a pytree of arrays (gradients, parameters, optimizer state...).
 
     Returns:
-      A :class:`NonfiniteReport`; ``print(report)`` lists the offending leaves.
+      A [`NonfiniteReport`][jaxnum.precision.NonfiniteReport]; ``print(report)`` lists the
+      offending leaves.
 
     Examples:
       >>> r = nonfinite_report({"w": jnp.array([1.0, jnp.nan, -jnp.inf])})
@@ -175,7 +177,8 @@ def overflow_fraction(tree: Any, dtype: Any) -> jax.Array:
 
 
 class NonfiniteOp(NamedTuple):
-    """The first operation whose output is not finite, from :func:`first_nonfinite`.
+    """The first operation whose output is not finite, from
+    [`first_nonfinite`][jaxnum.precision.first_nonfinite].
 
     Attributes:
       primitive: the jax primitive, e.g. ``"log"`` or ``"div"``.
@@ -353,7 +356,8 @@ def first_nonfinite(fn: Callable[..., Any], *args: Any) -> NonfiniteOp | None:
       *args: concrete arguments (pytrees of arrays).
 
     Returns:
-      A :class:`NonfiniteOp` naming the primitive, the user's source line, the
+      A [`NonfiniteOp`][jaxnum.precision.NonfiniteOp] naming the primitive, the user's source line,
+      the
       enclosing calls and the shapes; or None if every intermediate is finite.
 
     Examples:

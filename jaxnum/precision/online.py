@@ -91,7 +91,8 @@ def _running_max_and_sum(x: jax.Array, axis: int, block_size: int, fn: str):
 
 
 def online_softmax(x: jax.Array, *, axis: int = -1, block_size: int = 128) -> jax.Array:
-    """Softmax along ``axis`` with the normaliser of the streaming :func:`online_logsumexp`.
+    """Softmax along ``axis`` with the normaliser of the streaming
+    [`online_logsumexp`][jaxnum.precision.online_logsumexp].
 
     One streaming pass gives the row maximum m and d = sum(exp(x - m)); one
     elementwise pass gives ``exp(x - m) / d`` (x - m is exact, so 1000 + noise is

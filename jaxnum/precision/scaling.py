@@ -22,7 +22,7 @@ from jaxnum.precision.clipping import sum_of_squares
 
 
 class LossScalingState(NamedTuple):
-    """State of :func:`loss_scaling`.
+    """State of [`loss_scaling`][jaxnum.precision.loss_scaling].
 
     Attributes:
       scale: the current loss scale (float32 scalar).
@@ -181,7 +181,8 @@ def loss_scaling(
 
     Float16 has a smallest subnormal of 6e-8, so small gradients flush to zero in
     the backward pass. Multiplying the loss by a scale S before differentiating
-    lifts them into range (use :func:`scaled_value_and_grad`); this wrapper
+    lifts them into range (use [`scaled_value_and_grad`][jaxnum.precision.scaled_value_and_grad]);
+    this wrapper
     receives the scaled gradients and per step:
 
     1. checks them in one float32 reduction: the step is finite iff the sum of
@@ -251,8 +252,8 @@ def loss_scaling(
     backs the scale off. The other order, ``MultiSteps(loss_scaling(inner), k)``,
     accumulates the raw micro-batches: one non-finite micro-batch makes the
     accumulator nan for good (MultiSteps resets it as ``(1 - emit) * acc``), so
-    every later step is skipped. :func:`current_loss_scale` and
-    :func:`scaled_value_and_grad` refuse a state in that order.
+    every later step is skipped. [`current_loss_scale`][jaxnum.precision.current_loss_scale] and
+    [`scaled_value_and_grad`][jaxnum.precision.scaled_value_and_grad] refuse a state in that order.
 
     Args:
       inner: the transformation to protect, e.g. ``optax.chain(clip, adam)``
@@ -276,7 +277,7 @@ def loss_scaling(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; extra keyword arguments are
-      passed to ``inner``. Its state is a :class:`LossScalingState`.
+      passed to ``inner``. Its state is a [`LossScalingState`][jaxnum.precision.LossScalingState].
 
     Examples:
       >>> tx = loss_scaling(optax.chain(clip_by_global_norm(1.0), optax.adam(1e-3)))
@@ -461,7 +462,8 @@ def _array(value: Any) -> Any:
 
 
 def current_loss_scale(opt_state: Any) -> jax.Array:
-    """The loss scale held by the (single) :func:`loss_scaling` state inside ``opt_state``.
+    """The loss scale held by the (single) [`loss_scaling`][jaxnum.precision.loss_scaling] state
+    inside ``opt_state``.
 
     Args:
       opt_state: any optimizer state tree containing one ``LossScalingState``
@@ -473,7 +475,8 @@ def current_loss_scale(opt_state: Any) -> jax.Array:
 
     Raises:
       ValueError: if the tree holds no loss-scaling state, or more than one, or if
-        the loss-scaling state is inside ``optax.MultiSteps`` (see :func:`loss_scaling`
+        the loss-scaling state is inside ``optax.MultiSteps`` (see
+        [`loss_scaling`][jaxnum.precision.loss_scaling]
         for the order that works).
 
     Examples:
@@ -492,7 +495,8 @@ def scaled_value_and_grad(
     2**15 would overflow), so the backward pass carries scaled cotangents. The
     loss returned is ``loss_fn``'s own while the scale is > 0 and NaN when it is
     not (a scale set traced out of range): the logged loss then says the step is
-    invalid, as the gradients of that sign are, which the :func:`loss_scaling`
+    invalid, as the gradients of that sign are, which the
+    [`loss_scaling`][jaxnum.precision.loss_scaling]
     update skips rather than apply.
 
     Args:
@@ -502,13 +506,15 @@ def scaled_value_and_grad(
     Returns:
       ``f(opt_state, params, *args) -> (loss, scaled_grads)``, with the unscaled
       loss (``(loss, aux)`` when has_aux) and the gradients of ``scale * loss``,
-      ready for the update of a :func:`loss_scaling` transformation in ``opt_state``
+      ready for the update of a [`loss_scaling`][jaxnum.precision.loss_scaling] transformation in
+      ``opt_state``
       (also an ``nnx.Optimizer``'s ``opt_state``).
 
     Raises:
       TypeError: at trace time, if the loss is not a real floating-point scalar
         (an integer or bool loss has no gradient).
-      ValueError: as :func:`current_loss_scale`, for an ``opt_state`` without
+      ValueError: as [`current_loss_scale`][jaxnum.precision.current_loss_scale], for an
+          ``opt_state`` without
         exactly one loss-scaling state or with it inside ``optax.MultiSteps``.
 
     Examples:
