@@ -187,7 +187,10 @@ def main():
     parser.add_argument(
         "--sizes", default="500,1000,2000,4000", help="n for the cost table (500,1000,2000,4000)"
     )
+    parser.add_argument("--quick", action="store_true", help="sizes 250,500,1000,2000")
     args = parser.parse_args()
+    if args.quick:
+        args.sizes = "250,500,1000,2000"
     second_derivative_demo()
     mlp_demos()
     cost_table([int(n) for n in args.sizes.split(",")])

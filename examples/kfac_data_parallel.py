@@ -48,6 +48,7 @@ The one-device comparison is for this demonstration only; a multi-host run
 just calls ``train(mesh=...)``.
 """
 
+import argparse
 import os
 
 # One OpenBLAS thread, and no more simulated devices than a small machine's cores:
@@ -191,6 +192,11 @@ def accuracy(params, x, y):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"training steps ({STEPS})")
+    parser.add_argument("--quick", action="store_true", help="40 training steps")
+    args = parser.parse_args()
+    steps = 40 if args.quick else args.steps
     train_data, (x_test, y_test) = data()
     n = jax.device_count()
     if BATCH % n:
@@ -211,9 +217,9 @@ def main():
             f"K-FAC factors {factor_gap:.1e}"
         )
 
-    single_params, single = train(train_data)
-    parallel_params, parallel = train(train_data, mesh=mesh)
-    for step in [*range(0, STEPS, 20), STEPS - 1]:
+    single_params, single = train(train_data, steps=steps)
+    parallel_params, parallel = train(train_data, mesh=mesh, steps=steps)
+    for step in [*range(0, steps, 20), steps - 1]:
         print(
             f"step {step + 1:4d}  loss one device {single[step]:.6f}  "
             f"data-parallel {parallel[step]:.6f}"

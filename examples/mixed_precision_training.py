@@ -6,8 +6,10 @@ compute with `jn.loss_scaling`. Midway, one example is blown up to 3e4 times
 its size, so the float16 forward pass overflows: the step is skipped, and
 `jn.first_nonfinite` names the op that made the first inf.
 
-Run: python examples/mixed_precision_training.py  (about 15 s on 2 CPU cores)
+Run: python examples/mixed_precision_training.py  [--steps N | --quick]
 """
+
+import argparse
 
 import flax.linen as nn
 import jax
@@ -44,7 +46,7 @@ def make_data(key):
     return x, jnp.sin(x @ w) + 0.1 * x[:, :1] ** 2
 
 
-def train(policy: jn.Policy, scaled: bool, x, y, poison_step: int | None = None):
+def train(policy: jn.Policy, scaled: bool, x, y, steps: int, poison_step: int | None = None):
     model = MLP(policy)
     params = model.init(jax.random.key(1), x)
 
@@ -66,13 +68,18 @@ def train(policy: jn.Policy, scaled: bool, x, y, poison_step: int | None = None)
         updates, state = tx.update(grads, state, params)
         return optax.apply_updates(params, updates), state, loss
 
-    for i in range(STEPS):
+    for i in range(steps):
         xb = poison(x) if i == poison_step else x
         params, state, _ = step(params, state, xb)
     return params, state, float(loss_fn(params, x) / LOSS_WEIGHT)
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=STEPS, help=f"steps per run ({STEPS})")
+    parser.add_argument("--quick", action="store_true", help="150 steps per run")
+    args = parser.parse_args()
+    steps = 150 if args.quick else args.steps
     x, y = make_data(jax.random.key(0))
     fp32 = jn.Policy()
     fp16 = jn.Policy.parse("params=float32,compute=float16,output=float32")
@@ -82,9 +89,9 @@ def main():
     )
     print(f"{float(jn.underflow_fraction(grads, jnp.float16)):.2f}")
 
-    _, _, loss32 = train(fp32, False, x, y)
-    _, _, loss16 = train(fp16, False, x, y)
-    _, state, loss16s = train(fp16, True, x, y, poison_step=STEPS // 2)
+    _, _, loss32 = train(fp32, False, x, y, steps)
+    _, _, loss16 = train(fp16, False, x, y, steps)
+    _, state, loss16s = train(fp16, True, x, y, steps, poison_step=steps // 2)
     print(f"float32                      final loss {loss32:.3e}")
     print(f"float16, no loss scaling     final loss {loss16:.3e}")
     print(

@@ -13,6 +13,8 @@ Float64 (enabled below) because the refinement is limited by float32
 rounding of u'' long before L-BFGS stops making progress.
 """
 
+import functools
+
 import jax
 
 jax.config.update("jax_enable_x64", True)
@@ -61,7 +63,7 @@ def errors(params):
     return jnp.linalg.norm(diff) / jnp.linalg.norm(exact(grid)), jnp.max(jnp.abs(diff))
 
 
-@jax.jit
+@functools.partial(jax.jit, static_argnums=2)
 def adam_phase(params, xs, steps=3000):
     opt = optax.adam(1e-3)
 
@@ -84,8 +86,15 @@ def report(phase, params, xs, extra=""):
 
 
 if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--adam-steps", type=int, default=3000, help="Adam steps (3000)")
+    parser.add_argument("--quick", action="store_true", help="1000 Adam steps")
+    args = parser.parse_args()
     xs = jnp.linspace(0.0, 1.0, 128)
-    params = adam_phase(init_mlp(jax.random.key(0)), xs)
+    steps = 1000 if args.quick else args.adam_steps
+    params = adam_phase(init_mlp(jax.random.key(0)), xs, steps)
     report("adam", params, xs)
     result = minimize(loss, params, xs, tol=1e-8, maxiter=3000)
     report(

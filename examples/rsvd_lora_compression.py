@@ -120,7 +120,12 @@ def main():
     parser.add_argument("--train-steps", type=int, default=500, help="Adam steps, training (500)")
     parser.add_argument("--lora-steps", type=int, default=100, help="Adam steps, adaptation (100)")
     parser.add_argument("--rank", type=int, default=4, help="LoRA rank (4)")
+    parser.add_argument(
+        "--quick", action="store_true", help="300 training and 50 adaptation steps (the tests')"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.train_steps, args.lora_steps = 300, 50
 
     digits = load_digits()
     x = jnp.asarray(digits.data / 16.0, jnp.float32)

@@ -180,7 +180,12 @@ def main():
         help="micro-batches per global batch: the loss is the micro-batch mean / this (256)",
     )
     parser.add_argument("--sample-chars", type=int, default=160, help="characters to sample (160)")
+    parser.add_argument(
+        "--quick", action="store_true", help="60 steps, 40 sampled characters (the tests)"
+    )
     args = parser.parse_args()
+    if args.quick:
+        args.steps, args.sample_chars = 60, 40
     weight = 1.0 / args.accumulation
 
     chars, train_ids, val_ids = load_text()

@@ -3,7 +3,7 @@
 import re
 from functools import partial
 
-from tests.test_docs_run import run_example
+from tests.test_docs_run import ROOT, run_example
 
 _run_example = partial(run_example, timeout=180)  # the transformer compiles four models
 
@@ -15,7 +15,7 @@ def _number(pattern: str, text: str) -> float:
 
 
 def test_transformer_lm_fp16_needs_loss_scaling_bf16_does_not():
-    out = _run_example("transformer_lm_mixed_precision.py", "--steps", "60", "--sample-chars", "40")
+    out = _run_example("transformer_lm_mixed_precision.py", "--quick")
     losses = {
         name: float(value)
         for name, value in re.findall(r"^(\S.*?)\s+held-out loss (\S+) nats", out, flags=re.M)
@@ -48,7 +48,7 @@ def test_transformer_lm_fp16_needs_loss_scaling_bf16_does_not():
 
 
 def test_rsvd_is_near_optimal_and_svd_initialised_lora_learns_faster():
-    out = _run_example("rsvd_lora_compression.py", "--train-steps", "300", "--lora-steps", "50")
+    out = _run_example("rsvd_lora_compression.py", "--quick")
     full_accuracy = _number(r"held-out accuracy (\S+)$", out)
     assert full_accuracy > 0.95
     rows = re.findall(
@@ -107,3 +107,12 @@ def test_hvp_demos_match_their_references_and_the_costs_scale_apart():
         float(e) for e in re.search(r"Hessian (\S+) \(theory 2\), HVP (\S+)", out).groups()
     )
     assert hess_exp > 1.6 and hess_exp > hvp_exp + 0.8
+
+
+def test_every_example_with_sizes_takes_quick():
+    # The size users try first, and (for most) the size the tests run.
+    examples = sorted((ROOT / "examples").glob("*.py"))
+    sized = [p for p in examples if p.name != "lora_gpt3_counts.py"]  # counts only, instant
+    assert len(sized) == 7
+    missing = [p.name for p in sized if '"--quick"' not in p.read_text()]
+    assert not missing, f"examples without --quick: {missing}"
