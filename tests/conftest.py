@@ -56,10 +56,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.tour)
         if name.startswith(("test_docs_", "test_doctests")):
             item.add_marker(pytest.mark.docs)
-    # Whole programs first: with ``--dist loadfile`` each file goes to one worker in
-    # collection order, and the tour's files (last alphabetically, up to a minute of
-    # set-up each) left one worker running alone for the last two minutes of the
-    # suite. Longest first, the short unit-test files fill in at the end.
+    # Whole programs first: with ``--dist loadfile`` each file goes to one worker, in
+    # this order only with ``--no-loadscope-reorder`` (pyproject's addopts; by default
+    # xdist sends the files with the most tests first, which left the whole programs,
+    # a few tests a file and up to a minute each, for the end). Longest first, the
+    # short unit-test files fill in at the end.
     items.sort(key=_schedule_rank)
 
 
