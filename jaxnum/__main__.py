@@ -29,12 +29,15 @@ def _available() -> list[str]:
 
 def _experiment_names(text: str) -> list[str]:
     """``--only``'s value: known experiment names, or an argparse error naming the known."""
-    names = [n.strip() for n in text.split(",") if n.strip()]
-    unknown = [n for n in names if n not in _available()]
-    if not names or unknown:
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))  # deduped
+    if not names:
         raise argparse.ArgumentTypeError(
-            f"unknown experiment(s) {', '.join(unknown) or repr(text)}; "
-            f"choose from {', '.join(_available())}"
+            f"no experiment named; choose from {', '.join(_available())}"
+        )
+    unknown = [n for n in names if n not in _available()]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown experiment(s) {', '.join(unknown)}; choose from {', '.join(_available())}"
         )
     return names
 

@@ -117,9 +117,11 @@ def _check_output(fun, x0, args, has_aux):
     if has_aux and not (isinstance(out, tuple) and len(out) == 2):
         raise TypeError(f"{name}: has_aux=True needs fun to return (value, aux), got {out}")
     if not hasattr(value_shape, "shape") or value_shape.shape != ():
+        pair = not has_aux and isinstance(out, tuple) and len(out) == 2
         raise TypeError(
             f"{name}: fun must return a scalar"
             f"{' as the first output' if has_aux else ''}, got {value_shape}"
+            + ("; for fun returning (value, aux) pass has_aux=True" if pair else "")
         )
     if not jnp.issubdtype(value_shape.dtype, jnp.floating):
         raise TypeError(f"{name}: fun must return a floating scalar, got {value_shape.dtype}")

@@ -325,3 +325,8 @@ def test_a_second_call_with_the_same_fun_does_not_compile_again(method):
     r2 = minimize(counted, jnp.full(4, 0.5, jnp.float32), method=method, tol=1e-3)
     assert first > 0 and len(traces) == first, (first, len(traces))
     assert bool(r1.success) and bool(r2.success), (r1.message, r2.message)
+
+
+def test_a_value_aux_pair_without_has_aux_says_to_pass_it():
+    with pytest.raises(TypeError, match="pass has_aux=True"):
+        minimize(lambda x: (jnp.sum(x**2), x), jnp.ones(3))

@@ -88,3 +88,20 @@ def test_help_is_plain_text(argv, capsys):
     out = capsys.readouterr().out
     assert "usage:" in out
     assert not re.search(r"``|:(func|class|mod|meth):", out), out
+
+
+@pytest.mark.parametrize("value", ["", ",", " , "])
+def test_an_empty_only_says_no_experiment_was_named(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tour", "--only", value])
+    assert exit_info.value.code == 2
+    assert "no experiment named" in capsys.readouterr().err
+
+
+def test_a_repeated_only_name_runs_once():
+    from jaxnum.__main__ import _experiment_names
+
+    assert _experiment_names("float_range, float_range,clipping_overflow") == [
+        "float_range",
+        "clipping_overflow",
+    ]
