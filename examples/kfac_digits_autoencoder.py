@@ -16,6 +16,7 @@ Sizes: ``--steps N`` Adam and SGD steps (1000; K-FAC runs N / 5), ``--quick`` fo
 """
 
 import argparse
+import functools
 import time
 
 import flax.linen as nn
@@ -92,7 +93,7 @@ def main(adam_steps=1000, kfac_steps=200, plot_path="kfac_digits_autoencoder.png
         for lr in (1e-3, 3e-3, 1e-2, 3e-2)
     }
     best_lr = min(adam, key=lambda lr: float(adam[lr][-1]))
-    sgd_momentum = lambda learning_rate: optax.sgd(learning_rate, momentum=0.9)  # noqa: E731
+    sgd_momentum = functools.partial(optax.sgd, momentum=0.9)
     sgd = progress("sgd-momentum lr 0.1", first_order(sgd_momentum, adam_steps)(0.1))
     runs = {
         "kfac (adaptive)": run_kfac(

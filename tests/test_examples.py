@@ -113,6 +113,6 @@ def test_every_example_with_sizes_takes_quick():
     # The size users try first, and (for most) the size the tests run.
     examples = sorted((ROOT / "examples").glob("*.py"))
     sized = [p for p in examples if p.name != "lora_gpt3_counts.py"]  # counts only, instant
-    assert len(sized) == 7
+    assert sized, "no examples found"
     missing = [p.name for p in sized if '"--quick"' not in p.read_text()]
     assert not missing, f"examples without --quick: {missing}"
