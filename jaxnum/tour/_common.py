@@ -26,6 +26,27 @@ def pyplot():
     return plt
 
 
+def reference_slope(
+    ax, x, y, exponent: float, label: str, extend: float = 1.0, at: str = "start"
+) -> None:
+    """Draws a dashed x^exponent line through the geometric mean of (x, y) on log-log axes.
+
+    The line spans [min(x) / extend, max(x) * extend] and is labelled left of its
+    start (``at="start"``) or above its middle (``at="middle"``), so a reader
+    compares a fitted slope with the claimed one by eye.
+    """
+    x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+    anchor = np.exp(np.mean(np.log(y)) - exponent * np.mean(np.log(x)))
+    grid = np.geomspace(x.min() / extend, x.max() * extend, 20)
+    ax.plot(grid, anchor * grid**exponent, "--", color="gray", lw=1, zorder=0)
+    if at == "start":
+        point, offset, ha, va = grid[0], (-3, 0), "right", "center"
+    else:
+        point, offset, ha, va = np.sqrt(grid[0] * grid[-1]), (0, 6), "center", "bottom"
+    ax.annotate(label, (point, anchor * point**exponent), xytext=offset, textcoords="offset points",
+                fontsize=8, color="dimgray", ha=ha, va=va)  # fmt: skip
+
+
 def median_seconds(call: Callable[[], object], repeats: int) -> float:
     """Median wall time of ``call()`` over ``repeats`` runs, after one untimed call.
 

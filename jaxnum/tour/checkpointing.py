@@ -51,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxnum.tour._common import compiled_flops, paired_times, pyplot
+from jaxnum.tour._common import compiled_flops, paired_times, pyplot, reference_slope
 from jaxnum.tour.result import ClaimResult
 
 STRATEGIES = ("none", "block", "block_dots", "segments")
@@ -59,7 +59,9 @@ LINEAR_SLOPE = 0.8
 SQRT_SLOPE = 0.7
 MEMORY_GAIN = 0.5
 TIME_BAND = (1.05, 1.6)
+MIN_DEPTHS = 4  # a slope from fewer points says little
 _RECOMPUTING = ("block", "segments")  # strategies that recompute a whole forward
+_COLORS = {s: f"C{i}" for i, s in enumerate(STRATEGIES)}  # one colour per strategy, both panels
 _LABELS = {
     "none": "no checkpointing",
     "block": "remat per block",
@@ -80,12 +82,15 @@ class Config:
 
     @classmethod
     def quick(cls) -> Config:
-        return cls(depths=(16, 64), width=64, strategies=("none", "block", "segments"), repeats=5)
+        return cls(
+            depths=(16, 36, 64, 144), width=64, strategies=("none", "block", "segments"), repeats=5
+        )
 
     def __post_init__(self):
-        if len(set(self.depths)) < 2 or min(self.depths) < 2:
+        if len(set(self.depths)) < MIN_DEPTHS or min(self.depths) < 2:
             raise ValueError(
-                f"Config: depths needs >= 2 distinct values >= 2 for a slope, got {self.depths}"
+                f"Config: depths needs >= {MIN_DEPTHS} distinct values >= 2 for a slope, "
+                f"got {self.depths}"
             )
         if min(self.width, self.batch) < 1:
             raise ValueError("Config: width and batch must be >= 1")
@@ -366,7 +371,7 @@ def _figure(config, rows, summary):
     from matplotlib.ticker import FormatStrFormatter, LogLocator
 
     depths = [r["depth"] for r in rows]
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.9))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
     if summary["memory_slopes"] is not None:
         for s in config.strategies:
             left.loglog(
@@ -374,14 +379,20 @@ def _figure(config, rows, summary):
                 [r["strategies"][s]["temp_bytes"] / 2**20 for r in rows],
                 "o-",
                 ms=3,
+                color=_COLORS[s],
                 label=f"{_LABELS[s]} (slope {summary['memory_slopes'][s]:.2f})",
             )
+        plain = [r["strategies"]["none"]["temp_bytes"] / 2**20 for r in rows]
+        reference_slope(left, depths, plain, 1.0, "O(L)", at="middle")
+        if "segments" in config.strategies:
+            segments = [r["strategies"]["segments"]["temp_bytes"] / 2**20 for r in rows]
+            reference_slope(left, depths, segments, 0.5, "O(√L)", at="middle")
         left.set_xscale("log", base=2)
         left.set_xticks(depths, [str(d) for d in depths])
         left.minorticks_off()
         left.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         left.yaxis.set_major_formatter(FormatStrFormatter("%g"))
-        left.legend(fontsize=8)
+        left.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
     else:
         left.text(0.5, 0.5, "memory_analysis unavailable", ha="center", transform=left.transAxes)
     left.set(
@@ -394,9 +405,8 @@ def _figure(config, rows, summary):
             continue
         flops = summary["flop_ratio"][s]
         label = _LABELS[s] + ("" if flops is None else f", FLOPs {flops:.2f}x")
-        right.plot(
-            depths, [r["strategies"][s]["time_ratio"] for r in rows], "o-", ms=3, label=label
-        )
+        ratios = [r["strategies"][s]["time_ratio"] for r in rows]
+        right.plot(depths, ratios, "o-", ms=3, color=_COLORS[s], label=label)
     right.plot(
         depths, [r["predicted_time_ratio"] for r in rows], "k:", label="1 extra forward (timed)"
     )
@@ -405,12 +415,14 @@ def _figure(config, rows, summary):
     right.set_xscale("log", base=2)
     right.set_xticks(depths, [str(d) for d in depths])
     right.minorticks_off()
+    faster = any(r["strategies"][s]["time_ratio"] < 1 for r in rows for s in config.strategies)
     right.set(
-        xlabel="depth L (blocks)",
+        xlabel="depth L (blocks)"
+        + ("\n(below 1: recomputing beat storing and re-reading the residuals)" if faster else ""),
         ylabel="time / time without checkpointing",
         title="recomputation cost (median time ratio)",
     )
-    right.legend(fontsize=8)
+    right.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2 - 0.1 * faster), ncol=2)
     fig.suptitle("Gradient checkpointing trades memory for recomputation")
     fig.tight_layout()
     return fig

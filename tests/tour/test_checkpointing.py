@@ -173,7 +173,7 @@ def _without_timings(data):
 
 def test_same_key_same_data_apart_from_timings():
     config = experiment.Config(
-        depths=(4, 9), width=8, batch=8, strategies=("none", "segments"), repeats=5
+        depths=(4, 9, 16, 25), width=8, batch=8, strategies=("none", "segments"), repeats=5
     )
     a, _ = experiment.run(config, jax.random.key(3))
     b, _ = experiment.run(config, jax.random.key(3))

@@ -9,9 +9,14 @@ from jaxnum.tour import VERDICTS, ClaimResult
 from jaxnum.tour import lbfgs_scaling as experiment
 
 
+SMALL = experiment.Config(
+    sizes=(64, 128), bfgs_time_sizes=(256, 512), lbfgs_time_sizes=(1024, 2048), repeats=3
+)
+
+
 @pytest.fixture(scope="module")
 def quick_run():
-    return experiment.run(experiment.Config.quick(), jax.random.key(0))
+    return experiment.run(SMALL, jax.random.key(0))
 
 
 def test_bfgs_step_is_the_textbook_update_and_meets_the_secant_condition(x64):
@@ -33,21 +38,47 @@ def test_bfgs_step_is_the_textbook_update_and_meets_the_secant_condition(x64):
 def test_memory_is_exactly_what_each_method_stores(quick_run):
     result, _ = quick_run
     assert isinstance(result, ClaimResult) and result.verdict in VERDICTS
-    m = experiment.Config.quick().memory_size
-    for row in result.data["rows"] + result.data["lbfgs_large"]:
+    m = SMALL.memory_size
+    for row in result.data["rows"] + result.data["lbfgs_timed"]:
         n = row["n"]
         # 2 (m + 1) pair rows, previous x and g (float32), plus O(m^2) scalars.
         floats = 2 * (m + 1) * n + 2 * n
         assert floats * 4 <= row["lbfgs_state_bytes"] <= floats * 4 + 8 * (m + 1) ** 2 + 64
-    for row in result.data["rows"]:
+    for row in result.data["rows"] + result.data["bfgs_timed"]:
         assert row["bfgs_matrix_bytes"] == 4 * row["n"] ** 2
     slopes = result.data["memory_slopes"]
     assert (
-        abs(slopes["lbfgs_state_bytes"] - 1) < 0.01 and abs(slopes["bfgs_matrix_bytes"] - 2) < 1e-9
+        abs(slopes["lbfgs_state_bytes"] - 1) < 0.05 and abs(slopes["bfgs_matrix_bytes"] - 2) < 1e-9
     )
-    top = result.data["rows"][-1]
-    assert top["bfgs_seconds"] > top["lbfgs_seconds"]  # at n = 2048 the dense update is slower
     assert f"{slopes['lbfgs_state_bytes']:.2f}" in result.measured
+
+
+def test_compiled_flops_grow_as_the_textbook_counts(quick_run):
+    """O(m n) flops for the two-loop recursion, O(n^2) for the dense update (N&W 7.4, 6.17).
+
+    Counting a multiply-add as 2 flops, the recursion's 2 m dots and 2 m axpys
+    are 8 m per parameter (plus the pair updates); the dense update 12 n^2.
+    """
+    result, _ = quick_run
+    lbfgs = result.data["rows"] + result.data["lbfgs_timed"]
+    if any(r["lbfgs_flops"] is None for r in lbfgs):
+        pytest.skip("this backend has no cost analysis")
+    m = SMALL.memory_size
+    for small, large in zip(lbfgs, lbfgs[1:]):  # the O(m^2) scalar work cancels
+        per_param = (large["lbfgs_flops"] - small["lbfgs_flops"]) / (large["n"] - small["n"])
+        assert 8 * m <= per_param <= 20 * m
+    for row in result.data["rows"] + result.data["bfgs_timed"]:
+        assert 6 * row["n"] ** 2 <= row["bfgs_flops"] <= 16 * row["n"] ** 2
+
+
+def test_fewer_than_four_timed_sizes_give_no_time_verdict(quick_run):
+    result, _ = quick_run
+    assert "fewer than 4 timed sizes" in result.why and result.verdict != "holds"
+
+
+def test_the_cache_size_is_read_or_unknown():
+    cache = experiment.last_level_cache_bytes()
+    assert cache is None or (isinstance(cache, int) and cache >= 2**10)
 
 
 def test_bad_config_is_refused():
