@@ -67,13 +67,15 @@ def paired_times(
 ) -> list[list[float]]:
     """Seconds per call of each compiled fn, ``repeats`` samples each, fns alternated.
 
-    Each fn is called once first (excluded; it compiles). A sample is the mean
+    Each fn is called twice first (excluded: the first compiles or warms caches, the
+    second sets how many calls make a sample). A sample is the mean
     over enough calls (each followed by ``jax.block_until_ready``) to last about
     ``min_sample_seconds`` (at most 100 calls; one call when 0), so sub-millisecond
     functions are not measured at the clock's resolution.
     """
     numbers = []
     for fn in fns:
+        jax.block_until_ready(fn(*args))  # warm-up: first-call costs are not a call's time
         start = time.perf_counter()
         jax.block_until_ready(fn(*args))
         once = max(time.perf_counter() - start, 1e-7)

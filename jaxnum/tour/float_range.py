@@ -263,7 +263,11 @@ def _figure(formats, probes):
         sub, low, high = f["smallest_subnormal"], f["smallest_normal"], f["max"]
         ax.barh(i, low - sub, left=sub, color="tab:blue", alpha=0.35, height=0.6)
         ax.barh(i, high - low, left=low, color="tab:blue", height=0.6)
-        ax.text(high * 5, i, f"max {high:.5g}", va="center", fontsize=8, backgroundcolor="white")
+        if np.log10(high / low) > 20:  # a long bar holds its label, clear of the axes' edge
+            ax.text(high / 5, i, f"max {high:.5g}", va="center", ha="right", fontsize=8,
+                    color="white")  # fmt: skip
+        else:
+            ax.text(high * 5, i, f"max {high:.5g}", va="center", fontsize=8)
     handles = [
         Patch(color="tab:blue", alpha=0.35, label="subnormals (smallest subnormal .. normal)"),
         Patch(color="tab:blue", label="normal range (smallest normal .. max)"),

@@ -582,14 +582,15 @@ def _figure(config, cgs, lz, pc):
                 ls="--" if name == "momentum" else "-",
                 marker="o" if name == "kfac" else None,
                 markevery=[0, 1],
-                label=f"{name} (lr {r['best_lr']:.2g}): {r['iterations']}",
+                label=f"{name} (lr {r['best_lr']:.2g}): {r['iterations']} iterations",
             )
-        ax.axhline(config.quad_tol, color="k", lw=0.8, ls=":", label="tolerance")
+        ax.axhline(config.quad_tol, color="k", lw=0.8, ls=":",
+                   label=f"tolerance {config.quad_tol:g} (iterations to reach it)")  # fmt: skip
         ax.set_xscale("log")
         ax.set_xlabel("iteration + 1 (log scale)")
         ax.set_ylabel("(f - f*) / (f0 - f*)")
         ax.set_title(f"{kind} Kronecker quadratic, cond {d['cond']:.0f}")
         ax.legend(fontsize=7)
-    fig.suptitle("Claim 14: CG, Lanczos and preconditioners")
+    fig.suptitle("CG, Lanczos and preconditioners")
     fig.tight_layout()
     return fig

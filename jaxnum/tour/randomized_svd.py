@@ -294,7 +294,7 @@ def _figure(config, study, seconds):
             [r["svd_bound"] / sk for r in d["by_q"]],
             "--",
             color=color,
-            label=f"s_(k+1) + HMT bound, j^-{a}",
+            label=f"HMT expected bound, j^-{a}",
         )
     ax.axhline(1.0, color="k", lw=0.8, label="optimum (Eckart-Young)")
     ax.set_xlabel("power iterations q")
@@ -304,7 +304,7 @@ def _figure(config, study, seconds):
     ax.legend(fontsize=7)
     labels = ["full SVD"] + [f"rSVD q={q}" for q in qs]
     times = [seconds["full"] * 1e3] + [seconds[str(q)] * 1e3 for q in qs]
-    bars = bx.bar(labels, times, color=["C3"] + ["C0"] * len(qs), label="median time")
+    bars = bx.bar(labels, times, color=["C3"] + ["C0"] * len(qs))
     for bar, t in zip(bars[1:], times[1:], strict=True):
         bx.annotate(
             f"{times[0] / t:.0f}x",
@@ -318,11 +318,10 @@ def _figure(config, study, seconds):
     bx.yaxis.set_minor_formatter(  # label 2x and 5x between the decades
         plt.FuncFormatter(lambda v, _: f"{v:g}" if f"{v:.0e}"[0] in "25" else "")
     )
-    bx.set_ylabel("time per call (ms, log scale)")
+    bx.set_ylabel("median time per call (ms, log scale)")
     m, n = config.time_shape
     bx.set_title(f"Time, {m}x{n}, k={config.rank} (speedup on the bars)")
-    bx.legend(fontsize=8)
     bx.tick_params(axis="x", labelsize=8, rotation=30)
-    fig.suptitle("Claim 7: randomized SVD error bound and speed")
+    fig.suptitle("Randomized SVD: error bound and speed")
     fig.tight_layout()
     return fig

@@ -52,7 +52,8 @@ from jaxnum.tour.result import ClaimResult
 
 RATIO_BAND = (1.5, 6.0)
 SLOPE_TOLERANCE = 0.3
-_MIN_BATCH_SECONDS = 1e-3  # each timed sample runs enough calls to last about this long
+OVERHEAD_SECONDS = 50e-6  # calls shorter than this cost their per-call overhead, not their work
+_MIN_BATCH_SECONDS = 5e-3  # each timed sample runs enough calls to last about this long
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,16 @@ def verdict_parts(time_ratios, slope_jacfwd, slope_grad) -> tuple[str, str]:
     return reverse, forward
 
 
+def overhead_bound(grads) -> list[int]:
+    """The n at which one call of f takes under ``OVERHEAD_SECONDS``.
+
+    Calls that short cost their fixed per-call work (dispatch, buffer and
+    thread hand-off), not their FLOPs, so a time ratio near or below 1 there
+    says nothing of the work; the FLOP ratio does.
+    """
+    return [r["n"] for r in grads if r["seconds_f"] < OVERHEAD_SECONDS]
+
+
 def _fmt_slope(value: float) -> str:
     text = f"{value:.2f}"
     return "0.00" if text == "-0.00" else text
@@ -206,6 +217,30 @@ def _fmt_slope(value: float) -> str:
 
 def _fmt_list(values, fmt="{:.2f}"):
     return ", ".join("n/a" if v is None else fmt.format(v) for v in values)
+
+
+def _overhead_text(grads) -> str:
+    """Why grad can time at or below f: said when it happens, from the measurements."""
+    cheaper = [r for r in grads if r["time_ratio_grad"] < 1]
+    if not cheaper:
+        return ""
+    text = f"; grad timed below f at n = {', '.join(str(r['n']) for r in cheaper)}"
+    short = [r for r in grads if r["n"] in overhead_bound(grads)]
+    if len(short) >= 2:
+        f_times = [1e6 * r["seconds_f"] for r in short]
+        growth = (
+            f" while its FLOPs grow {short[-1]['flops_f'] / short[0]['flops_f']:.0f}x"
+            if short[0]["flops_f"] and short[-1]["flops_f"]
+            else ""
+        )
+        text += (
+            f": up to n = {short[-1]['n']} a call of f takes {min(f_times):.0f}-"
+            f"{max(f_times):.0f} us{growth}, so per-call costs, not work, set these times"
+        )
+    flops = [r["flop_ratio_grad"] for r in cheaper]
+    if None not in flops:
+        text += f"; grad's FLOPs are {min(flops):.2f}x f's there"
+    return text
 
 
 def run(config: Config, key) -> tuple[ClaimResult, object]:
@@ -260,7 +295,7 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
         f"({parts[0]}: band [{lo:g}, {hi:g}] around the claimed 3-5x; FLOPs say "
         f"(3 depth - 1) / depth = {(3 * config.mlp_depth - 1) / config.mlp_depth:.2f}x); "
         f"forward-mode slope {slopes['time_jacfwd']:.2f} vs 1, reverse {slopes['time_grad']:.2f} "
-        f"vs 0 ({parts[1]}: tolerance {SLOPE_TOLERANCE:g})"
+        f"vs 0 ({parts[1]}: tolerance {SLOPE_TOLERANCE:g})" + _overhead_text(grads)
     )
     result = ClaimResult(
         claim=(
@@ -304,24 +339,28 @@ def _figure(config, mlp, grads, slopes):
     )
     left.legend(fontsize=8)
     ns = [r["n"] for r in grads]
-    for key, label in (
-        ("seconds_jacfwd", f"forward mode, jacfwd (ratio to f ~ n^{slopes['time_jacfwd']:.2f})"),
-        ("seconds_grad", f"reverse mode, grad (ratio to f ~ n^{slopes['time_grad']:.2f})"),
-        ("seconds_f", "f itself"),
-    ):
-        right.loglog(ns, [r[key] * 1e3 for r in grads], "o-", ms=3, label=label)
-    right.loglog(
-        ns, [r["n"] * r["seconds_f"] * 1e3 for r in grads], "k:", lw=1, label="n x time(f)"
-    )
+    for mode, color, name in (("jacfwd", "C0", "forward mode, jacfwd"), ("grad", "C1", "grad")):
+        slope = slopes[f"time_{mode}"]
+        right.loglog(ns, [r[f"time_ratio_{mode}"] for r in grads], "o-", ms=3, color=color,
+                     label=f"{name}: time (~ n^{slope:.2f})")  # fmt: skip
+        if all(r[f"flop_ratio_{mode}"] for r in grads):
+            right.loglog(ns, [r[f"flop_ratio_{mode}"] for r in grads], "--", color=color,
+                         label=f"{name}: FLOPs")  # fmt: skip
+    right.loglog(ns, ns, "k:", lw=1, label="n (one JVP per input)")
+    right.axhline(1.0, color="gray", lw=0.8)
+    short = overhead_bound(grads)
+    if short:
+        label = f"f takes < {OVERHEAD_SECONDS * 1e6:.0f} us: per-call costs dominate"
+        right.axvspan(ns[0] / 1.2, short[-1] * 1.2, color="gray", alpha=0.15, label=label)
     right.set_xscale("log", base=2)
     right.set_xticks(ns, [str(n) for n in ns])
     right.minorticks_off()
     right.set(
         xlabel="number of inputs n",
-        ylabel="time per call (ms)",
+        ylabel="cost / cost(f)",
         title=f"gradient of f: R^n -> R ({config.rows} rows)",
     )
-    right.legend(fontsize=8)
+    right.legend(fontsize=7.5, loc="upper left")
     fig.suptitle("Reverse mode costs a small multiple of f; forward mode O(n) passes")
     fig.tight_layout()
     return fig

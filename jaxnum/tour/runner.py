@@ -32,22 +32,22 @@ from jaxnum.tour.result import ClaimResult
 
 # name -> module under jaxnum.tour, in the order of the report (issue 8's list).
 EXPERIMENTS = {
-    "float_range": "float_range",  # 1
-    "fp16_loss_scaling": "fp16_loss_scaling",  # 2
-    "softmax_overflow": "softmax_overflow",  # 3
-    "clipping_overflow": "clipping_overflow",  # 4
-    "lbfgs_scaling": "lbfgs_scaling",  # 5
-    "lbfgs_minibatch": "lbfgs_minibatch",  # 5
-    "kfac_claims": "kfac_claims",  # 6
-    "randomized_svd": "randomized_svd",  # 7
-    "lora_counts": "lora_counts",  # 8
-    "finite_differences": "finite_differences",  # 9
-    "reverse_mode_cost": "reverse_mode_cost",  # 10
-    "hvp_cost": "hvp_cost",  # 11
-    "checkpointing": "checkpointing",  # 12
-    "newton_convergence": "newton_convergence",  # 13
-    "linear_lm": "linear_lm",  # 13
-    "krylov": "krylov",  # 14
+    "float_range": "float_range",
+    "fp16_loss_scaling": "fp16_loss_scaling",
+    "softmax_overflow": "softmax_overflow",
+    "clipping_overflow": "clipping_overflow",
+    "lbfgs_scaling": "lbfgs_scaling",
+    "lbfgs_minibatch": "lbfgs_minibatch",
+    "kfac_claims": "kfac_claims",
+    "randomized_svd": "randomized_svd",
+    "lora_counts": "lora_counts",
+    "finite_differences": "finite_differences",
+    "reverse_mode_cost": "reverse_mode_cost",
+    "hvp_cost": "hvp_cost",
+    "checkpointing": "checkpointing",
+    "newton_convergence": "newton_convergence",
+    "linear_lm": "linear_lm",
+    "krylov": "krylov",
 }
 
 
