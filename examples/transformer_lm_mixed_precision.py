@@ -48,6 +48,7 @@ Run: python examples/transformer_lm_mixed_precision.py  (about 45 s on 2 CPU cor
 import argparse
 import math
 import pathlib
+import time
 
 import flax.linen as nn
 import jax
@@ -58,6 +59,7 @@ import optax
 import jaxnum as jn
 
 TEXT = pathlib.Path(__file__).parent / "data" / "coriolanus.txt"
+PROGRESS_SECONDS = 5.0  # a progress line at least this often while training
 CONTEXT, BATCH, D_MODEL, HEADS, LAYERS = 64, 16, 64, 4, 2
 RUNS = {  # name: (policy, loss scaling)
     "float32": ("params=float32,compute=float32,output=float32", False),
@@ -112,7 +114,9 @@ def mean_nll(logits, seqs):
     return optax.softmax_cross_entropy_with_integer_labels(logits, seqs[..., 1:]).mean()
 
 
-def train(model, params, weight, scaled, seqs):
+def train(model, params, weight, scaled, seqs, name=""):
+    """Trains on ``seqs``; prints a progress line at least every PROGRESS_SECONDS and at the end."""
+
     def loss_fn(p, batch):  # this micro-batch's share of the global-batch mean
         return mean_nll(model.apply(p, batch[:, :-1]), batch) * weight
 
@@ -133,8 +137,13 @@ def train(model, params, weight, scaled, seqs):
         return optax.apply_updates(params, updates), state, loss / weight, zeros
 
     state = tx.init(params)
-    for batch in seqs:
-        params, state, _, zeros = step(params, state, batch)
+    start = last = time.perf_counter()
+    for i, batch in enumerate(seqs, 1):
+        params, state, loss, zeros = step(params, state, batch)
+        if time.perf_counter() - last > PROGRESS_SECONDS or i == len(seqs):
+            last = time.perf_counter()
+            print(f"  {name}: step {i}/{len(seqs)}, train loss {float(loss):.3f} "
+                  f"({last - start:.0f} s)", flush=True)  # fmt: skip
     return params, state, float(zeros)
 
 
@@ -209,7 +218,7 @@ def main():
     results = {}
     for name, (spec, scaled) in RUNS.items():
         model = CharTransformer(len(chars), jn.Policy.parse(spec))
-        results[name] = train(model, params0, weight, scaled, seqs)
+        results[name] = train(model, params0, weight, scaled, seqs, name)
         if name == "float32":
             before = float(underflow(params0, seqs[-1], weight))
             after = float(underflow(results[name][0], seqs[-1], weight))

@@ -28,6 +28,7 @@ def test_transformer_lm_fp16_needs_loss_scaling_bf16_does_not():
     assert abs(losses["bfloat16"] - fp32) < 0.02 * fp32
     assert abs(losses["float16 + jn.loss_scaling"] - fp32) < 0.02 * fp32
     assert losses["float16, no loss scaling"] > fp32 + 0.3
+    assert len(re.findall(r"^  .*: step 60/60, train loss", out, flags=re.M)) == 4  # progress
     # The mechanism printed beside it: logit cotangents underflow float16, more so as it learns,
     # and unscaled float16 gradients carry more exact zeros than float32 ones.
     before, after = (
