@@ -32,17 +32,19 @@ def reference_slope(
     """Draws a dashed x^exponent line through the geometric mean of (x, y) on log-log axes.
 
     The line spans [min(x) / extend, max(x) * extend] and is labelled left of its
-    start (``at="start"``) or above its middle (``at="middle"``), so a reader
-    compares a fitted slope with the claimed one by eye.
+    start (``at="start"``), above its middle (``"middle"``) or below it
+    (``"below"``), so a reader compares a fitted slope with the claimed one by eye.
     """
     x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
     anchor = np.exp(np.mean(np.log(y)) - exponent * np.mean(np.log(x)))
     grid = np.geomspace(x.min() / extend, x.max() * extend, 20)
     ax.plot(grid, anchor * grid**exponent, "--", color="gray", lw=1, zorder=0)
-    if at == "start":
-        point, offset, ha, va = grid[0], (-3, 0), "right", "center"
-    else:
-        point, offset, ha, va = np.sqrt(grid[0] * grid[-1]), (0, 6), "center", "bottom"
+    middle = np.sqrt(grid[0] * grid[-1])
+    point, offset, ha, va = {
+        "start": (grid[0], (-3, 0), "right", "center"),
+        "middle": (middle, (0, 6), "center", "bottom"),
+        "below": (middle, (0, -6), "center", "top"),
+    }[at]
     ax.annotate(label, (point, anchor * point**exponent), xytext=offset, textcoords="offset points",
                 fontsize=8, color="dimgray", ha=ha, va=va)  # fmt: skip
 

@@ -386,7 +386,7 @@ def _figure(config, rows, summary):
         reference_slope(left, depths, plain, 1.0, "O(L)", at="middle")
         if "segments" in config.strategies:
             segments = [r["strategies"]["segments"]["temp_bytes"] / 2**20 for r in rows]
-            reference_slope(left, depths, segments, 0.5, "O(√L)", at="middle")
+            reference_slope(left, depths, segments, 0.5, "O(√L)", at="below")
         left.set_xscale("log", base=2)
         left.set_xticks(depths, [str(d) for d in depths])
         left.minorticks_off()

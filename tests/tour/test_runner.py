@@ -105,3 +105,22 @@ def test_a_repeated_only_name_runs_once():
         "float_range",
         "clipping_overflow",
     ]
+
+
+def test_the_stated_tour_times_agree_everywhere(capsys):
+    """README, the tour guide and --help quote the one measured figure per mode."""
+    from jaxnum.tour.runner import MEASURED_SECONDS
+
+    root = Path(__file__).resolve().parents[2]
+    full, quick = MEASURED_SECONDS["full"], MEASURED_SECONDS["quick"]
+    readme = " ".join((root / "README.md").read_text().split())
+    assert f"the full tour took {full} s on 2 CPU cores" in readme
+    assert f"small sizes, took {quick} s" in readme
+    guide = (root / "docs/guides/tour.md").read_text()
+    assert f"full sizes: {full} s on 2 CPU cores" in guide
+    assert f"small sizes: {quick} s on 2 CPU cores" in guide
+    with pytest.raises(SystemExit):
+        main(["tour", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert f"({quick} s on 2 CPU cores; the full tour {full} s)" in help_text
+    assert quick <= 120 and full <= 12 * 60  # the budgets of issue 23
