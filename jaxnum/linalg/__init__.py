@@ -1,4 +1,4 @@
-"""Linear algebra: linear operators, randomized SVD and Nystrom, least squares, Krylov methods."""
+"""Linear algebra: operators, randomized SVD and Nystrom, least squares, Krylov, matrix roots."""
 
 from jaxnum._src.status import Status
 from jaxnum.linalg.krylov import (
@@ -11,6 +11,7 @@ from jaxnum.linalg.krylov import (
     top_eigenvalues,
 )
 from jaxnum.linalg.least_squares import condition_number, lstsq
+from jaxnum.linalg.matrix_roots import matrix_inverse_root
 from jaxnum.linalg.operators import (
     LinearOperator,
     as_operator,
@@ -32,6 +33,7 @@ __all__ = [
     "jacobian_operator",
     "lanczos",
     "lstsq",
+    "matrix_inverse_root",
     "randomized_eigh",
     "randomized_range_finder",
     "randomized_svd",
