@@ -217,7 +217,9 @@ def main():
             f"K-FAC factors {factor_gap:.1e}"
         )
 
+    print(f"training {steps} steps on one device ...", flush=True)
     single_params, single = train(train_data, steps=steps)
+    print(f"training {steps} steps data-parallel on {n} devices ...", flush=True)
     parallel_params, parallel = train(train_data, mesh=mesh, steps=steps)
     for step in [*range(0, steps, 20), steps - 1]:
         print(

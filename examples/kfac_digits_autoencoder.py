@@ -84,7 +84,10 @@ def main(adam_steps=1000, kfac_steps=200, plot_path="kfac_digits_autoencoder.png
     start = time.perf_counter()
 
     def progress(what, losses):
-        print(f"  {what}: loss {float(losses[-1]):.4f} ({time.perf_counter() - start:.0f} s)")
+        print(
+            f"  {what}: loss {float(losses[-1]):.4f} ({time.perf_counter() - start:.0f} s)",
+            flush=True,
+        )
         return losses
 
     adam_train = first_order(optax.adam, adam_steps)
@@ -95,18 +98,20 @@ def main(adam_steps=1000, kfac_steps=200, plot_path="kfac_digits_autoencoder.png
     best_lr = min(adam, key=lambda lr: float(adam[lr][-1]))
     sgd_momentum = functools.partial(optax.sgd, momentum=0.9)
     sgd = progress("sgd-momentum lr 0.1", first_order(sgd_momentum, adam_steps)(0.1))
-    runs = {
-        "kfac (adaptive)": run_kfac(
-            kfac.adaptive_optimizer(damping=3e-3, decay=0.9, inverse_every=5), kfac_steps, True
+    specs = {
+        "kfac (adaptive)": (
+            kfac.adaptive_optimizer(damping=3e-3, decay=0.9, inverse_every=5),
+            True,
         ),
-        "kfac (lr 1, clip)": run_kfac(
+        "kfac (lr 1, clip)": (
             kfac.optimizer(1.0, damping=0.03, momentum=0.8, decay=0.9, inverse_every=5),
-            kfac_steps,
             False,
         ),
     }
-    for name, losses in runs.items():
-        progress(f"{name}, {kfac_steps} steps", losses)
+    runs = {}
+    for name, (tx, adaptive) in specs.items():
+        print(f"  {name}: compiling and running {kfac_steps} steps ...", flush=True)
+        runs[name] = progress(f"{name}, {kfac_steps} steps", run_kfac(tx, kfac_steps, adaptive))
     print()
 
     target = float(adam[best_lr][-1])

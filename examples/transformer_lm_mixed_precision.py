@@ -186,7 +186,8 @@ def main():
         "--accumulation",
         type=int,
         default=256,
-        help="micro-batches per global batch: the loss is the micro-batch mean / this (256)",
+        help="the loss is the micro-batch mean divided by this, as in accumulating that many "
+        "micro-batches into one global batch (no accumulation is run) (256)",
     )
     parser.add_argument("--sample-chars", type=int, default=160, help="characters to sample (160)")
     parser.add_argument(

@@ -21,6 +21,31 @@ def _tour(args: argparse.Namespace) -> int:
     return 1 if any(o.result is None for o in outcomes) else 0
 
 
+def _out_directory(text: str) -> str:
+    """An argparse type: ``--out`` must be a directory this process can create and write."""
+    from pathlib import Path
+
+    path = Path(text)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:  # a file in the way, a read-only or missing mount, no permission
+        raise argparse.ArgumentTypeError(f"cannot create directory {text!r}: {e.strerror}") from e
+    if not os.access(path, os.W_OK):
+        raise argparse.ArgumentTypeError(f"cannot write in directory {text!r}")
+    return text
+
+
+def _seed(text: str) -> int:
+    """An argparse type: an integer that fits jax.random.key (int64)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"must fit in 64 bits (|seed| < 2^63), got {text}")
+    return value
+
+
 def _available() -> list[str]:
     from jaxnum.tour.runner import available
 
@@ -72,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME,...",
         help="comma-separated experiment names (default: all, listed below)",
     )
-    tour.add_argument("--out", default="report", help="report directory (default: report/)")
-    tour.add_argument("--seed", type=int, default=0, help="the key every experiment folds from")
+    tour.add_argument(
+        "--out", type=_out_directory, default="report", help="report directory (default: report/)"
+    )
+    tour.add_argument("--seed", type=_seed, default=0, help="the key every experiment folds from")
     tour.set_defaults(run=_tour)
     args = parser.parse_args(argv)
     return args.run(args)

@@ -87,3 +87,12 @@ def test_no_sphinx_role_is_left_as_literal_text(site):
         if role.search(page.read_text())
     }
     assert not found, f"literal Sphinx roles in the built site: {found}"
+
+
+def test_the_kfac_quickstarts_run_on_their_own():
+    """Each K-FAC snippet of the optimisation guide, copied alone, runs: it has its imports."""
+    text = (DOCS / "guides" / "optimisation.md").read_text()
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", text, flags=re.S) if "kfac" in b]
+    assert len(blocks) >= 3  # linen, NNX, adaptive NNX
+    for block in blocks:
+        exec(compile(block, "optimisation.md (one block)", "exec"), {})

@@ -380,7 +380,8 @@ def minimize(
 ) -> MinimizeResult:
     """Minimises ``fun(x, *args)`` over a pytree ``x`` in one jitted while_loop.
 
-    Methods:
+    The methods (the `method` argument):
+
       - "lbfgs": [`lbfgs`][jaxnum.optim.lbfgs], the two-loop recursion plus the More-Thuente
         strong-Wolfe search.
       - "newton-cg": [`scale_by_newton_cg`][jaxnum.optim.scale_by_newton_cg], Hessian-free

@@ -411,6 +411,10 @@ def _figure(config, rows, summary):
         depths, [r["predicted_time_ratio"] for r in rows], "k:", label="1 extra forward (timed)"
     )
     right.axhspan(1.2, 1.4, color="gray", alpha=0.2, label="claimed 1.2-1.4x")
+    for end in TIME_BAND:
+        right.axhline(end, color="gray", ls="--", lw=0.8)
+    right.plot([], [], color="gray", ls="--", lw=0.8,
+               label=f"judged band {TIME_BAND[0]:g}-{TIME_BAND[1]:g}x")  # fmt: skip
     right.axhline(1.0, color="gray", lw=0.8)
     right.set_xscale("log", base=2)
     right.set_xticks(depths, [str(d) for d in depths])

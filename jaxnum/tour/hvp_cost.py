@@ -70,15 +70,15 @@ class Config:
 
     banded_sizes: tuple[int, ...] = (512, 1024, 2048, 4096, 8192)
     dense_sizes: tuple[int, ...] = (128, 256, 512, 1024, 2048, 4096)
-    large_sizes: int = 3
+    large_sizes: int = 4
     repeats: int = 5
     min_seconds: float = 5e-3
 
     @classmethod
     def quick(cls) -> Config:
         return cls(
-            banded_sizes=(2048, 4096, 8192),
-            dense_sizes=(256, 512, 1024),
+            banded_sizes=(512, 1024, 2048, 4096, 8192),
+            dense_sizes=(128, 256, 512, 1024, 2048),
             min_seconds=2e-3,
         )
 
@@ -99,8 +99,11 @@ class Config:
                     f"Config: {name} must be <= 16384 (the explicit Hessian has n^2 entries), "
                     f"got {max(sizes)}"
                 )
-        if not isinstance(self.large_sizes, int) or self.large_sizes < 2:
-            raise ValueError(f"Config: large_sizes must be an int >= 2, got {self.large_sizes!r}")
+        if not isinstance(self.large_sizes, int) or self.large_sizes < 4:
+            raise ValueError(
+                f"Config: large_sizes must be an int >= 4 (a slope from fewer says little), "
+                f"got {self.large_sizes!r}"
+            )
         if not isinstance(self.repeats, int) or self.repeats < 5:
             raise ValueError(f"Config: repeats must be an int >= 5, got {self.repeats!r}")
         if not self.min_seconds > 0:

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from jaxnum import kfac
-from jaxnum.tour._common import median_seconds, pyplot
+from jaxnum.tour._common import median_seconds, pyplot, reference_slope
 from jaxnum.tour.result import ClaimResult
 
 PIXELS, CODE = 64, 8
@@ -54,7 +54,7 @@ class Config:
     def quick(cls) -> Config:
         return cls(
             identity_sizes=(4, 8),
-            cost_sizes=(8, 16, 24),
+            cost_sizes=(8, 12, 16, 24),
             num_images=256,
             adam_steps=200,
             adam_lrs=(3e-3, 1e-2),
@@ -65,6 +65,10 @@ class Config:
     def __post_init__(self):
         if not (self.identity_sizes and self.cost_sizes and self.adam_lrs):
             raise ValueError("Config: sizes and learning rates must not be empty")
+        if len(set(self.cost_sizes)) < 4:
+            raise ValueError(
+                f"Config: cost_sizes needs >= 4 sizes for a slope, got {self.cost_sizes}"
+            )
         if min(*self.identity_sizes, *self.cost_sizes) < 2:
             raise ValueError("Config: factor sizes must be >= 2")
         if min(self.num_images, self.adam_steps, self.kfac_steps, self.repeats) < 1:
@@ -205,6 +209,7 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
     )
     sizes = sorted(dense_s)
     slope_dense = float(np.polyfit(np.log(sizes), np.log([dense_s[s] for s in sizes]), 1)[0])
+    slope_factored = float(np.polyfit(np.log(sizes), np.log([factored_s[s] for s in sizes]), 1)[0])
     speedup = dense_s[sizes[-1]] / factored_s[sizes[-1]]
     identity_ok = max(errors.values()) < 1e-10
     if step_ratio is not None and step_ratio >= 10:
@@ -224,9 +229,10 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
     )
     measured = (
         f"(A kron G)^-1 vec(W) vs A^-1 W G^-1: max relative difference "
-        f"{max(errors.values()):.1e} (float64, s = {list(errors)}); dense solve time ~ s^"
-        f"{slope_dense:.1f} (theory 6), {speedup:.0f}x the factored one at s = {sizes[-1]} "
-        f"(matrix {sizes[-1] ** 2} x {sizes[-1] ** 2}). " + steps_text
+        f"{max(errors.values()):.1e} (float64, s = {list(errors)}); solve time ~ s^"
+        f"{slope_dense:.1f} dense vs s^{slope_factored:.1f} factored over s = {sizes} (flop "
+        f"counts s^6 and s^3; {_cost_note(slope_dense)}), the dense {speedup:.0f}x the factored at "
+        f"s = {sizes[-1]} (matrix {sizes[-1] ** 2} x {sizes[-1] ** 2}). " + steps_text
     )
     result = ClaimResult(
         claim="K-FAC: (A kron G)^-1 = A^-1 kron G^-1, and K-FAC reaches Adam's loss in fewer steps",
@@ -246,6 +252,7 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
             "dense_seconds": {str(k): v for k, v in dense_s.items()},
             "factored_seconds": {str(k): v for k, v in factored_s.items()},
             "dense_slope": slope_dense,
+            "factored_slope": slope_factored,
             "adam_losses": {str(lr): [float(v) for v in adam[lr]] for lr in adam},
             "adam_best_lr": best_lr,
             "kfac_losses": [float(v) for v in kfac_losses],
@@ -258,6 +265,16 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
         },
     )
     return result, _figure(result.data, sizes)
+
+
+def _cost_note(slope_dense: float) -> str:
+    """Why a measured dense exponent sits below 6, when it does (a verdict-free remark)."""
+    if slope_dense >= 5:
+        return "the times follow the counts"
+    return (
+        "time grows slower than the count at these sizes, where a larger matrix runs at a "
+        "higher flop rate; the exponents are reported, not judged"
+    )
 
 
 def _figure(data, sizes):
@@ -275,6 +292,10 @@ def _figure(data, sizes):
         ylabel="time (ms)",
         title="solve (A kron G) x = vec(W)",
     )
+    dense = [1e3 * data["dense_seconds"][str(k)] for k in sizes]
+    factored = [1e3 * data["factored_seconds"][str(k)] for k in sizes]
+    reference_slope(left, s, dense, 6, "s⁶ (flops)", at="middle")
+    reference_slope(left, s, factored, 3, "s³ (flops)", at="below")
     left.set_xticks(s, labels=[str(k) for k in sizes], minor=False)
     left.minorticks_off()
     left.legend()

@@ -541,11 +541,17 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
     return result, _figure(config, cgs, lz, pc)
 
 
+def _iterations_text(iterations) -> str:
+    if iterations is None:
+        return "not reached"
+    return f"{iterations} iteration" + ("" if iterations == 1 else "s")
+
+
 def _figure(config, cgs, lz, pc):
     plt = pyplot()
     if plt is None:
         return None
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7.5))
+    fig, axes = plt.subplots(2, 2, figsize=(11, 9.5))
     ax = axes[0, 0]
     for i, (name, c) in enumerate(cgs.items()):
         color = f"C{i}"
@@ -559,7 +565,7 @@ def _figure(config, cgs, lz, pc):
     ax.set_xlabel("CG iteration k")
     ax.set_ylabel("relative residual ||r_k|| / ||b||")
     ax.set_title("CG in float64: residual vs iteration")
-    ax.legend(fontsize=6, ncol=2)
+    ax.legend(fontsize=6.5, ncol=3, loc="upper center", bbox_to_anchor=(0.5, -0.16))
 
     ax = axes[0, 1]
     iters = [int(m) for m in lz["by_iters"]]
@@ -582,7 +588,7 @@ def _figure(config, cgs, lz, pc):
                 ls="--" if name == "momentum" else "-",
                 marker="o" if name == "kfac" else None,
                 markevery=[0, 1],
-                label=f"{name} (lr {r['best_lr']:.2g}): {r['iterations']} iterations",
+                label=f"{name} (lr {r['best_lr']:.2g}): {_iterations_text(r['iterations'])}",
             )
         ax.axhline(config.quad_tol, color="k", lw=0.8, ls=":",
                    label=f"tolerance {config.quad_tol:g} (iterations to reach it)")  # fmt: skip
@@ -590,7 +596,7 @@ def _figure(config, cgs, lz, pc):
         ax.set_xlabel("iteration + 1 (log scale)")
         ax.set_ylabel("(f - f*) / (f0 - f*)")
         ax.set_title(f"{kind} Kronecker quadratic, cond {d['cond']:.0f}")
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.16))
     fig.suptitle("CG, Lanczos and preconditioners")
     fig.tight_layout()
     return fig

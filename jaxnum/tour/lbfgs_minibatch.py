@@ -118,7 +118,13 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
         measured=measured,
         verdict=verdict,
         why=(
-            f"batch {sizes[0]} stalls {ratio:.0e}x above full batch: each search succeeds on "
+            f"batch {sizes[0]} stalls {ratio:.0e}x above "
+            + (
+                f"the full batch's f - f* = {full:.1e}"
+                if full > floor
+                else f"float32's resolution of f* ({floor:.1e}), which the full batch reaches"
+            )
+            + ": each search succeeds on "
             "its own batch's loss, so unit steps chase each batch's minimiser, and pairs mix "
             "gradients of different batches; nothing damps the noise"
         ),

@@ -225,6 +225,7 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
         f"(exact); {flop_exponents}; time exponents "
         f"{times['lbfgs_seconds']:.2f} / {times['bfgs_seconds']:.2f} over "
         f"{len(lbfgs_timed)} / {len(bfgs_timed)} sizes (tolerance {TIME_TOLERANCE} around 1 and 2)"
+        + _outside_text(times)
         + ("" if faster else f"; BFGS was not slower at n = {top['n']}")
         + ("" if fitted_enough else f"; fewer than {MIN_FIT_SIZES} timed sizes: no time verdict")
     )
@@ -247,6 +248,16 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
         },
     )
     return result, _figure(rows, lbfgs_timed, bfgs_timed, memory, times)
+
+
+def _outside_text(times) -> str:
+    """Which fitted time exponent missed its claim, with three decimals (none: empty)."""
+    missed = [
+        f"{name} {times[key]:.3f} vs {claimed}"
+        for name, key, claimed in (("L-BFGS", "lbfgs_seconds", 1), ("BFGS", "bfgs_seconds", 2))
+        if abs(times[key] - claimed) >= TIME_TOLERANCE
+    ]
+    return f"; outside the tolerance: {', '.join(missed)}" if missed else ""
 
 
 def _sizes_text(points) -> str:

@@ -25,7 +25,7 @@ import numpy as np
 import optax
 
 from jaxnum.optim import convergence_order, newton_root, scale_by_newton_cg
-from jaxnum.tour._common import pyplot
+from jaxnum.tour._common import pyplot, reference_slope
 from jaxnum.tour.result import ClaimResult
 
 
@@ -187,8 +187,14 @@ def _figure(e_newton, e_gd, floor, newton_fit, gd_fit):
         left.semilogy(np.arange(len(errors)), shown, label=label)
         keep = (errors[:-1] > floor) & (errors[1:] > floor)
         right.loglog(errors[:-1][keep], errors[1:][keep], "o", ms=3, label=label)
+        if errors is e_newton and keep.sum() >= 2:
+            reference_slope(right, errors[:-1][keep], errors[1:][keep], 2, "slope 2", at="below")
     left.axhline(floor, color="gray", ls=":", label="rounding floor")
-    left.set(xlabel="iteration", ylabel="||grad f(x_k)||", title="gradient norm")
+    left.set(
+        xlabel="iteration",
+        ylabel="||grad f(x_k)||\n(below the floor drawn at floor / 10)",
+        title="gradient norm",
+    )
     left.set_xscale("symlog", linthresh=20)
     left.set_xlim(left=0)
     grid = np.logspace(np.log10(floor), 0, 50)

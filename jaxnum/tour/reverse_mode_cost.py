@@ -331,6 +331,9 @@ def _figure(config, mlp, grads, slopes):
     flops = [r["flop_ratio"] or 0.0 for r in mlp]
     left.bar(pos + 0.2, flops, 0.4, label="FLOP ratio (XLA cost analysis)")
     left.axhspan(3, 5, color="gray", alpha=0.2, label="claimed 3-5x")
+    lo, hi = RATIO_BAND
+    left.axhline(lo, color="gray", ls="--", lw=0.8, label=f"judged band {lo:g}-{hi:g}x")
+    left.axhline(hi, color="gray", ls="--", lw=0.8)
     left.set_xticks(pos, [str(r["width"]) for r in mlp])
     left.set(
         xlabel=f"MLP width ({config.mlp_depth} layers, batch {config.mlp_batch})",

@@ -35,6 +35,27 @@ from jaxnum.tour.result import ClaimResult
 # checks they agree. Re-measure and update all three when an experiment's sizes change.
 MEASURED_SECONDS = {"full": 173, "quick": 111}
 
+# Seconds each experiment took (full, quick) in the run that measured MEASURED_SECONDS:
+# relative weights for the time-left estimate, which scales them by this run's pace.
+TYPICAL_SECONDS = {
+    "float_range": (0.6, 0.8),
+    "fp16_loss_scaling": (5.5, 5.6),
+    "softmax_overflow": (1.7, 1.6),
+    "clipping_overflow": (1.0, 0.9),
+    "lbfgs_scaling": (17.4, 14.9),
+    "lbfgs_minibatch": (8.3, 7.2),
+    "kfac_claims": (18.2, 15.3),
+    "randomized_svd": (24.5, 10.3),
+    "lora_counts": (5.0, 4.5),
+    "finite_differences": (3.1, 3.3),
+    "reverse_mode_cost": (6.6, 4.6),
+    "hvp_cost": (13.5, 8.0),
+    "checkpointing": (12.4, 6.4),
+    "newton_convergence": (4.7, 4.1),
+    "linear_lm": (35.8, 11.2),
+    "krylov": (6.3, 6.3),
+}
+
 # name -> module under jaxnum.tour, in the order of the report (issue 8's list).
 EXPERIMENTS = {
     "float_range": "float_range",
@@ -129,7 +150,10 @@ def _versions() -> dict[str, str]:
 def _machine() -> str:
     devices = jax.devices()
     kinds = sorted({d.device_kind for d in devices})
-    return f"{platform.machine()} {platform.system()}, {len(devices)} x {', '.join(kinds)}"
+    return (
+        f"{platform.machine()} {platform.system()}, {os.cpu_count()} CPU cores, "
+        f"{len(devices)} x {', '.join(kinds)} device"
+    )
 
 
 def _cell(text: str) -> str:
@@ -209,12 +233,18 @@ def write_report(outcomes: Sequence[Outcome], out: Path, *, quick: bool, seed: i
     (out / "results.json").write_text(json.dumps(payload, indent=1, allow_nan=False))
 
 
-def _time_left(start: float, done: int, total: int) -> str:
-    """``"; about N s left"``: the mean time per experiment so far times those left."""
-    if done == total:
-        return f"; {time.perf_counter() - start:.0f} s in all"
-    left = (time.perf_counter() - start) / done * (total - done)
-    return f"; about {left:.0f} s left" if left < 120 else f"; about {left / 60:.0f} min left"
+def _time_left(elapsed: float, done: list[str], left: list[str], quick: bool) -> str:
+    """``"; about N s left"``: the typical seconds of those left, at this run's pace so far."""
+    if not left:
+        return f"; {elapsed:.0f} s in all"
+    typical = {name: TYPICAL_SECONDS.get(name, (10.0, 10.0))[quick] for name in done + left}
+    pace = elapsed / max(sum(typical[n] for n in done), 1e-9)
+    remaining = pace * sum(typical[n] for n in left)
+    return (
+        f"; about {remaining:.0f} s left"
+        if remaining < 120
+        else f"; about {remaining / 60:.0f} min left"
+    )
 
 
 def run_tour(
@@ -248,8 +278,8 @@ def run_tour(
         name_key = jax.random.fold_in(key, list(EXPERIMENTS).index(name))
         outcome = run_experiment(name, quick=quick, key=name_key, out=out)
         status = outcome.result.verdict if outcome.result else "ERROR"
-        print(f"{status} ({outcome.seconds:.1f} s){_time_left(start, i, len(names))}",
-              file=stream, flush=True)  # fmt: skip
+        estimate = _time_left(time.perf_counter() - start, names[:i], names[i:], quick)
+        print(f"{status} ({outcome.seconds:.1f} s){estimate}", file=stream, flush=True)
         outcomes.append(outcome)
     write_report(outcomes, out, quick=quick, seed=seed)
     print("\n" + table(outcomes), file=stream)

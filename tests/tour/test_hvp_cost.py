@@ -108,7 +108,7 @@ def test_hvp_matches_closed_form_in_float64(x64, design, mode):
 
 def test_same_key_same_data():
     config = experiment.Config(
-        banded_sizes=(16, 32), dense_sizes=(16, 32), large_sizes=2, min_seconds=1e-4
+        banded_sizes=(16, 32, 48, 64), dense_sizes=(16, 32, 48, 64), large_sizes=4, min_seconds=1e-4
     )
 
     def untimed(data):
@@ -127,7 +127,9 @@ def test_bad_configuration_fails_by_name():
     with pytest.raises(ValueError, match="increasing"):
         experiment.Config(dense_sizes=(256, 128, 512))
     with pytest.raises(ValueError, match="large_sizes"):
-        experiment.Config(banded_sizes=(512, 1024), large_sizes=3)
+        experiment.Config(banded_sizes=(512, 1024, 2048), large_sizes=4)
+    with pytest.raises(ValueError, match="large_sizes must be an int >= 4"):
+        experiment.Config(large_sizes=3)
     with pytest.raises(ValueError, match="16384"):
         experiment.Config(dense_sizes=(1024, 2048, 32768))
     with pytest.raises(ValueError, match="repeats"):

@@ -51,7 +51,9 @@ def test_row_is_consistent_with_its_data(quick_run):
 
 def test_bad_config_is_refused():
     with pytest.raises(ValueError, match="factor sizes"):
-        experiment.Config(cost_sizes=(1, 4))
+        experiment.Config(cost_sizes=(1, 4, 8, 16))
+    with pytest.raises(ValueError, match="cost_sizes needs >= 4 sizes"):
+        experiment.Config(cost_sizes=(4, 8, 16))
     with pytest.raises(ValueError, match="empty"):
         experiment.Config(adam_lrs=())
 

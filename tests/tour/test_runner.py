@@ -124,3 +124,33 @@ def test_the_stated_tour_times_agree_everywhere(capsys):
     help_text = " ".join(capsys.readouterr().out.split())
     assert f"({quick} s on 2 CPU cores; the full tour {full} s)" in help_text
     assert quick <= 120 and full <= 12 * 60  # the budgets of issue 23
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--out", "{file}"], "cannot create directory"),
+        (["--out", "{file}/sub"], "cannot create directory"),
+        (["--seed", str(2**63)], "must fit in 64 bits"),
+        (["--seed", "x"], "not an integer"),
+    ],
+)
+def test_a_bad_out_or_seed_is_an_argparse_error(argv, message, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    argv = [a.replace("{file}", str(blocker)) for a in argv]
+    with pytest.raises(SystemExit) as exit_info:
+        main(["tour", "--only", "float_range", *argv])
+    assert exit_info.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_time_left_is_the_typical_seconds_left_at_this_runs_pace():
+    assert set(tour.TYPICAL_SECONDS) == set(tour.EXPERIMENTS)
+    full_float, full_krylov = (
+        tour.TYPICAL_SECONDS["float_range"][0],
+        tour.TYPICAL_SECONDS["krylov"][0],
+    )
+    # Twice as slow as typical so far: the rest is expected twice as slow too.
+    text = tour._time_left(2 * full_float, ["float_range"], ["krylov"], quick=False)
+    assert text == f"; about {2 * full_krylov:.0f} s left"
+    assert tour._time_left(5.0, ["float_range"], [], quick=True) == "; 5 s in all"

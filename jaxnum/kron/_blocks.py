@@ -1,0 +1,68 @@
+"""How a parameter becomes square-ish blocks with Kronecker factors (Shampoo, SOAP).
+
+A parameter of rank >= 2 is viewed as a matrix: its leading axes merged into
+rows, its last axis the columns (a conv kernel (kh, kw, c_in, c_out) is a
+(kh kw c_in) x c_out matrix, as in Gupta et al. 2018, Sec. 3.3's reshaping).
+A side longer than ``block_size`` is split into blocks of ``block_size``
+(Anil et al. 2020, Sec. 3.3), the last padded with zeros: a zero row of the
+gradient adds nothing to either factor and comes out of the preconditioner
+as zero, so the padding never reaches the update. A parameter of rank < 2,
+or with a side of length 1, has no useful factor pair and gets the diagonal
+fallback.
+
+Blocks are stacked on a leading axis, so one batched eigendecomposition
+serves every block of a parameter.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    """Where a parameter's matrix view goes: (rows, cols) cut into a grid of equal blocks."""
+
+    shape: tuple[int, ...]  # the parameter's shape
+    rows: int
+    cols: int
+    block_rows: int
+    block_cols: int
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return math.ceil(self.rows / self.block_rows), math.ceil(self.cols / self.block_cols)
+
+    @property
+    def num_blocks(self) -> int:
+        r, c = self.grid
+        return r * c
+
+    def to_blocks(self, x: jax.Array) -> jax.Array:
+        """(num_blocks, block_rows, block_cols): the parameter-shaped ``x`` cut into blocks."""
+        r, c = self.grid
+        m = x.reshape(self.rows, self.cols)
+        m = jnp.pad(m, ((0, r * self.block_rows - self.rows), (0, c * self.block_cols - self.cols)))
+        m = m.reshape(r, self.block_rows, c, self.block_cols).transpose(0, 2, 1, 3)
+        return m.reshape(r * c, self.block_rows, self.block_cols)
+
+    def from_blocks(self, blocks: jax.Array) -> jax.Array:
+        """The inverse of :meth:`to_blocks` (padding dropped), in the parameter's shape."""
+        r, c = self.grid
+        m = blocks.reshape(r, c, self.block_rows, self.block_cols).transpose(0, 2, 1, 3)
+        m = m.reshape(r * self.block_rows, c * self.block_cols)[: self.rows, : self.cols]
+        return m.reshape(self.shape)
+
+
+def plan_blocks(shape: tuple[int, ...], block_size: int) -> BlockPlan | None:
+    """The block plan of a parameter of ``shape``, or None for the diagonal fallback."""
+    if len(shape) < 2:
+        return None
+    rows, cols = math.prod(shape[:-1]), shape[-1]
+    if min(rows, cols) < 2:
+        return None
+    return BlockPlan(tuple(shape), rows, cols, min(rows, block_size), min(cols, block_size))
