@@ -200,14 +200,26 @@ def scale_by_kfac(
             jnp.zeros((), jnp.int32), factors, inverses, jnp.zeros((), jnp.int32)
         )
 
-    def update_fn(updates, state, params=None, *, curvature, **extra_args):
+    def update_fn(updates, state, params=None, *, curvature=None, **extra_args):
         del extra_args
+        if curvature is None:
+            raise TypeError(
+                f"{fn}: update needs curvature=stats, the statistics that "
+                "kfac.value_grad_and_stats (or kfac.nnx.value_grad_and_stats) returns with "
+                "the gradients: tx.update(grads, state, params, curvature=stats)"
+            )
         flat = leaves_by_path(updates)
         if layers is None:
             # Statistics of a layer with no parameters found there would be dropped and
             # that layer given the plain gradient, silently (every layer, if none was
             # found). Layers masked out by optax.masked / multi_transform are not used.
             unused = [k for k in curvature if k not in state.factors and k not in _masked(updates)]
+            if unused and all(("params", *k) in state.factors for k in unused):
+                raise ValueError(
+                    f"{fn}: init was given the whole dict model.init(...) returns (its layers "
+                    f"sit under 'params': {describe_paths(state.factors)}); pass its inside, "
+                    'tx.init(variables["params"]), as value_grad_and_stats takes'
+                )
             if unused:
                 raise ValueError(
                     f"{fn}: curvature= holds statistics for the layers "
@@ -224,7 +236,10 @@ def scale_by_kfac(
             if layer not in curvature:
                 raise ValueError(
                     f"{fn}: no curvature statistics for registered layer {layer_name(layer)}; "
-                    f"statistics were given for {sorted(layer_name(k) for k in curvature)}"
+                    f"statistics were given for {sorted(layer_name(k) for k in curvature)}. "
+                    "A plain flax nn.Dense / nn.Conv (nnx.Linear / nnx.Conv) records none: "
+                    "build it with jaxnum.kfac.Dense / Conv (kfac.nnx.Linear / Conv), or "
+                    "precondition only the others with layers="
                 )
             new = curvature[layer]
             if new.A.shape != old.A.shape or new.G.shape != old.G.shape:
