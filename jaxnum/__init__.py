@@ -3,8 +3,9 @@
 ``import jaxnum as jn``; the subpackages hold the rest (``jaxnum.precision``...).
 """
 
-from jaxnum import autodiff, kfac, linalg, lora, optim, precision, serialization
+from jaxnum import autodiff, kfac, kron, linalg, lora, optim, precision, serialization
 from jaxnum.kfac import scale_by_kfac
+from jaxnum.kron import scale_by_shampoo, scale_by_soap, shampoo, soap
 from jaxnum.optim import (
     Status,
     lbfgs,
@@ -53,6 +54,7 @@ __all__ = [
     "float_formats",
     "global_norm",
     "kfac",
+    "kron",
     "lbfgs",
     "linalg",
     "lora",
@@ -67,8 +69,12 @@ __all__ = [
     "scale_by_kfac",
     "scale_by_lbfgs",
     "scale_by_newton_cg",
+    "scale_by_shampoo",
+    "scale_by_soap",
     "scale_by_strong_wolfe",
     "scaled_value_and_grad",
     "serialization",
+    "shampoo",
+    "soap",
     "underflow_fraction",
 ]

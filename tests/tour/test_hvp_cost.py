@@ -131,7 +131,7 @@ def test_bad_configuration_fails_by_name():
     with pytest.raises(ValueError, match="large_sizes must be an int >= 4"):
         experiment.Config(large_sizes=3)
     with pytest.raises(ValueError, match="16384"):
-        experiment.Config(dense_sizes=(1024, 2048, 32768))
+        experiment.Config(dense_sizes=(512, 1024, 2048, 32768))
     with pytest.raises(ValueError, match="repeats"):
         experiment.Config(repeats=3)
 

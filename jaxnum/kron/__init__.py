@@ -1,0 +1,19 @@
+"""The Kronecker-factored family without capture layers: Shampoo and SOAP, and their machinery.
+
+Each is an optax ``GradientTransformation`` over any parameter pytree: a
+parameter of rank >= 2 is preconditioned by left and right factor
+statistics of its gradient, split into blocks when large; others fall back
+to Adam. K-FAC and EKFAC, which need capture layers, are in ``jaxnum.kfac``.
+"""
+
+from jaxnum.kron.shampoo import ScaleByShampooState, scale_by_shampoo, shampoo
+from jaxnum.kron.soap import ScaleBySOAPState, scale_by_soap, soap
+
+__all__ = [
+    "ScaleBySOAPState",
+    "ScaleByShampooState",
+    "scale_by_shampoo",
+    "scale_by_soap",
+    "shampoo",
+    "soap",
+]
