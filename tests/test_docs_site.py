@@ -18,6 +18,7 @@ API_PAGES = {
     "jaxnum.linalg": "linalg",
     "jaxnum.lora": "lora",
     "jaxnum.optim": "optim",
+    "jaxnum.kron": "kron",
     "jaxnum.kfac": "kfac",
     "jaxnum.kfac.nnx": "kfac_nnx",
     "jaxnum.serialization": "serialization",

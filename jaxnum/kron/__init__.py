@@ -6,8 +6,8 @@ statistics of its gradient, split into blocks when large; others fall back
 to Adam. K-FAC and EKFAC, which need capture layers, are in ``jaxnum.kfac``.
 """
 
-from jaxnum.kron.shampoo import ScaleByShampooState, scale_by_shampoo, shampoo
-from jaxnum.kron.soap import ScaleBySOAPState, scale_by_soap, soap
+from jaxnum.kron.eigenbasis_adam import ScaleBySOAPState, scale_by_soap, soap
+from jaxnum.kron.grafted_shampoo import ScaleByShampooState, scale_by_shampoo, shampoo
 
 __all__ = [
     "ScaleBySOAPState",

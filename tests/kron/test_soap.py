@@ -38,9 +38,7 @@ def test_vectors_take_adams_step():
     tx = jn.scale_by_soap()
     _, state = tx.update(g, tx.init(params))
     out, state = tx.update(g, state)
-    expected, _ = optax.scale_by_adam(b1=0.95, b2=0.95).update(
-        g, optax.scale_by_adam(b1=0.95, b2=0.95).init(params)
-    )
+    expected, _ = optax.scale_by_adam().update(g, optax.scale_by_adam().init(params))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), out, expected)
     assert state.factors == (None, None)
 
@@ -95,10 +93,12 @@ def test_on_an_ill_conditioned_kronecker_quadratic_soap_beats_tuned_adam():
     f, _ = kron_quadratic(8, 6, 1e4, jax.random.key(3))
     grid = (1e-2, 3e-2, 1e-1, 3e-1, 1.0)
     adam = min(_final_loss(optax.adam(lr), f, 200) for lr in grid)
-    # Adam's betas: the paper's (0.95, 0.95), made for noisy language-model batches, let
-    # the statistics follow this deterministic problem's shrinking gradient (5e-5 at best).
-    soap = min(_final_loss(jn.soap(lr, b1=0.9, b2=0.999), f, 200) for lr in grid)
+    soap = min(_final_loss(jn.soap(lr), f, 200) for lr in grid)
     assert soap < 0.01 * adam, (soap, adam)  # measured 5.8e-10 vs Adam's 2.0e-5
+    # The paper's betas (0.95, 0.95), made for noisy language-model batches, let the
+    # statistics follow this deterministic problem's shrinking gradient: 5.2e-5 at best.
+    paper = min(_final_loss(jn.soap(lr, b1=0.95, b2=0.95), f, 200) for lr in grid)
+    assert paper > 100 * soap
 
 
 def test_a_non_finite_gradient_is_skipped_and_leaves_the_state():

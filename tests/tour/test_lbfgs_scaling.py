@@ -1,5 +1,7 @@
 """The L-BFGS vs BFGS scaling experiment: exact memory counts and the dense BFGS update."""
 
+import itertools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,7 +9,6 @@ import pytest
 
 from jaxnum.tour import VERDICTS, ClaimResult
 from jaxnum.tour import lbfgs_scaling as experiment
-
 
 SMALL = experiment.Config(
     sizes=(64, 128), bfgs_time_sizes=(256, 512), lbfgs_time_sizes=(1024, 2048), repeats=3
@@ -64,7 +65,7 @@ def test_compiled_flops_grow_as_the_textbook_counts(quick_run):
     if any(r["lbfgs_flops"] is None for r in lbfgs):
         pytest.skip("this backend has no cost analysis")
     m = SMALL.memory_size
-    for small, large in zip(lbfgs, lbfgs[1:]):  # the O(m^2) scalar work cancels
+    for small, large in itertools.pairwise(lbfgs):  # the O(m^2) scalar work cancels
         per_param = (large["lbfgs_flops"] - small["lbfgs_flops"]) / (large["n"] - small["n"])
         assert 8 * m <= per_param <= 20 * m
     for row in result.data["rows"] + result.data["bfgs_timed"]:

@@ -46,7 +46,7 @@ from jaxnum.kron._factors import (
     statistics_dtype,
     zero_factors,
 )
-from jaxnum.kron.shampoo import skip_non_finite
+from jaxnum.kron.grafted_shampoo import check_like_init, skip_non_finite
 
 
 class ScaleBySOAPState(NamedTuple):
@@ -85,8 +85,8 @@ def _power_qr(factor: jax.Array, basis: jax.Array, nu: jax.Array, axis: int):
 
 def scale_by_soap(
     *,
-    b1: float = 0.95,
-    b2: float = 0.95,
+    b1: float = 0.9,
+    b2: float = 0.999,
     eps: float = 1e-8,
     precondition_every: int = 10,
     block_size: int = 1024,
@@ -95,8 +95,11 @@ def scale_by_soap(
 
     Args:
       b1: Adam's first-moment decay, in [0, 1).
-      b2: Adam's second-moment decay and the factors' (L, R) decay, in [0, 1)
-        (the paper's defaults: 0.95 and 0.95).
+      b2: Adam's second-moment decay and the factors' (L, R) decay, in [0, 1).
+        The defaults are optax.adam's (and Shampoo's here): on an
+        ill-conditioned Kronecker quadratic the paper's (0.95, 0.95), made for
+        noisy language-model batches, ended 9e4x higher after 200 steps
+        (measured in tests/kron/test_soap.py).
       eps: Adam's epsilon, >= 0.
       precondition_every: steps between refreshes of the eigenbases (one
         power step and QR each; the first step uses an eigendecomposition).
@@ -218,6 +221,7 @@ def scale_by_soap(
 
     def update_fn(updates, state, params=None):
         del params
+        check_like_init(fn, updates, state.mu)
         return skip_non_finite(step, updates, state)
 
     return optax.GradientTransformation(init_fn, update_fn)
@@ -226,8 +230,8 @@ def scale_by_soap(
 def soap(
     learning_rate: optax.ScalarOrSchedule,
     *,
-    b1: float = 0.95,
-    b2: float = 0.95,
+    b1: float = 0.9,
+    b2: float = 0.999,
     eps: float = 1e-8,
     weight_decay: float = 0.0,
     mask: Any = None,

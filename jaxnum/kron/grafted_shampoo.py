@@ -59,6 +59,24 @@ class ScaleByShampooState(NamedTuple):
     num_skipped: jax.Array  # steps skipped for non-finite gradients
 
 
+def check_like_init(fn: str, updates, mu) -> None:
+    """A clear trace-time error when the gradients are not shaped like init's parameters."""
+    if jax.tree.structure(updates) != jax.tree.structure(mu):
+        raise ValueError(
+            f"{fn}: the gradients' tree {jax.tree.structure(updates)} is not the tree of the "
+            f"parameters given to init, {jax.tree.structure(mu)}"
+        )
+    for path_g, m in zip(
+        jax.tree_util.tree_leaves_with_path(updates), jax.tree.leaves(mu), strict=True
+    ):
+        path, g = path_g
+        if jnp.shape(g) != jnp.shape(m):
+            raise ValueError(
+                f"{fn}: gradient {jax.tree_util.keystr(path)} has shape {jnp.shape(g)}; the "
+                f"parameter given to init has {jnp.shape(m)}"
+            )
+
+
 def skip_non_finite(step, updates, state):
     """``step(updates, state)`` if every gradient is finite; else zeros and the state kept.
 
@@ -133,8 +151,8 @@ def scale_by_shampoo(
       >>> tx = jn.shampoo(learning_rate=0.1)
       >>> grads = {"w": jnp.arange(6.0).reshape(3, 2), "b": jnp.ones(2)}
       >>> updates, state = tx.update(grads, tx.init(params), params)
-      >>> [u.shape for u in jax.tree.leaves(updates)]
-      [(2,), (3, 2)]
+      >>> updates["w"].shape, int(state[0].count)
+      ((3, 2), 1)
     """
     fn = "scale_by_shampoo"
     check_interval(b1, fn, "b1", at_least=0, below=1)
@@ -204,6 +222,7 @@ def scale_by_shampoo(
 
     def update_fn(updates, state, params=None):
         del params
+        check_like_init(fn, updates, state.mu)
         return skip_non_finite(step, updates, state)
 
     return optax.GradientTransformation(init_fn, update_fn)
