@@ -9,6 +9,7 @@ import sys
 BENCHMARKS = {
     "hvp": "benchmarks.hvp",
     "kfac": "benchmarks.kfac",
+    "kron": "benchmarks.kron",
     "lbfgs": "benchmarks.lbfgs",
     "newton": "benchmarks.newton",
     "loss_scaling": "benchmarks.loss_scaling",

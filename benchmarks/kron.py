@@ -1,0 +1,213 @@
+"""Shampoo and SOAP against AdamW and muon on the character-level transformer LM (issue 24).
+
+Task: the transformer language model of examples/transformer_lm_mixed_precision.py
+(2 pre-LayerNorm blocks, d_model 64, 4 heads, context 64, batch 16 windows of
+the shipped Coriolanus text), float32, the same seeded batches for every run.
+Optimisers, each at its defaults with a learning-rate grid of four values:
+
+- AdamW (``optax.adamw``, weight decay 1e-4): the baseline; its best final
+  held-out loss after ``STEPS`` steps is the target;
+- muon (``optax.contrib.muon``: Newton-Schulz orthogonalised momentum on 2-D
+  weights, AdamW on the rest);
+- Shampoo (``jn.shampoo``: Adam-grafted, roots every 10 steps);
+- SOAP (``jn.soap``: Adam in the eigenbasis, refreshed every 10 steps).
+
+Reported per optimiser at its best learning rate: the final held-out loss;
+the steps to reach AdamW's target (held-out loss evaluated every
+``EVAL_EVERY`` steps, so a count is a multiple of it); the median time per
+step (jitted ``lax.scan`` chunks, interleaved rounds, compile excluded); the
+wall time to the target relative to AdamW's ``STEPS`` steps; the optimizer
+state's bytes relative to Adam's 2x params. The curves go to
+benchmarks/figures/kron_transformer.png.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import jaxnum as jn
+from benchmarks.harness import ROOT, compare, machine_summary, write_section
+
+STEPS = 600
+EVAL_EVERY = 20
+GRIDS = {
+    "AdamW": (1e-3, 3e-3, 1e-2, 3e-2),
+    "muon": (3e-3, 1e-2, 3e-2, 1e-1),
+    "Shampoo": (1e-3, 3e-3, 1e-2, 3e-2),
+    "SOAP": (1e-3, 3e-3, 1e-2, 3e-2),
+}
+FIGURE = ROOT / "benchmarks" / "figures" / "kron_transformer.png"
+
+
+def optimiser(name: str, lr: float) -> optax.GradientTransformation:
+    if name == "AdamW":
+        return optax.adamw(lr, weight_decay=1e-4)
+    if name == "muon":
+        return optax.contrib.muon(lr)
+    if name == "Shampoo":
+        return jn.shampoo(lr)
+    return jn.soap(lr)
+
+
+def _example_module():
+    path = ROOT / "examples" / "transformer_lm_mixed_precision.py"
+    spec = importlib.util.spec_from_file_location("transformer_lm_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class Task:
+    """The example's model, batches and held-out windows, built once."""
+
+    def __init__(self, steps: int):
+        ex = _example_module()
+        chars, train_ids, val_ids = ex.load_text()
+        self.seqs = jnp.asarray(ex.training_batches(jax.random.key(0), train_ids, steps))
+        n_val = (len(val_ids) - 1) // ex.CONTEXT
+        self.val = jnp.asarray(
+            np.stack([val_ids[i * ex.CONTEXT : (i + 1) * ex.CONTEXT + 1] for i in range(n_val)])
+        )
+        self.model = ex.CharTransformer(len(chars), jn.Policy())
+        self.params0 = jax.jit(self.model.init)(jax.random.key(1), self.seqs[0, :, :-1])
+        self.nll = ex.mean_nll
+
+    def loss(self, params, batch):
+        return self.nll(self.model.apply(params, batch[:, :-1]), batch)
+
+
+def _chunk_fn(task: Task, tx):
+    def step(carry, batch):
+        params, state = carry
+        grads = jax.grad(task.loss)(params, batch)
+        updates, state = tx.update(grads, state, params)
+        return (optax.apply_updates(params, updates), state), None
+
+    def chunk(carry, batches):
+        return jax.lax.scan(step, carry, batches)[0]
+
+    return jax.jit(chunk)
+
+
+def train(task: Task, tx, steps: int, label: str) -> list[float]:
+    """Held-out loss after every EVAL_EVERY steps (index 0: at initialisation)."""
+    chunk = _chunk_fn(task, tx)
+    evaluate = jax.jit(lambda p: task.loss(p, task.val))
+    carry = (task.params0, tx.init(task.params0))
+    curve = [float(evaluate(carry[0]))]
+    start = last = time.perf_counter()
+    for c in range(steps // EVAL_EVERY):
+        carry = chunk(carry, task.seqs[c * EVAL_EVERY : (c + 1) * EVAL_EVERY])
+        curve.append(float(evaluate(carry[0])))
+        if time.perf_counter() - last > 5 or c == steps // EVAL_EVERY - 1:
+            last = time.perf_counter()
+            print(f"  {label}: step {(c + 1) * EVAL_EVERY}/{steps}, held-out loss "
+                  f"{curve[-1]:.3f} ({last - start:.0f} s)", flush=True)  # fmt: skip
+    return curve
+
+
+def steps_to(curve: list[float], target: float) -> int | None:
+    reached = [i for i, v in enumerate(curve) if v <= target]
+    return reached[0] * EVAL_EVERY if reached else None
+
+
+def state_bytes(tx, params) -> int:
+    state = jax.eval_shape(tx.init, params)
+    return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)))
+
+
+def run(quick: bool = False) -> None:
+    steps = 200 if quick else STEPS
+    grids = {k: v[1:3] for k, v in GRIDS.items()} if quick else GRIDS
+    task = Task(steps)
+    curves: dict[str, dict[float, list[float]]] = {}
+    for name, grid in grids.items():
+        curves[name] = {}
+        for lr in grid:
+            curve = train(task, optimiser(name, lr), steps, f"{name} lr {lr:g}")
+            curves[name][lr] = curve if np.isfinite(curve[-1]) else [np.inf] * len(curve)
+    best = {name: min(c, key=lambda lr, c=c: c[lr][-1]) for name, c in curves.items()}
+    target = curves["AdamW"][best["AdamW"]][-1]
+
+    # Step time at each optimiser's best learning rate: interleaved rounds of chained chunks.
+    carry0 = {n: (task.params0, optimiser(n, best[n]).init(task.params0)) for n in grids}
+    chunk_batches = task.seqs[:EVAL_EVERY]
+    variants = {}
+    for n in grids:
+        chunk = _chunk_fn(task, optimiser(n, best[n]))
+        variants[n] = (lambda carry, chunk=chunk: chunk(carry, chunk_batches), (carry0[n],))
+    timings = compare(variants, rounds=5 if quick else 11, calls_per_round=2, chained=True)
+    step_s = {n: timings[n].median_s / EVAL_EVERY for n in grids}
+
+    params_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(task.params0))
+    adam_bytes = state_bytes(optax.adamw(1e-3), task.params0)
+    rows = [
+        "| optimiser (defaults) | best lr of grid | final held-out loss | steps to AdamW's "
+        "loss (vs AdamW) | time per step, ms (vs AdamW) | wall to AdamW's loss (vs AdamW) | "
+        "state bytes (vs AdamW's) |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for n in grids:
+        curve = curves[n][best[n]]
+        reached = steps_to(curve, target)
+        step_ratio = f"{reached} ({reached / steps:.2f}x)" if reached else "not reached"
+        wall = (
+            f"{reached * step_s[n] / (steps * step_s['AdamW']):.2f}x" if reached else "not reached"
+        )
+        sb = state_bytes(optimiser(n, best[n]), task.params0)
+        rows.append(
+            f"| {n} | {best[n]:g} of {list(grids[n])} | {curve[-1]:.4f} | {step_ratio} | "
+            f"{1e3 * step_s[n]:.2f} ({step_s[n] / step_s['AdamW']:.2f}x) | {wall} | "
+            f"{sb / 2**20:.2f} MiB ({sb / adam_bytes:.2f}x) |"
+        )
+    _figure(curves, best, target, steps)
+    body = "\n".join(
+        [
+            "## Kronecker family: Shampoo and SOAP vs AdamW and muon (`python -m benchmarks kron`)",
+            "",
+            machine_summary(),
+            "",
+            f"Character-level transformer LM of the examples (float32, {steps} steps of 16x64 "
+            f"tokens, held-out loss every {EVAL_EVERY} steps); target: AdamW's best final "
+            f"held-out loss {target:.4f}. Parameters {params_bytes / 2**20:.2f} MiB. Each "
+            "optimiser at its defaults with the four learning rates shown.",
+            "",
+            *rows,
+            "",
+            f"Curves: [benchmarks/figures/{FIGURE.name}](benchmarks/figures/{FIGURE.name}).",
+        ]
+    )
+    print(body)
+    if not quick:
+        write_section("kron", body)
+
+
+def _figure(curves, best, target, steps):
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, by_lr in curves.items():
+        curve = by_lr[best[name]]
+        ax.plot(np.arange(len(curve)) * EVAL_EVERY, curve, label=f"{name} (lr {best[name]:g})")
+    ax.axhline(target, color="gray", ls=":", label="AdamW's final loss")
+    ax.set(xlabel="step", ylabel="held-out loss (nats per character)", ylim=(None, 3.5),
+           title=f"transformer LM, {steps} steps, best learning rate of each")  # fmt: skip
+    ax.legend(fontsize=8)
+    FIGURE.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(FIGURE, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    run()
