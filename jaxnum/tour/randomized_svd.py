@@ -79,7 +79,7 @@ class Config:
 
     @classmethod
     def quick(cls) -> Config:
-        return cls(shape=(300, 150), power_iters=(0, 1, 2, 4), trials=5, time_shape=(1000, 500))
+        return cls(shape=(300, 150), power_iters=(0, 1, 2, 4), trials=3, time_shape=(1000, 500))
 
     def __post_init__(self):
         for name in ("shape", "time_shape"):
