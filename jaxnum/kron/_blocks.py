@@ -1,8 +1,10 @@
 """How a parameter becomes square-ish blocks with Kronecker factors (Shampoo, SOAP).
 
-A parameter of rank >= 2 is viewed as a matrix: its leading axes merged into
-rows, its last axis the columns (a conv kernel (kh, kw, c_in, c_out) is a
-(kh kw c_in) x c_out matrix, as in Gupta et al. 2018, Sec. 3.3's reshaping).
+A parameter of rank >= 2 is viewed as a matrix: its axes split in two, the
+leading ones merged into rows and the rest into columns, at the split whose
+two factors hold the fewest entries (Gupta et al. 2018, Sec. 3.3 reshape
+tensors the same way; a conv kernel (kh, kw, c_in, c_out) usually becomes
+(kh kw c_in) x c_out).
 A side longer than ``block_size`` is split into blocks of ``block_size``
 (Anil et al. 2020, Sec. 3.3), the last padded with zeros: a zero row of the
 gradient adds nothing to either factor and comes out of the preconditioner
@@ -58,11 +60,23 @@ class BlockPlan:
         return m.reshape(self.shape)
 
 
+def matrix_view(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(rows, cols): the axes split where the two factors hold the fewest entries.
+
+    rows = prod(shape[:k]), cols = prod(shape[k:]) for the k in 1..ndim-1 that
+    minimises rows^2 + cols^2: an attention kernel (d_model, heads, head_dim)
+    is d_model x (heads head_dim), not (d_model heads) x head_dim; a conv
+    kernel (3, 3, 64, 128) is 576 x 128.
+    """
+    splits = [(math.prod(shape[:k]), math.prod(shape[k:])) for k in range(1, len(shape))]
+    return min(splits, key=lambda rc: (rc[0] ** 2 + rc[1] ** 2, -rc[0]))
+
+
 def plan_blocks(shape: tuple[int, ...], block_size: int) -> BlockPlan | None:
     """The block plan of a parameter of ``shape``, or None for the diagonal fallback."""
     if len(shape) < 2:
         return None
-    rows, cols = math.prod(shape[:-1]), shape[-1]
+    rows, cols = matrix_view(tuple(shape))
     if min(rows, cols) < 2:
         return None
     return BlockPlan(tuple(shape), rows, cols, min(rows, block_size), min(cols, block_size))

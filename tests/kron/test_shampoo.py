@@ -94,13 +94,17 @@ def test_vectors_scalars_and_thin_matrices_take_adams_step():
     assert s.factors == (None, None, None)
 
 
-def test_a_conv_kernel_is_its_merged_matrix():
-    k = jax.random.normal(jax.random.key(2), (3, 3, 2, 4))
+def test_a_conv_kernel_is_its_merged_matrix_and_an_attention_kernel_its_natural_one():
+    k = jax.random.normal(jax.random.key(2), (3, 3, 8, 16))
     tx = jn.scale_by_shampoo()
     out, state = tx.update(k, tx.init(k))
-    flat_out, _ = tx.update(k.reshape(18, 4), tx.init(k.reshape(18, 4)))
-    np.testing.assert_allclose(out.reshape(18, 4), flat_out, rtol=1e-6)
-    assert state.factors[0].left.shape == (1, 18, 18)
+    flat_out, _ = tx.update(k.reshape(72, 16), tx.init(k.reshape(72, 16)))
+    np.testing.assert_allclose(out.reshape(72, 16), flat_out, rtol=1e-4, atol=1e-6)  # eigh rounding
+    assert state.factors[0].left.shape == (1, 72, 72)
+    # (d_model, heads, head_dim): d_model x (heads head_dim), the split with the smallest
+    # factors (64^2 + 64^2 entries, not 256^2 + 16^2).
+    state = tx.init(jnp.zeros((64, 4, 16)))
+    assert state.factors[0].left.shape == (1, 64, 64) == state.factors[0].right.shape
 
 
 def test_a_non_finite_gradient_is_skipped_and_leaves_the_state():
