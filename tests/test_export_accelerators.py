@@ -43,6 +43,17 @@ CASES = {
         ),
         (jnp.ones(4), jnp.ones(4)),
     ),
+    "shampoo update (eigh roots)": (
+        lambda g, p: (lambda tx: tx.update(g, tx.init(p), p))(jn.shampoo(1e-3)),
+        ({"w": jnp.ones((6, 4)), "b": jnp.ones(4)}, {"w": jnp.ones((6, 4)), "b": jnp.ones(4)}),
+    ),
+    "soap two updates (eigh, then power step and QR)": (
+        lambda g, p: (
+            lambda tx: tx.update(g, tx.update(g, tx.init(p), p)[1]._replace(count=jnp.array(10)), p)
+        )(jn.scale_by_soap()),
+        (jnp.ones((6, 4)), jnp.ones((6, 4))),
+    ),
+    "matrix_inverse_root": (lambda a: linalg.matrix_inverse_root(a, 3, eps=1e-6), (A,)),
     "online_softmax": (lambda x: jn.online_softmax(x, block_size=4), (jnp.ones((3, 10)),)),
     "nonfinite_report": (jn.nonfinite_report, ({"w": jnp.ones(3)},)),
     "hvp": (lambda w, v: hvp(_loss, w, v), (jnp.ones(4), jnp.ones(4))),
