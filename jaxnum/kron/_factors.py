@@ -55,7 +55,8 @@ def accumulate(factors: FactorPair, blocks: jax.Array, decay) -> FactorPair:
     g = blocks.astype(factors.left.dtype)
     left = jnp.einsum("nij,nkj->nik", g, g)
     right = jnp.einsum("nji,njk->nik", g, g)
+    dtype = factors.left.dtype  # a float64 decay under x64 keeps float32 statistics
     return FactorPair(
-        decay * factors.left + (1 - decay) * left,
-        decay * factors.right + (1 - decay) * right,
+        (decay * factors.left + (1 - decay) * left).astype(dtype),
+        (decay * factors.right + (1 - decay) * right).astype(dtype),
     )

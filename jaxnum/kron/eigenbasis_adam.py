@@ -46,7 +46,7 @@ from jaxnum.kron._factors import (
     statistics_dtype,
     zero_factors,
 )
-from jaxnum.kron.grafted_shampoo import check_like_init, skip_non_finite
+from jaxnum.kron.grafted_shampoo import bias_corrected, check_like_init, ema, skip_non_finite
 
 
 class ScaleBySOAPState(NamedTuple):
@@ -100,7 +100,7 @@ def scale_by_soap(
         ill-conditioned Kronecker quadratic the paper's (0.95, 0.95), made for
         noisy language-model batches, ended 9e4x higher after 200 steps
         (measured in tests/kron/test_soap.py).
-      eps: Adam's epsilon, >= 0.
+      eps: Adam's epsilon, > 0.
       precondition_every: steps between refreshes of the eigenbases (one
         power step and QR each; the first step uses an eigendecomposition).
       block_size: the longest side of a factor block; longer sides are split.
@@ -112,7 +112,7 @@ def scale_by_soap(
     fn = "scale_by_soap"
     check_interval(b1, fn, "b1", at_least=0, below=1)
     check_interval(b2, fn, "b2", at_least=0, below=1)
-    check_interval(eps, fn, "eps", at_least=0)
+    check_interval(eps, fn, "eps", above=0)
     check_int(precondition_every, fn, "precondition_every")
     check_int(block_size, fn, "block_size", minimum=2)
 
@@ -121,7 +121,7 @@ def scale_by_soap(
 
     def init_fn(params):
         leaves = jax.tree.leaves(params)
-        dtypes = [statistics_dtype(x.dtype) for x in leaves]
+        dtypes = [statistics_dtype(jnp.result_type(x)) for x in leaves]
         plans = plans_of(leaves)
         nu = tuple(
             jnp.zeros(jnp.shape(x), d)
@@ -131,7 +131,9 @@ def scale_by_soap(
         )
         return ScaleBySOAPState(
             count=jnp.zeros((), jnp.int32),
-            mu=jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), statistics_dtype(x.dtype)), params),
+            mu=jax.tree.map(
+                lambda x: jnp.zeros(jnp.shape(x), statistics_dtype(jnp.result_type(x))), params
+            ),
             nu=nu,
             factors=tuple(
                 None if p is None else zero_factors(p, d)
@@ -182,7 +184,6 @@ def scale_by_soap(
         plans = plans_of(leaves)
         mu_leaves = treedef.flatten_up_to(state.mu)
         grads = [g.astype(m.dtype) for g, m in zip(leaves, mu_leaves, strict=True)]
-        t = state.count.astype(mu_leaves[0].dtype) if mu_leaves else state.count  # Adam's step
         factors = tuple(
             None if p is None else accumulate(f, p.to_blocks(g), b2)
             for p, f, g in zip(plans, state.factors, grads, strict=True)
@@ -192,7 +193,7 @@ def scale_by_soap(
             lambda: refresh(factors, state.bases, state.nu),
             lambda: (state.bases, state.nu),
         )
-        mu = [b1 * m + (1 - b1) * g for m, g in zip(mu_leaves, grads, strict=True)]
+        mu = [ema(m, g, b1) for m, g in zip(mu_leaves, grads, strict=True)]
         out, new_nu = [], []
         for p, q, m, v, g, leaf in zip(plans, bases, mu, nu, grads, leaves, strict=True):
             if p is None:
@@ -200,8 +201,12 @@ def scale_by_soap(
             else:
                 rotated_g = jnp.swapaxes(q.left, -1, -2) @ p.to_blocks(g) @ q.right
                 rotated_m = jnp.swapaxes(q.left, -1, -2) @ p.to_blocks(m) @ q.right
-            v = b2 * v + (1 - b2) * rotated_g * rotated_g
-            direction = (rotated_m / (1 - b1**t)) / (jnp.sqrt(v / (1 - b2**t)) + eps)
+            v = ema(
+                v, rotated_g * rotated_g, b2
+            )  # the count is Adam's step (the first only set bases)
+            direction = bias_corrected(rotated_m, b1, state.count) / (
+                jnp.sqrt(bias_corrected(v, b2, state.count)) + eps
+            )
             if p is not None:
                 direction = p.from_blocks(q.left @ direction @ jnp.swapaxes(q.right, -1, -2))
             out.append(direction.astype(leaf.dtype))
@@ -221,6 +226,7 @@ def scale_by_soap(
 
     def update_fn(updates, state, params=None):
         del params
+        updates = jax.tree.map(jnp.asarray, updates)  # Python floats too, as optax takes them
         check_like_init(fn, updates, state.mu)
         return skip_non_finite(step, updates, state)
 

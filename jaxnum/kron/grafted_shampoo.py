@@ -77,11 +77,21 @@ def check_like_init(fn: str, updates, mu) -> None:
             )
 
 
-def skip_non_finite(step, updates, state):
-    """``step(updates, state)`` if every gradient is finite; else zeros and the state kept.
+def ema(old: jax.Array, new: jax.Array, decay) -> jax.Array:
+    """decay * old + (1 - decay) * new in ``old``'s dtype (a float64 decay keeps float32 state)."""
+    return (decay * old + (1 - decay) * new).astype(old.dtype)
 
-    One ``lax.cond``: the skipped branch does none of the step's work, and the
-    state's ``num_skipped`` counts the skip.
+
+def bias_corrected(moment: jax.Array, decay, count) -> jax.Array:
+    """moment / (1 - decay^count), in the moment's own dtype."""
+    return moment / (1 - decay ** count.astype(moment.dtype)).astype(moment.dtype)
+
+
+def skip_non_finite(step, updates, state):
+    """``step(updates, state)`` if every gradient and its squared norm are finite; else zeros.
+
+    One ``lax.cond``: the skipped branch does none of the step's work, keeps the
+    state, and counts the skip in ``num_skipped``.
     """
 
     def skip(updates, state):
@@ -90,7 +100,10 @@ def skip_non_finite(step, updates, state):
 
     finite = jnp.array(True)
     for g in jax.tree.leaves(updates):
-        finite &= jnp.all(jnp.isfinite(g))
+        # Every entry of G G^T is at most ||G||_F^2: a finite squared norm keeps the
+        # factors (and Adam's second moment) finite; a gradient of 1e19 in float32 does not.
+        squares = jnp.sum(jnp.square(g.astype(statistics_dtype(g.dtype))))
+        finite &= jnp.all(jnp.isfinite(g)) & jnp.isfinite(squares)
     return jax.lax.cond(finite, step, skip, updates, state)
 
 
@@ -98,10 +111,17 @@ def _plans(leaves, block_size: int) -> list[BlockPlan | None]:
     return [plan_blocks(tuple(jnp.shape(x)), block_size) for x in leaves]
 
 
+def _scaled_norm(x: jax.Array) -> jax.Array:
+    """||x||_2 computed as max|x| ||x / max|x|||, so no square overflows."""
+    top = jnp.max(jnp.abs(x)) if x.size else jnp.zeros((), x.dtype)
+    safe = jnp.where(top > 0, top, 1)
+    return top * jnp.linalg.norm(x / safe)
+
+
 def _grafted(direction: jax.Array, reference: jax.Array) -> jax.Array:
     """``direction`` rescaled to ``reference``'s norm (a zero direction stays zero)."""
-    norm = jnp.linalg.norm(direction)
-    return direction * (jnp.linalg.norm(reference) / jnp.maximum(norm, _TINY))
+    norm = _scaled_norm(direction)
+    return direction * (_scaled_norm(reference) / jnp.maximum(norm, _TINY))
 
 
 def _refresh_roots(factors, roots, matrix_eps):
@@ -133,9 +153,11 @@ def scale_by_shampoo(
         Adam's graft uses, in [0, 1).
       b2: decay of Adam's second moment and of the factor statistics
         L = avg(G G^T), R = avg(G^T G), in [0, 1).
-      eps: Adam's epsilon in the graft, >= 0.
+      eps: Adam's epsilon in the graft, > 0 (0 would make a parameter with
+        one always-zero gradient entry all NaN through the graft's norm).
       matrix_eps: damping of each factor relative to its largest eigenvalue
-        before the inverse 4th root (Anil et al. 2020's relative epsilon), >= 0.
+        before the inverse 4th root (Anil et al. 2020's relative epsilon), > 0
+        (undamped, rounding noise in a factor's null space is amplified ~1e7).
       precondition_every: steps between recomputations of the roots (one
         eigendecomposition per factor block; the first step computes them).
       block_size: the longest side of a factor block; longer sides are split.
@@ -157,16 +179,18 @@ def scale_by_shampoo(
     fn = "scale_by_shampoo"
     check_interval(b1, fn, "b1", at_least=0, below=1)
     check_interval(b2, fn, "b2", at_least=0, below=1)
-    check_interval(eps, fn, "eps", at_least=0)
-    check_interval(matrix_eps, fn, "matrix_eps", at_least=0)
+    check_interval(eps, fn, "eps", above=0)
+    check_interval(matrix_eps, fn, "matrix_eps", above=0)
     check_int(precondition_every, fn, "precondition_every")
     check_int(block_size, fn, "block_size", minimum=2)
 
     def init_fn(params):
         leaves = jax.tree.leaves(params)
         plans = _plans(leaves, block_size)
-        zeros = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), statistics_dtype(x.dtype)), params)
-        dtypes = [statistics_dtype(x.dtype) for x in leaves]
+        zeros = jax.tree.map(
+            lambda x: jnp.zeros(jnp.shape(x), statistics_dtype(jnp.result_type(x))), params
+        )
+        dtypes = [statistics_dtype(jnp.result_type(x)) for x in leaves]
         return ScaleByShampooState(
             count=jnp.zeros((), jnp.int32),
             mu=zeros,
@@ -189,11 +213,13 @@ def scale_by_shampoo(
         mu_leaves = treedef.flatten_up_to(state.mu)
         nu_leaves = treedef.flatten_up_to(state.nu)
         grads = [g.astype(m.dtype) for g, m in zip(leaves, mu_leaves, strict=True)]
-        mu = [b1 * m + (1 - b1) * g for m, g in zip(mu_leaves, grads, strict=True)]
-        nu = [b2 * v + (1 - b2) * g * g for v, g in zip(nu_leaves, grads, strict=True)]
-        t = count.astype(mu[0].dtype) if mu else count
-        m_hat = [m / (1 - b1**t) for m in mu]
-        adam = [m / (jnp.sqrt(v / (1 - b2**t)) + eps) for m, v in zip(m_hat, nu, strict=True)]
+        mu = [ema(m, g, b1) for m, g in zip(mu_leaves, grads, strict=True)]
+        nu = [ema(v, g * g, b2) for v, g in zip(nu_leaves, grads, strict=True)]
+        m_hat = [bias_corrected(m, b1, count) for m in mu]
+        adam = [
+            m / (jnp.sqrt(bias_corrected(v, b2, count)) + eps)
+            for m, v in zip(m_hat, nu, strict=True)
+        ]
         factors = tuple(
             None if p is None else accumulate(f, p.to_blocks(g), b2)
             for p, f, g in zip(plans, state.factors, grads, strict=True)
@@ -222,6 +248,7 @@ def scale_by_shampoo(
 
     def update_fn(updates, state, params=None):
         del params
+        updates = jax.tree.map(jnp.asarray, updates)  # Python floats too, as optax takes them
         check_like_init(fn, updates, state.mu)
         return skip_non_finite(step, updates, state)
 

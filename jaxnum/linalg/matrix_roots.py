@@ -60,10 +60,10 @@ def _check_square(A, fn: str) -> None:
 
 
 def symmetric_eigh(A: jax.Array) -> SymmetricEigh:
-    """The eigendecomposition of the symmetric matrix A (its lower triangle read), in float32+.
+    """The eigendecomposition of the symmetric part (A + A^T) / 2 of A, in float32 or wider.
 
-    ``A`` has shape (..., n, n); leading axes are a batch. Its symmetric part
-    is used, so a statistic that rounding left slightly asymmetric is fine.
+    ``A`` has shape (..., n, n); leading axes are a batch. A statistic that
+    rounding left slightly asymmetric is fine.
     """
     A = jnp.asarray(A)
     _check_square(A, "symmetric_eigh")
@@ -101,8 +101,10 @@ def matrix_inverse_root(A, p, *, eps=0.0, damping=0.0) -> jax.Array:
 
     Returns:
       Q diag((max(lam, 0) + delta)^(-1/p)) Q^T, symmetric positive definite
-      when delta > 0. With delta = 0 and a singular A the zero directions are
-      inf (an inverse root does not exist), never a silent finite value.
+      when delta > 0. With delta = 0 and a singular A the result holds inf
+      and NaN entries (no inverse root exists), never a silent finite value.
+      Negative eigenvalues (A not PSD) are clipped to 0; a traced p is not
+      checked, and a negative one returns a positive power.
 
     Raises at trace time: A not square or not real floating; p <= 0; eps or
     damping negative.
