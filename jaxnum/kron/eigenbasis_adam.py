@@ -46,7 +46,13 @@ from jaxnum.kron._factors import (
     statistics_dtype,
     zero_factors,
 )
-from jaxnum.kron.grafted_shampoo import bias_corrected, check_like_init, ema, skip_non_finite
+from jaxnum.kron.grafted_shampoo import (
+    bias_corrected,
+    check_like_init,
+    ema,
+    skip_non_finite,
+    with_learning_rate,
+)
 
 
 class ScaleBySOAPState(NamedTuple):
@@ -250,11 +256,7 @@ def soap(
     scale_by_learning_rate(learning_rate))``; Adam's learning rates are the
     place to start. See [`scale_by_soap`][jaxnum.scale_by_soap] for the rest.
     """
-    check_interval(weight_decay, "soap", "weight_decay", at_least=0)
-    return optax.chain(
-        scale_by_soap(
-            b1=b1, b2=b2, eps=eps, precondition_every=precondition_every, block_size=block_size
-        ),
-        optax.add_decayed_weights(weight_decay, mask),
-        optax.scale_by_learning_rate(learning_rate),
+    scale = scale_by_soap(
+        b1=b1, b2=b2, eps=eps, precondition_every=precondition_every, block_size=block_size
     )
+    return with_learning_rate("soap", scale, learning_rate, weight_decay, mask)

@@ -274,16 +274,22 @@ def shampoo(
     step whose size is Adam's, so Adam's learning rates are the place to start.
     See [`scale_by_shampoo`][jaxnum.scale_by_shampoo] for the other arguments.
     """
-    check_interval(weight_decay, "shampoo", "weight_decay", at_least=0)
+    scale = scale_by_shampoo(
+        b1=b1,
+        b2=b2,
+        eps=eps,
+        matrix_eps=matrix_eps,
+        precondition_every=precondition_every,
+        block_size=block_size,
+    )
+    return with_learning_rate("shampoo", scale, learning_rate, weight_decay, mask)
+
+
+def with_learning_rate(fn: str, scale, learning_rate, weight_decay, mask):
+    """``chain(scale, add_decayed_weights(weight_decay, mask), scale_by_learning_rate)``."""
+    check_interval(weight_decay, fn, "weight_decay", at_least=0)
     return optax.chain(
-        scale_by_shampoo(
-            b1=b1,
-            b2=b2,
-            eps=eps,
-            matrix_eps=matrix_eps,
-            precondition_every=precondition_every,
-            block_size=block_size,
-        ),
+        scale,
         optax.add_decayed_weights(weight_decay, mask),
         optax.scale_by_learning_rate(learning_rate),
     )

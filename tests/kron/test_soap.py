@@ -7,11 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from flax import nnx
 
 import jaxnum as jn
 from jaxnum.serialization import from_bytes, to_bytes
-from tests.kron.test_shampoo import final_losses, kron_quadratic
+from tests.kron.test_shampoo import bfloat16_run, final_losses, kron_quadratic, nnx_losses
 
 
 def test_with_axis_aligned_statistics_the_basis_is_the_identity_and_soap_is_adam():
@@ -114,21 +113,7 @@ def test_a_non_finite_gradient_is_skipped_and_leaves_the_state():
 
 
 def test_bfloat16_parameters_500_steps_and_a_bitwise_checkpoint():
-    f, _ = kron_quadratic(8, 6, 1e2, jax.random.key(4))
-    tx = jn.soap(1e-2)
-    W = jnp.zeros((8, 6), jnp.bfloat16)
-
-    @jax.jit
-    def run(W, state):
-        def step(carry, _):
-            W, s = carry
-            g = jax.grad(lambda w: f(w.astype(jnp.float32)))(W)
-            u, s = tx.update(g, s, W)
-            return (optax.apply_updates(W, u), s), f(W.astype(jnp.float32))
-
-        return jax.lax.scan(step, (W, state), None, length=500)
-
-    (W, state), losses = run(W, tx.init(W))
+    (W, state), losses = bfloat16_run(jn.soap(1e-2))
     assert state[0].factors[0].left.dtype == jnp.float32
     assert all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves((W, state, losses)))
     assert float(losses[-1]) < 0.05 * float(losses[0])
@@ -136,19 +121,7 @@ def test_bfloat16_parameters_500_steps_and_a_bitwise_checkpoint():
 
 
 def test_under_nnx_optimizer_with_clipping():
-    model = nnx.Linear(4, 3, rngs=nnx.Rngs(0))
-    x, y = jnp.ones((8, 4)), jnp.zeros((8, 3))
-    optimizer = nnx.Optimizer(
-        model, optax.chain(jn.clip_by_global_norm(1.0), jn.soap(0.05)), wrt=nnx.Param
-    )
-
-    @nnx.jit
-    def step(model, optimizer):
-        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(x) - y) ** 2))(model)
-        optimizer.update(model, grads)
-        return loss
-
-    losses = [float(step(model, optimizer)) for _ in range(20)]
+    losses = nnx_losses(optax.chain(jn.clip_by_global_norm(1.0), jn.soap(0.05)))
     assert losses[-1] < 0.5 * losses[0]
 
 
