@@ -19,12 +19,16 @@
   from the
   exact quadratic model ([`fisher_gram_fn`][jaxnum.kfac.fisher_gram_fn]).
 
+- [`scale_by_ekfac`][jaxnum.kfac.scale_by_ekfac] and its chain [`ekfac`][jaxnum.kfac.ekfac]
+  (George et al. 2018): K-FAC's eigenbasis with the diagonal re-estimated in
+  it from per-example statistics (``value_grad_and_stats(..., per_example=True)``).
+
 The factor mathematics (batch factors, moving averages, factored damping, the
 Kronecker solve) are internal steps of [`scale_by_kfac`][jaxnum.kfac.scale_by_kfac], not exported.
 """
 
 from jaxnum.kfac import nnx
-from jaxnum.kfac._factors import KroneckerFactors
+from jaxnum.kfac._factors import KroneckerFactors, PerExampleFactors
 from jaxnum.kfac.adaptive import (
     ScaleByAdaptiveKFACState,
     adaptive_optimizer,
@@ -32,6 +36,7 @@ from jaxnum.kfac.adaptive import (
 )
 from jaxnum.kfac.capture import LOSSES, Conv, Dense, value_grad_and_stats
 from jaxnum.kfac.chains import optimizer
+from jaxnum.kfac.eigenbasis import ScaleByEKFACState, ekfac, scale_by_ekfac
 from jaxnum.kfac.functional import conv, dense
 from jaxnum.kfac.transform import ScaleByKFACState, scale_by_kfac
 
@@ -40,14 +45,18 @@ __all__ = [
     "Conv",
     "Dense",
     "KroneckerFactors",
+    "PerExampleFactors",
     "ScaleByAdaptiveKFACState",
+    "ScaleByEKFACState",
     "ScaleByKFACState",
     "adaptive_optimizer",
     "conv",
     "dense",
+    "ekfac",
     "fisher_gram_fn",
     "nnx",
     "optimizer",
+    "scale_by_ekfac",
     "scale_by_kfac",
     "value_grad_and_stats",
 ]

@@ -31,6 +31,26 @@ class KroneckerFactors(NamedTuple):
     G: jax.Array
 
 
+class PerExampleFactors(NamedTuple):
+    """A layer's batch factors and the rows they came from, grouped by example.
+
+    What ``value_grad_and_stats(..., per_example=True)`` gives per layer, for
+    EKFAC's diagonal (the per-example gradient of a layer whose weights act at
+    ``positions`` places, ``sum_t inputs[n, t] output_grads[n, t]^T``, is
+    needed whole: its square is not a product of the factors' diagonals).
+
+    ``A`` and ``G`` as in [`KroneckerFactors`][jaxnum.kfac.KroneckerFactors];
+    ``inputs`` ``(batch, positions, d_in [+ 1])`` (with the bias's column of
+    ones) and ``output_grads`` ``(batch, positions, d_out)`` (gradients of each
+    example's own loss), in the factors' dtype.
+    """
+
+    A: jax.Array
+    G: jax.Array
+    inputs: jax.Array
+    output_grads: jax.Array
+
+
 def _factor_dtype(dtype) -> jnp.dtype:
     """Factors accumulate in float32, or float64 when the input is float64 (x64 on)."""
     return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32

@@ -156,6 +156,7 @@ def value_grad_and_stats(
     fisher: str = "true",
     axis_name: str | None = None,
     curvature_batch: int | None = None,
+    per_example: bool = False,
 ):
     """``f(params, inputs, targets, key) -> (loss_value, grads, stats)``.
 
@@ -183,6 +184,11 @@ def value_grad_and_stats(
       curvature_batch: estimate the statistics on this many examples of the
         batch, drawn at random (their outer products are the costly part of
         a K-FAC step; the moving average smooths the extra noise). None: all.
+      per_example: give each layer's statistics as
+        [`PerExampleFactors`][jaxnum.kfac.PerExampleFactors], the factors plus
+        each example's rows (what [`scale_by_ekfac`][jaxnum.kfac.scale_by_ekfac]
+        needs; [`scale_by_kfac`][jaxnum.kfac.scale_by_kfac] takes them too).
+        The batch must lead every captured layer's inputs.
 
     Returns:
       ``f``; the loss is the mean over the batch, ``grads`` has the structure
@@ -211,7 +217,7 @@ def value_grad_and_stats(
     References:
       Martens and Grosse 2015, Sec. 5; Grosse and Martens 2016 (convolutions).
     """
-    check_loss_and_fisher("value_grad_and_stats", loss, fisher, curvature_batch)
+    check_loss_and_fisher("value_grad_and_stats", loss, fisher, curvature_batch, per_example)
     if not isinstance(model, nn.Module):
         if not callable(model):
             raise TypeError(
@@ -224,7 +230,12 @@ def value_grad_and_stats(
                 "jaxnum.kfac.nnx.value_grad_and_stats(loss) and call it with the model"
             )
         return value_grad_and_stats_fn(
-            model, loss, fisher=fisher, axis_name=axis_name, curvature_batch=curvature_batch
+            model,
+            loss,
+            fisher=fisher,
+            axis_name=axis_name,
+            curvature_batch=curvature_batch,
+            per_example=per_example,
         )
 
     def zeros(params, inputs):
@@ -256,6 +267,7 @@ def value_grad_and_stats(
             fisher=fisher,
             axis_name=axis_name,
             curvature_batch=curvature_batch,
+            per_example=per_example,
             capture_hint=(
                 "build it with jaxnum.kfac.Dense and jaxnum.kfac.Conv in place of "
                 "flax.linen.Dense and flax.linen.Conv (same parameters)"

@@ -223,17 +223,18 @@ def value_grad_and_stats_fn(
     fisher: str = "true",
     axis_name: str | None = None,
     curvature_batch: int | None = None,
+    per_example: bool = False,
 ):
     """``f(params, inputs, targets, key) -> (loss_value, grads, stats)`` for a plain function.
 
     ``model(params, inputs) -> outputs`` registers its layers with [`dense`][jaxnum.kfac.dense]
     and [`conv`][jaxnum.kfac.conv] (a model registering none is a ``ValueError`` when ``f`` is
-    traced); ``loss`` and ``fisher`` as in
+    traced); ``loss``, ``fisher``, ``curvature_batch`` and ``per_example`` as in
     [`jaxnum.kfac.value_grad_and_stats`][jaxnum.kfac.value_grad_and_stats]. With ``axis_name``
     (inside
     ``shard_map``) the results are averaged over that axis.
     """
-    check_loss_and_fisher("value_grad_and_stats_fn", loss, fisher, curvature_batch)
+    check_loss_and_fisher("value_grad_and_stats_fn", loss, fisher, curvature_batch, per_example)
     if not callable(model):
         raise TypeError(f"value_grad_and_stats_fn: model must be callable, got {type(model)}")
 
@@ -251,6 +252,7 @@ def value_grad_and_stats_fn(
             fisher=fisher,
             axis_name=axis_name,
             curvature_batch=curvature_batch,
+            per_example=per_example,
         )
         return value, grads, stats
 

@@ -132,6 +132,7 @@ def value_grad_and_stats(
     fisher: str = "true",
     axis_name: str | None = None,
     curvature_batch: int | None = None,
+    per_example: bool = False,
 ):
     """``f(model, inputs, targets, key) -> (loss_value, grads, stats)`` for an NNX model.
 
@@ -166,7 +167,9 @@ def value_grad_and_stats(
     References:
       Martens and Grosse 2015, Sec. 5; Grosse and Martens 2016 (convolutions).
     """
-    check_loss_and_fisher("kfac.nnx.value_grad_and_stats", loss, fisher, curvature_batch)
+    check_loss_and_fisher(
+        "kfac.nnx.value_grad_and_stats", loss, fisher, curvature_batch, per_example
+    )
 
     def f(model, inputs, targets, key):
         if not isinstance(model, nnx.Module):
@@ -198,6 +201,7 @@ def value_grad_and_stats(
             fisher=fisher,
             axis_name=axis_name,
             curvature_batch=curvature_batch,
+            per_example=per_example,
             fn="kfac.nnx.value_grad_and_stats",
             capture_hint=(
                 "build it with jaxnum.kfac.nnx.Linear and jaxnum.kfac.nnx.Conv in place of "

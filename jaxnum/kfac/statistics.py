@@ -23,15 +23,24 @@ import jax.numpy as jnp
 
 from jaxnum._src.checks import check_int
 from jaxnum.kfac._common import Layer
-from jaxnum.kfac._factors import KroneckerFactors, dense_factors
+from jaxnum.kfac._factors import (
+    KroneckerFactors,
+    PerExampleFactors,
+    _factor_dtype,
+    dense_factors,
+)
 
 LOSSES = ("softmax_cross_entropy", "sigmoid_cross_entropy", "squared_error")
 """The losses K-FAC knows the Fisher of (the ``loss`` argument of its transformations)."""
 FISHERS = ("true", "empirical")
 
 
-def check_loss_and_fisher(fn: str, loss: str, fisher: str, curvature_batch=None) -> None:
+def check_loss_and_fisher(
+    fn: str, loss: str, fisher: str, curvature_batch=None, per_example: bool = False
+) -> None:
     check_int(curvature_batch, fn, "curvature_batch", 1, none=True)
+    if not isinstance(per_example, bool):
+        raise TypeError(f"{fn}: per_example must be True or False, got {per_example!r}")
     if loss not in LOSSES:
         raise ValueError(f"{fn}: loss must be one of {LOSSES}, got {loss!r}")
     if fisher not in FISHERS:
@@ -77,7 +86,9 @@ def sample_targets(name: str, outputs, key):
     return outputs + jax.random.normal(key, outputs.shape, outputs.dtype)
 
 
-def layer_factors(inputs, output_grads, batch: int, *, bias: bool) -> KroneckerFactors:
+def layer_factors(
+    inputs, output_grads, batch: int, *, bias: bool, per_example: bool = False
+) -> KroneckerFactors | PerExampleFactors:
     """Factors of one layer from the inputs and output gradients of each of its uses.
 
     ``output_grads`` are gradients of the *mean* loss over ``batch`` examples, so
@@ -90,7 +101,26 @@ def layer_factors(inputs, output_grads, batch: int, *, bias: bool) -> KroneckerF
     g = jnp.concatenate([(d * batch).reshape(-1, d.shape[-1]) for d in output_grads])
     factors = dense_factors(a, g, bias=bias)
     positions = a.shape[0] // batch
-    return factors._replace(G=factors.G * positions)
+    factors = factors._replace(G=factors.G * positions)
+    if not per_example:
+        return factors
+    # Rows of each use grouped by example (the batch leads every captured input), the
+    # uses side by side: a weight used T times has a per-example gradient summed over T.
+    dtype = _factor_dtype(jnp.result_type(a, g))
+    if any(x.size % (batch * x.shape[-1]) for x in inputs):
+        shapes = [x.shape for x in inputs]
+        raise ValueError(
+            f"per_example statistics: a captured layer's inputs {shapes} do not split into "
+            f"{batch} examples (the batch must lead them)"
+        )
+    a_n = jnp.concatenate([x.reshape(batch, -1, x.shape[-1]) for x in inputs], axis=1)
+    g_n = jnp.concatenate(
+        [(d * batch).reshape(batch, -1, d.shape[-1]) for d in output_grads], axis=1
+    )
+    a_n = a_n.astype(dtype)
+    if bias:
+        a_n = jnp.concatenate([a_n, jnp.ones((*a_n.shape[:2], 1), dtype)], axis=2)
+    return PerExampleFactors(factors.A, factors.G, a_n, g_n.astype(dtype))
 
 
 def has_bias(params: Any, layer: Layer) -> bool:
@@ -126,6 +156,7 @@ def value_grads_and_stats(
     fisher: str,
     axis_name: str | None = None,
     curvature_batch: int | None = None,
+    per_example: bool = False,
     fn: str = "value_grad_and_stats",
     capture_hint: str = "register its layers with jaxnum.kfac.dense and jaxnum.kfac.conv",
 ):
@@ -140,7 +171,9 @@ def value_grads_and_stats(
     Fisher targets. With ``curvature_batch`` the statistics come from that many
     examples of the batch, drawn at random (with replacement), in their own
     forward and backward passes (an unbiased estimate of the same expectations
-    at a fraction of the cost).
+    at a fraction of the cost). With ``per_example`` each layer's statistics
+    are [`PerExampleFactors`][jaxnum.kfac.PerExampleFactors] (what
+    EKFAC needs); with ``axis_name`` too, every shard gets all shards' rows.
 
     A model in which no capture layer runs is a ``ValueError`` at trace time
     (``fn: model ...; {capture_hint}``): there would be no statistics.
@@ -175,7 +208,11 @@ def value_grads_and_stats(
         n = outputs.shape[0]
         stats = {
             layer: layer_factors(
-                recorded[layer], output_grads[layer], n, bias=has_bias(params, layer)
+                recorded[layer],
+                output_grads[layer],
+                n,
+                bias=has_bias(params, layer),
+                per_example=per_example,
             )
             for layer in recorded
         }
@@ -197,5 +234,26 @@ def value_grads_and_stats(
     else:
         value, grads, stats, aux = statistics_pass(params, inputs, targets, need_grads=True)
     if axis_name is not None:
-        value, grads, stats = jax.lax.pmean((value, grads, stats), axis_name)
+        value, grads = jax.lax.pmean((value, grads), axis_name)
+        stats = {layer: _across_shards(s, axis_name) for layer, s in stats.items()}
     return value, grads, stats, aux
+
+
+def _across_shards(stats, axis_name: str):
+    """Factors averaged over the shards; per-example rows gathered from all of them."""
+    factors = jax.lax.pmean(KroneckerFactors(stats.A, stats.G), axis_name)
+    if not isinstance(stats, PerExampleFactors):
+        return factors
+    rows = [_gathered(x, axis_name) for x in (stats.inputs, stats.output_grads)]
+    return PerExampleFactors(factors.A, factors.G, *rows)
+
+
+def _gathered(x, axis_name: str):
+    """All shards' rows, in shard order, the same on every shard (a psum of each shard's
+    rows placed in zeros: unlike all_gather's, its result is invariant over the axis, as
+    the averaged statistics are)."""
+    n = x.shape[0]
+    placed = jnp.zeros((jax.lax.axis_size(axis_name) * n, *x.shape[1:]), x.dtype)
+    start = jax.lax.axis_index(axis_name) * n
+    placed = jax.lax.dynamic_update_slice_in_dim(placed, x, start, axis=0)
+    return jax.lax.psum(placed, axis_name)

@@ -171,24 +171,10 @@ def scale_by_kfac(
         check_positive(kl_clip, fn, "kl_clip")
     check_positive(learning_rate, fn, "learning_rate")
 
-    def registered(params):
-        return [tuple(layer) for layer in layers] if layers is not None else _dense_layers(params)
-
     def init_fn(params):
         dtype = _factor_dtype(params)
-        flat = leaves_by_path(params)
         factors, inverses = {}, {}
-        for layer in registered(params):
-            kernel = flat.get((*layer, "kernel"))
-            if kernel is None or jnp.ndim(kernel) not in (2, 4):
-                raise ValueError(
-                    f"{fn}: layers names {layer_name(layer)}, but the parameters hold "
-                    f"no 2-D or 4-D kernel at {layer_name((*layer, 'kernel'))}; "
-                    f"parameter paths: {describe_paths(flat)}"
-                )
-            shape = jnp.shape(kernel)  # (d_in, d_out) or (kh, kw, c_in, c_out)
-            d_in = math.prod(shape[:-1]) + (1 if (*layer, "bias") in flat else 0)
-            d_out = shape[-1]
+        for layer, (d_in, d_out) in layer_dims(params, layers, fn).items():
             factors[layer] = KroneckerFactors(
                 jnp.zeros((d_in, d_in), dtype), jnp.zeros((d_out, d_out), dtype)
             )
@@ -202,64 +188,13 @@ def scale_by_kfac(
 
     def update_fn(updates, state, params=None, *, curvature=None, **extra_args):
         del extra_args
-        if curvature is None:
-            raise TypeError(
-                f"{fn}: update needs curvature=stats, the statistics that "
-                "kfac.value_grad_and_stats (or kfac.nnx.value_grad_and_stats) returns with "
-                "the gradients: tx.update(grads, state, params, curvature=stats)"
-            )
-        flat = leaves_by_path(updates)
-        if layers is None:
-            # Statistics of a layer with no parameters found there would be dropped and
-            # that layer given the plain gradient, silently (every layer, if none was
-            # found). Layers masked out by optax.masked / multi_transform are not used.
-            unused = [k for k in curvature if k not in state.factors and k not in _masked(updates)]
-            if unused and all(("params", *k) in state.factors for k in unused):
-                raise ValueError(
-                    f"{fn}: init was given the whole dict model.init(...) returns (its layers "
-                    f"sit under 'params': {describe_paths(state.factors)}); pass its inside, "
-                    'tx.init(variables["params"]), as value_grad_and_stats takes'
-                )
-            if unused:
-                raise ValueError(
-                    f"{fn}: curvature= holds statistics for the layers "
-                    f"{describe_paths(sorted(unused, key=str))}, but no layer was found there "
-                    "in the parameters given to init (K-FAC preconditions the sub-trees "
-                    "holding a 2-D or 4-D 'kernel' and an optional 'bias', as Flax names "
-                    f"them); layers found: {describe_paths(state.factors)}; parameter paths "
-                    f"seen in update: {describe_paths(flat)}. For layers frozen or trained "
-                    "by another transformation, pass layers= (those to precondition) or "
-                    "leave their statistics out"
-                )
-        batch_factors = {}
-        for layer, old in state.factors.items():
-            if layer not in curvature:
-                raise ValueError(
-                    f"{fn}: no curvature statistics for registered layer {layer_name(layer)}; "
-                    f"statistics were given for {sorted(layer_name(k) for k in curvature)}. "
-                    "A plain flax nn.Dense / nn.Conv (nnx.Linear / nnx.Conv) records none: "
-                    "build it with jaxnum.kfac.Dense / Conv (kfac.nnx.Linear / Conv), or "
-                    "precondition only the others with layers="
-                )
-            new = curvature[layer]
-            if new.A.shape != old.A.shape or new.G.shape != old.G.shape:
-                raise ValueError(
-                    f"{fn}: statistics of layer {layer_name(layer)} have shapes "
-                    f"{new.A.shape}, {new.G.shape}; its parameters need "
-                    f"{old.A.shape}, {old.G.shape}"
-                )
-            batch_factors[layer] = jax.tree.map(lambda x, o: x.astype(o.dtype), new, old)
+        batch_factors = checked_statistics(fn, curvature, state.factors, updates, layers)
         # Statistics with a NaN or inf are not averaged in: they would stay in the
         # moving average, and in every inverse after it, for good.
         grads_finite = all_finite(updates)
         finite = all_finite(batch_factors) & grads_finite
         first = state.count == state.num_skipped  # no finite statistics yet
-        factors = {}
-        for layer, new in batch_factors.items():
-            old = state.factors[layer]
-            avg = update_moving_average(old, new, decay)
-            avg = jax.tree.map(lambda a, n: jnp.where(first, n, a), avg, new)
-            factors[layer] = jax.tree.map(lambda a, o: jnp.where(finite, a, o), avg, old)
+        factors = averaged_factors(state.factors, batch_factors, decay, first, finite)
 
         def recompute(_):
             return {
@@ -273,59 +208,177 @@ def scale_by_kfac(
             inverses = jax.lax.cond(
                 state.count % inverse_every == 0, recompute, lambda _: state.inverses, None
             )
-
-        # (*layer, "kernel" | "bias") -> preconditioned gradient, in the factors' dtype
-        # (float32 at least) until the end.
-        replaced = {}
-        for layer, inv in inverses.items():
-            kernel_key, bias_key = (*layer, "kernel"), (*layer, "bias")
-            if kernel_key not in flat:
-                raise ValueError(
-                    f"{fn}: the gradients hold no kernel of layer {layer_name(layer)} "
-                    f"(registered at init); gradient paths: {describe_paths(flat)}"
-                )
-            grad_kernel = flat[kernel_key]
-            grad_w = _kernel_matrix(grad_kernel).astype(inv.A.dtype)
-            n_rows = grad_w.shape[0]
-            if bias_key in flat:
-                grad_w = jnp.concatenate([grad_w, flat[bias_key][None, :].astype(inv.A.dtype)])
-            pre = inv.A @ grad_w @ inv.G
-            kernel = pre[:n_rows]
-            if grad_kernel.ndim == 4:
-                kernel = kernel_from_matrix(kernel, grad_kernel.shape)
-            replaced[kernel_key] = kernel
-            if bias_key in flat:
-                replaced[bias_key] = pre[-1]
-        # Rebuilt leaf by leaf so the container types (dicts, nnx.State) are kept.
-        out = jax.tree_util.tree_map_with_path(
-            lambda path, leaf: replaced.get(plain_keys(path), leaf), updates
+        matrices = gradient_matrices(fn, updates, inverses)
+        out = with_layer_updates(
+            updates,
+            {layer: inverses[layer].A @ m @ inverses[layer].G for layer, m in matrices.items()},
         )
-        if kl_clip is not None:
-            # Summed in float32 at least (float64 where the factors are): half-precision
-            # gradients would overflow or round the dot.
-            vg = sum(
-                jnp.sum(v.astype(wide) * g.astype(wide))
-                for v, g in zip(jax.tree.leaves(out), jax.tree.leaves(updates), strict=True)
-                for wide in [jnp.promote_types(jnp.result_type(v, g), jnp.float32)]
-            )
-            scale = jnp.minimum(1.0, jnp.sqrt(kl_clip / (learning_rate**2 * jnp.abs(vg) + 1e-30)))
-            out = jax.tree.map(lambda v: scale.astype(jnp.result_type(v)) * v, out)
-        # Handed on in the gradient's dtype, or the parameter's when that is wider (float32
-        # parameters with bfloat16 gradients get float32 updates, as optax's adam gives).
-        param_dtypes = {}
-        if params is not None:
-            param_dtypes = {k: jnp.result_type(v) for k, v in leaves_by_path(params).items()}
-
-        def cast(path, v, g):
-            dtype = jnp.result_type(g)
-            wider = param_dtypes.get(plain_keys(path))
-            if wider is not None and jnp.issubdtype(wider, jnp.floating):
-                dtype = jnp.promote_types(dtype, wider)
-            # A bad gradient gives an exact zero, never a NaN that a momentum would keep.
-            return jnp.where(grads_finite, v.astype(dtype), jnp.zeros((), dtype))
-
-        out = jax.tree_util.tree_map_with_path(cast, out, updates)
+        out = finished_updates(out, updates, params, grads_finite, kl_clip, learning_rate)
         skipped = state.num_skipped + (~finite).astype(jnp.int32)
         return out, ScaleByKFACState(state.count + 1, factors, inverses, skipped)
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def layer_dims(params: Any, layers: list[Layer] | None, fn: str) -> dict[Layer, tuple[int, int]]:
+    """``{layer: (d_in, d_out)}`` of the Kronecker factors, ``d_in`` counting the bias row.
+
+    ``layers`` (paths) or by default every sub-tree with a 2-D or 4-D kernel; a
+    named layer without one is a ``ValueError`` listing the parameter paths.
+    """
+    flat = leaves_by_path(params)
+    found = [tuple(layer) for layer in layers] if layers is not None else _dense_layers(params)
+    dims = {}
+    for layer in found:
+        kernel = flat.get((*layer, "kernel"))
+        if kernel is None or jnp.ndim(kernel) not in (2, 4):
+            raise ValueError(
+                f"{fn}: layers names {layer_name(layer)}, but the parameters hold "
+                f"no 2-D or 4-D kernel at {layer_name((*layer, 'kernel'))}; "
+                f"parameter paths: {describe_paths(flat)}"
+            )
+        shape = jnp.shape(kernel)  # (d_in, d_out) or (kh, kw, c_in, c_out)
+        d_in = math.prod(shape[:-1]) + (1 if (*layer, "bias") in flat else 0)
+        dims[layer] = (d_in, shape[-1])
+    return dims
+
+
+def checked_statistics(
+    fn: str, curvature, factors: dict[Layer, KroneckerFactors], updates, layers
+) -> dict[Layer, KroneckerFactors]:
+    """The batch factors of each layer in ``factors`` from ``curvature=``, in the factors' dtype.
+
+    Every mistake in ``curvature`` that would otherwise give some layer the
+    plain gradient in silence is a ``ValueError`` (or ``TypeError`` when it is
+    missing) naming the layers on both sides.
+    """
+    if curvature is None:
+        raise TypeError(
+            f"{fn}: update needs curvature=stats, the statistics that "
+            "kfac.value_grad_and_stats (or kfac.nnx.value_grad_and_stats) returns with "
+            "the gradients: tx.update(grads, state, params, curvature=stats)"
+        )
+    if layers is None:
+        # Statistics of a layer with no parameters found there would be dropped and
+        # that layer given the plain gradient, silently (every layer, if none was
+        # found). Layers masked out by optax.masked / multi_transform are not used.
+        unused = [k for k in curvature if k not in factors and k not in _masked(updates)]
+        if unused and all(("params", *k) in factors for k in unused):
+            raise ValueError(
+                f"{fn}: init was given the whole dict model.init(...) returns (its layers "
+                f"sit under 'params': {describe_paths(factors)}); pass its inside, "
+                'tx.init(variables["params"]), as value_grad_and_stats takes'
+            )
+        if unused:
+            raise ValueError(
+                f"{fn}: curvature= holds statistics for the layers "
+                f"{describe_paths(sorted(unused, key=str))}, but no layer was found there "
+                "in the parameters given to init (K-FAC preconditions the sub-trees "
+                "holding a 2-D or 4-D 'kernel' and an optional 'bias', as Flax names "
+                f"them); layers found: {describe_paths(factors)}; parameter paths "
+                f"seen in update: {describe_paths(leaves_by_path(updates))}. For layers "
+                "frozen or trained by another transformation, pass layers= (those to "
+                "precondition) or leave their statistics out"
+            )
+    batch_factors = {}
+    for layer, old in factors.items():
+        if layer not in curvature:
+            raise ValueError(
+                f"{fn}: no curvature statistics for registered layer {layer_name(layer)}; "
+                f"statistics were given for {sorted(layer_name(k) for k in curvature)}. "
+                "A plain flax nn.Dense / nn.Conv (nnx.Linear / nnx.Conv) records none: "
+                "build it with jaxnum.kfac.Dense / Conv (kfac.nnx.Linear / Conv), or "
+                "precondition only the others with layers="
+            )
+        new = KroneckerFactors(curvature[layer].A, curvature[layer].G)
+        if new.A.shape != old.A.shape or new.G.shape != old.G.shape:
+            raise ValueError(
+                f"{fn}: statistics of layer {layer_name(layer)} have shapes "
+                f"{new.A.shape}, {new.G.shape}; its parameters need "
+                f"{old.A.shape}, {old.G.shape}"
+            )
+        batch_factors[layer] = jax.tree.map(lambda x, o: x.astype(o.dtype), new, old)
+    return batch_factors
+
+
+def averaged_factors(old_factors, batch_factors, decay, first, finite):
+    """The factors' moving averages: the batch's on the first finite step, unchanged when
+    ``finite`` is False (a NaN or inf would stay in every later average and inverse)."""
+    factors = {}
+    for layer, new in batch_factors.items():
+        old = old_factors[layer]
+        avg = update_moving_average(old, new, decay)
+        avg = jax.tree.map(lambda a, n: jnp.where(first, n, a), avg, new)
+        factors[layer] = jax.tree.map(lambda a, o: jnp.where(finite, a, o), avg, old)
+    return factors
+
+
+def gradient_matrices(fn: str, updates, factors: dict[Layer, Any]) -> dict[Layer, jax.Array]:
+    """Each layer's gradient as the ``(d_in [+ 1 bias row], d_out)`` matrix its factors act on,
+    in the factors' dtype (float32 at least)."""
+    flat = leaves_by_path(updates)
+    matrices = {}
+    for layer, f in factors.items():
+        dtype = f.A.dtype if hasattr(f, "A") else jax.tree.leaves(f)[0].dtype
+        kernel_key, bias_key = (*layer, "kernel"), (*layer, "bias")
+        if kernel_key not in flat:
+            raise ValueError(
+                f"{fn}: the gradients hold no kernel of layer {layer_name(layer)} "
+                f"(registered at init); gradient paths: {describe_paths(flat)}"
+            )
+        grad_w = _kernel_matrix(flat[kernel_key]).astype(dtype)
+        if bias_key in flat:
+            grad_w = jnp.concatenate([grad_w, flat[bias_key][None, :].astype(dtype)])
+        matrices[layer] = grad_w
+    return matrices
+
+
+def with_layer_updates(updates, matrices: dict[Layer, jax.Array]):
+    """``updates`` with each layer's kernel (and bias) replaced from its ``matrices`` entry
+    (the shape `gradient_matrices` gives); rebuilt leaf by leaf so the containers (dicts,
+    ``nnx.State``) are kept."""
+    flat = leaves_by_path(updates)
+    replaced = {}
+    for layer, pre in matrices.items():
+        kernel_key, bias_key = (*layer, "kernel"), (*layer, "bias")
+        grad_kernel = flat[kernel_key]
+        n_rows = _kernel_matrix(grad_kernel).shape[0]
+        kernel = pre[:n_rows]
+        if grad_kernel.ndim == 4:
+            kernel = kernel_from_matrix(kernel, grad_kernel.shape)
+        replaced[kernel_key] = kernel
+        if bias_key in flat:
+            replaced[bias_key] = pre[-1]
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: replaced.get(plain_keys(path), leaf), updates
+    )
+
+
+def finished_updates(out, updates, params, grads_finite, kl_clip, learning_rate):
+    """The KL clip (when set), then each update in the gradient's dtype (or the parameter's
+    when wider), exactly zero where the gradients were not finite."""
+    if kl_clip is not None:
+        # Summed in float32 at least (float64 where the factors are): half-precision
+        # gradients would overflow or round the dot.
+        vg = sum(
+            jnp.sum(v.astype(wide) * g.astype(wide))
+            for v, g in zip(jax.tree.leaves(out), jax.tree.leaves(updates), strict=True)
+            for wide in [jnp.promote_types(jnp.result_type(v, g), jnp.float32)]
+        )
+        scale = jnp.minimum(1.0, jnp.sqrt(kl_clip / (learning_rate**2 * jnp.abs(vg) + 1e-30)))
+        out = jax.tree.map(lambda v: scale.astype(jnp.result_type(v)) * v, out)
+    # Handed on in the gradient's dtype, or the parameter's when that is wider (float32
+    # parameters with bfloat16 gradients get float32 updates, as optax's adam gives).
+    param_dtypes = {}
+    if params is not None:
+        param_dtypes = {k: jnp.result_type(v) for k, v in leaves_by_path(params).items()}
+
+    def cast(path, v, g):
+        dtype = jnp.result_type(g)
+        wider = param_dtypes.get(plain_keys(path))
+        if wider is not None and jnp.issubdtype(wider, jnp.floating):
+            dtype = jnp.promote_types(dtype, wider)
+        # A bad gradient gives an exact zero, never a NaN that a momentum would keep.
+        return jnp.where(grads_finite, v.astype(dtype), jnp.zeros((), dtype))
+
+    return jax.tree_util.tree_map_with_path(cast, out, updates)
