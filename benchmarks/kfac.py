@@ -151,17 +151,19 @@ def make_step(task: Task, method: str, tx, *, plain: bool = True):
 
     ``method``: "first-order" (``plain``: flax's layers, else the capture layers,
     which outside a statistics pass are ordinary layers), "kfac" (fixed learning
-    rate) or "kfac-adaptive" (``fisher_gram`` too).
+    rate), "ekfac" (per-example statistics) or "kfac-adaptive" (``fisher_gram`` too).
     """
     subset = CURVATURE_SUBSET if task.inputs.shape[0] > 2 * CURVATURE_SUBSET else None
-    if method.startswith("kfac"):
-        stats_fn = kfac.value_grad_and_stats(task.model, task.loss, curvature_batch=subset)
+    if method.startswith("kfac") or method == "ekfac":
+        stats_fn = kfac.value_grad_and_stats(
+            task.model, task.loss, curvature_batch=subset, per_example=method == "ekfac"
+        )
 
     def step(carry, xs):
         params, state = carry
         idx, key = xs
         inputs, targets = task.inputs[idx], task.targets[idx]
-        if method == "kfac":
+        if method in ("kfac", "ekfac"):
             _, grads, stats = stats_fn(params, inputs, targets, key)
             updates, state = tx.update(grads, state, params, curvature=stats)
         elif method == "kfac-adaptive":

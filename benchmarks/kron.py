@@ -1,4 +1,4 @@
-"""Shampoo and SOAP against AdamW and muon on the character-level transformer LM (issue 24).
+"""The Kronecker family against AdamW and muon: a transformer LM and two digits tasks (issue 24).
 
 Task: the transformer language model of examples/transformer_lm_mixed_precision.py
 (2 pre-LayerNorm blocks, d_model 64, 4 heads, context 64, batch 16 windows of
@@ -19,6 +19,16 @@ step (jitted ``lax.scan`` chunks, interleaved rounds, compile excluded); the
 wall time to the target relative to AdamW's ``STEPS`` steps; the optimizer
 state's bytes relative to Adam's 2x params. The curves go to
 benchmarks/figures/kron_transformer.png.
+
+Digits tasks (the models, data and steps of ``benchmarks/kfac.py``): the deep
+autoencoder on the full batch and the conv classifier on mini-batches of 256.
+AdamW (1000 steps, grid as above) sets the target, its best final full-data
+training loss; muon, Shampoo and SOAP run 1000 steps with their grids; K-FAC
+(``jaxnum.kfac.optimizer``) and EKFAC (``jaxnum.kfac.ekfac``) run 300 steps at
+their defaults with the learning rates {0.1, 0.3, 1}, beside the tuned K-FAC
+setting of ``benchmarks/kfac.py``. Steps count the first step whose full-data
+loss is at or below the target. OpenBLAS (the LAPACK behind eigh and the
+Cholesky inverses) is held to 1 thread with threadpoolctl.
 """
 
 from __future__ import annotations
@@ -43,6 +53,9 @@ GRIDS = {
     "SOAP": (1e-3, 3e-3, 1e-2, 3e-2),
 }
 FIGURE = ROOT / "benchmarks" / "figures" / "kron_transformer.png"
+DIGITS_STEPS = 1000  # AdamW, muon, Shampoo, SOAP
+CURVATURE_STEPS = 300  # K-FAC and EKFAC
+CURVATURE_GRID = (0.1, 0.3, 1.0)
 
 
 def optimiser(name: str, lr: float) -> optax.GradientTransformation:
@@ -122,7 +135,7 @@ def state_bytes(tx, params) -> int:
     return int(sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state)))
 
 
-def run(quick: bool = False) -> None:
+def transformer_section(quick: bool) -> str:
     steps = 200 if quick else STEPS
     grids = {k: v[1:3] for k, v in GRIDS.items()} if quick else GRIDS
     task = Task(steps)
@@ -167,11 +180,9 @@ def run(quick: bool = False) -> None:
             f"{sb / 2**20:.2f} MiB ({sb / adam_bytes:.2f}x) |"
         )
     _figure(curves, best, target, steps)
-    body = "\n".join(
+    return "\n".join(
         [
-            "## Kronecker family: Shampoo and SOAP vs AdamW and muon (`python -m benchmarks kron`)",
-            "",
-            machine_summary(),
+            "### Transformer LM",
             "",
             f"Character-level transformer LM of the examples (float32, {steps} steps of 16x64 "
             f"tokens, held-out loss every {EVAL_EVERY} steps); target: AdamW's best final "
@@ -183,9 +194,158 @@ def run(quick: bool = False) -> None:
             f"Curves: [benchmarks/figures/{FIGURE.name}](benchmarks/figures/{FIGURE.name}).",
         ]
     )
+
+
+def run(quick: bool = False) -> None:
+    from threadpoolctl import threadpool_limits
+
+    jnp.linalg.eigh(jnp.eye(2))[0].block_until_ready()  # load jaxlib's LAPACK first
+    with threadpool_limits(1, user_api="blas"):
+        sections = [transformer_section(quick), *digits_sections(quick)]
+    body = "\n".join(
+        [
+            "## Kronecker family: Shampoo, SOAP, K-FAC and EKFAC vs AdamW and muon "
+            "(`python -m benchmarks kron`)",
+            "",
+            machine_summary(),
+            "",
+            "\n\n".join(sections),
+        ]
+    )
     print(body)
     if not quick:
         write_section("kron", body)
+
+
+def digits_optimiser(name: str, lr: float):
+    """``(method for benchmarks.kfac.make_step, transformation)``."""
+    from jaxnum import kfac
+
+    if name == "K-FAC":
+        return "kfac", kfac.optimizer(lr)
+    if name == "EKFAC":
+        return "ekfac", kfac.ekfac(lr)
+    return "first-order", optimiser(name, lr)
+
+
+def digits_sections(quick: bool) -> list[str]:
+    from benchmarks import kfac as bk
+
+    long_steps = 200 if quick else DIGITS_STEPS
+    short_steps = 100 if quick else CURVATURE_STEPS
+    grids = dict(GRIDS, **{"K-FAC": CURVATURE_GRID, "EKFAC": CURVATURE_GRID})
+    if quick:
+        grids = {k: v[1:3] for k, v in grids.items()}
+    sections = []
+    for task, batch in zip(bk.tasks(), (None, bk.MINI_BATCH), strict=True):
+        n = task.inputs.shape[0]
+        params = task.model.init(jax.random.key(0), task.inputs[:2])["params"]
+        key = jax.random.key(1)
+        plain = bk.faster_first_order_layers(task, params, bk.batch_indices(n, batch, 40))
+        curves: dict[str, dict[float, np.ndarray]] = {}
+        for name, grid in grids.items():
+            curves[name] = {}
+            horizon = short_steps if name in ("K-FAC", "EKFAC") else long_steps
+            indices = bk.batch_indices(n, batch, horizon)
+            for lr in grid:
+                method, tx = digits_optimiser(name, lr)
+                step = bk.make_step(task, method, tx, plain=plain)
+                curve = bk.trajectory(task, step, tx, params, indices, key)
+                curves[name][lr] = np.where(np.isfinite(curve), curve, np.inf)
+                print(f"  {task.name}: {name} lr {lr:g}: final {curve[-1]:.4f}", flush=True)
+        tuned_tx = kfac_tuned(task)
+        tuned_step = bk.make_step(task, "kfac", tuned_tx)
+        curves["K-FAC tuned"] = {
+            task.kfac_config["learning_rate"]: bk.trajectory(
+                task, tuned_step, tuned_tx, params, bk.batch_indices(n, batch, short_steps), key
+            )
+        }
+        best = {name: min(c, key=lambda lr, c=c: c[lr][-1]) for name, c in curves.items()}
+        target = float(curves["AdamW"][best["AdamW"]][-1])
+        runs = {}
+        for name in curves:
+            method, tx = (
+                ("kfac", tuned_tx) if name == "K-FAC tuned" else digits_optimiser(name, best[name])
+            )
+            step = bk.make_step(task, method, tx, plain=plain)
+            runs[name] = (step, (params, tx.init(params)), bk.batch_indices(n, batch, 40))
+        step_s = bk.time_per_step(runs, rounds=3 if quick else 7)
+        adam_bytes = state_bytes(optax.adamw(1e-3), params)
+        rows = [
+            "| optimiser | best lr of grid | final loss (steps) | steps to AdamW's loss "
+            "(vs AdamW) | time per step, ms (vs AdamW) | wall to AdamW's loss (vs AdamW) | "
+            "state bytes (vs AdamW's) |",
+            "|---|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, by_lr in curves.items():
+            curve = by_lr[best[name]]
+            reached = bk.first_reaching(curve, target)
+            ratio = f"{reached} ({reached / long_steps:.2f}x)" if reached else "not reached"
+            wall = (
+                f"{reached * step_s[name] / (long_steps * step_s['AdamW']):.2f}x"
+                if reached
+                else "not reached"
+            )
+            tx = tuned_tx if name == "K-FAC tuned" else digits_optimiser(name, best[name])[1]
+            sb = state_bytes(tx, params)
+            setting = (
+                bk._kfac_setting(task, batch)
+                if name == "K-FAC tuned"
+                else f"{best[name]:g} of {list(grids[name])}"
+            )
+            rows.append(
+                f"| {name} | {setting} | {curve[-1]:.4f} ({len(curve)}) | {ratio} | "
+                f"{1e3 * step_s[name]:.2f} ({step_s[name] / step_s['AdamW']:.2f}x) | {wall} | "
+                f"{sb / 2**10:.0f} KiB ({sb / adam_bytes:.2f}x) |"
+            )
+        label = "full batch (1797)" if batch is None else f"mini-batches of {batch}"
+        figure = _digits_figure(task.name, label, curves, best, target)
+        sections.append(
+            "\n".join(
+                [
+                    f"### Digits {task.name}, {label}",
+                    "",
+                    f"Target: AdamW's best full-data training loss after {long_steps} steps, "
+                    f"{target:.4f}. Each at its defaults with the learning rates shown, except "
+                    "K-FAC tuned. First-order runs use "
+                    + ("flax's layers." if plain else "the patches x matrix layers (faster here)."),
+                    "",
+                    *rows,
+                    "",
+                    f"Curves: [benchmarks/figures/{figure}](benchmarks/figures/{figure}).",
+                ]
+            )
+        )
+    return sections
+
+
+def kfac_tuned(task):
+    from jaxnum import kfac
+
+    return kfac.optimizer(**task.kfac_config)
+
+
+def _digits_figure(task_name, label, curves, best, target) -> str:
+    name = f"kron_digits_{task_name.replace(' ', '_')}.png"
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return name
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for opt, by_lr in curves.items():
+        curve = by_lr[best[opt]]
+        ax.plot(np.arange(1, len(curve) + 1), curve, label=f"{opt} (lr {best[opt]:g})")
+    ax.axhline(target, color="gray", ls=":", label="AdamW's final loss")
+    ax.set(xlabel="step", ylabel="full-data training loss", yscale="log", xscale="log",
+           title=f"digits {task_name}, {label}, best learning rate of each")  # fmt: skip
+    ax.legend(fontsize=8)
+    path = FIGURE.parent / name
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return name
 
 
 def _figure(curves, best, target, steps):

@@ -22,7 +22,7 @@ def optimizer(
     learning_rate: float,
     *,
     momentum: float = 0.9,
-    damping: float = 1e-3,
+    damping: float = 3e-2,
     decay: float = 0.95,
     inverse_every: int = 10,
     kl_clip: float | None = 1e-2,

@@ -113,7 +113,7 @@ def _check_per_example(fn: str, curvature, layers) -> None:
 
 def scale_by_ekfac(
     *,
-    damping: float = 1e-3,
+    damping: float = 0.1,
     decay: float = 0.95,
     eigenbasis_every: int = 10,
     kl_clip: float | None = None,
@@ -243,7 +243,7 @@ def ekfac(
     learning_rate: float,
     *,
     momentum: float = 0.9,
-    damping: float = 1e-3,
+    damping: float = 0.1,
     decay: float = 0.95,
     eigenbasis_every: int = 10,
     kl_clip: float | None = 1e-2,

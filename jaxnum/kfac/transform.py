@@ -86,7 +86,7 @@ def _factor_dtype(params: Any):
 
 def scale_by_kfac(
     *,
-    damping: float = 1e-3,
+    damping: float = 3e-2,
     decay: float = 0.95,
     inverse_every: int = 10,
     kl_clip: float | None = None,
