@@ -429,6 +429,17 @@ def kfac_update(tx, **extra):
     return tx.update(grads, tx.init(params), params, **extra)
 
 
+def _ekfac_nan_rows():
+    """scale_by_ekfac: a finite step, then per-example rows holding an inf (finite factors)."""
+    _, params, _, _, grads, _ = kfac_problem()
+    stats = stats_of("squared_error", per_example=True)[2]
+    tx = kfac.scale_by_ekfac(eigenbasis_every=1)
+    _, state = tx.update(grads, tx.init(params), params, curvature=stats)
+    bad = {k: s._replace(inputs=s.inputs.at[0, 0, 0].set(jnp.inf)) for k, s in stats.items()}
+    updates, skipped = tx.update(grads, state, params, curvature=bad)
+    return state, updates, skipped
+
+
 def stats_of(loss, *, inputs=None, targets=None, **options):
     """``value_grad_and_stats(_MLP(), loss, **options)`` on the MLP's batch, with ``inputs`` or
     ``targets`` replaced."""
@@ -1841,6 +1852,34 @@ KFAC = [
 
 
 
+    C("jn.kfac.scale_by_ekfac", "hyperparameter", "damping=0",
+      lambda: kfac.scale_by_ekfac(damping=0.0),
+      raises=(E, r"scale_by_ekfac: damping must be > 0")),
+    C("jn.kfac.scale_by_ekfac", "hyperparameter", "decay=1",
+      lambda: kfac.scale_by_ekfac(decay=1.0),
+      raises=(E, r"scale_by_ekfac: decay must lie in \[0.0, 1.0\), got 1.0")),
+    C("jn.kfac.scale_by_ekfac", "hyperparameter", "eigenbasis_every=0",
+      lambda: kfac.scale_by_ekfac(eigenbasis_every=0),
+      raises=(E, r"scale_by_ekfac: eigenbasis_every must be a Python int >= 1, got 0")),
+    C("jn.kfac.scale_by_ekfac", "shape", "K-FAC's statistics (no per-example rows)",
+      lambda: kfac_update(kfac.scale_by_ekfac(), curvature=STATS),
+      raises=(T, r"scale_by_ekfac: the statistics of layer hidden are KroneckerFactors; "
+                 r"EKFAC's diagonal needs each example's rows")),
+    C("jn.kfac.scale_by_ekfac", "shape", "update without curvature=",
+      lambda: kfac_update(kfac.scale_by_ekfac()),
+      raises=(T, r"scale_by_ekfac: update needs curvature=stats")),
+    C("jn.kfac.scale_by_ekfac", "non-finite", "an inf in one example's rows",
+      _ekfac_nan_rows,
+      check=lambda r: int(r[2].num_skipped) == 1 and tree_equal(r[2].scales, r[0].scales)
+      and tree_equal(r[2].bases, r[0].bases) and finite(r[1]),
+      outcome="the statistics skipped: diagonal and bases bit-for-bit unchanged, "
+      "num_skipped=1, the update finite"),
+    C("jn.kfac.ekfac", "hyperparameter", "momentum=1",
+      lambda: kfac.ekfac(0.1, momentum=1.0),
+      raises=(E, r"kfac.ekfac: momentum must lie in \[0.0, 1.0\), got 1.0")),
+    C("jn.kfac.value_grad_and_stats", "dtype", "per_example='yes'",
+      lambda: kfac.value_grad_and_stats(_MLP(), "squared_error", per_example="yes"),
+      raises=(T, r"value_grad_and_stats: per_example must be True or False, got 'yes'")),
 
     C("jn.kfac.value_grad_and_stats", "method", "loss='mse'",
       lambda: kfac.value_grad_and_stats(_MLP(), "mse"),

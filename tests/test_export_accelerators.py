@@ -98,6 +98,25 @@ CASES = {
         )(jn.kfac.scale_by_kfac(), {"l": {"kernel": g, "bias": jnp.ones(3)}}),
         (jnp.ones((4, 3)),),
     ),
+    "ekfac statistics and update (eigh, per-example rows of a conv)": (
+        lambda x, w: (
+            lambda fn, tx, p: tx.update(
+                *fn(p, x, jnp.arange(4) % 3, jax.random.key(0))[1:2],
+                tx.init(p),
+                p,
+                curvature=fn(p, x, jnp.arange(4) % 3, jax.random.key(0))[2],
+            )
+        )(
+            jn.kfac.value_grad_and_stats(
+                lambda p, x: jn.kfac.conv(x, p["c"]["kernel"], layer="c").sum((1, 2)),
+                "softmax_cross_entropy",
+                per_example=True,
+            ),
+            jn.kfac.ekfac(0.1),
+            {"c": {"kernel": w}},
+        ),
+        (jnp.ones((4, 5, 5, 2)), jnp.ones((3, 3, 2, 3))),
+    ),
     "kfac value_grad_and_stats (conv, plain function)": (
         lambda x, w: jn.kfac.value_grad_and_stats(
             lambda p, x: jn.kfac.conv(x, p["c"]["kernel"], layer="c").sum((1, 2)),

@@ -201,6 +201,10 @@ OPTIONS = [
       lambda v: kfac.scale_by_kfac(inverse_every=v), run="accept"),
     O("jn.kfac.optimizer", "scale_by_kfac", "inverse_every", 2, 1,
       lambda v: kfac.optimizer(0.1, inverse_every=v), run="accept"),
+    O("jn.kfac.scale_by_ekfac", "scale_by_ekfac", "eigenbasis_every", 2, 1,
+      lambda v: kfac.scale_by_ekfac(eigenbasis_every=v), run="accept"),
+    O("jn.kfac.ekfac", "scale_by_ekfac", "eigenbasis_every", 2, 1,
+      lambda v: kfac.ekfac(0.1, eigenbasis_every=v), run="accept"),
     O("jn.kfac.adaptive_optimizer", "kfac.adaptive_optimizer", "inverse_every", 1, 1,
       lambda v: kfac.adaptive_optimizer(inverse_every=v), run="accept"),
     O("jn.kfac.adaptive_optimizer", "kfac.adaptive_optimizer", "adapt_damping_every", 1, 1,
@@ -308,6 +312,8 @@ INJECTED = {
     "scale_by_strong_wolfe": (jn.scale_by_strong_wolfe, {"max_evaluations": 5}, X3),
     "scale_by_kfac": (kfac.scale_by_kfac, {"inverse_every": 2}, KFAC_PARAMS),
     "kfac.optimizer": (functools.partial(kfac.optimizer, 0.1), {"inverse_every": 2}, KFAC_PARAMS),
+    "scale_by_ekfac": (kfac.scale_by_ekfac, {"eigenbasis_every": 2}, KFAC_PARAMS),
+    "ekfac": (functools.partial(kfac.ekfac, 0.1), {"eigenbasis_every": 2}, KFAC_PARAMS),
     "shampoo": (
         functools.partial(jn.shampoo, 0.1),
         {"precondition_every": 2, "block_size": 4},
@@ -329,7 +335,7 @@ def test_inject_hyperparams_names_static_args_for_an_integer_option(name):
     # optimizer chains other transformations when its float options are arrays).
     injected = optax.inject_hyperparams(factory, static_args=tuple(kwargs))(**kwargs)
     state = injected.init(params)
-    if name not in ("kfac.optimizer", "shampoo", "soap"):  # chains: their states differ
+    if name not in ("kfac.optimizer", "ekfac", "shampoo", "soap"):  # chains: their states differ
         assert _same(state.inner_state, factory(**kwargs).init(params))
 
 

@@ -23,6 +23,11 @@ void: the rotated gradient is diagonal up to rounding, and rounding noise
 divided by its own root-mean-square comes out as +-1 in every off-diagonal
 entry.) Adam's bias correction counts from the second gradient.
 
+Entries of a rotated gradient or momentum within eps sqrt(rows + cols) |block|_F
+of zero are taken as zero (`_without_rounding_noise`): where the factors are
+singular the basis is arbitrary and such entries are rounding noise, which
+Adam would turn into full-size steps.
+
 Parameters of rank < 2, or with a side of length 1, run plain Adam (from
 the second gradient too, so all parameters move together). A step
 whose gradients hold a NaN or an infinity is skipped: zero updates, the
@@ -77,6 +82,22 @@ def _descending_eigenbasis(factor: jax.Array) -> jax.Array:
     """Eigenvectors of each symmetric block, largest eigenvalue first."""
     _, vectors = jnp.linalg.eigh((factor + jnp.swapaxes(factor, -1, -2)) / 2)
     return vectors[..., ::-1]
+
+
+def _without_rounding_noise(rotated: jax.Array) -> jax.Array:
+    """Zeros where a rotated block's entry is at the level of the rotation's rounding.
+
+    Where the factors are singular (a gradient of low rank, rows never
+    touched) their eigenbasis is arbitrary there, and the rotated gradient
+    holds only rounding noise, about eps |G|_F per entry (measured up to 7 eps
+    on 64-1024 sides). Adam divides such an entry by its own root mean square
+    and gives it a full-size step; entries within eps sqrt(rows + cols) |G|_F
+    of zero are therefore taken as zero.
+    """
+    rows, cols = rotated.shape[-2:]
+    norm = jnp.sqrt(jnp.sum(rotated * rotated, axis=(-2, -1), keepdims=True))
+    threshold = jnp.finfo(rotated.dtype).eps * (rows + cols) ** 0.5 * norm
+    return jnp.where(jnp.abs(rotated) > threshold, rotated, jnp.zeros((), rotated.dtype))
 
 
 def _power_qr(factor: jax.Array, basis: jax.Array, nu: jax.Array, axis: int):
@@ -205,8 +226,12 @@ def scale_by_soap(
             if p is None:
                 rotated_g, rotated_m = g, m
             else:
-                rotated_g = jnp.swapaxes(q.left, -1, -2) @ p.to_blocks(g) @ q.right
-                rotated_m = jnp.swapaxes(q.left, -1, -2) @ p.to_blocks(m) @ q.right
+                rotated_g = _without_rounding_noise(
+                    jnp.swapaxes(q.left, -1, -2) @ p.to_blocks(g) @ q.right
+                )
+                rotated_m = _without_rounding_noise(
+                    jnp.swapaxes(q.left, -1, -2) @ p.to_blocks(m) @ q.right
+                )
             v = ema(
                 v, rotated_g * rotated_g, b2
             )  # the count is Adam's step (the first only set bases)

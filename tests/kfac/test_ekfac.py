@@ -57,7 +57,7 @@ def test_diagonal_is_the_exact_fisher_diagonal_in_the_kronecker_eigenbasis(x64, 
     stats_fn = kfac.value_grad_and_stats(
         model, "softmax_cross_entropy", fisher="empirical", per_example=True
     )
-    loss, grads, stats = jax.jit(stats_fn)(params, x, y, jax.random.key(0))
+    _, grads, stats = jax.jit(stats_fn)(params, x, y, jax.random.key(0))
     damping = 1e-2
     tx = kfac.scale_by_ekfac(damping=damping)
     out, state = jax.jit(tx.update)(grads, tx.init(params), params, curvature=stats)

@@ -81,6 +81,23 @@ def test_blocks_with_padding_equal_ragged_blocks_done_by_hand():
     np.testing.assert_allclose(out, expected, rtol=1e-3, atol=1e-5)
 
 
+@pytest.mark.parametrize("make", [jn.scale_by_shampoo, jn.scale_by_soap])
+def test_a_tall_thin_parameters_state_stays_a_small_multiple_of_it(make):
+    """(4096, 8): cut only at block_size its left factors would hold 4 x 1024^2 entries (with
+    SOAP's bases 258x the parameter); blocks of at most 8x the short side bound them."""
+    param = jnp.zeros((4096, 8))
+    state = jax.eval_shape(make().init, param)
+    state_bytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(state))
+    assert state_bytes <= 20 * param.size * param.dtype.itemsize, state_bytes / (4 * param.size)
+    assert state.factors[0].left.shape == (64, 64, 64)
+    g = jax.random.normal(jax.random.key(0), (4096, 8))
+    tx = make()
+    s = tx.init(param)
+    for _ in range(2):
+        out, s = tx.update(g, s)
+    assert bool(jnp.all(jnp.isfinite(out))) and float(jnp.abs(out).max()) > 0
+
+
 def test_vectors_scalars_and_thin_matrices_take_adams_step():
     params = {"b": jnp.zeros(4), "s": jnp.zeros(()), "row": jnp.zeros((1, 5))}
     grads = [jax.tree.map(lambda x, k=k: jax.random.normal(jax.random.key(k), x.shape), params)

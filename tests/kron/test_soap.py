@@ -76,6 +76,23 @@ def test_two_steps_equal_adam_in_numpys_eigenbasis():
         np.testing.assert_allclose(out, QL @ step @ QR.T, rtol=2e-3, atol=2e-4)
 
 
+def test_low_rank_gradients_give_steps_in_their_span_not_rounding_noise():
+    """Gradients u v_t^T (one left direction): L = avg(G G^T) has rank 1, so its eigenbasis
+    is arbitrary off u, where the rotated gradient is rounding noise. The step must stay in
+    span(u); Adam on the noise would give those directions full-size steps."""
+    u = jax.random.normal(jax.random.key(0), (16,))
+    tx = jn.scale_by_soap(precondition_every=3)
+    state = tx.init(jnp.zeros((16, 8)))
+    update = jax.jit(tx.update)
+    projector = jnp.eye(16) - jnp.outer(u, u) / (u @ u)
+    for t in range(12):
+        v = jax.random.normal(jax.random.key(t + 1), (8,))
+        out, state = update(jnp.outer(u, v), state)
+        if t:
+            off_span = jnp.linalg.norm(projector @ out) / jnp.linalg.norm(out)
+            assert float(off_span) < 1e-5, (t, float(off_span))
+
+
 def test_a_refresh_keeps_an_orthonormal_basis_and_permutes_the_second_moment():
     g = [jax.random.normal(jax.random.key(k), (6, 4)) for k in range(5)]
     tx = jn.scale_by_soap(precondition_every=2)
