@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxnum._src.checks import check_int
+from jaxnum._src.sharding import sharded_on_first_axis_only
 from jaxnum.kfac._common import Layer
 from jaxnum.kfac._factors import (
     KroneckerFactors,
@@ -68,7 +69,10 @@ def loss_value(name: str, outputs, targets):
     """Mean over the batch of the per-example loss (targets: labels, 0/1, or values)."""
     if name == "softmax_cross_entropy":
         logp = jax.nn.log_softmax(outputs)
-        return -jnp.mean(jnp.take_along_axis(logp, targets[..., None], axis=-1))
+        # a one-hot product, not a gather: outputs sharded over classes (an Explicit mesh's
+        # model axis) need no collective to pick each label's entry
+        picked = jnp.sum(logp * jax.nn.one_hot(targets, logp.shape[-1], dtype=logp.dtype), -1)
+        return -jnp.mean(picked)
     if name == "sigmoid_cross_entropy":
         per = jnp.logaddexp(0.0, outputs) - targets * outputs
         return jnp.mean(jnp.sum(per.reshape(per.shape[0], -1), axis=-1))
@@ -117,7 +121,9 @@ def layer_factors(
     g_n = jnp.concatenate(
         [(d * batch).reshape(batch, -1, d.shape[-1]) for d in output_grads], axis=1
     )
-    a_n = a_n.astype(dtype)
+    # whole but for the batch on an Explicit mesh (as dense_factors takes its inputs)
+    a_n = sharded_on_first_axis_only(a_n).astype(dtype)
+    g_n = sharded_on_first_axis_only(g_n)
     if bias:
         a_n = jnp.concatenate([a_n, jnp.ones((*a_n.shape[:2], 1), dtype)], axis=2)
     return PerExampleFactors(factors.A, factors.G, a_n, g_n.astype(dtype))

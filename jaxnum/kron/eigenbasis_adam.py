@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxnum._src.batched_lapack import per_matrix
 from jaxnum._src.checks import check_int, check_interval
 from jaxnum.kron._blocks import plan_blocks
 from jaxnum.kron._factors import (
@@ -80,7 +81,7 @@ class ScaleBySOAPState(NamedTuple):
 
 def _descending_eigenbasis(factor: jax.Array) -> jax.Array:
     """Eigenvectors of each symmetric block, largest eigenvalue first."""
-    _, vectors = jnp.linalg.eigh((factor + jnp.swapaxes(factor, -1, -2)) / 2)
+    _, vectors = per_matrix(jnp.linalg.eigh, (factor + jnp.swapaxes(factor, -1, -2)) / 2)
     return vectors[..., ::-1]
 
 
@@ -105,7 +106,7 @@ def _power_qr(factor: jax.Array, basis: jax.Array, nu: jax.Array, axis: int):
     estimates = jnp.einsum("nij,nik,nkj->nj", basis, factor, basis)
     order = jnp.argsort(-estimates, axis=-1)  # (num_blocks, size)
     sorted_basis = jnp.take_along_axis(basis, order[:, None, :], axis=-1)
-    q, _ = jnp.linalg.qr(factor @ sorted_basis)
+    q, _ = per_matrix(jnp.linalg.qr, factor @ sorted_basis)
     index = order[:, :, None] if axis == 1 else order[:, None, :]
     return q, jnp.take_along_axis(nu, index, axis=axis)
 

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from jaxnum._src.batched_lapack import per_matrix
 from jaxnum._src.checks import check_int, check_interval
 from jaxnum.kron._blocks import BlockPlan, plan_blocks
 from jaxnum.kron._factors import (
@@ -128,7 +129,9 @@ def _refresh_roots(factors, roots, matrix_eps):
     """Inverse 4th roots of every factor; a root that is not finite keeps the old one."""
 
     def root(factor, old):
-        new = root_from_eigh(symmetric_eigh(factor), 4, eps=matrix_eps, damping=_TINY)
+        # per_matrix: on CPU one block per LAPACK call (jaxlib's batched kernel can deadlock)
+        eigh = per_matrix(symmetric_eigh, factor)
+        new = root_from_eigh(eigh, 4, eps=matrix_eps, damping=_TINY)
         return jnp.where(jnp.all(jnp.isfinite(new)), new, old)
 
     return tuple(

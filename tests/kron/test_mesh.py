@@ -1,0 +1,100 @@
+"""Shampoo, SOAP and EKFAC with parameters sharded along a model axis (Explicit and Auto
+meshes, 4 host devices): the same updates as on one device."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+import jaxnum as jn
+from jaxnum import kfac
+
+
+def _params():
+    keys = jax.random.split(jax.random.key(0), 3)
+    return {
+        "w": jax.random.normal(keys[0], (16, 24)),
+        "conv": jax.random.normal(keys[1], (3, 3, 4, 8)),
+        "b": jax.random.normal(keys[2], (24,)),
+    }
+
+
+def _grads(step):
+    return jax.tree.map(
+        lambda x: jax.random.normal(jax.random.fold_in(jax.random.key(step), x.size), x.shape),
+        _params(),
+    )
+
+
+def _on_mesh(tree, mesh):
+    """The last axis of every array sharded over "model" (the model-parallel layout)."""
+    return jax.tree.map(
+        lambda x: jax.device_put(x, NamedSharding(mesh, P(*([None] * (x.ndim - 1)), "model"))),
+        tree,
+    )
+
+
+@pytest.mark.parametrize("axis_type", ["Explicit", "Auto"])
+@pytest.mark.parametrize(
+    "make",
+    [lambda: jn.shampoo(0.01, block_size=8), lambda: jn.soap(0.01, block_size=8)],
+    ids=["shampoo", "soap"],
+)
+@pytest.mark.slow
+def test_model_sharded_parameters_give_the_one_device_updates(make, axis_type):
+    assert jax.device_count() >= 4, "conftest sets 4 host devices"
+    mesh = jax.make_mesh((4,), ("model",), axis_types=(getattr(jax.sharding.AxisType, axis_type),))
+    tx = make()
+
+    @jax.jit
+    def three_steps(params):
+        state = tx.init(params)
+        for step in range(3):
+            updates, state = tx.update(_grads(step), state, params)
+            params = optax.apply_updates(params, updates)
+        return params, state
+
+    single = three_steps(_params())
+    with jax.set_mesh(mesh):
+        sharded = three_steps(_on_mesh(_params(), mesh))
+    assert sharded[0]["w"].sharding.spec == P(None, "model")
+    for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+def _model(params, x):
+    h = jnp.tanh(kfac.dense(x, **params["hidden"], layer="hidden"))
+    return kfac.dense(h, **params["out"], layer="out")
+
+
+@pytest.mark.parametrize("axis_type", ["Explicit", "Auto"])
+@pytest.mark.slow
+def test_ekfac_with_model_sharded_layers_equals_one_device(axis_type):
+    mesh = jax.make_mesh((4,), ("model",), axis_types=(getattr(jax.sharding.AxisType, axis_type),))
+    keys = jax.random.split(jax.random.key(1), 3)
+    params = {
+        "hidden": {"kernel": jax.random.normal(keys[0], (6, 8)) / 3, "bias": jnp.zeros(8)},
+        "out": {"kernel": jax.random.normal(keys[1], (8, 4)) / 3, "bias": jnp.zeros(4)},
+    }
+    x = jax.random.normal(keys[2], (32, 6))
+    y = jnp.arange(32) % 4
+    stats_fn = kfac.value_grad_and_stats(_model, "softmax_cross_entropy", per_example=True)
+    tx = kfac.ekfac(0.1, eigenbasis_every=1)
+
+    @jax.jit
+    def two_steps(params):
+        state = tx.init(params)
+        for step in range(2):
+            _, grads, stats = stats_fn(params, x, y, jax.random.key(step))
+            updates, state = tx.update(grads, state, params, curvature=stats)
+            params = optax.apply_updates(params, updates)
+        return params
+
+    single = two_steps(params)
+    with jax.set_mesh(mesh):
+        sharded = two_steps(_on_mesh(params, mesh))
+    for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
