@@ -294,7 +294,7 @@ def digits_sections(quick: bool) -> list[str]:
                 else f"{best[name]:g} of {list(grids[name])}"
             )
             rows.append(
-                f"| {name} | {setting} | {curve[-1]:.4f} ({len(curve)}) | {ratio} | "
+                f"| {name} | {setting} | {curve[-1]:.5g} ({len(curve)}) | {ratio} | "
                 f"{1e3 * step_s[name]:.2f} ({step_s[name] / step_s['AdamW']:.2f}x) | {wall} | "
                 f"{sb / 2**10:.0f} KiB ({sb / adam_bytes:.2f}x) |"
             )
@@ -306,7 +306,7 @@ def digits_sections(quick: bool) -> list[str]:
                     f"### Digits {task.name}, {label}",
                     "",
                     f"Target: AdamW's best full-data training loss after {long_steps} steps, "
-                    f"{target:.4f}. Each at its defaults with the learning rates shown, except "
+                    f"{target:.5g}. Each at its defaults with the learning rates shown, except "
                     "K-FAC tuned. First-order runs use "
                     + ("flax's layers." if plain else "the patches x matrix layers (faster here)."),
                     "",
