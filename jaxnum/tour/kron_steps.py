@@ -40,7 +40,7 @@ class Config:
     num_images: int = 1024
     steps: int = 600
     learning_rates: tuple[float, ...] = (1e-3, 3e-3, 1e-2, 3e-2)
-    repeats: int = 3
+    repeats: int = 1
 
     @classmethod
     def quick(cls) -> Config:
