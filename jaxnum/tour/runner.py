@@ -33,28 +33,28 @@ from jaxnum.tour.result import ClaimResult
 # Wall time of `python -m jaxnum tour [--quick]` on a fresh clone, 2 quiet CPU cores
 # (measured 2026-12-07). README.md, docs/guides/tour.md and --help quote these; a test
 # checks they agree. Re-measure and update all three when an experiment's sizes change.
-MEASURED_SECONDS = {"full": 188, "quick": 110}
+MEASURED_SECONDS = {"full": 221, "quick": 107}
 
 # Seconds each experiment took (full, quick) in the run that measured MEASURED_SECONDS:
 # relative weights for the time-left estimate, which scales them by this run's pace.
 TYPICAL_SECONDS = {
-    "float_range": (0.8, 0.7),
-    "fp16_loss_scaling": (6.3, 6.1),
+    "float_range": (0.7, 0.7),
+    "fp16_loss_scaling": (6.0, 5.8),
     "softmax_overflow": (1.9, 1.6),
-    "clipping_overflow": (1.0, 1.0),
-    "lbfgs_scaling": (17.9, 12.9),
-    "lbfgs_minibatch": (9.9, 7.2),
-    "kfac_claims": (20.6, 14.9),
-    "kron_steps": (10.0, 5.0),
-    "randomized_svd": (26.4, 9.3),
-    "lora_counts": (5.4, 4.1),
-    "finite_differences": (3.4, 3.2),
-    "reverse_mode_cost": (7.0, 3.9),
-    "hvp_cost": (14.3, 6.6),
-    "checkpointing": (12.9, 5.9),
-    "newton_convergence": (5.3, 4.2),
-    "linear_lm": (38.0, 12.0),
-    "krylov": (7.4, 7.2),
+    "clipping_overflow": (1.1, 1.0),
+    "lbfgs_scaling": (18.4, 11.5),
+    "lbfgs_minibatch": (9.2, 6.4),
+    "kfac_claims": (20.2, 12.9),
+    "kron_steps": (35.7, 8.4),
+    "randomized_svd": (25.2, 8.7),
+    "lora_counts": (5.7, 4.1),
+    "finite_differences": (4.1, 3.2),
+    "reverse_mode_cost": (7.0, 3.8),
+    "hvp_cost": (14.6, 5.8),
+    "checkpointing": (12.6, 5.3),
+    "newton_convergence": (4.6, 4.1),
+    "linear_lm": (37.4, 9.9),
+    "krylov": (7.5, 6.1),
 }
 
 # name -> module under jaxnum.tour, in the order of the report (issue 8's list).
