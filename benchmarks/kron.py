@@ -299,6 +299,7 @@ def digits_sections(quick: bool) -> list[str]:
                 f"{sb / 2**10:.0f} KiB ({sb / adam_bytes:.2f}x) |"
             )
         label = "full batch (1797)" if batch is None else f"mini-batches of {batch}"
+        peer = bk.kfac_jax_attempt(task, params)
         figure = _digits_figure(task.name, label, curves, best, target)
         sections.append(
             "\n".join(
@@ -313,6 +314,8 @@ def digits_sections(quick: bool) -> list[str]:
                     *rows,
                     "",
                     f"Curves: [benchmarks/figures/{figure}](benchmarks/figures/{figure}).",
+                    "",
+                    f"kfac-jax (the peer for K-FAC): {peer}",
                 ]
             )
         )

@@ -111,11 +111,15 @@ def layer_factors(
     # Rows of each use grouped by example (the batch leads every captured input), the
     # uses side by side: a weight used T times has a per-example gradient summed over T.
     dtype = _factor_dtype(jnp.result_type(a, g))
-    if any(x.size % (batch * x.shape[-1]) for x in inputs):
+    if any(x.ndim < 2 or x.shape[0] != batch for x in inputs):
+        # Rows grouped any other way ((seq, batch, d), or two views joined on the batch
+        # axis) would be summed across examples, silently.
         shapes = [x.shape for x in inputs]
         raise ValueError(
-            f"per_example statistics: a captured layer's inputs {shapes} do not split into "
-            f"{batch} examples (the batch must lead them)"
+            f"per_example statistics: a captured layer's inputs have shapes {shapes}; each "
+            f"must lead with the batch ({batch} examples), (batch, ..., d), so that row n "
+            "belongs to example n. Move the batch axis first (no transpose or "
+            "concatenation of examples before the layer), or leave per_example off"
         )
     a_n = jnp.concatenate([x.reshape(batch, -1, x.shape[-1]) for x in inputs], axis=1)
     g_n = jnp.concatenate(

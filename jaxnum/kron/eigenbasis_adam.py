@@ -23,10 +23,12 @@ void: the rotated gradient is diagonal up to rounding, and rounding noise
 divided by its own root-mean-square comes out as +-1 in every off-diagonal
 entry.) Adam's bias correction counts from the second gradient.
 
-Entries of a rotated gradient or momentum within eps sqrt(rows + cols) |block|_F
-of zero are taken as zero (`_without_rounding_noise`): where the factors are
-singular the basis is arbitrary and such entries are rounding noise, which
-Adam would turn into full-size steps.
+A rotated coordinate whose root second moment is within eps sqrt(rows + cols)
+of its block's (`_resolvable`) gets no step: where the factors are singular the
+basis is arbitrary and such coordinates hold rounding noise, which Adam would
+turn into full-size steps. The price is a range limit: a coordinate more than
+about 1 / (eps sqrt(rows + cols)) (2e5 for a 64 x 64 block in float32) below
+its block's size is not moved, even where the basis happens to be exact.
 
 Parameters of rank < 2, or with a side of length 1, run plain Adam (from
 the second gradient too, so all parameters move together). A step
@@ -85,20 +87,23 @@ def _descending_eigenbasis(factor: jax.Array) -> jax.Array:
     return vectors[..., ::-1]
 
 
-def _without_rounding_noise(rotated: jax.Array) -> jax.Array:
-    """Zeros where a rotated block's entry is at the level of the rotation's rounding.
+def _resolvable(v: jax.Array) -> jax.Array:
+    """Where a rotated block's second moment stands above the rotation's rounding.
 
     Where the factors are singular (a gradient of low rank, rows never
     touched) their eigenbasis is arbitrary there, and the rotated gradient
     holds only rounding noise, about eps |G|_F per entry (measured up to 7 eps
-    on 64-1024 sides). Adam divides such an entry by its own root mean square
-    and gives it a full-size step; entries within eps sqrt(rows + cols) |G|_F
-    of zero are therefore taken as zero.
+    on 64-1024 sides). Adam would divide such an entry by its own root mean
+    square and give it a full-size step. A coordinate whose root second moment
+    is within eps sqrt(rows + cols) of the block's (the root of its sum, the
+    time average of |G|_F) gets no step. The mask reads the second moment
+    only, so the first moment is never divided by a second moment that a mask
+    zeroed.
     """
-    rows, cols = rotated.shape[-2:]
-    norm = jnp.sqrt(jnp.sum(rotated * rotated, axis=(-2, -1), keepdims=True))
-    threshold = jnp.finfo(rotated.dtype).eps * (rows + cols) ** 0.5 * norm
-    return jnp.where(jnp.abs(rotated) > threshold, rotated, jnp.zeros((), rotated.dtype))
+    rows, cols = v.shape[-2:]
+    block = jnp.sqrt(jnp.sum(v, axis=(-2, -1), keepdims=True))
+    threshold = jnp.finfo(v.dtype).eps * (rows + cols) ** 0.5 * block
+    return jnp.sqrt(v) > threshold
 
 
 def _power_qr(factor: jax.Array, basis: jax.Array, nu: jax.Array, axis: int):
@@ -227,12 +232,8 @@ def scale_by_soap(
             if p is None:
                 rotated_g, rotated_m = g, m
             else:
-                rotated_g = _without_rounding_noise(
-                    jnp.swapaxes(q.left, -1, -2) @ p.to_blocks(g) @ q.right
-                )
-                rotated_m = _without_rounding_noise(
-                    jnp.swapaxes(q.left, -1, -2) @ p.to_blocks(m) @ q.right
-                )
+                rotated_g = jnp.swapaxes(q.left, -1, -2) @ p.to_blocks(g) @ q.right
+                rotated_m = jnp.swapaxes(q.left, -1, -2) @ p.to_blocks(m) @ q.right
             v = ema(
                 v, rotated_g * rotated_g, b2
             )  # the count is Adam's step (the first only set bases)
@@ -240,6 +241,7 @@ def scale_by_soap(
                 jnp.sqrt(bias_corrected(v, b2, state.count)) + eps
             )
             if p is not None:
+                direction = jnp.where(_resolvable(v), direction, jnp.zeros((), direction.dtype))
                 direction = p.from_blocks(q.left @ direction @ jnp.swapaxes(q.right, -1, -2))
             out.append(direction.astype(leaf.dtype))
             new_nu.append(v)

@@ -225,6 +225,25 @@ def test_statistics_without_per_example_rows_are_a_clear_error():
         kfac.scale_by_ekfac(eigenbasis_every=0)
 
 
+def test_rows_not_led_by_the_batch_are_refused_not_mixed_across_examples():
+    """(seq, batch, d) inputs, or two views joined on the batch axis, would put rows of
+    different examples in one per-example gradient: a clear error instead."""
+    params, x, y = _linear_problem(sequence_model, (8, 5, 4))
+
+    def transposed(p, x):
+        return kfac.dense(jnp.swapaxes(x, 0, 1), **p["out"], layer="out").mean(0)
+
+    def joined(p, x):
+        h = kfac.dense(jnp.concatenate([x, 2 * x]), **p["out"], layer="out").sum(1)
+        return h[: x.shape[0]] + h[x.shape[0] :]
+
+    for model in (transposed, joined):
+        fn = kfac.value_grad_and_stats(model, "softmax_cross_entropy", per_example=True)
+        with pytest.raises(ValueError, match=r"must lead with the batch \(8 examples\)"):
+            fn(params, x, y, jax.random.key(0))
+        kfac.value_grad_and_stats(model, "softmax_cross_entropy")(params, x, y, jax.random.key(0))
+
+
 def test_inject_hyperparams_with_a_traced_learning_rate_and_damping():
     params, x, y = _linear_problem(flat_model, (16, 4))
     params, x = jax.tree.map(lambda a: a.astype(jnp.float32), (params, x))

@@ -93,6 +93,20 @@ def test_low_rank_gradients_give_steps_in_their_span_not_rounding_noise():
             assert float(off_span) < 1e-5, (t, float(off_span))
 
 
+def test_rows_of_very_different_scales_give_bounded_steps():
+    """Gradient rows from 1 down to 1e-4: every step stays within a few learning rates, as
+    Adam's do (a mask on the rotated gradient but not on the momentum once gave a step of
+    3,400 learning rates)."""
+    rows = jnp.asarray(10.0 ** -np.linspace(0, 4, 512), jnp.float32)[:, None]
+    tx, params = jn.soap(1e-3), jnp.zeros((512, 128))
+    state = tx.init(params)
+    update = jax.jit(tx.update)
+    for t in range(12):
+        g = rows * jax.random.normal(jax.random.key(t), (512, 128))
+        out, state = update(g, state, params)
+        assert float(jnp.abs(out).max()) < 10 * 1e-3, (t, float(jnp.abs(out).max()) / 1e-3)
+
+
 def test_a_refresh_keeps_an_orthonormal_basis_and_permutes_the_second_moment():
     g = [jax.random.normal(jax.random.key(k), (6, 4)) for k in range(5)]
     tx = jn.scale_by_soap(precondition_every=2)
