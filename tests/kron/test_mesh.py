@@ -37,12 +37,12 @@ def _on_mesh(tree, mesh):
     )
 
 
-@pytest.mark.parametrize("axis_type", ["Explicit", "Auto"])
 @pytest.mark.parametrize(
-    "make",
-    [lambda: jn.shampoo(0.01, block_size=8), lambda: jn.soap(0.01, block_size=8)],
-    ids=["shampoo", "soap"],
-)
+    "make, axis_type",
+    [(lambda: jn.shampoo(0.01, block_size=16), "Explicit"),
+     (lambda: jn.soap(0.01, block_size=16), "Auto")],
+    ids=["shampoo-Explicit", "soap-Auto"],
+)  # fmt: skip
 @pytest.mark.slow
 def test_model_sharded_parameters_give_the_one_device_updates(make, axis_type):
     assert jax.device_count() >= 4, "conftest sets 4 host devices"

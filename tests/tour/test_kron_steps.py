@@ -37,11 +37,11 @@ def test_row_is_consistent_with_its_data(quick_run):
 
 
 def test_the_vmapped_grid_equals_single_runs_of_the_public_chains(x64):
-    """Shampoo and Adam, in float64. (Not SOAP: a (96, 16) kernel's left factor is singular,
+    """Shampoo, in float64. (Not SOAP: a (96, 16) kernel's left factor is singular,
     its null space has an arbitrary eigenbasis that two programs pick differently, and Adam
     in that basis is not rotation invariant: 6.6e-4 apart after 6 steps in float32, 4e-6 in
     float64. Shampoo's roots are matrix functions, the same in any basis.)"""
-    x = jax.random.uniform(jax.random.key(0), (256, experiment.PIXELS), jnp.float64)
+    x = jax.random.uniform(jax.random.key(0), (64, experiment.PIXELS), jnp.float64)
     model = experiment._Autoencoder()
     params = jax.tree.map(
         lambda a: a.astype(jnp.float64), model.init(jax.random.key(1), x)["params"]
@@ -51,8 +51,7 @@ def test_the_vmapped_grid_equals_single_runs_of_the_public_chains(x64):
         logits = model.apply({"params": p}, x)
         return jnp.mean(jnp.sum(optax.sigmoid_binary_cross_entropy(logits, x), axis=1))
 
-    for name, make in (("Shampoo", jn.shampoo), ("Adam", optax.adam)):
-        check_grid(name, make, loss, params)
+    check_grid("Shampoo", jn.shampoo, loss, params)
 
 
 def check_grid(name, make, loss, params):
@@ -60,9 +59,14 @@ def check_grid(name, make, loss, params):
     for row, lr in zip(grid, (1e-3, 1e-2), strict=True):
         tx, p = make(lr), params
         state = tx.init(p)
-        for _ in range(6):
+
+        @jax.jit
+        def step(p, state, tx=tx):
             updates, state = tx.update(jax.grad(loss)(p), state, p)
-            p = optax.apply_updates(p, updates)
+            return optax.apply_updates(p, updates), state
+
+        for _ in range(6):
+            p, state = step(p, state)
         np.testing.assert_allclose(row[-1], loss(p), rtol=1e-9)
 
 
