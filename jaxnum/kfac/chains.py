@@ -97,18 +97,24 @@ def optimizer(
             "weight_decay=...) (it takes no learning_rate, momentum or kl_clip)"
         )
     check_positive(learning_rate, fn, "learning_rate")
+    preconditioner = scale_by_kfac(
+        damping=damping,
+        decay=decay,
+        inverse_every=inverse_every,
+        kl_clip=kl_clip,
+        learning_rate=learning_rate,
+        layers=layers,
+    )
+    return usual_chain(fn, preconditioner, learning_rate, momentum, weight_decay)
+
+
+def usual_chain(fn: str, preconditioner, learning_rate, momentum, weight_decay):
+    """``chain(preconditioner, add_decayed_weights, trace(momentum), scale(-lr))``, the
+    weight decay and momentum left out when they are a Python 0 (options checked)."""
+    check_positive(learning_rate, fn, "learning_rate")
     check_interval(momentum, fn, "momentum", at_least=0.0, below=1.0)
     check_nonnegative(weight_decay, fn, "weight_decay")
-    parts = [
-        scale_by_kfac(
-            damping=damping,
-            decay=decay,
-            inverse_every=inverse_every,
-            kl_clip=kl_clip,
-            learning_rate=learning_rate,
-            layers=layers,
-        )
-    ]
+    parts = [preconditioner]
     if not python_zero(weight_decay):
         parts.append(optax.add_decayed_weights(weight_decay))
     if not python_zero(momentum):

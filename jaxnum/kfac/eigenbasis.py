@@ -29,7 +29,7 @@ References:
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,12 +37,12 @@ import optax
 
 from jaxnum._src.checks import (
     check_interval,
-    check_nonnegative,
     check_positive,
     check_positive_int,
 )
-from jaxnum.kfac._common import Layer, layer_name, python_zero
+from jaxnum.kfac._common import Layer, layer_name
 from jaxnum.kfac._factors import KroneckerFactors, PerExampleFactors
+from jaxnum.kfac.chains import usual_chain
 from jaxnum.kfac.transform import (
     _factor_dtype,
     averaged_factors,
@@ -282,21 +282,12 @@ def ekfac(
     if learning_rate is None:
         raise ValueError(f"{fn}: learning_rate must be a number > 0, got None")
     check_positive(learning_rate, fn, "learning_rate")
-    check_interval(momentum, fn, "momentum", at_least=0.0, below=1.0)
-    check_nonnegative(weight_decay, fn, "weight_decay")
-    parts: list[Any] = [
-        scale_by_ekfac(
-            damping=damping,
-            decay=decay,
-            eigenbasis_every=eigenbasis_every,
-            kl_clip=kl_clip,
-            learning_rate=learning_rate,
-            layers=layers,
-        )
-    ]
-    if not python_zero(weight_decay):
-        parts.append(optax.add_decayed_weights(weight_decay))
-    if not python_zero(momentum):
-        parts.append(optax.trace(decay=momentum))
-    parts.append(optax.scale(-learning_rate))
-    return optax.chain(*parts)
+    preconditioner = scale_by_ekfac(
+        damping=damping,
+        decay=decay,
+        eigenbasis_every=eigenbasis_every,
+        kl_clip=kl_clip,
+        learning_rate=learning_rate,
+        layers=layers,
+    )
+    return usual_chain(fn, preconditioner, learning_rate, momentum, weight_decay)
