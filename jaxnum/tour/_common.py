@@ -49,13 +49,15 @@ def reference_slope(
                 fontsize=8, color="dimgray", ha=ha, va=va)  # fmt: skip
 
 
-def median_seconds(call: Callable[[], object], repeats: int) -> float:
+def median_seconds(call: Callable[[], object], repeats: int, *, warm: bool = True) -> float:
     """Median wall time of ``call()`` over ``repeats`` runs, after one untimed call.
 
     The first call compiles (and warms caches), so compile time is excluded;
+    ``warm=False`` skips it for a call already compiled and run.
     ``jax.block_until_ready`` waits for the asynchronous result each time.
     """
-    jax.block_until_ready(call())
+    if warm:
+        jax.block_until_ready(call())
     times = []
     for _ in range(repeats):
         start = time.perf_counter()

@@ -16,7 +16,6 @@ gradient evaluations, as a training step does).
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import flax.linen as nn
@@ -26,7 +25,7 @@ import numpy as np
 import optax
 
 import jaxnum as jn
-from jaxnum.tour._common import pyplot
+from jaxnum.tour._common import median_seconds, pyplot
 from jaxnum.tour.kfac_claims import PIXELS, _images
 from jaxnum.tour.result import ClaimResult
 
@@ -92,16 +91,6 @@ def _curves(name, loss, params0, learning_rates, steps):
     return np.asarray(_grid_runner(name, loss, params0, steps)(jnp.asarray(learning_rates)))
 
 
-def _seconds(call, repeats):
-    """Median wall time of ``repeats`` calls of an already compiled ``call``."""
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(call())
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
-
-
 def _first_reaching(curve, target):
     hit = np.nonzero(curve <= target)[0]
     return int(hit[0]) + 1 if len(hit) else None
@@ -126,7 +115,7 @@ def run(config: Config, key) -> tuple[ClaimResult, object]:
         finals = np.where(np.isfinite(by_lr[:, -1]), by_lr[:, -1], np.inf)
         best[name] = config.learning_rates[int(np.argmin(finals))]
         curves[name] = by_lr[int(np.argmin(finals))]
-        grid_seconds = _seconds(lambda r=runner: r(rates), config.repeats)
+        grid_seconds = median_seconds(lambda r=runner: r(rates), config.repeats, warm=False)
         seconds[name] = grid_seconds / (config.steps * len(config.learning_rates))
     target = float(curves["Adam"][-1])
     steps = {name: _first_reaching(curves[name], target) for name in OPTIMISERS}
