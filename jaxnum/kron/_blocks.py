@@ -17,6 +17,13 @@ pair and gets the diagonal fallback.
 
 Blocks are stacked on a leading axis, so one batched eigendecomposition
 serves every block of a parameter.
+
+On a mesh with Explicit axes (``jax.make_mesh``'s default) a parameter may
+arrive sharded; its blocks are made whole on every device first (the matrix
+view and the Gram products contract over the sharded side, which Explicit
+sharding refuses to guess an output layout for) and the update goes back to
+the parameter's layout. The factor state is therefore replicated, the same
+on every device; on an Auto mesh XLA chooses.
 """
 
 from __future__ import annotations
@@ -26,6 +33,8 @@ from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 SIDE_RATIO = 8
 """A block's side is at most this many times its other side (bounds a factor's size by
@@ -54,17 +63,17 @@ class BlockPlan:
     def to_blocks(self, x: jax.Array) -> jax.Array:
         """(num_blocks, block_rows, block_cols): the parameter-shaped ``x`` cut into blocks."""
         r, c = self.grid
-        m = x.reshape(self.rows, self.cols)
+        m = whole_on_each_device(x).reshape(self.rows, self.cols)
         m = jnp.pad(m, ((0, r * self.block_rows - self.rows), (0, c * self.block_cols - self.cols)))
         m = m.reshape(r, self.block_rows, c, self.block_cols).transpose(0, 2, 1, 3)
         return m.reshape(r * c, self.block_rows, self.block_cols)
 
-    def from_blocks(self, blocks: jax.Array) -> jax.Array:
-        """The inverse of :meth:`to_blocks` (padding dropped), in the parameter's shape."""
+    def from_blocks(self, blocks: jax.Array, like: jax.Array) -> jax.Array:
+        """The inverse of :meth:`to_blocks` (padding dropped): ``like``'s shape and layout."""
         r, c = self.grid
         m = blocks.reshape(r, c, self.block_rows, self.block_cols).transpose(0, 2, 1, 3)
         m = m.reshape(r * self.block_rows, c * self.block_cols)[: self.rows, : self.cols]
-        return m.reshape(self.shape)
+        return laid_out_like(m.reshape(self.shape), like)
 
 
 def matrix_view(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -93,3 +102,31 @@ def plan_blocks(shape: tuple[int, ...], block_size: int) -> BlockPlan | None:
         min(rows, block_size, SIDE_RATIO * cols),
         min(cols, block_size, SIDE_RATIO * rows),
     )
+
+
+def _explicitly_sharded(x) -> bool:
+    spec = getattr(jax.typeof(x).sharding, "spec", ())
+    return any(axes is not None for axes in spec)
+
+
+def whole_on_each_device(x: jax.Array) -> jax.Array:
+    """``x`` replicated if its type carries Explicit-axis sharding; unchanged otherwise."""
+    if not _explicitly_sharded(x):
+        return x
+    mesh = jax.typeof(x).sharding.mesh
+    return jax.sharding.reshard(x, NamedSharding(mesh, P()))
+
+
+def laid_out_like(x: jax.Array, like: jax.Array) -> jax.Array:
+    """``x`` resharded to ``like``'s layout where Explicit-axis sharding tells them apart.
+
+    An elementwise op of a sharded state and a replicated gradient comes out
+    sharded: state keeps the layout ``init`` gave it (a ``lax.cond`` or a scan
+    carry needs the same type every step) and an update keeps its gradient's.
+    """
+    if not (_explicitly_sharded(x) or _explicitly_sharded(like)):
+        return x
+    want = jax.typeof(like).sharding
+    if jax.typeof(x).sharding.spec == want.spec:
+        return x
+    return jax.sharding.reshard(x, want)

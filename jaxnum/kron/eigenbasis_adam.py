@@ -46,7 +46,7 @@ import optax
 
 from jaxnum._src.batched_lapack import per_matrix
 from jaxnum._src.checks import check_int, check_interval
-from jaxnum.kron._blocks import plan_blocks
+from jaxnum.kron._blocks import laid_out_like, plan_blocks
 from jaxnum.kron._factors import (
     FactorPair,
     accumulate,
@@ -157,7 +157,7 @@ def scale_by_soap(
         dtypes = [statistics_dtype(jnp.result_type(x)) for x in leaves]
         plans = plans_of(leaves)
         nu = tuple(
-            jnp.zeros(jnp.shape(x), d)
+            jnp.zeros_like(x, d)
             if p is None
             else jnp.zeros((p.num_blocks, p.block_rows, p.block_cols), d)
             for x, p, d in zip(leaves, plans, dtypes, strict=True)
@@ -165,7 +165,7 @@ def scale_by_soap(
         return ScaleBySOAPState(
             count=jnp.zeros((), jnp.int32),
             mu=jax.tree.map(
-                lambda x: jnp.zeros(jnp.shape(x), statistics_dtype(jnp.result_type(x))), params
+                lambda x: jnp.zeros_like(x, statistics_dtype(jnp.result_type(x))), params
             ),
             nu=nu,
             factors=tuple(
@@ -226,7 +226,7 @@ def scale_by_soap(
             lambda: refresh(factors, state.bases, state.nu),
             lambda: (state.bases, state.nu),
         )
-        mu = [ema(m, g, b1) for m, g in zip(mu_leaves, grads, strict=True)]
+        mu = [laid_out_like(ema(m, g, b1), m) for m, g in zip(mu_leaves, grads, strict=True)]
         out, new_nu = [], []
         for p, q, m, v, g, leaf in zip(plans, bases, mu, nu, grads, leaves, strict=True):
             if p is None:
@@ -234,16 +234,17 @@ def scale_by_soap(
             else:
                 rotated_g = jnp.swapaxes(q.left, -1, -2) @ p.to_blocks(g) @ q.right
                 rotated_m = jnp.swapaxes(q.left, -1, -2) @ p.to_blocks(m) @ q.right
-            v = ema(
-                v, rotated_g * rotated_g, b2
-            )  # the count is Adam's step (the first only set bases)
+            # The count is Adam's step (the first only set bases).
+            v = laid_out_like(ema(v, rotated_g * rotated_g, b2), v)
             direction = bias_corrected(rotated_m, b1, state.count) / (
                 jnp.sqrt(bias_corrected(v, b2, state.count)) + eps
             )
             if p is not None:
                 direction = jnp.where(_resolvable(v), direction, jnp.zeros((), direction.dtype))
-                direction = p.from_blocks(q.left @ direction @ jnp.swapaxes(q.right, -1, -2))
-            out.append(direction.astype(leaf.dtype))
+                direction = p.from_blocks(
+                    q.left @ direction @ jnp.swapaxes(q.right, -1, -2), like=g
+                )
+            out.append(laid_out_like(direction.astype(leaf.dtype), leaf))
             new_nu.append(v)
         new_state = ScaleBySOAPState(
             state.count + 1,

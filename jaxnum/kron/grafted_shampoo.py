@@ -30,7 +30,7 @@ import optax
 
 from jaxnum._src.batched_lapack import per_matrix
 from jaxnum._src.checks import check_int, check_interval
-from jaxnum.kron._blocks import BlockPlan, plan_blocks
+from jaxnum.kron._blocks import BlockPlan, laid_out_like, plan_blocks
 from jaxnum.kron._factors import (
     FactorPair,
     accumulate,
@@ -191,7 +191,7 @@ def scale_by_shampoo(
         leaves = jax.tree.leaves(params)
         plans = _plans(leaves, block_size)
         zeros = jax.tree.map(
-            lambda x: jnp.zeros(jnp.shape(x), statistics_dtype(jnp.result_type(x))), params
+            lambda x: jnp.zeros_like(x, statistics_dtype(jnp.result_type(x))), params
         )
         dtypes = [statistics_dtype(jnp.result_type(x)) for x in leaves]
         return ScaleByShampooState(
@@ -216,8 +216,8 @@ def scale_by_shampoo(
         mu_leaves = treedef.flatten_up_to(state.mu)
         nu_leaves = treedef.flatten_up_to(state.nu)
         grads = [g.astype(m.dtype) for g, m in zip(leaves, mu_leaves, strict=True)]
-        mu = [ema(m, g, b1) for m, g in zip(mu_leaves, grads, strict=True)]
-        nu = [ema(v, g * g, b2) for v, g in zip(nu_leaves, grads, strict=True)]
+        mu = [laid_out_like(ema(m, g, b1), m) for m, g in zip(mu_leaves, grads, strict=True)]
+        nu = [laid_out_like(ema(v, g * g, b2), v) for v, g in zip(nu_leaves, grads, strict=True)]
         m_hat = [bias_corrected(m, b1, count) for m in mu]
         adam = [
             m / (jnp.sqrt(bias_corrected(v, b2, count)) + eps)
@@ -235,10 +235,10 @@ def scale_by_shampoo(
         out = []
         for p, r, m, a, g in zip(plans, roots, m_hat, adam, leaves, strict=True):
             if p is None:
-                out.append(a.astype(g.dtype))
+                out.append(laid_out_like(a.astype(g.dtype), g))
                 continue
-            direction = p.from_blocks(r.left @ p.to_blocks(m) @ r.right)
-            out.append(_grafted(direction, a).astype(g.dtype))
+            direction = p.from_blocks(r.left @ p.to_blocks(m) @ r.right, like=g)
+            out.append(laid_out_like(_grafted(direction, a).astype(g.dtype), g))
         new_state = ScaleByShampooState(
             count,
             treedef.unflatten(mu),

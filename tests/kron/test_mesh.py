@@ -14,9 +14,10 @@ from jaxnum import kfac
 
 
 def _params():
-    keys = jax.random.split(jax.random.key(0), 3)
+    keys = jax.random.split(jax.random.key(0), 4)
     return {
         "w": jax.random.normal(keys[0], (16, 24)),
+        "rows": jax.random.normal(keys[3], (24, 16)),
         "conv": jax.random.normal(keys[1], (3, 3, 4, 8)),
         "b": jax.random.normal(keys[2], (24,)),
     }
@@ -30,18 +31,25 @@ def _grads(step):
 
 
 def _on_mesh(tree, mesh):
-    """The last axis of every array sharded over "model" (the model-parallel layout)."""
-    return jax.tree.map(
-        lambda x: jax.device_put(x, NamedSharding(mesh, P(*([None] * (x.ndim - 1)), "model"))),
-        tree,
+    """The last axis of every array sharded over "model" (the model-parallel layout), the
+    first for the leaf named "rows"."""
+
+    def spec(path, x):
+        if jax.tree_util.keystr(path) == "['rows']":
+            return P("model", None)
+        return P(*([None] * (x.ndim - 1)), "model")
+
+    return jax.tree_util.tree_map_with_path(
+        lambda path, x: jax.device_put(x, NamedSharding(mesh, spec(path, x))), tree
     )
 
 
 @pytest.mark.parametrize(
     "make, axis_type",
     [(lambda: jn.shampoo(0.01, block_size=16), "Explicit"),
-     (lambda: jn.soap(0.01, block_size=16), "Auto")],
-    ids=["shampoo-Explicit", "soap-Auto"],
+     (lambda: jn.soap(0.01), "Explicit"),  # one block per parameter: the Grams contract
+     (lambda: jn.soap(0.01, block_size=16), "Auto")],  # over the sharded side
+    ids=["shampoo-blocks-Explicit", "soap-Explicit", "soap-blocks-Auto"],
 )  # fmt: skip
 @pytest.mark.slow
 def test_model_sharded_parameters_give_the_one_device_updates(make, axis_type):
@@ -51,16 +59,19 @@ def test_model_sharded_parameters_give_the_one_device_updates(make, axis_type):
 
     @jax.jit
     def three_steps(params):
-        state = tx.init(params)
-        for step in range(3):
-            updates, state = tx.update(_grads(step), state, params)
-            params = optax.apply_updates(params, updates)
-        return params, state
+        def step(carry, grads):  # a scan: one copy of the update to compile, not three
+            params, state = carry
+            updates, state = tx.update(grads, state, params)
+            return (optax.apply_updates(params, updates), state), None
+
+        grads = jax.tree.map(lambda *g: jnp.stack(g), *(_grads(s) for s in range(3)))
+        return jax.lax.scan(step, (params, tx.init(params)), grads)[0]
 
     single = three_steps(_params())
     with jax.set_mesh(mesh):
         sharded = three_steps(_on_mesh(_params(), mesh))
     assert sharded[0]["w"].sharding.spec == P(None, "model")
+    assert sharded[0]["rows"].sharding.spec[0] == "model"
     for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
 
@@ -86,12 +97,14 @@ def test_ekfac_with_model_sharded_layers_equals_one_device(axis_type):
 
     @jax.jit
     def two_steps(params):
-        state = tx.init(params)
-        for step in range(2):
-            _, grads, stats = stats_fn(params, x, y, jax.random.key(step))
+        def step(carry, key):
+            params, state = carry
+            _, grads, stats = stats_fn(params, x, y, key)
             updates, state = tx.update(grads, state, params, curvature=stats)
-            params = optax.apply_updates(params, updates)
-        return params
+            return (optax.apply_updates(params, updates), state), None
+
+        keys = jnp.stack([jax.random.key(0), jax.random.key(1)])
+        return jax.lax.scan(step, (params, tx.init(params)), keys)[0][0]
 
     single = two_steps(params)
     with jax.set_mesh(mesh):
