@@ -64,14 +64,18 @@ def test_hessian_trace_and_diag_of_a_small_network_loss(x64):
         return jnp.sum(jnp.tanh(inputs @ p["W"] + p["b"]) ** 2)
 
     flat, unravel = ravel_pytree(params)
-    H = jax.hessian(lambda z: loss(unravel(z), x))(flat)
-    est = hessian_trace(
-        loss, params, x, key=jax.random.key(4), num_samples=300, method="hutchinson"
-    )
+    H = jax.jit(jax.hessian(lambda z: loss(unravel(z), x)))(flat)
+    est = jax.jit(
+        lambda p, x, k: hessian_trace(loss, p, x, key=k, num_samples=300, method="hutchinson")
+    )(params, x, jax.random.key(4))
     assert abs(float(est.value) - float(jnp.trace(H))) <= 3 * float(est.std_error)
-    exact_hpp = hessian_trace(loss, params, x, key=jax.random.key(4), num_samples=48)
+    exact_hpp = jax.jit(lambda p, x, k: hessian_trace(loss, p, x, key=k, num_samples=48))(
+        params, x, jax.random.key(4)
+    )
     np.testing.assert_allclose(exact_hpp.value, jnp.trace(H), rtol=1e-10)  # n=16 <= 48/3
-    diag = hessian_diag(loss, params, x, key=jax.random.key(5), num_samples=4000)
+    diag = jax.jit(lambda p, x, k: hessian_diag(loss, p, x, key=k, num_samples=4000))(
+        params, x, jax.random.key(5)
+    )
     err = ravel_pytree(diag)[0] - jnp.diag(H)
     # Bekas: the error of entry i has variance sum_{j != i} H_ij^2 / m.
     bound = 4 * np.sqrt((np.sum(np.asarray(H) ** 2, axis=1) - np.diag(H) ** 2) / 4000)
@@ -136,10 +140,16 @@ def test_complex_operators_are_estimated_with_conjugate_transposes(x64):
     np.testing.assert_allclose(est(Lh, "xtrace", 40).value, np.trace(Lh), rtol=1e-10)
     # Real probes keep the diagonal estimator exact on a complex diagonal operator.
     d = jnp.asarray(rng.normal(size=n) + 1j * rng.normal(size=n))
-    diag = diagonal_estimate(lambda v: d * v, z, key=key, num_samples=1)
+    diag = jax.jit(lambda d: diagonal_estimate(lambda v: d * v, z, key=key, num_samples=1))(d)
     np.testing.assert_allclose(diag, d, rtol=1e-14)
+    empty = jax.jit(
+        lambda method: trace_estimate(
+            lambda v: v, jnp.zeros(0), key=key, num_samples=6, method=method
+        ),
+        static_argnums=0,
+    )
     for method in ("hutchinson", "hutch++", "xtrace"):  # a 0x0 operator: trace 0 (numpy's)
-        e = trace_estimate(lambda v: v, jnp.zeros(0), key=key, num_samples=6, method=method)
+        e = empty(method)
         assert float(e.value) == np.trace(np.zeros((0, 0))) and e.num_matvecs == 0
     with pytest.raises(TypeError, match=r"trace_estimate: matvec\(x_like\) is complex"):
         trace_estimate(lambda v: jnp.asarray(H) @ v, jnp.zeros(n), key=key, num_samples=6)

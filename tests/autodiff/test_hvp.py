@@ -34,7 +34,7 @@ def mlp_problem(x64):
 
 def _dense_hessian(f, params, *args):
     flat, unravel = ravel_pytree(params)
-    return jax.hessian(lambda z: f(unravel(z), *args))(flat), unravel
+    return jax.jit(jax.hessian(lambda z, *a: f(unravel(z), *a)))(flat, *args), unravel
 
 
 @pytest.mark.parametrize("mode", ["fwd-rev", "rev-rev", "rev-fwd"])
@@ -59,8 +59,11 @@ def test_hvp_on_a_mixed_shape_pytree_against_numpy(x64):
     v = {"a": jnp.asarray(rng.normal(size=3)), "B": jnp.asarray(rng.normal(size=(3, 3)))}
     H, _ = _dense_hessian(f, p)
     flat_v = ravel_pytree(v)[0]
+    product = jax.jit(lambda p, v, mode: hvp(f, p, v, mode=mode), static_argnames="mode")
     for mode in ("fwd-rev", "rev-rev", "rev-fwd"):
-        np.testing.assert_allclose(ravel_pytree(hvp(f, p, v, mode=mode))[0], H @ flat_v, rtol=1e-12)
+        np.testing.assert_allclose(
+            ravel_pytree(product(p, v, mode=mode))[0], H @ flat_v, rtol=1e-12
+        )
 
 
 @pytest.mark.slow
@@ -128,7 +131,7 @@ def test_hvp_fn_is_exact_through_nested_jit_scan_cond_and_checkpoint(x64):
     w = jax.random.normal(jax.random.key(1), (3, 3), jnp.float64)
     x = jax.random.normal(jax.random.key(2), (5, 3), jnp.float64)
     v = jax.random.normal(jax.random.key(3), (3, 3), jnp.float64)
-    dense = np.asarray(jax.hessian(f)(w, x)).reshape(9, 9)
+    dense = np.asarray(jax.jit(jax.hessian(f))(w, x)).reshape(9, 9)
     for g in (f, jax.jit(f)):
         np.testing.assert_allclose(np.ravel(hvp_fn(g, w, x)(v)), dense @ np.ravel(v), rtol=1e-10)
 
@@ -141,7 +144,8 @@ def test_hvp_fn_under_jit_vmap_and_differentiation(x64):
     w = jax.random.normal(jax.random.key(1), (4, 3), jnp.float64)
     v = jax.random.normal(jax.random.key(2), (4, 3), jnp.float64)
     xs = jax.random.normal(jax.random.key(3), (3, 6, 4), jnp.float64)
-    dense = [np.asarray(jax.hessian(f)(w, xi)).reshape(12, 12) for xi in xs]
+    hessian = jax.jit(jax.hessian(f))
+    dense = [np.asarray(hessian(w, xi)).reshape(12, 12) for xi in xs]
     expected = np.stack([(h @ np.ravel(v)).reshape(4, 3) for h in dense])
     per_point = jax.vmap(lambda xi: hvp_fn(f, w, xi)(v))(xs)
     np.testing.assert_allclose(per_point, expected, rtol=1e-12, atol=1e-13)
@@ -176,13 +180,14 @@ def test_gnvp_matches_jacobian_formula_and_is_psd(mlp_problem):
         return 0.5 * jnp.mean(jnp.sum((outputs - targets) ** 2, axis=-1))
 
     flat, unravel = ravel_pytree(params)
-    J = jax.jacobian(lambda z: model_fn(unravel(z), x).ravel())(flat)
-    out = model_fn(params, x)
-    HL = jax.hessian(lambda o: loss_out(o.reshape(out.shape), t))(out.ravel())
+    J = jax.jit(jax.jacobian(lambda z: model_fn(unravel(z), x).ravel()))(flat)
+    out = jax.jit(model_fn)(params, x)
+    HL = jax.jit(jax.hessian(lambda o: loss_out(o.reshape(out.shape), t)))(out.ravel())
     G = J.T @ HL @ J
     product = gnvp_fn(model_fn, loss_out, params, x, t)
+    flat_product = jax.jit(lambda v: ravel_pytree(product(unravel(v)))[0])
     vs = np.random.default_rng(4).normal(size=(5, flat.size))
-    got = np.stack([ravel_pytree(product(unravel(jnp.asarray(v))))[0] for v in vs])
+    got = np.stack([flat_product(jnp.asarray(v)) for v in vs])
     np.testing.assert_allclose(got, vs @ G.T, rtol=1e-10, atol=1e-12)
     assert np.all(np.einsum("ij,ij->i", vs, got) >= -1e-12)  # v.Gv >= 0
 

@@ -1,5 +1,7 @@
 """K-FAC with (alpha, mu) from the exact quadratic model (Martens and Grosse 2015, Sec. 7)."""
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -70,20 +72,27 @@ def test_alpha_and_mu_minimise_the_quadratic_model(x64):
         damping=damping, decay=0.9, inverse_every=1, adapt_damping_every=None
     )
     stats_fn = kfac.value_grad_and_stats(model, loss)
-    state = tx.init(params)
-    for step in range(3):
-        key = jax.random.key(10 + step)
+
+    @jax.jit
+    def step_fn(params, state, key):
         _, grads, stats = stats_fn(params, x, y, key)
         gram = kfac.fisher_gram_fn(model, loss, params, x)
         # The preconditioned direction, by a fresh copy of the preconditioner's state.
         natural, _ = kfac.scale_by_kfac(damping=damping, decay=0.9, inverse_every=1).update(
             grads, state.kfac, params, curvature=stats
         )
+        F, _ = _dense_fisher(model, loss, params, x)
+        updates, new_state = tx.update(grads, state, params, curvature=stats, fisher_gram=gram)
+        return grads, natural, F, updates, new_state
+
+    state = tx.init(params)
+    for step in range(3):
+        key = jax.random.key(10 + step)
+        grads, natural, F, updates, new_state = step_fn(params, state, key)
         direction = -ravel_pytree(natural)[0]
         previous = ravel_pytree(state.previous)[0]
         g = ravel_pytree(grads)[0]
-        F, _ = _dense_fisher(model, loss, params, x)
-        updates, state = tx.update(grads, state, params, curvature=stats, fisher_gram=gram)
+        state = new_state
         step_flat = ravel_pytree(updates)[0]
         if step == 0:
             # No previous update: the 1-D minimiser along Delta.
@@ -137,18 +146,20 @@ def test_a_non_finite_model_rejects_the_step_and_keeps_the_state():
     model, params, x, y = _setup("squared_error", jnp.float32)
     tx = kfac.adaptive_optimizer()
     state = tx.init(params)
-    _, grads, stats = kfac.value_grad_and_stats(model, "squared_error")(
+    _, grads, stats = jax.jit(kfac.value_grad_and_stats(model, "squared_error"))(
         params, x, y, jax.random.key(0)
     )
-    updates, new = tx.update(
-        grads,
-        state,
-        params,
-        curvature=stats,
-        fisher_gram=lambda vs: jnp.full((2, 2), jnp.nan),
-        value=jnp.float32(1.0),
-        value_fn=lambda p: jnp.float32(1.0),
-    )
+    updates, new = jax.jit(
+        lambda grads, state, params, stats: tx.update(
+            grads,
+            state,
+            params,
+            curvature=stats,
+            fisher_gram=lambda vs: jnp.full((2, 2), jnp.nan),
+            value=jnp.float32(1.0),
+            value_fn=lambda p: jnp.float32(1.0),
+        )
+    )(grads, state, params, stats)
     assert all(float(jnp.abs(u).max()) == 0 for u in jax.tree.leaves(updates))
     assert int(new.rejected) == 1
     for a, b in zip(jax.tree.leaves(new.previous), jax.tree.leaves(state.previous), strict=True):
@@ -183,13 +194,18 @@ def test_levenberg_marquardt_adapts_lambda_from_the_reduction_ratio(x64):
     tx = kfac.adaptive_optimizer(damping=1e-2, adapt_damping_every=2)
     state, p = tx.init(params), params
     omega = 0.95**2
+
+    @functools.partial(jax.jit, static_argnames="value_fn")
+    def step(p, state, key, value_fn):
+        value, grads, stats = stats_fn(p, x, y, key)
+        gram = kfac.fisher_gram_fn(model, "squared_error", p, x)
+        return tx.update(
+            grads, state, p, curvature=stats, fisher_gram=gram, value=value, value_fn=value_fn
+        )
+
     for value_fn, expected in ((lambda q: jnp.nan, 1e-2 / omega**2), (loss, 1e-2)):
         for i in range(4):
-            value, grads, stats = stats_fn(p, x, y, jax.random.key(i))
-            gram = kfac.fisher_gram_fn(model, "squared_error", p, x)
-            updates, state = tx.update(
-                grads, state, p, curvature=stats, fisher_gram=gram, value=value, value_fn=value_fn
-            )
+            updates, state = step(p, state, jax.random.key(i), value_fn=value_fn)
             if value_fn is loss:
                 p = optax.apply_updates(p, updates)
         np.testing.assert_allclose(state.damping, expected, rtol=1e-5)

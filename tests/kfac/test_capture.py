@@ -48,9 +48,9 @@ def test_empirical_statistics_equal_per_example_quantities_by_hand(x64):
             model.apply({"params": p}, x), y
         ).mean()
 
-    np.testing.assert_allclose(value, mean_loss(params), rtol=1e-12)
+    np.testing.assert_allclose(value, jax.jit(mean_loss)(params), rtol=1e-12)
     for a, b in zip(
-        jax.tree.leaves(grads), jax.tree.leaves(jax.grad(mean_loss)(params)), strict=True
+        jax.tree.leaves(grads), jax.tree.leaves(jax.jit(jax.grad(mean_loss))(params)), strict=True
     ):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
 
@@ -60,7 +60,7 @@ def test_empirical_statistics_equal_per_example_quantities_by_hand(x64):
             model.apply({"params": p}, xi[None]), yi[None]
         )[0]
 
-    per_example = jax.vmap(jax.grad(example_loss), (None, 0, 0))(params, x, y)
+    per_example = jax.jit(jax.vmap(jax.grad(example_loss), (None, 0, 0)))(params, x, y)
     hidden = jnp.tanh(x @ params["hidden"]["kernel"] + params["hidden"]["bias"])
     for layer, a in (("hidden", x), ("out", hidden)):
         g = per_example[layer]["bias"]
@@ -119,12 +119,14 @@ def test_conv_statistics_follow_kfc(x64):
     x = jax.random.normal(jax.random.key(0), (5, 4, 4, 2), jnp.float64)
     y = jnp.arange(5) % 3
     params = model.init(jax.random.key(1), x)["params"]
-    _, _, stats = value_grad_and_stats(model, "softmax_cross_entropy", fisher="empirical")(
+    _, _, stats = jax.jit(value_grad_and_stats(model, "softmax_cross_entropy", fisher="empirical"))(
         params, x, y, jax.random.key(2)
     )
-    patches = jax.lax.conv_general_dilated_patches(
-        x, (3, 3), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
-    ).reshape(5 * 16, -1)
+    patches = jax.jit(
+        lambda x: jax.lax.conv_general_dilated_patches(
+            x, (3, 3), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+        ).reshape(5 * 16, -1)
+    )(x)
     aug = jnp.concatenate([patches, jnp.ones((80, 1))], axis=1)
     np.testing.assert_allclose(stats[("conv",)].A, aug.T @ aug / 80, rtol=1e-12)
 
@@ -136,7 +138,7 @@ def test_conv_statistics_follow_kfc(x64):
 
     kernel_matrix = jnp.transpose(params["conv"]["kernel"], (2, 0, 1, 3)).reshape(-1, 4)
     s_conv = (patches @ kernel_matrix + params["conv"]["bias"]).reshape(5, 4, 4, 4)
-    g = jax.vmap(jax.grad(example_loss), (0, None, 0))(s_conv, params, y).reshape(-1, 4)
+    g = jax.jit(jax.vmap(jax.grad(example_loss), (0, None, 0)))(s_conv, params, y).reshape(-1, 4)
     np.testing.assert_allclose(stats[("conv",)].G, g.T @ g / 5, rtol=1e-10, atol=1e-14)
 
 
@@ -152,7 +154,7 @@ def test_a_layer_called_twice_sums_its_uses(x64):
     x = jax.random.normal(jax.random.key(0), (6, 4), jnp.float64)
     y = jax.random.normal(jax.random.key(1), (6, 4), jnp.float64)
     params = model.init(jax.random.key(2), x)["params"]
-    _, grads, stats = value_grad_and_stats(model, "squared_error", fisher="empirical")(
+    _, grads, stats = jax.jit(value_grad_and_stats(model, "squared_error", fisher="empirical"))(
         params, x, y, jax.random.key(3)
     )
     W, b = params["shared"]["kernel"], params["shared"]["bias"]
@@ -167,8 +169,8 @@ def test_a_layer_called_twice_sums_its_uses(x64):
         stats[("shared",)].G, (g1.T @ g1 + g2.T @ g2) / 6, rtol=1e-10, atol=1e-14
     )
     # The gradient is still the plain gradient of the mean loss.
-    expected = jax.grad(
-        lambda p: 0.5 * jnp.mean(jnp.sum((model.apply({"params": p}, x) - y) ** 2, 1))
+    expected = jax.jit(
+        jax.grad(lambda p: 0.5 * jnp.mean(jnp.sum((model.apply({"params": p}, x) - y) ** 2, 1)))
     )(params)
     for a, e in zip(jax.tree.leaves(grads), jax.tree.leaves(expected), strict=True):
         np.testing.assert_allclose(a, e, rtol=1e-10)

@@ -92,26 +92,20 @@ def test_shard_map_true_fisher_samples_independently_per_shard(x64):
         _, _, stats = fn(params, x, y, key)
         return stats
 
-    stats = jax.jit(
+    sharded_stats = jax.jit(
         jax.shard_map(
             per_shard, mesh=mesh, in_specs=(P(), P("data"), P("data"), P()), out_specs=P()
         )
-    )(params, x, y, jax.random.key(5))
+    )
+    stats = sharded_stats(params, x, y, jax.random.key(5))
     # A does not depend on the samples: it is the global batch's.
-    global_stats = kfac.value_grad_and_stats(model, "softmax_cross_entropy")(
-        params, x, y, jax.random.key(5)
-    )[2]
+    global_fn = jax.jit(kfac.value_grad_and_stats(model, "softmax_cross_entropy"))
+    global_stats = global_fn(params, x, y, jax.random.key(5))[2]
     np.testing.assert_allclose(stats[("out",)].A, global_stats[("out",)].A, rtol=1e-10)
     # Same key on every shard would repeat the samples of identical shards; with
     # fold_in(axis_index) four identical shards give four different G's, whose
     # average differs from any single shard's.
     x4, y4 = jnp.tile(x[:8], (4, 1)), jnp.tile(y[:8], 4)
-    averaged = jax.jit(
-        jax.shard_map(
-            per_shard, mesh=mesh, in_specs=(P(), P("data"), P("data"), P()), out_specs=P()
-        )
-    )(params, x4, y4, jax.random.key(5))
-    one_shard = kfac.value_grad_and_stats(model, "softmax_cross_entropy")(
-        params, x[:8], y[:8], jax.random.fold_in(jax.random.key(5), 0)
-    )[2]
+    averaged = sharded_stats(params, x4, y4, jax.random.key(5))
+    one_shard = global_fn(params, x[:8], y[:8], jax.random.fold_in(jax.random.key(5), 0))[2]
     assert not np.allclose(averaged[("out",)].G, one_shard[("out",)].G)

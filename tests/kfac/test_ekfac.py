@@ -43,7 +43,7 @@ def _dense_empirical_fisher(model, params, x, y):
         logits = model(p, xi[None])
         return optax.softmax_cross_entropy_with_integer_labels(logits, yi[None])[0]
 
-    per = jax.vmap(jax.grad(example_loss), (None, 0, 0))(params, x, y)["out"]
+    per = jax.jit(jax.vmap(jax.grad(example_loss), (None, 0, 0)))(params, x, y)["out"]
     w = np.concatenate([np.asarray(per["kernel"]), np.asarray(per["bias"])[:, None, :]], axis=1)
     flat = w.reshape(len(w), -1)
     return flat.T @ flat / len(w), w
@@ -133,16 +133,16 @@ def test_conv_diagonal_equals_per_example_gradients_in_the_basis():
     stats_fn = kfac.value_grad_and_stats(
         model, "softmax_cross_entropy", fisher="empirical", per_example=True
     )
-    _, grads, stats = stats_fn(params, x, y, jax.random.key(2))
+    _, grads, stats = jax.jit(stats_fn)(params, x, y, jax.random.key(2))
     assert stats[("conv",)].inputs.shape == (8, 25, 2 * 9 + 1)
     tx = kfac.scale_by_ekfac()
-    _, state = tx.update(grads, tx.init(params), params, curvature=stats)
+    _, state = jax.jit(tx.update)(grads, tx.init(params), params, curvature=stats)
 
     def example_loss(p, xi, yi):
         logits = model.apply({"params": p}, xi[None])
         return optax.softmax_cross_entropy_with_integer_labels(logits, yi[None])[0]
 
-    per = jax.vmap(jax.grad(example_loss), (None, 0, 0))(params, x, y)["conv"]
+    per = jax.jit(jax.vmap(jax.grad(example_loss), (None, 0, 0)))(params, x, y)["conv"]
     # channel-major patches: the kernel (kh, kw, c_in, c_out) as (c_in kh kw, c_out)
     kernel = jnp.transpose(per["kernel"], (0, 3, 1, 2, 4)).reshape(8, -1, 3)
     w = jnp.concatenate([kernel, per["bias"][:, None, :]], axis=1)
@@ -247,7 +247,9 @@ def test_rows_not_led_by_the_batch_are_refused_not_mixed_across_examples():
 def test_inject_hyperparams_with_a_traced_learning_rate_and_damping():
     params, x, y = _linear_problem(flat_model, (16, 4))
     params, x = jax.tree.map(lambda a: a.astype(jnp.float32), (params, x))
-    stats_fn = kfac.value_grad_and_stats(flat_model, "softmax_cross_entropy", per_example=True)
+    stats_fn = jax.jit(
+        kfac.value_grad_and_stats(flat_model, "softmax_cross_entropy", per_example=True)
+    )
     tx = optax.inject_hyperparams(kfac.ekfac, static_args=("eigenbasis_every",))(
         learning_rate=0.1, damping=1e-2, eigenbasis_every=3
     )
@@ -257,7 +259,7 @@ def test_inject_hyperparams_with_a_traced_learning_rate_and_damping():
     for step in range(4):
         _, grads, stats = stats_fn(params, x, y, jax.random.key(step))
         u, state = jax.jit(tx.update)(grads, state, params, curvature=stats)
-        v, fixed_state = fixed.update(grads, fixed_state, params, curvature=stats)
+        v, fixed_state = jax.jit(fixed.update)(grads, fixed_state, params, curvature=stats)
         for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(v), strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
         params = optax.apply_updates(params, u)

@@ -31,6 +31,7 @@ def _data(dtype=jnp.float32):
     return x, y
 
 
+@jax.jit
 def _by_hand(params, x, y):
     """Empirical-Fisher factors of both layers from vmap(grad) per-example gradients."""
 
@@ -66,9 +67,9 @@ def test_plain_function_statistics_equal_per_example_quantities(x64):
     def mean_loss(p):
         return optax.softmax_cross_entropy_with_integer_labels(plain_mlp(p, x), y).mean()
 
-    np.testing.assert_allclose(value, mean_loss(params), rtol=1e-12)
+    np.testing.assert_allclose(value, jax.jit(mean_loss)(params), rtol=1e-12)
     for a, b in zip(
-        jax.tree.leaves(grads), jax.tree.leaves(jax.grad(mean_loss)(params)), strict=True
+        jax.tree.leaves(grads), jax.tree.leaves(jax.jit(jax.grad(mean_loss))(params)), strict=True
     ):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
     for layer, (A, G) in _by_hand(params, x, y).items():
@@ -110,14 +111,14 @@ def test_nnx_statistics_equal_per_example_quantities(x64):
     for layer, ours in (("hidden", ("hidden",)), ("out", ("blocks", 0))):
         np.testing.assert_allclose(stats[ours].A, expected[layer][0], rtol=1e-12)
         np.testing.assert_allclose(stats[ours].G, expected[layer][1], rtol=1e-10, atol=1e-14)
-    reference = nnx.grad(lambda m: optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean())(
-        model
-    )
+
+    def mean_loss(m):
+        return optax.softmax_cross_entropy_with_integer_labels(m(x), y).mean()
+
+    reference = nnx.jit(nnx.grad(mean_loss))(model)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(reference), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-14)
-    np.testing.assert_allclose(
-        value, optax.softmax_cross_entropy_with_integer_labels(model(x), y).mean(), rtol=1e-12
-    )
+    np.testing.assert_allclose(value, nnx.jit(mean_loss)(model), rtol=1e-12)
 
 
 @pytest.mark.slow
@@ -173,8 +174,10 @@ def test_linen_and_plain_function_give_the_same_statistics():
     x, y = _data()
     params = MLP().init(jax.random.key(1), x)["params"]
     key = jax.random.key(4)
-    linen = kfac.value_grad_and_stats(MLP(), "softmax_cross_entropy")(params, x, y, key)
-    plain = kfac.value_grad_and_stats(plain_mlp, "softmax_cross_entropy")(params, x, y, key)
+    linen = jax.jit(kfac.value_grad_and_stats(MLP(), "softmax_cross_entropy"))(params, x, y, key)
+    plain = jax.jit(kfac.value_grad_and_stats(plain_mlp, "softmax_cross_entropy"))(
+        params, x, y, key
+    )
     for a, b in zip(jax.tree.leaves(linen), jax.tree.leaves(plain), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)
 
@@ -214,7 +217,9 @@ def test_curvature_batch_estimates_the_same_statistics_from_a_subset(x64):
             "out": {"kernel": jnp.ones((5, 3)) * -0.2, "bias": jnp.zeros(3)},
         },
     )
-    full_fn = kfac.value_grad_and_stats(plain_mlp, "softmax_cross_entropy", fisher="empirical")
+    full_fn = jax.jit(
+        kfac.value_grad_and_stats(plain_mlp, "softmax_cross_entropy", fisher="empirical")
+    )
     sub_fn = jax.jit(
         kfac.value_grad_and_stats(
             plain_mlp, "softmax_cross_entropy", fisher="empirical", curvature_batch=4

@@ -102,9 +102,14 @@ def test_inverses_are_reused_between_recomputations():
     tx = scale_by_kfac(inverse_every=3)
     state = tx.init(params)
     seen = []
-    for k in jax.random.split(jax.random.key(0), 4):
+
+    @jax.jit
+    def step(state, k):
         _, grads, stats = stats_fn(params, x, y, k)
-        _, state = tx.update(grads, state, params, curvature=stats)
+        return tx.update(grads, state, params, curvature=stats)[1]
+
+    for k in jax.random.split(jax.random.key(0), 4):
+        state = step(state, k)
         seen.append(np.asarray(state.inverses[("hidden",)].A))
     np.testing.assert_array_equal(seen[0], seen[1])
     np.testing.assert_array_equal(seen[1], seen[2])
@@ -160,22 +165,26 @@ def test_a_nan_gradient_gives_a_zero_update_and_keeps_the_factors():
     """A bad batch's gradient: exact zeros out (never a NaN a momentum would keep), the
     factors as they were, the step counted; the optimizer's momentum stays finite."""
     model, params, x, y = _problem()
-    _, grads, stats = value_grad_and_stats(model, "squared_error")(params, x, y, jax.random.key(0))
+    _, grads, stats = jax.jit(value_grad_and_stats(model, "squared_error"))(
+        params, x, y, jax.random.key(0)
+    )
     nan_grads = jax.tree.map(lambda g: g.at[(0,) * g.ndim].set(jnp.nan), grads)
     tx = scale_by_kfac(damping=0.1, inverse_every=1)
-    _, state = tx.update(grads, tx.init(params), params, curvature=stats)
-    out, new = jax.jit(lambda g, s: tx.update(g, s, params, curvature=stats))(nan_grads, state)
+    update = jax.jit(lambda g, s: tx.update(g, s, params, curvature=stats))
+    _, state = update(grads, tx.init(params))
+    out, new = update(nan_grads, state)
     assert all(bool(jnp.all(u == 0)) for u in jax.tree.leaves(out))
     for a, b in zip(jax.tree.leaves(new.factors), jax.tree.leaves(state.factors), strict=True):
         np.testing.assert_array_equal(a, b)
     assert int(new.num_skipped) == 1 and int(new.count) == 2
     # finite statistics with a finite gradient are still averaged in afterwards
-    _, after = tx.update(grads, new, params, curvature=stats)
+    _, after = update(grads, new)
     assert int(after.num_skipped) == 1 and int(after.count) == 3
 
     opt = optimizer(0.1, momentum=0.9)
-    _, s = opt.update(grads, opt.init(params), params, curvature=stats)
-    updates, s = opt.update(nan_grads, s, params, curvature=stats)
+    opt_update = jax.jit(lambda g, s: opt.update(g, s, params, curvature=stats))
+    _, s = opt_update(grads, opt.init(params))
+    updates, s = opt_update(nan_grads, s)
     assert all(bool(jnp.all(jnp.isfinite(leaf))) for leaf in jax.tree.leaves((updates, s)))
 
 

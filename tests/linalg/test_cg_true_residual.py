@@ -84,15 +84,17 @@ def test_randomized_methods_near_the_float32_maximum():
     result was 33% low without a word; randomized_eigh at 1e38 gave 1.7e25."""
     G = RNG.standard_normal((60, 50))
     A = jnp.asarray(G * 1e37, jnp.float32)
-    _, S, _ = linalg.randomized_svd(A, 3, key=jax.random.key(0))
-    _, S_unit, _ = linalg.randomized_svd(jnp.asarray(G, jnp.float32), 3, key=jax.random.key(0))
+    svd = jax.jit(lambda a: linalg.randomized_svd(a, 3, key=jax.random.key(0)))
+    _, S, _ = svd(A)
+    _, S_unit, _ = svd(jnp.asarray(G, jnp.float32))
     # the scaled matrix's values are the unit one's times 1e37 (to rounding), and those
     # are numpy's to the method's own error on this flat spectrum
     np.testing.assert_allclose(np.asarray(S, np.float64), 1e37 * np.asarray(S_unit), rtol=1e-5)
     exact = np.linalg.svd(G, compute_uv=False)[:3]
     np.testing.assert_allclose(np.asarray(S_unit, np.float64), exact, rtol=1e-2)
     D = np.diag(np.array([3.0, 2.0] + [1e-4] * 18))  # Nystrom is near exact here
-    big, _ = linalg.randomized_eigh(jnp.asarray(D * 1e38, jnp.float32), 2, key=jax.random.key(0))
-    unit, _ = linalg.randomized_eigh(jnp.asarray(D, jnp.float32), 2, key=jax.random.key(0))
+    eigh = jax.jit(lambda a: linalg.randomized_eigh(a, 2, key=jax.random.key(0)))
+    big, _ = eigh(jnp.asarray(D * 1e38, jnp.float32))
+    unit, _ = eigh(jnp.asarray(D, jnp.float32))
     np.testing.assert_allclose(np.asarray(big, np.float64), 1e38 * np.asarray(unit), rtol=1e-5)
     np.testing.assert_allclose(np.asarray(unit), [3.0, 2.0], rtol=1e-3)

@@ -100,9 +100,11 @@ def test_lanczos_top_eigenvalues_of_a_network_hessian(x64):
         return jnp.mean(model.apply(p, x) ** 2)
 
     flat, unravel = ravel_pytree(params)
-    H = jax.hessian(lambda z: loss(unravel(z)))(flat)
+    H = jax.jit(jax.hessian(lambda z: loss(unravel(z))))(flat)
     exact = np.linalg.eigvalsh(np.asarray(H))[::-1]
-    w, V = top_eigenvalues(hessian_operator(loss, params), 3, key=jax.random.key(2))
+    w, V = jax.jit(lambda p: top_eigenvalues(hessian_operator(loss, p), 3, key=jax.random.key(2)))(
+        params
+    )
     np.testing.assert_allclose(w, exact[:3], rtol=1e-8, atol=1e-10)
     np.testing.assert_allclose(
         np.asarray(H) @ np.asarray(V), np.asarray(V) * np.asarray(w), atol=1e-8
@@ -126,7 +128,9 @@ def test_spectral_density_integrates_to_one_and_matches_the_histogram():
     Q, _ = np.linalg.qr(rng.normal(size=(200, 200)))
     eig = np.concatenate([rng.normal(0.0, 0.3, 150), rng.normal(5.0, 0.3, 50)])
     A = jnp.asarray((Q * eig) @ Q.T, jnp.float32)
-    sd = spectral_density(A, key=jax.random.key(0), num_probes=20, num_iters=40, sigma=0.3)
+    sd = jax.jit(
+        lambda A: spectral_density(A, key=jax.random.key(0), num_probes=20, num_iters=40, sigma=0.3)
+    )(A)
     assert float(jnp.trapezoid(sd.density, sd.grid)) == pytest.approx(1.0, abs=1e-3)
     grid = np.asarray(sd.grid)
     mass_high = float(jnp.trapezoid(jnp.where(sd.grid > 2.5, sd.density, 0.0), sd.grid))
@@ -286,7 +290,7 @@ def test_lanczos_breakdown_gives_eigenvalues_of_a():
     ]
     for A, A64, seed in cases:
         w_np = np.linalg.eigvalsh(A64)
-        w, vec = top_eigenvalues(A, 1, key=jax.random.key(seed))
+        w, vec = jax.jit(lambda k, A=A: top_eigenvalues(A, 1, key=k))(jax.random.key(seed))
         np.testing.assert_allclose(w, w_np[-1:], rtol=1e-4)
         x = np.asarray(vec[:, 0], np.float64)  # a unit eigenvector (any, for eye(6))
         np.testing.assert_allclose(np.linalg.norm(x), 1, rtol=1e-5)
@@ -309,7 +313,7 @@ def test_spectral_density_of_a_rank_one_hessian_sits_at_its_two_eigenvalues():
     _, H = _breakdown_hessian()
     a64 = np.arange(1.0, 51.0) / 50
     top, n, sigma, key = 2 * a64 @ a64, 50, 0.3, jax.random.key(0)
-    sd = spectral_density(H, key=key, num_probes=8, num_iters=10, sigma=sigma)
+    sd = jax.jit(lambda k: spectral_density(H, key=k, num_probes=8, num_iters=10, sigma=sigma))(key)
     grid, dens = np.asarray(sd.grid, np.float64), np.asarray(sd.density, np.float64)
     # the nodes are 0 and 34.34 only: the grid spans them and 5 sigma, nothing past ||A||
     assert -5 * sigma - 1e-3 * top <= grid[0] and grid[-1] <= top * (1 + 1e-3) + 5 * sigma

@@ -58,10 +58,12 @@ def test_error_falls_as_power_iterations_grow():
     A = rng.normal(size=(400, 300)) / np.sqrt(300)  # flat spectrum: hard for q = 0
     s = np.linalg.svd(A, compute_uv=False)
     errors = []
+    svd = jax.jit(
+        lambda a, q: randomized_svd(a, 20, key=jax.random.key(2), oversample=5, power_iters=q),
+        static_argnums=1,
+    )
     for q in (0, 1, 3):
-        U, S, Vt = randomized_svd(
-            jnp.asarray(A, jnp.float32), 20, key=jax.random.key(2), oversample=5, power_iters=q
-        )
+        U, S, Vt = svd(jnp.asarray(A, jnp.float32), q)
         errors.append(np.linalg.norm(A - np.asarray(U * S @ Vt, np.float64), 2) / s[20])
     assert errors[0] > errors[1] > errors[2] >= 1.0
 
@@ -70,11 +72,14 @@ def test_error_falls_as_power_iterations_grow():
 def test_batches_and_operators_give_the_same_result():
     A, _ = _decaying(120, 80, seed=3)
     Aj = jnp.asarray(A, jnp.float32)
-    _, S_dense, _ = randomized_svd(Aj, 5, key=jax.random.key(0))
-    _, S_op, _ = randomized_svd(LinearOperator.from_matrix(Aj), 5, key=jax.random.key(0))
+    svd = jax.jit(lambda a: randomized_svd(a, 5, key=jax.random.key(0)))
+    _, S_dense, _ = svd(Aj)
+    _, S_op, _ = jax.jit(
+        lambda a: randomized_svd(LinearOperator.from_matrix(a), 5, key=jax.random.key(0))
+    )(Aj)
     np.testing.assert_allclose(S_op, S_dense, rtol=1e-5)
     stack = jnp.stack([Aj, 3 * Aj])
-    U, S, Vt = randomized_svd(stack, 5, key=jax.random.key(0))
+    U, S, Vt = svd(stack)
     assert U.shape == (2, 120, 5) and Vt.shape == (2, 5, 80)
     np.testing.assert_allclose(S[1], 3 * S[0], rtol=1e-4)
     np.testing.assert_allclose(S[0], S_dense, rtol=1e-4)
@@ -88,8 +93,10 @@ def test_jacobian_of_a_network_never_materialised():
         return jnp.tanh(W @ x)
 
     x = jax.random.normal(jax.random.key(1), (20,))
-    J = jax.jacobian(f)(x)
-    _, S, _ = randomized_svd(jacobian_operator(f, x), 4, key=jax.random.key(2))
+    J = jax.jit(jax.jacobian(f))(x)
+    _, S, _ = jax.jit(lambda x: randomized_svd(jacobian_operator(f, x), 4, key=jax.random.key(2)))(
+        x
+    )
     np.testing.assert_allclose(S, np.linalg.svd(np.asarray(J), compute_uv=False)[:4], rtol=1e-4)
 
 
@@ -109,7 +116,9 @@ def test_oversampling_shrinks_to_fit():
 @pytest.mark.slow
 def test_range_finder_is_orthonormal_and_captures_the_range():
     A, _ = _decaying(50, 40, rate=0.3, seed=6)
-    Q = randomized_range_finder(jnp.asarray(A, jnp.float32), 10, key=jax.random.key(0))
+    Q = jax.jit(lambda a: randomized_range_finder(a, 10, key=jax.random.key(0)))(
+        jnp.asarray(A, jnp.float32)
+    )
     Qn = np.asarray(Q, np.float64)
     np.testing.assert_allclose(Qn.T @ Qn, np.eye(10), atol=1e-5)
     assert np.linalg.norm(A - Qn @ (Qn.T @ A), 2) < 1e-4

@@ -115,11 +115,16 @@ def test_converges_in_n_exact_line_search_steps_on_a_convex_quadratic(x64):
     tx = scale_by_lbfgs(memory_size=n)
     x = jnp.zeros(n)
     state = tx.init(x)
-    for _ in range(n):
+
+    @jax.jit
+    def step_fn(x, state):
         g = A @ x - b
         d, state = tx.update(g, state, x)
         step = (g @ d) / (d @ A @ d)  # exact minimiser along -d
-        x = x - step * d
+        return x - step * d, state
+
+    for _ in range(n):
+        x, state = step_fn(x, state)
     assert jnp.linalg.norm(A @ x - b) <= 1e-8 * jnp.linalg.norm(b)
 
 
@@ -136,16 +141,17 @@ def test_refuses_negative_curvature_and_keeps_a_descent_direction(x64):
 
 def test_nonfinite_gradient_never_enters_the_memory():
     tx = scale_by_lbfgs(3)
+    update = jax.jit(tx.update)
     x = jnp.ones(4)
     state = tx.init(x)
-    _, state = tx.update(jnp.ones(4), state, x)
-    _, state = tx.update(jnp.full(4, jnp.nan), state, x + 1.0)
+    _, state = update(jnp.ones(4), state, x)
+    _, state = update(jnp.full(4, jnp.nan), state, x + 1.0)
     # The NaN step's pair is refused; the next pair spans it (from the last finite point).
-    _, state = tx.update(2 * jnp.ones(4), state, x + 2.0)
+    _, state = update(2 * jnp.ones(4), state, x + 2.0)
     assert int(state.num_pairs) == 1 and int(state.num_skipped) == 1
     assert bool(jnp.all(jnp.isfinite(state.sy))) and bool(jnp.all(jnp.isfinite(state.yy)))
     assert bool(jnp.all(jnp.isfinite(state.prev_grad)))
-    d, state = tx.update(3 * jnp.ones(4), state, x + 3.0)
+    d, state = update(3 * jnp.ones(4), state, x + 3.0)
     assert bool(jnp.all(jnp.isfinite(d))) and int(state.num_pairs) == 2
 
 

@@ -45,9 +45,11 @@ def test_logistic_regression_on_a_pytree_matches_scipy(x64):
     r = minimize(loss, p0, jnp.asarray(X), jnp.asarray(y), tol=1e-9, options={"ftol": 0.0})
     assert int(r.status) == Status.CONVERGED
 
+    value_and_grad = jax.jit(jax.value_and_grad(loss))
+
     def flat(v):
         p = {"w": jnp.asarray(v[:5]), "b": jnp.asarray(v[5])}
-        value, grad = jax.value_and_grad(loss)(p, X, y)
+        value, grad = value_and_grad(p, X, y)
         return float(value), np.append(np.asarray(grad["w"]), float(grad["b"]))
 
     ref = so.minimize(flat, np.zeros(6), jac=True, method="BFGS", options={"gtol": 1e-10})

@@ -160,12 +160,13 @@ def test_gauss_newton_curvature_is_the_dense_gauss_newton_step(x64):
 
     g = jax.grad(lambda p: loss_fn(model_fn(p)))(params)
     tx = scale_by_newton_cg(0.3, curvature="gauss-newton", linear_solver="dense")
-    step, state = tx.update(
-        g, tx.init(params), params, value=loss_fn(model_fn(params)), model_fn=model_fn,
-        loss_fn=loss_fn,
-    )  # fmt: skip
+    step, state = jax.jit(
+        lambda g, s, p: tx.update(
+            g, s, p, value=loss_fn(model_fn(p)), model_fn=model_fn, loss_fn=loss_fn
+        )
+    )(g, tx.init(params), params)
     flat, unravel = jax.flatten_util.ravel_pytree(params)
-    J = jax.jacobian(lambda v: model_fn(unravel(v)).ravel())(flat)
+    J = jax.jit(jax.jacobian(lambda v: model_fn(unravel(v)).ravel()))(flat)
     expected = -np.linalg.solve(
         J.T @ J + 0.3 * np.eye(flat.size), J.T @ (model_fn(params) - t).ravel()
     )
@@ -209,10 +210,14 @@ def test_nonfinite_gradient_is_refused_without_corrupting_state():
     params = jnp.ones(3)
     state = tx.init(params)
     f = lambda w: jnp.sum(w**2)  # noqa: E731
-    step, new = tx.update(jnp.array([jnp.nan, 1.0, 1.0]), state, params, value=3.0, value_fn=f)
+    step, new = jax.jit(lambda g, s, p: tx.update(g, s, p, value=3.0, value_fn=f))(
+        jnp.array([jnp.nan, 1.0, 1.0]), state, params
+    )
     assert np.all(np.asarray(step) == 0)
     assert float(new.damping) == float(state.damping) and int(new.num_rejected) == 1
-    step, new = tx.update(jnp.full(3, 2.0), new, params, value=jnp.nan, value_fn=f)
+    step, new = jax.jit(lambda g, s, p: tx.update(g, s, p, value=jnp.nan, value_fn=f))(
+        jnp.full(3, 2.0), new, params
+    )
     assert np.all(np.asarray(step) == 0) and int(new.num_rejected) == 2
 
 
@@ -224,10 +229,9 @@ def test_float16_damping_tops_out_at_the_largest_float16_not_inf():
     params = jnp.ones(3, jnp.float16)
     state = tx.init(params)
     f = lambda w: jnp.sum(w**2)  # noqa: E731
+    update = jax.jit(lambda g, s, p: tx.update(g, s, p, value=-1.0, value_fn=f))
     for _ in range(20):  # 2**20 > 65504
-        step, state = tx.update(
-            jnp.full(3, 2.0, jnp.float16), state, params, value=-1.0, value_fn=f
-        )
+        step, state = update(jnp.full(3, 2.0, jnp.float16), state, params)
     assert state.damping.dtype == jnp.float16
     assert float(state.damping) == float(jnp.finfo(jnp.float16).max)
     assert np.all(np.asarray(step) == 0) and int(state.num_rejected) == 20

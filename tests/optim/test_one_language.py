@@ -27,7 +27,9 @@ def test_one_status_enum_with_one_code_per_meaning_across_solvers():
     root = jn.optim.newton_root(lambda x: x**2 - 1.0, 0.0)
     # the line search: NaN value at the start, no decrease possible.
     vg = lambda p: ((jnp.sum(p**2), None), 2 * p)  # noqa: E731
-    search = jn.optim.strong_wolfe_search(vg, jnp.ones(3), -jnp.ones(3), jnp.nan, 2 * jnp.ones(3))
+    search = jax.jit(lambda p, d, g: jn.optim.strong_wolfe_search(vg, p, d, jnp.nan, g))(
+        jnp.ones(3), -jnp.ones(3), 2 * jnp.ones(3)
+    )
     # gauss_newton: an inconsistent linear fit with tolerances float32 cannot meet; once at
     # the least-squares point no step decreases the cost (or the budget ends first).
     X = jnp.asarray(np.random.default_rng(0).normal(size=(12, 4)), jnp.float32)
@@ -52,19 +54,22 @@ def test_result_vocabulary_and_2_norm_grad_norm_against_numpy_and_scipy(x64):
         return p[0] * jnp.exp(-p[1] * t) - data
 
     fit = jn.optim.gauss_newton(res, jnp.array([1.0, 1.0]))
-    ref = scipy.optimize.least_squares(lambda p: np.asarray(res(jnp.asarray(p))), [1.0, 1.0])
+    res_jit = jax.jit(res)
+    ref = scipy.optimize.least_squares(lambda p: np.asarray(res_jit(jnp.asarray(p))), [1.0, 1.0])
     np.testing.assert_allclose(fit.x, ref.x, rtol=1e-7)
     # grad_norm is ||J^T r||_2 (not the inf-norm): compared where it is not rounding noise,
     # after one iteration from the start.
     early = jn.optim.gauss_newton(res, jnp.array([1.0, 1.0]), maxiter=1)
-    g = np.asarray(jax.jacfwd(res)(early.x)).T @ np.asarray(early.fun)
+    g = np.asarray(jax.jit(jax.jacfwd(res))(early.x)).T @ np.asarray(early.fun)
     assert np.linalg.norm(g) > 1.01 * np.max(np.abs(g))  # the two norms differ here
     np.testing.assert_allclose(early.grad_norm, np.linalg.norm(g), rtol=1e-9)
     assert float(fit.grad_norm) < 1e-12
     np.testing.assert_allclose(fit.cost, ref.cost, rtol=1e-10)
     assert set(fit.stats) == {"njev", "costs"} and bool(fit.success)
     m = jn.minimize(_quartic, jnp.zeros(3), tol=1e-9)
-    np.testing.assert_allclose(m.grad_norm, np.linalg.norm(np.asarray(jax.grad(_quartic)(m.x))))
+    np.testing.assert_allclose(
+        m.grad_norm, np.linalg.norm(np.asarray(jax.jit(jax.grad(_quartic))(m.x)))
+    )
     assert set(m.stats) == {"num_nonfinite", "num_linesearch_failures", "num_resets"}
     for r in (fit, m, jn.optim.newton_root(lambda x: x**2 - 2.0, 1.0)):
         for name in ("x", "fun", "nit", "nfev", "status", "success", "message", "stats"):
@@ -95,10 +100,15 @@ def test_reset_lbfgs_memory_finds_the_state_by_type():
     x = jnp.zeros(2)
     state = tx.init(x)
     f = lambda p: jnp.sum((p - jnp.array([1.0, 2.0])) ** 2 * jnp.array([1.0, 10.0]))  # noqa: E731
-    for _ in range(3):
+
+    @jax.jit
+    def step(x, state):
         g = jax.grad(f)(x)
         u, state = tx.update(g, state, x, value=f(x), grad=g, value_fn=f)
-        x = x + u
+        return x + u, state
+
+    for _ in range(3):
+        x, state = step(x, state)
     memory = state[1][0]
     assert int(memory.num_pairs) == 2
     kept, dropped = jn.optim.reset_lbfgs_memory(state, False), jn.optim.reset_lbfgs_memory(state)
@@ -128,7 +138,9 @@ def test_pytree_cg_against_numpy_solve_with_preconditioner_and_negative_curvatur
     def jacobi(t):
         return split(flat(t) / jnp.asarray(np.diag(A)))
 
-    out = conjugate_gradient(matvec, split(jnp.asarray(b)), precond=jacobi, tol=1e-12, maxiter=50)
+    out = jax.jit(
+        lambda rhs: conjugate_gradient(matvec, rhs, precond=jacobi, tol=1e-12, maxiter=50)
+    )(split(jnp.asarray(b)))
     np.testing.assert_allclose(flat(out.x), np.linalg.solve(A, b), rtol=1e-9)
     assert int(out.status) == Status.CONVERGED and int(out.nit) <= 6
     x = np.linalg.solve(A, b)
@@ -139,10 +151,10 @@ def test_pytree_cg_against_numpy_solve_with_preconditioner_and_negative_curvatur
         "NaN in A": (np.diag([np.nan, 1.0]), [1.0, 1.0], Status.BREAKDOWN),
     }
     for name, (M, rhs, status) in cases.items():
-        r = jn.linalg.cg(jnp.asarray(M), jnp.asarray(rhs))
+        r = jax.jit(jn.linalg.cg)(jnp.asarray(M), jnp.asarray(rhs))
         assert int(r.status) == status and not bool(r.success), (name, r.message)
         assert bool(jnp.all(jnp.isfinite(r.x))), name
-    batch = jax.vmap(lambda rhs: jn.linalg.cg(jnp.diag(jnp.array([1.0, -1.0])), rhs))(
+    batch = jax.jit(jax.vmap(lambda rhs: jn.linalg.cg(jnp.diag(jnp.array([1.0, -1.0])), rhs)))(
         jnp.array([[1.0, 0.0], [1.0, 1.0]])
     )
     assert batch.message == [Status.CONVERGED.message, Status.NEGATIVE_CURVATURE.message]
