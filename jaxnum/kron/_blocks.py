@@ -129,4 +129,6 @@ def laid_out_like(x: jax.Array, like: jax.Array) -> jax.Array:
     want = jax.typeof(like).sharding
     if jax.typeof(x).sharding.spec == want.spec:
         return x
+    if not want.mesh.axis_names:  # state made off the mesh (e.g. restored): replicated on x's
+        want = NamedSharding(jax.typeof(x).sharding.mesh, P())
     return jax.sharding.reshard(x, want)

@@ -111,3 +111,21 @@ def test_ekfac_with_model_sharded_layers_equals_one_device(axis_type):
         sharded = two_steps(_on_mesh(params, mesh))
     for a, b in zip(jax.tree.leaves(single), jax.tree.leaves(sharded), strict=True):
         np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5)
+
+
+@pytest.mark.parametrize("make", [jn.shampoo, jn.soap], ids=["shampoo", "soap"])
+def test_state_made_off_the_mesh_takes_sharded_gradients(make):
+    """State built before the mesh (or restored from bytes as plain arrays), gradients
+    sharded on an Explicit mesh: the one-device result, in the gradients' layout."""
+    mesh = jax.make_mesh((4,), ("model",), axis_types=(jax.sharding.AxisType.Explicit,))
+    params = {"w": jax.random.normal(jax.random.key(0), (16, 24))}
+    grads = {"w": jax.random.normal(jax.random.key(1), (16, 24))}
+    tx = make(0.01)
+    update = jax.jit(tx.update)
+    single, _ = update(grads, tx.init(params), params)
+    state = tx.init(params)
+    with jax.set_mesh(mesh):
+        sharded_grads = jax.device_put(grads, NamedSharding(mesh, P(None, "model")))
+        updates, _ = update(sharded_grads, state, params)
+    assert updates["w"].sharding.spec == P(None, "model")
+    np.testing.assert_allclose(updates["w"], single["w"], rtol=2e-4, atol=1e-7)

@@ -14,7 +14,7 @@ CONFIG = experiment.Config(
     cost_sizes=(8, 12, 16, 24),
     num_images=128,
     adam_steps=100,
-    adam_lrs=(1e-2,),
+    adam_lrs=(3e-3, 1e-2),
     kfac_steps=20,
     repeats=3,
 )
